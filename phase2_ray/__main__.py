@@ -1,0 +1,5 @@
+import sys
+
+from phase2_ray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""`phase2` command line: argument parsing and exit codes, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from phase2_ray.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="phase2",
+        description="Train baseline and optimized GPTs on Ray, validate them through Ray Serve, report and decide.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed")
+    run.add_argument("-c", "--config", default="configs/phase2.yaml", help="YAML config (default: %(default)s)")
+    run.add_argument("--output", help="run directory (default: results/<run_id>/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, parsed as YAML (e.g. --set training.steps=50); repeatable",
+    )
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
+        return int(e.code or 0)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from phase2_ray.pipeline import run_pipeline  # imports Ray and torch: only once the config is good
+
+        code, md = run_pipeline(cfg, output=args.output, address=args.address)
+    except ConfigError as e:
+        print(f"phase2: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(md)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

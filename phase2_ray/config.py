@@ -1,0 +1,304 @@
+"""One typed config tree, loaded from YAML (safe_load only) with dotted `--set` overrides.
+
+Every mistake is reported with its dotted path and what is allowed, before anything starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load that also reads `3e-4` as a float (YAML 1.1 wants `3.0e-4`; people write the former)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """yaml.safe_load semantics (no object construction), with exponent floats."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+class ConfigError(ValueError):
+    """A config file, override or value that cannot run; the message names the field and what is allowed."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise; strict types stop "10" silently becoming 10.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class RayConfig(_Section):
+    dashboard: bool = Field(True, description="Start the Ray dashboard with an embedded local Ray.")
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Dashboard bind address; anything but loopback exposes it."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of an embedded local Ray (default: all cores)."
+    )
+
+
+class DataConfig(_Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Files, folders or globs of UTF-8 text; empty = the Python standard library's source.",
+    )
+    max_chars: int = Field(
+        2_000_000, ge=10_000, le=500_000_000, description="Characters of text to read."
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation loss."
+    )
+    vocab_size: int = Field(
+        2048, ge=300, le=65536, description="BPE vocabulary size (256 byte tokens + merges)."
+    )
+
+
+class ModelConfig(_Section):
+    block_size: int = Field(128, ge=8, le=8192, description="Context length in tokens.")
+    n_layer: int = Field(2, ge=1, le=64, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
+    d_model: int = Field(48, ge=8, le=8192, description="Residual stream width.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by n_head={self.n_head}"
+            )
+        return self
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(600, ge=1, le=10_000_000, description="Optimizer steps for every variant.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Sequences per step.")
+    lr: float = Field(3e-3, gt=0.0, le=10.0, description="Peak learning rate (AdamW).")
+    min_lr: float = Field(3e-4, ge=0.0, description="Learning rate at the end of cosine decay.")
+    warmup_steps: int = Field(30, ge=1, description="Linear learning-rate warm-up steps.")
+    weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW weight decay on matrices.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip (0 = off).")
+    eval_interval: int = Field(
+        100, ge=0, description="Val loss every N steps (0 = only at start and end)."
+    )
+    eval_windows: int = Field(64, ge=1, description="Val windows of block_size tokens per eval.")
+    seed: int = Field(1337, ge=0, description="Seed of weights init and data order (shared).")
+    skip_steps: int = Field(
+        10,
+        ge=1,
+        description="First steps left out of steady-state throughput (compile, warm-up).",
+    )
+    cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per training actor.")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs per training actor.")
+    pin_cpus: bool = Field(
+        True, description="Give concurrent actors disjoint cores (affinity) on one node."
+    )
+    log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        if self.skip_steps >= self.steps:
+            raise ValueError(
+                f"skip_steps={self.skip_steps} must be below steps={self.steps} "
+                "so some steps remain to measure throughput"
+            )
+        return self
+
+
+class VariantConfig(_Section):
+    compile: bool = Field(False, description="torch.compile the model (inductor).")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        Field("default", description="torch.compile mode.")
+    )
+    fused_adamw: bool = Field(False, description="AdamW fused kernel.")
+    bf16: bool = Field(False, description="bfloat16 autocast in the forward pass.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    cpus_per_replica: float = Field(1.0, ge=0, description="Logical CPUs per model replica.")
+    threads_per_replica: int = Field(1, ge=1, description="torch threads in each model replica.")
+
+
+class ValidationConfig(_Section):
+    requests: int = Field(50, ge=1, description="Measured requests per variant.")
+    warmup_requests: int = Field(5, ge=0, description="Requests per variant sent before measuring.")
+    concurrency: int = Field(1, ge=1, le=256, description="Requests in flight per variant.")
+    prompt_tokens: int = Field(16, ge=1, description="Prompt length, cut from held-out text.")
+    max_tokens: int = Field(32, ge=1, description="Tokens generated per request.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
+    top_k: int | None = Field(50, ge=1, description="Sample from the k most likely tokens.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+
+
+class TargetsConfig(_Section):
+    ttft_p50_ms_max: float = Field(120.0, gt=0, description="TTFT p50 must be at most this.")
+    output_tokens_per_s_min: float = Field(25.0, ge=0, description="Output throughput floor.")
+    peak_memory_mb_max: float = Field(500.0, gt=0, description="Peak replica RSS ceiling.")
+    success_rate_min: float = Field(1.0, ge=0, le=1, description="Share of requests that succeed.")
+    speedup_min: float = Field(
+        1.05, gt=0, description="Optimized/baseline steady-state training tokens/s floor."
+    )
+    val_loss_delta_pct_max: float = Field(
+        1.0, ge=0, description="Largest |final val loss change| vs baseline, in percent."
+    )
+
+
+def _default_variants() -> dict[str, VariantConfig]:
+    return {
+        "baseline": VariantConfig(),
+        "optimized": VariantConfig(compile=True, fused_adamw=True),
+    }
+
+
+class Config(_Section):
+    run_name: str = Field(
+        "phase2", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Prefix of the run id."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="Embedded Ray settings.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenizer.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="GPT shape.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stages 2a/2b.")
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=_default_variants,
+        description="Variant name -> optimization stack; one concurrent training actor each.",
+    )
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig, description="Stage 2c load."
+    )
+    targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        bad = [v for v in self.variants if not re.match(VARIANT_NAME, v)]
+        if bad:
+            raise ValueError(f"variant names {bad} must match {VARIANT_NAME}")
+        if "baseline" not in self.variants or len(self.variants) < 2:
+            raise ValueError(
+                "variants must hold 'baseline' and at least one other variant to compare "
+                f"(got {sorted(self.variants)})"
+            )
+        v = self.validation
+        if v.prompt_tokens + v.max_tokens > self.model.block_size:
+            raise ValueError(
+                f"validation.prompt_tokens ({v.prompt_tokens}) + validation.max_tokens "
+                f"({v.max_tokens}) must fit model.block_size ({self.model.block_size})"
+            )
+        if self.data.vocab_size > 65536:
+            raise ValueError("data.vocab_size must fit int32 token ids")
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the resolved config: equal hashes, equal settings."""
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:16]
+
+
+def apply_override(raw: dict, expr: str) -> None:
+    """Applies one `dotted.key=value` override in place; the value is parsed as YAML."""
+    if "=" not in expr:
+        raise ConfigError(f"--set {expr!r}: expected KEY=VALUE, e.g. training.steps=50")
+    key, _, text = expr.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {expr!r}: empty component in key {key!r}")
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {key}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads YAML at `path` (or the defaults when None), applies overrides, validates the whole tree."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"config file {p}: cannot read ({e.strerror})") from e
+        try:
+            loaded = parse_yaml(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: not valid YAML ({e})") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file {p}: top level must be a mapping, got {type(loaded).__name__}"
+            )
+        raw = loaded
+    for expr in overrides:
+        apply_override(raw, expr)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+
+
+def format_errors(err: ValidationError) -> str:
+    """One line per problem: dotted path, what is wrong, what was given, and the allowed keys for typos."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(e["loc"][:-1])
+            lines.append(f"{loc}: unknown key (allowed here: {', '.join(allowed)})")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{loc}: {msg}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:  # a free-form key such as a variant name: its value is a VariantConfig
+            model = VariantConfig
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif getattr(ann, "__origin__", None) is dict:
+            model = ann.__args__[1]
+    return sorted(model.model_fields)

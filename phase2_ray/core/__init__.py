@@ -1,0 +1,1 @@
+"""Pure PyTorch core: model, data, training, generation, checkpoints, optimizations. Imports no Ray."""

@@ -1,0 +1,116 @@
+"""Approval gates: each target becomes a comparison with its value, threshold and margin shown.
+
+Value gates bound one variant's metric; change gates compare a variant against the baseline (as TFX's
+Evaluator blessing and MLflow's MetricThreshold do). A metric that was not measured fails its gate."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import asdict, dataclass
+
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+
+
+@dataclass
+class Gate:
+    name: str
+    variant: str
+    value: float | None
+    op: str
+    threshold: float
+    unit: str = ""
+    passed: bool = False
+    margin: float | None = None
+    """How far the value is on the passing side of the threshold (negative: by how much it missed)."""
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"gate op {self.op!r} is not one of {sorted(OPS)}")
+        measured = self.value is not None and math.isfinite(self.value)
+        self.passed = bool(measured and OPS[self.op](self.value, self.threshold))
+        if measured:
+            self.margin = (
+                self.threshold - self.value if self.op in ("<", "<=") else self.value - self.threshold
+            )
+        elif not self.detail:
+            self.detail = "not measured"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> list[Gate]:
+    """All gates of a run, from report.json's `training`, `inference` and `stages` sections."""
+    gates: list[Gate] = []
+    training, inference = report["training"], report["inference"]
+    for variant, t in training.items():
+        if t.get("status") != "ok":
+            gates.append(
+                Gate("training_completed", variant, 0.0, "==", 1.0, detail=t.get("error") or "")
+            )
+    for variant in training:
+        inf = inference.get(variant, {})
+        ttft = (inf.get("ttft_ms") or {}).get("p50")
+        gates += [
+            Gate("ttft_p50_ms", variant, ttft, "<=", targets["ttft_p50_ms_max"], "ms"),
+            Gate(
+                "output_tokens_per_s",
+                variant,
+                inf.get("output_tokens_per_s"),
+                ">=",
+                targets["output_tokens_per_s_min"],
+                "tok/s",
+            ),
+            Gate(
+                "peak_memory_mb",
+                variant,
+                inf.get("peak_memory_mb"),
+                "<=",
+                targets["peak_memory_mb_max"],
+                "MB",
+            ),
+            Gate(
+                "success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]
+            ),
+        ]
+    base = training.get(baseline, {})
+    for variant, t in training.items():
+        if variant == baseline:
+            continue
+        gates.append(
+            Gate(
+                "training_speedup",
+                variant,
+                ratio(t.get("tokens_per_s"), base.get("tokens_per_s")),
+                ">=",
+                targets["speedup_min"],
+                "x",
+                detail=f"steady-state tokens/s, {variant} / {baseline}",
+            )
+        )
+        gates.append(
+            Gate(
+                "val_loss_delta_pct",
+                variant,
+                pct_change_abs(t.get("val_loss"), base.get("val_loss")),
+                "<=",
+                targets["val_loss_delta_pct_max"],
+                "%",
+                detail=f"|final val loss {variant} - {baseline}| / {baseline}",
+            )
+        )
+    return gates
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def pct_change_abs(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return abs(a - b) / abs(b) * 100.0

@@ -1,0 +1,69 @@
+"""Metric names and the summaries computed from raw per-step and per-request records.
+
+Definitions follow vLLM's benchmark: TTFT = request sent -> first token chunk, at the client;
+TPOT = (E2E - TTFT) / (output_tokens - 1); ITL = gaps between chunks; failed requests are counted, not averaged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TTFT_MS = "ttft_ms"
+TPOT_MS = "tpot_ms"
+ITL_MS = "itl_ms"
+E2E_MS = "e2e_ms"
+LATENCY_METRICS = (TTFT_MS, TPOT_MS, ITL_MS, E2E_MS)
+PERCENTILES = (50, 90, 99)
+
+
+def describe(values) -> dict[str, float] | None:
+    """p50/p90/p99/mean of `values` (None when there are none: an unmeasured figure is not reported)."""
+    arr = np.asarray(list(values), dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return None
+    out = {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
+    out["mean"] = float(arr.mean())
+    out["n"] = int(arr.size)
+    return out
+
+
+def summarize_training(steps: pd.DataFrame, tokens_per_step: int, skip_steps: int) -> dict:
+    """Steady-state throughput from per-step wall times, leaving out the first `skip_steps` (compile, warm-up)."""
+    steady = steps[steps["step"] > skip_steps]
+    steady_s = float(steady["step_s"].sum())
+    return {
+        "steady_steps": int(len(steady)),
+        "steady_s": steady_s,
+        "warmup_s": float(steps[steps["step"] <= skip_steps]["step_s"].sum()),
+        "tokens_per_s": len(steady) * tokens_per_step / steady_s if steady_s > 0 else None,
+        "step_ms": describe(steady["step_s"] * 1000.0),
+    }
+
+
+def summarize_requests(requests: pd.DataFrame) -> dict:
+    """Per-variant inference summary from per-request records (one row per request, ITLs as lists)."""
+    n = len(requests)
+    ok = requests[requests["ok"]]
+    out: dict = {"requests": n, "succeeded": int(len(ok))}
+    out["success_rate"] = len(ok) / n if n else 0.0
+    out["errors"] = requests.loc[~requests["ok"], "error_type"].value_counts().to_dict()
+    out[TTFT_MS] = describe(ok[TTFT_MS])
+    out[E2E_MS] = describe(ok[E2E_MS])
+    multi = ok[ok["output_tokens"] > 1]
+    out[TPOT_MS] = describe(
+        (multi[E2E_MS] - multi[TTFT_MS]) / (multi["output_tokens"] - 1)
+    )
+    out[ITL_MS] = describe(x for gaps in ok[ITL_MS] for x in gaps)
+    # Aggregate output throughput: tokens of successful requests over the measured window's wall time.
+    if len(ok):
+        window = float(requests["end"].max() - requests["start"].min())
+        out["output_tokens"] = int(ok["output_tokens"].sum())
+        out["measured_s"] = window
+        out["output_tokens_per_s"] = out["output_tokens"] / window if window > 0 else None
+        out["request_tokens_per_s"] = describe(
+            multi["output_tokens"] / (multi[E2E_MS] / 1000.0)
+        )
+    else:
+        out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None)
+    return out

@@ -1,0 +1,370 @@
+"""The stage graph: data -> 2a/2b concurrent training actors -> 2c Serve validation -> 2d report and decision.
+
+Only this driver writes the run directory: on a cluster the actors' disks are not the driver's disk."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+import torch
+from ray import serve
+
+from phase2_ray import __version__
+from phase2_ray.config import Config, ConfigError
+from phase2_ray.core import checkpoint as ckpt
+from phase2_ray.core import data as corpus_data
+from phase2_ray.report import build_report, write_run_dir
+
+EXIT_APPROVED, EXIT_REJECTED, EXIT_USAGE, EXIT_STAGE_FAILED = 0, 1, 2, 3
+NAMESPACE = "phase2"
+STAGE_NAMES = {"baseline": "2a", "optimized": "2b"}
+
+
+@dataclass
+class Stage:
+    name: str
+    variant: str | None
+    status: str = "running"
+    start: float = 0.0
+    end: float | None = None
+    detail: str = ""
+
+
+def log(msg: str, t0: float) -> None:
+    print(f"[phase2 {time.time() - t0:7.1f}s] {msg}", flush=True)
+
+
+@dataclass
+class PreparedData:
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    tokenizer_json: str
+    prompts: list[str]
+    files: list[str]
+    chars: int
+    stage: Stage
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input."""
+    st = Stage("data", None, start=time.time())
+    try:
+        files = (
+            corpus_data.resolve_paths(cfg.data.paths) if cfg.data.paths else corpus_data.stdlib_files()
+        )
+        corpus = corpus_data.load_corpus(files, cfg.data.max_chars, cfg.data.val_fraction)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"data.paths: {e}") from e
+    tok = corpus_data.train_tokenizer(corpus.train_text, cfg.data.vocab_size)
+    train_ids = corpus_data.encode(tok, corpus.train_text)
+    val_ids = corpus_data.encode(tok, corpus.val_text)
+    need = cfg.model.block_size + 2
+    for name, ids in (("train", train_ids), ("val", val_ids)):
+        if len(ids) < need:
+            raise ConfigError(
+                f"data: the {name} split has {len(ids)} tokens, fewer than model.block_size + 2 = {need}; "
+                "give more text (data.max_chars, data.paths) or lower data.val_fraction"
+            )
+    prompts = validation_prompts(tok, val_ids, cfg.validation.prompt_tokens, 16)
+    st.status, st.end = "ok", time.time()
+    st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
+    return PreparedData(train_ids, val_ids, tok.to_str(), prompts, corpus.files, corpus.chars, st)
+
+
+def validation_prompts(tok, val_ids: torch.Tensor, prompt_tokens: int, count: int) -> list[str]:
+    """Held-out text cut into prompts; kept only if they re-encode within `prompt_tokens` tokens."""
+    span = len(val_ids) - prompt_tokens
+    prompts = []
+    for i in range(count):
+        off = span * i // count
+        text = tok.decode(val_ids[off : off + prompt_tokens].tolist())
+        if 0 < len(tok.encode(text).ids) <= prompt_tokens and text.strip():
+            prompts.append(text)
+    if not prompts:
+        raise ConfigError("validation.prompt_tokens: no usable prompt could be cut from the val split")
+    return prompts
+
+
+def _environment(cfg: Config) -> dict:
+    env = {
+        "phase2_ray": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "cuda": torch.cuda.is_available(),
+        "config_sha256": cfg.fingerprint(),
+        "seed": cfg.training.seed,
+        "git_commit": _git_commit(),
+    }
+    if ray.is_initialized():
+        env["ray_cluster_resources"] = ray.cluster_resources()
+        env["ray_nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _connect(cfg: Config, address: str | None) -> bool:
+    """Joins RAY_ADDRESS / --address, or starts an embedded local Ray. Returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": True}
+    if target:
+        kwargs["address"] = target
+    else:
+        kwargs.update(
+            include_dashboard=cfg.ray.dashboard,
+            dashboard_host=cfg.ray.dashboard_host,
+            num_cpus=cfg.ray.num_cpus,
+        )
+    ray.init(**kwargs)
+    return True
+
+
+def _cpu_sets(cfg: Config) -> dict[str, list[int] | None]:
+    """Disjoint core sets for the training actors when they all fit one node; None = no pinning."""
+    variants = list(cfg.variants)
+    per = cfg.training.cpus_per_actor
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = list(range(os.cpu_count() or 1))
+    if not cfg.training.pin_cpus or len(alive) != 1 or per * len(variants) > len(cores):
+        return dict.fromkeys(variants)
+    return {v: cores[i * per : (i + 1) * per] for i, v in enumerate(variants)}
+
+
+def run_training(cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float) -> dict:
+    """2a/2b: all variants start together as actors; returns {variant: result dict} for those that finished."""
+    from phase2_ray.stages.training import TrainerActor
+
+    cpu_sets = _cpu_sets(cfg)
+    train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
+    settings = cfg.training.model_dump(
+        exclude={"skip_steps", "cpus_per_actor", "gpus_per_actor", "pin_cpus", "log_every"}
+    )
+    meta = {"run_id": run_id, "config": cfg.model_dump(mode="json")}
+    actors, refs, by_ref = {}, [], {}
+    for variant, vcfg in cfg.variants.items():
+        name = STAGE_NAMES.get(variant, f"train:{variant}")
+        actors[variant] = TrainerActor.options(
+            name=f"{run_id}:train:{variant}",
+            num_cpus=cfg.training.cpus_per_actor,
+            num_gpus=cfg.training.gpus_per_actor,
+        ).remote(cpu_sets[variant])
+        ref = actors[variant].train.remote(
+            variant,
+            cfg.model.model_dump(),
+            settings,
+            vcfg.model_dump(),
+            train_ref,
+            val_ref,
+            d.tokenizer_json,
+            meta,
+            cfg.training.log_every,
+        )
+        refs.append(ref)
+        by_ref[ref] = (variant, name)
+    log(f"2a/2b: training {len(actors)} variants concurrently: {', '.join(actors)}", t0)
+    results: dict[str, dict] = {}
+    try:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            variant, name = by_ref[done[0]]
+            st = Stage(name, variant)
+            try:
+                res = ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                st.status, st.detail = "failed", f"{type(e).__name__}: {str(e)[-500:]}"
+                st.start, st.end = time.time(), time.time()
+                stages.append(st)
+                log(f"{name} {variant}: FAILED ({type(e).__name__})", t0)
+                continue
+            st.start, st.end = res["start"], res["end"]
+            st.status = "ok" if res["status"] == "ok" else "failed"
+            st.detail = res["error"] or ""
+            stages.append(st)
+            results[variant] = res
+            log(
+                f"{name} {variant}: {res['status']} in {res['end'] - res['start']:.1f}s, "
+                f"final loss {res['losses'][-1]:.4f}",
+                t0,
+            )
+    finally:
+        # Free the CPUs before Serve needs them: replicas would otherwise stay pending.
+        for a in actors.values():
+            ray.kill(a)
+    stages.sort(key=lambda s: (s.name != "data", s.start))
+    return results
+
+
+def run_validation(
+    cfg: Config, checkpoints: dict[str, dict[str, bytes]], prompts: list[str], t0: float
+) -> dict[str, dict]:
+    """2c: serve every checkpoint, then load each variant in turn over HTTP. Returns records and replica stats."""
+    from phase2_ray.stages.inference import APP_NAME, build_app, engine_stats
+    from phase2_ray.stages.loadgen import LoadClient
+
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    try:
+        serve.run(
+            build_app(checkpoints, cfg.serve.cpus_per_replica, cfg.serve.threads_per_replica),
+            name=APP_NAME,
+            route_prefix="/",
+        )
+        base_url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        log(f"2c: serving {', '.join(checkpoints)} at {base_url}/v1/completions", t0)
+        client = LoadClient.remote()
+        v = cfg.validation
+        out = {}
+        # One variant at a time: concurrent load would make the variants' latencies measure each other.
+        for variant in checkpoints:
+            start = time.time()
+            records = ray.get(
+                client.run.remote(
+                    base_url,
+                    variant,
+                    prompts,
+                    n=v.requests,
+                    warmup=v.warmup_requests,
+                    concurrency=v.concurrency,
+                    max_tokens=v.max_tokens,
+                    temperature=v.temperature,
+                    top_k=v.top_k,
+                    seed=cfg.training.seed,
+                    timeout_s=v.timeout_s,
+                )
+            )
+            stats = engine_stats(variant)
+            ok = sum(r["ok"] for r in records)
+            log(f"2c {variant}: {ok}/{len(records)} requests succeeded", t0)
+            out[variant] = {"records": records, "replica": stats, "start": start, "end": time.time()}
+        ray.kill(client)
+        return out
+    finally:
+        serve.shutdown()
+
+
+def run_pipeline(
+    cfg: Config, *, output: str | Path | None = None, address: str | None = None
+) -> tuple[int, Path]:
+    """Runs every stage; returns (exit code, path of report.md). Raises ConfigError before anything starts."""
+    t0 = time.time()
+    run_id = f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    out_dir = Path(output) if output else Path("results") / run_id
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--output {out_dir}: not writable ({e.strerror})") from e
+
+    log(f"run {run_id} -> {out_dir}", t0)
+    d = prepare_data(cfg)  # before Ray: a bad corpus is a config error, not a failed stage
+    log(f"data: {d.stage.detail}", t0)
+    stages: list[Stage] = [d.stage]
+    training: dict[str, dict] = {}
+    validation: dict[str, dict] = {}
+    failure = None
+    env: dict = {}
+    started = _connect(cfg, address)
+    try:
+        _check_resources(cfg)
+        try:
+            training = run_training(cfg, run_id, d, stages, t0)
+        except Exception as e:  # an actor could not even start; report what is known
+            stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
+        if len(training) < len(cfg.variants):
+            failure = "training stage failed"
+        servable = {v: r["checkpoint"] for v, r in training.items() if r["status"] == "ok"}
+        for variant, files in servable.items():
+            ckpt.save_dir(files, out_dir / "checkpoints" / variant)
+        if failure is None and servable:
+            st = Stage("2c", None, start=time.time())
+            stages.append(st)
+            try:
+                validation = run_validation(cfg, servable, d.prompts, t0)
+                st.status = "ok"
+            except Exception as e:  # the stage failed; keep what was measured and report it
+                st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
+                failure = "validation stage failed"
+            st.end = time.time()
+        env = _environment(cfg)
+    finally:
+        if started:
+            ray.shutdown()
+    st = Stage("2d", None, start=time.time())
+    stages.append(st)
+    report = build_report(
+        cfg=cfg,
+        run_id=run_id,
+        started_at=t0,
+        environment=env,
+        data_info={"files": len(d.files), "chars": d.chars, "train_tokens": len(d.train_tokens), "val_tokens": len(d.val_tokens)},
+        stages=[asdict(s) for s in stages],
+        training=training,
+        validation=validation,
+        failure=failure,
+    )
+    st.status, st.end = "ok", time.time()
+    report["stages"][-1].update(status=st.status, end=st.end)
+    report["finished_at"] = st.end
+    report["wall_s"] = st.end - t0
+    md_path = write_run_dir(out_dir, report, training, validation)
+    approved = report["decision"]["approved"]
+    log(f"2d: decision {'APPROVED' if approved else 'REJECTED'} in {report['wall_s']:.1f}s", t0)
+    if failure:
+        return EXIT_STAGE_FAILED, md_path
+    return (EXIT_APPROVED if approved else EXIT_REJECTED), md_path
+
+
+def _check_resources(cfg: Config) -> None:
+    """Fails fast (as a config error) when no node can host one training actor: Ray would wait forever."""
+    total = ray.cluster_resources()
+    cpu = cfg.training.cpus_per_actor
+    if cpu > total.get("CPU", 0):
+        raise ConfigError(
+            f"training.cpus_per_actor={cpu} exceeds the cluster's {total.get('CPU', 0):g} CPUs"
+        )
+    gpu = cfg.training.gpus_per_actor
+    if gpu > total.get("GPU", 0):
+        raise ConfigError(
+            f"training.gpus_per_actor={gpu} exceeds the cluster's {total.get('GPU', 0):g} GPUs"
+        )

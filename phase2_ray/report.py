@@ -1,0 +1,462 @@
+"""Stage 2d: raw results -> report.json (the contract), CSVs, and report.md rendered from report.json alone.
+
+Every figure in report.md is read or computed from the report dict, so every ratio recomputes from report.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from phase2_ray.config import Config
+from phase2_ray.core.atomic import write_atomic
+from phase2_ray.gates import Gate, evaluate_gates, pct_change_abs, ratio
+from phase2_ray.metrics import summarize_requests, summarize_training
+
+SCHEMA_VERSION = "1.0"
+WIDTH = 100  # report.md's ASCII sections fit this many columns
+
+
+def step_frame(training: dict[str, dict]) -> pd.DataFrame:
+    rows = [
+        {"variant": v, "step": i + 1, "loss": loss, "step_s": dt}
+        for v, r in training.items()
+        for i, (loss, dt) in enumerate(zip(r["losses"], r["step_times"], strict=True))
+    ]
+    return pd.DataFrame(rows, columns=["variant", "step", "loss", "step_s"])
+
+
+def request_frame(validation: dict[str, dict]) -> pd.DataFrame:
+    rows = [r for v in validation.values() for r in v["records"]]
+    cols = ["variant", "index", "ok", "status", "error_type", "error", "start", "end", "ttft_ms", "e2e_ms", "output_tokens", "prompt_tokens", "itl_ms", "text"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def build_report(
+    *,
+    cfg: Config,
+    run_id: str,
+    started_at: float,
+    environment: dict,
+    data_info: dict,
+    stages: list[dict],
+    training: dict[str, dict],
+    validation: dict[str, dict],
+    failure: str | None,
+) -> dict:
+    """report.json's content. `training` and `validation` are the raw stage results gathered by the driver."""
+    steps = step_frame(training)
+    tokens_per_step = cfg.training.batch_size * cfg.model.block_size
+    tr_out: dict[str, dict] = {}
+    for v, r in training.items():
+        summary = summarize_training(steps[steps["variant"] == v], tokens_per_step, cfg.training.skip_steps)
+        tr_out[v] = {
+            "status": r["status"],
+            "error": r["error"],
+            "params": r["params"],
+            "steps": r["steps"],
+            "tokens": r["tokens"],
+            "train_s": r["train_s"],
+            "stage_tokens_per_s": r["tokens"] / r["train_s"] if r["train_s"] > 0 else None,
+            "tokens_per_s": summary["tokens_per_s"],
+            "tokens_per_s_basis": f"steady state: steps {cfg.training.skip_steps + 1}..{r['steps']}",
+            "steady_s": summary["steady_s"],
+            "warmup_s": summary["warmup_s"],
+            "step_ms": summary["step_ms"],
+            "initial_loss": r["losses"][0] if r["losses"] else None,
+            "final_loss": r["losses"][-1] if r["losses"] else None,
+            "initial_val_loss": r["val_curve"][0][1] if r["val_curve"] else None,
+            "val_loss": r["val_curve"][-1][1] if r["val_curve"] else None,
+            "loss_curve": [[i + 1, x] for i, x in enumerate(r["losses"])],
+            "val_curve": [list(p) for p in r["val_curve"]],
+            "optimizations": r["applied"],
+            "placement": r["placement"],
+            "data_order_sha256": r["data_order_sha256"],
+            "start": r["start"],
+            "end": r["end"],
+        }
+    requests = request_frame(validation)
+    inf_out: dict[str, dict] = {}
+    for v, val in validation.items():
+        s = summarize_requests(requests[requests["variant"] == v])
+        s["peak_memory_mb"] = val["replica"]["peak_memory_mb"]
+        s["rss_mb"] = val["replica"]["rss_mb"]
+        s["replica"] = val["replica"]
+        s["start"], s["end"] = val["start"], val["end"]
+        inf_out[v] = s
+    comparison = {}
+    base = tr_out.get("baseline")
+    for v, t in tr_out.items():
+        if v == "baseline" or base is None:
+            continue
+        comparison[v] = {
+            "vs": "baseline",
+            "speedup": ratio(t["tokens_per_s"], base["tokens_per_s"]),
+            "stage_time_ratio": ratio(base["train_s"], t["train_s"]),
+            "val_loss_delta_pct": pct_change_abs(t["val_loss"], base["val_loss"]),
+            "same_data_order": t["data_order_sha256"] == base["data_order_sha256"],
+        }
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "started_at": started_at,
+        "finished_at": None,
+        "wall_s": None,
+        "environment": environment,
+        "config": cfg.model_dump(mode="json"),
+        "data": data_info,
+        "stages": stages,
+        "training": tr_out,
+        "inference": inf_out,
+        "comparison": comparison,
+        "failure": failure,
+    }
+    gates = evaluate_gates(report, cfg.targets.model_dump())
+    expected = len(cfg.variants) * 2 + 3  # data, 2a.., 2c, 2d
+    finished = sum(1 for s in stages if s["status"] == "ok") + 1  # 2d is running now and will finish
+    if failure:
+        gates.insert(0, Gate("stages_completed", "all", float(finished), "==", float(expected - len(cfg.variants)), detail=failure))
+    report["decision"] = {
+        "approved": bool(gates) and all(g.passed for g in gates),
+        "gates": [g.to_dict() for g in gates],
+    }
+    return report
+
+
+def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation: dict[str, dict]) -> Path:
+    """Writes CSVs, report.json and report.md atomically; report.md last, so its presence means a whole report."""
+    steps = step_frame(training)
+    write_atomic(out / "steps.csv", steps.to_csv(index=False))
+    val_rows = [
+        {"variant": v, "step": s, "val_loss": x} for v, t in report["training"].items() for s, x in t["val_curve"]
+    ]
+    write_atomic(out / "val.csv", pd.DataFrame(val_rows, columns=["variant", "step", "val_loss"]).to_csv(index=False))
+    req = request_frame(validation)
+    req["itl_ms"] = req["itl_ms"].map(json.dumps)
+    write_atomic(out / "requests.csv", req.to_csv(index=False))
+    write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
+    write_atomic(out / "report.json", json.dumps(report, indent=2, default=_json_default))
+    return write_atomic(out / "report.md", render_markdown(report))
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+# ---------------------------------------------------------------- rendering (report dict -> Markdown)
+
+
+def _f(x, digits: int = 2, unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "not measured"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _bar(value: float | None, scale: float, width: int = 40, ch: str = "■") -> str:
+    if value is None or not scale:
+        return ""
+    return ch * max(1, round(width * value / scale))
+
+
+def _pct(a, b) -> str:
+    """Relative change from a to b in percent, signed."""
+    if a is None or b is None or not a:
+        return "n/a"
+    return f"{(b - a) / a * 100:+.1f}%"
+
+
+def render_markdown(r: dict) -> str:
+    tr, inf, dec = r["training"], r["inference"], r["decision"]
+    parts = [
+        f"# Phase 2 completion report — {r['run_id']}\n",
+        f"**Decision: {'APPROVED' if dec['approved'] else 'REJECTED'}** "
+        f"({sum(g['passed'] for g in dec['gates'])}/{len(dec['gates'])} gates passed)"
+        + (f" — {r['failure']}" if r.get("failure") else ""),
+        f"\nRun wall time {_f(r['wall_s'], 1, ' s')} on {r['environment'].get('cpu_model', '?')} "
+        f"({r['environment'].get('cpu_count')} CPUs), torch {r['environment'].get('torch')}, "
+        f"ray {r['environment'].get('ray')}. Every figure below is read from report.json in this directory.\n",
+        _training_timeline(r),
+        _speedup(r),
+        _loss_chart(r),
+        _inference_vs_targets(r),
+        _gates_table(r),
+        _dashboard(r),
+        _comparative_table(r),
+        _run_timeline(r),
+        _checklist(r),
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _training_timeline(r: dict) -> str:
+    tr = r["training"]
+    if not tr:
+        return "## Training Timeline\n\nNo variant finished training.\n"
+    longest = max(t["train_s"] for t in tr.values())
+    lines = []
+    for v, t in tr.items():
+        stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
+        opt = ", ".join(f"{k}={val}" for k, val in t["optimizations"].items())
+        lines += [
+            f"{v.upper()} TRAINING (Stage {stage})",
+            f"├─ Duration: {_f(t['train_s'], 1, ' s')} wall, of which warm-up/compile steps {_f(t['warmup_s'], 1, ' s')}",
+            f"├─ Loss: {_f(t['initial_loss'], 4)} ──► {_f(t['final_loss'], 4)} "
+            f"(train, {_pct(t['initial_loss'], t['final_loss'])}); val {_f(t['initial_val_loss'], 4)} ──► {_f(t['val_loss'], 4)}",
+            f"├─ Throughput: {_f(t['tokens_per_s'], 0, ' tok/s')} steady state "
+            f"({t['tokens_per_s_basis']}); {_f(t['stage_tokens_per_s'], 0, ' tok/s')} over the whole stage",
+            f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens; {opt}",
+            f"└─ Status: {t['status'].upper()}" + (f" — {t['error']}" if t["error"] else ""),
+            "",
+            f"   {_bar(t['train_s'], longest, 60)} {_f(t['train_s'], 1, ' s')}",
+            "",
+        ]
+    return "## Training Timeline\n\n```\n" + "\n".join(lines) + "```\n"
+
+
+def _speedup(r: dict) -> str:
+    tr, comp = r["training"], r.get("comparison", {})
+    if not comp:
+        return ""
+    b = tr["baseline"]
+    lines = []
+    for v, c in comp.items():
+        t = tr[v]
+        lines += [
+            f"{v} vs baseline",
+            f"Steady-state throughput: {_f(b['tokens_per_s'], 0)} → {_f(t['tokens_per_s'], 0)} tok/s   "
+            f"= {_f(c['speedup'], 2, 'x')} ({_pct(b['tokens_per_s'], t['tokens_per_s'])})",
+            f"Median step time:        {_f(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "
+            f"{_f(t['step_ms']['p50'] if t['step_ms'] else None, 2)} ms",
+            f"Stage wall time:         {_f(b['train_s'], 1)} → {_f(t['train_s'], 1)} s   "
+            f"= {_f(c['stage_time_ratio'], 2, 'x')} faster end to end (includes compile and evals)",
+            f"Val loss change:         {_f(c['val_loss_delta_pct'], 3, '%')} (|{v} − baseline| / baseline)",
+            f"Same data order:         {'yes' if c['same_data_order'] else 'NO'} (batch schedule sha256 "
+            f"{t['data_order_sha256']})",
+            "",
+        ]
+    return "## Speedup Breakdown\n\n```\n" + "\n".join(lines) + "```\n"
+
+
+def _loss_chart(r: dict, width: int = 72, height: int = 14) -> str:
+    curves = {v: [p[1] for p in t["loss_curve"]] for v, t in r["training"].items() if t["loss_curve"]}
+    curves = {v: c for v, c in curves.items() if all(math.isfinite(x) for x in c)}
+    if not curves:
+        return ""
+    marks = "*o+x%@"
+    steps = max(len(c) for c in curves.values())
+    cols = {}
+    for v, c in curves.items():
+        # Average the steps that fall in each column: the chart shows the trend, not per-step noise.
+        cols[v] = [
+            sum(c[i * len(c) // width : max((i + 1) * len(c) // width, i * len(c) // width + 1)])
+            / len(c[i * len(c) // width : max((i + 1) * len(c) // width, i * len(c) // width + 1)])
+            for i in range(width)
+        ]
+    lo = min(min(c) for c in cols.values())
+    hi = max(max(c) for c in cols.values())
+    span = hi - lo or 1.0
+    grid = [[" "] * width for _ in range(height)]
+    for k, (v, c) in enumerate(cols.items()):
+        for x, y in enumerate(c):
+            row = height - 1 - round((y - lo) / span * (height - 1))
+            grid[row][x] = "#" if grid[row][x] not in (" ", marks[k]) else marks[k]
+    lines = []
+    for i, row in enumerate(grid):
+        yv = hi - i * span / (height - 1)
+        lines.append(f"{yv:7.3f} │{''.join(row)}")
+    lines.append("        └" + "─" * width)
+    lines.append(f"         step 1{' ' * (width - 12 - len(str(steps)))}step {steps}")
+    legend = "   ".join(f"{marks[k]} {v}" for k, v in enumerate(cols)) + "   # overlap"
+    vals = []
+    for v, t in r["training"].items():
+        vals.append(f"{v}: final val loss {_f(t['val_loss'], 4)}")
+    verdict = ""
+    for v, c in r.get("comparison", {}).items():
+        verdict += f"\n{v} vs baseline: |Δ val loss| = {_f(c['val_loss_delta_pct'], 3, '%')}"
+    return (
+        "## Loss Convergence Comparison\n\n```\nTraining loss (per-step, column-averaged)   "
+        + legend
+        + "\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(vals)
+        + verdict
+        + "\n```\n"
+    )
+
+
+def _inference_vs_targets(r: dict) -> str:
+    inf, targets = r["inference"], r["config"]["targets"]
+    if not inf:
+        return "## Inference Performance vs Targets\n\nStage 2c did not run: nothing measured.\n"
+    rows = [
+        ("TTFT p50", "ttft_ms", "p50", "ms", targets["ttft_p50_ms_max"], "max"),
+        ("Output throughput", "output_tokens_per_s", None, "tok/s", targets["output_tokens_per_s_min"], "min"),
+        ("Peak replica memory (RSS)", "peak_memory_mb", None, "MB", targets["peak_memory_mb_max"], "max"),
+    ]
+    lines = []
+    for title, key, sub, unit, target, kind in rows:
+        vals = {v: (i.get(key) or {}).get(sub) if sub else i.get(key) for v, i in inf.items()}
+        scale = max([target] + [x for x in vals.values() if x is not None])
+        lines.append(f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})")
+        lines.append(f"  {'target':<12} {_bar(target, scale, 50, '█'):<50} {target:g} {unit}")
+        for v, x in vals.items():
+            if x is None:
+                lines.append(f"  {v:<12} not measured")
+                continue
+            head = (target / x if kind == "max" else x / target) if x else float("inf")
+            side = "within" if (x <= target if kind == "max" else x >= target) else "MISSES"
+            lines.append(
+                f"  {v:<12} {_bar(x, scale, 50):<50} {_f(x, 2)} {unit}  ({side} target; "
+                f"{'target/value' if kind == 'max' else 'value/target'} = {head:.2f})"
+            )
+        lines.append("")
+    lat = []
+    for v, i in inf.items():
+        for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            d = i.get(m) or {}
+            lat.append([v, m, _f(d.get("p50")), _f(d.get("p90")), _f(d.get("p99")), _f(d.get("mean")), d.get("n", 0)])
+    succ = ", ".join(
+        f"{v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
+    )
+    return (
+        "## Inference Performance vs Targets\n\n```\n"
+        + "\n".join(lines)
+        + f"Success rate: {succ}\n```\n\nLatency percentiles (ms; TTFT and ITL measured at the client over HTTP):\n\n"
+        + tabulate(lat, headers=["variant", "metric", "p50", "p90", "p99", "mean", "n"], tablefmt="github")
+        + "\n"
+    )
+
+
+def _gates_table(r: dict) -> str:
+    rows = [
+        [
+            g["name"],
+            g["variant"],
+            _f(g["value"], 3) if g["value"] is not None else "not measured",
+            g["op"],
+            f"{g['threshold']:g}",
+            _f(g["margin"], 3) if g["margin"] is not None else "—",
+            g["unit"],
+            "PASS" if g["passed"] else "FAIL",
+        ]
+        for g in r["decision"]["gates"]
+    ]
+    return (
+        "## Approval Gates\n\nMargin = how far the value sits on the passing side of the threshold (negative: missed by).\n\n"
+        + tabulate(rows, headers=["gate", "variant", "value", "op", "threshold", "margin", "unit", "result"], tablefmt="github")
+        + "\n"
+    )
+
+
+def _dashboard(r: dict) -> str:
+    titles = {"data": "Data + tokenizer", "2a": "Baseline training", "2b": "Optimized training", "2c": "Inference validation", "2d": "Final reporting"}
+    lines = ["┌" + "─" * 62 + "┐", f"│ {'PHASE 2 COMPLETION STATUS':<60} │", "├" + "─" * 62 + "┤"]
+    for s in r["stages"]:
+        title = titles.get(s["name"], f"Training {s.get('variant')}")
+        dur = (s["end"] or time.time()) - s["start"]
+        label = f"Stage {s['name']:<5} {title:<26} {s['status'].upper():<8} {dur:6.1f} s"
+        lines.append(f"│ {label:<60} │")
+    verdict = "APPROVED" if r["decision"]["approved"] else "REJECTED"
+    failed = [f"{g['name']}/{g['variant']}" for g in r["decision"]["gates"] if not g["passed"]]
+    lines += ["├" + "─" * 62 + "┤", f"│ {'OVERALL RESULT: ' + verdict:<60} │"]
+    for f in failed[:6]:
+        lines.append(f"│ {'  failed gate: ' + f:<60} │")
+    lines.append("└" + "─" * 62 + "┘")
+    return "## Phase 2 Completion Dashboard\n\n```\n" + "\n".join(lines) + "\n```\n"
+
+
+def _comparative_table(r: dict) -> str:
+    tr, inf = r["training"], r["inference"]
+    variants = list(tr)
+    if "baseline" not in tr:
+        return ""
+
+    def g(sec, v, *path):
+        x = sec.get(v, {})
+        for p in path:
+            x = (x or {}).get(p)
+        return x
+
+    metrics = [
+        ("Training stage wall (s)", lambda v: g(tr, v, "train_s"), "lower"),
+        ("Training throughput, steady (tok/s)", lambda v: g(tr, v, "tokens_per_s"), "higher"),
+        ("Median step time (ms)", lambda v: g(tr, v, "step_ms", "p50"), "lower"),
+        ("Final train loss", lambda v: g(tr, v, "final_loss"), None),
+        ("Final val loss", lambda v: g(tr, v, "val_loss"), None),
+        ("Inference TTFT p50 (ms)", lambda v: g(inf, v, "ttft_ms", "p50"), "lower"),
+        ("Inference TPOT p50 (ms)", lambda v: g(inf, v, "tpot_ms", "p50"), "lower"),
+        ("Inference output throughput (tok/s)", lambda v: g(inf, v, "output_tokens_per_s"), "higher"),
+        ("Peak replica memory (MB)", lambda v: g(inf, v, "peak_memory_mb"), "lower"),
+        ("Inference success rate", lambda v: g(inf, v, "success_rate"), "higher"),
+    ]
+    rows = []
+    for name, get, _better in metrics:
+        base = get("baseline")
+        row = [name] + [_f(get(v), 4 if "loss" in name else 2) for v in variants]
+        for v in variants[1:]:
+            x = get(v)
+            row.append("n/a" if x is None or base in (None, 0) else f"{x / base:.3f} ({_pct(base, x)})")
+        rows.append(row)
+    headers = ["metric"] + variants + [f"{v}/baseline" for v in variants[1:]]
+    return (
+        "## Comparative Summary Table\n\nRatios are variant ÷ baseline of the two values on the same row.\n\n"
+        + tabulate(rows, headers=headers, tablefmt="github")
+        + "\n"
+    )
+
+
+def _run_timeline(r: dict, width: int = 60) -> str:
+    stages = [s for s in r["stages"] if s.get("start")]
+    if not stages:
+        return ""
+    t0 = r["started_at"]
+    t1 = max((s["end"] or s["start"]) for s in stages)
+    span = max(t1 - t0, 1e-6)
+    lines = [f"{'stage':<16} {'start':>7} {'end':>7}  0 s{' ' * (width - 8)}{span:.0f} s"]
+    for s in stages:
+        a = round((s["start"] - t0) / span * width)
+        b = max(a + 1, round(((s["end"] or s["start"]) - t0) / span * width))
+        label = s["name"] + (f" {s['variant']}" if s.get("variant") else "")
+        lines.append(
+            f"{label:<16} {s['start'] - t0:6.1f}s {(s['end'] or s['start']) - t0:6.1f}s  "
+            f"{' ' * a}{'▓' * (b - a)}"
+        )
+    tr = [s for s in stages if s["name"] in ("2a", "2b") or s["name"].startswith("train:")]
+    note = ""
+    if len(tr) >= 2:
+        ov = min(x["end"] for x in tr) - max(x["start"] for x in tr)
+        note = f"\nTraining actors overlapped for {max(ov, 0):.1f} s (they ran concurrently)." if ov > 0 else "\nTraining actors did NOT overlap."
+    return "## Timeline of the Run\n\n```\n" + "\n".join(lines) + note + "\n```\n"
+
+
+def _checklist(r: dict) -> str:
+    tr, inf, comp = r["training"], r["inference"], r.get("comparison", {})
+    checks = []
+
+    def add(ok: bool, text: str) -> None:
+        checks.append(f"[{'x' if ok else ' '}] {text}")
+
+    for v, t in tr.items():
+        add(t["status"] == "ok", f"{v}: trained {t['steps']} steps with finite loss")
+        add(
+            t["val_loss"] is not None and t["initial_val_loss"] is not None and t["val_loss"] < t["initial_val_loss"],
+            f"{v}: val loss fell ({_f(t['initial_val_loss'], 4)} → {_f(t['val_loss'], 4)})",
+        )
+    for v, c in comp.items():
+        add(c["same_data_order"], f"{v} and baseline saw the same batches in the same order (schedule hash)")
+        add(tr[v]["tokens"] == tr["baseline"]["tokens"], f"{v} and baseline trained on the same token budget")
+    for v, i in inf.items():
+        add(True, f"{v}: checkpoint loaded into a Serve replica with sha256 verified (replica pid {i['replica']['pid']})")
+        add(i["succeeded"] == i["requests"], f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded over HTTP")
+    for v in tr:
+        if v not in inf:
+            add(False, f"{v}: inference validation ran")
+    add(r["decision"]["approved"], "every approval gate passed")
+    return "## Validation Checklist\n\nChecks this run performed, with their outcome:\n\n```\n" + "\n".join(checks) + "\n```\n"
