@@ -16,8 +16,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Train baseline and optimized GPTs on Ray, validate them through Ray Serve, report and decide.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed")
-    run.add_argument("-c", "--config", default="configs/phase2.yaml", help="YAML config (default: %(default)s)")
+    run = sub.add_parser(
+        "run", help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed"
+    )
+    run.add_argument(
+        "-c", "--config", default="configs/phase2.yaml", help="YAML config (default: %(default)s)"
+    )
     run.add_argument("--output", help="run directory (default: results/<run_id>/)")
     run.add_argument(
         "--set",
@@ -27,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, parsed as YAML (e.g. --set training.steps=50); repeatable",
     )
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+    )
     return p
 
 

@@ -67,9 +67,7 @@ class DataConfig(_Section):
         default_factory=list,
         description="Files, folders or globs of UTF-8 text; empty = the Python standard library's source.",
     )
-    max_chars: int = Field(
-        2_000_000, ge=10_000, le=500_000_000, description="Characters of text to read."
-    )
+    max_chars: int = Field(2_000_000, ge=10_000, le=500_000_000, description="Characters of text to read.")
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation loss."
     )
@@ -88,23 +86,19 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.d_model % self.n_head:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by n_head={self.n_head}"
-            )
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         return self
 
 
 class TrainingConfig(_Section):
-    steps: int = Field(600, ge=1, le=10_000_000, description="Optimizer steps for every variant.")
+    steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps for every variant.")
     batch_size: int = Field(8, ge=1, le=4096, description="Sequences per step.")
     lr: float = Field(3e-3, gt=0.0, le=10.0, description="Peak learning rate (AdamW).")
     min_lr: float = Field(3e-4, ge=0.0, description="Learning rate at the end of cosine decay.")
     warmup_steps: int = Field(30, ge=1, description="Linear learning-rate warm-up steps.")
     weight_decay: float = Field(0.1, ge=0.0, le=1.0, description="AdamW weight decay on matrices.")
     grad_clip: float = Field(1.0, ge=0.0, description="Gradient norm clip (0 = off).")
-    eval_interval: int = Field(
-        100, ge=0, description="Val loss every N steps (0 = only at start and end)."
-    )
+    eval_interval: int = Field(100, ge=0, description="Val loss every N steps (0 = only at start and end).")
     eval_windows: int = Field(64, ge=1, description="Val windows of block_size tokens per eval.")
     seed: int = Field(1337, ge=0, description="Seed of weights init and data order (shared).")
     skip_steps: int = Field(
@@ -114,9 +108,7 @@ class TrainingConfig(_Section):
     )
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per training actor.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per training actor.")
-    pin_cpus: bool = Field(
-        True, description="Give concurrent actors disjoint cores (affinity) on one node."
-    )
+    pin_cpus: bool = Field(True, description="Give concurrent actors disjoint cores (affinity) on one node.")
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
 
     @model_validator(mode="after")
@@ -133,8 +125,8 @@ class TrainingConfig(_Section):
 
 class VariantConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model (inductor).")
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
-        Field("default", description="torch.compile mode.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode."
     )
     fused_adamw: bool = Field(False, description="AdamW fused kernel.")
     bf16: bool = Field(False, description="bfloat16 autocast in the forward pass.")
@@ -149,7 +141,7 @@ class ServeConfig(_Section):
 
 class ValidationConfig(_Section):
     requests: int = Field(50, ge=1, description="Measured requests per variant.")
-    warmup_requests: int = Field(5, ge=0, description="Requests per variant sent before measuring.")
+    warmup_requests: int = Field(3, ge=0, description="Requests per variant sent before measuring.")
     concurrency: int = Field(1, ge=1, le=256, description="Requests in flight per variant.")
     prompt_tokens: int = Field(16, ge=1, description="Prompt length, cut from held-out text.")
     max_tokens: int = Field(32, ge=1, description="Tokens generated per request.")
@@ -179,9 +171,7 @@ def _default_variants() -> dict[str, VariantConfig]:
 
 
 class Config(_Section):
-    run_name: str = Field(
-        "phase2", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Prefix of the run id."
-    )
+    run_name: str = Field("phase2", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Prefix of the run id.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Embedded Ray settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenizer.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="GPT shape.")
@@ -191,9 +181,7 @@ class Config(_Section):
         description="Variant name -> optimization stack; one concurrent training actor each.",
     )
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
-    validation: ValidationConfig = Field(
-        default_factory=ValidationConfig, description="Stage 2c load."
-    )
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Stage 2c load.")
     targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
 
     @model_validator(mode="after")
@@ -218,9 +206,9 @@ class Config(_Section):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the resolved config: equal hashes, equal settings."""
-        return hashlib.sha256(
-            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
 
 def apply_override(raw: dict, expr: str) -> None:
@@ -261,10 +249,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {p}: top level must be a mapping, got {type(loaded).__name__}"
-            )
+            raise ConfigError(f"config file {p}: top level must be a mapping, got {type(loaded).__name__}")
         raw = loaded
+    if overrides and "variants" not in raw:
+        # `--set variants.x.…` adds to the default variants instead of replacing them.
+        raw["variants"] = {k: v.model_dump() for k, v in _default_variants().items()}
     for expr in overrides:
         apply_override(raw, expr)
     try:

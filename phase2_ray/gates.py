@@ -47,9 +47,7 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
     training, inference = report["training"], report["inference"]
     for variant, t in training.items():
         if t.get("status") != "ok":
-            gates.append(
-                Gate("training_completed", variant, 0.0, "==", 1.0, detail=t.get("error") or "")
-            )
+            gates.append(Gate("training_completed", variant, 0.0, "==", 1.0, detail=t.get("error") or ""))
     for variant in training:
         inf = inference.get(variant, {})
         ttft = (inf.get("ttft_ms") or {}).get("p50")
@@ -71,9 +69,7 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
                 targets["peak_memory_mb_max"],
                 "MB",
             ),
-            Gate(
-                "success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]
-            ),
+            Gate("success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]),
         ]
     base = training.get(baseline, {})
     for variant, t in training.items():

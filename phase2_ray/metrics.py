@@ -51,9 +51,7 @@ def summarize_requests(requests: pd.DataFrame) -> dict:
     out[TTFT_MS] = describe(ok[TTFT_MS])
     out[E2E_MS] = describe(ok[E2E_MS])
     multi = ok[ok["output_tokens"] > 1]
-    out[TPOT_MS] = describe(
-        (multi[E2E_MS] - multi[TTFT_MS]) / (multi["output_tokens"] - 1)
-    )
+    out[TPOT_MS] = describe((multi[E2E_MS] - multi[TTFT_MS]) / (multi["output_tokens"] - 1))
     out[ITL_MS] = describe(x for gaps in ok[ITL_MS] for x in gaps)
     # Aggregate output throughput: tokens of successful requests over the measured window's wall time.
     if len(ok):
@@ -61,9 +59,7 @@ def summarize_requests(requests: pd.DataFrame) -> dict:
         out["output_tokens"] = int(ok["output_tokens"].sum())
         out["measured_s"] = window
         out["output_tokens_per_s"] = out["output_tokens"] / window if window > 0 else None
-        out["request_tokens_per_s"] = describe(
-            multi["output_tokens"] / (multi[E2E_MS] / 1000.0)
-        )
+        out["request_tokens_per_s"] = describe(multi["output_tokens"] / (multi[E2E_MS] / 1000.0))
     else:
         out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None)
     return out

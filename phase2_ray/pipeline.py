@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -47,6 +48,7 @@ class PreparedData:
     train_tokens: torch.Tensor
     val_tokens: torch.Tensor
     tokenizer_json: str
+    vocab_size: int
     prompts: list[str]
     files: list[str]
     chars: int
@@ -57,9 +59,7 @@ def prepare_data(cfg: Config) -> PreparedData:
     """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input."""
     st = Stage("data", None, start=time.time())
     try:
-        files = (
-            corpus_data.resolve_paths(cfg.data.paths) if cfg.data.paths else corpus_data.stdlib_files()
-        )
+        files = corpus_data.resolve_paths(cfg.data.paths) if cfg.data.paths else corpus_data.stdlib_files()
         corpus = corpus_data.load_corpus(files, cfg.data.max_chars, cfg.data.val_fraction)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"data.paths: {e}") from e
@@ -76,7 +76,9 @@ def prepare_data(cfg: Config) -> PreparedData:
     prompts = validation_prompts(tok, val_ids, cfg.validation.prompt_tokens, 16)
     st.status, st.end = "ok", time.time()
     st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
-    return PreparedData(train_ids, val_ids, tok.to_str(), prompts, corpus.files, corpus.chars, st)
+    return PreparedData(
+        train_ids, val_ids, tok.to_str(), tok.get_vocab_size(), prompts, corpus.files, corpus.chars, st
+    )
 
 
 def validation_prompts(tok, val_ids: torch.Tensor, prompt_tokens: int, count: int) -> list[str]:
@@ -189,7 +191,7 @@ def run_training(cfg: Config, run_id: str, d: PreparedData, stages: list[Stage],
         ).remote(cpu_sets[variant])
         ref = actors[variant].train.remote(
             variant,
-            cfg.model.model_dump(),
+            {**cfg.model.model_dump(), "vocab_size": d.vocab_size},
             settings,
             vcfg.model_dump(),
             train_ref,
@@ -211,7 +213,7 @@ def run_training(cfg: Config, run_id: str, d: PreparedData, stages: list[Stage],
             try:
                 res = ray.get(done[0])
             except ray.exceptions.RayError as e:
-                st.status, st.detail = "failed", f"{type(e).__name__}: {str(e)[-500:]}"
+                st.status, st.detail = "failed", _error_text(e)
                 st.start, st.end = time.time(), time.time()
                 stages.append(st)
                 log(f"{name} {variant}: FAILED ({type(e).__name__})", t0)
@@ -231,22 +233,30 @@ def run_training(cfg: Config, run_id: str, d: PreparedData, stages: list[Stage],
         for a in actors.values():
             ray.kill(a)
     stages.sort(key=lambda s: (s.name != "data", s.start))
-    return results
+    # Config order (baseline first) for everything downstream, whatever order the actors finished in.
+    return {v: results[v] for v in cfg.variants if v in results}
 
 
 def run_validation(
-    cfg: Config, checkpoints: dict[str, dict[str, bytes]], prompts: list[str], t0: float
+    cfg: Config,
+    checkpoints: dict[str, dict[str, bytes]],
+    prompts: list[str],
+    t0: float,
+    own_cluster: bool,
 ) -> dict[str, dict]:
     """2c: serve every checkpoint, then load each variant in turn over HTTP. Returns records and replica stats."""
     from phase2_ray.stages.inference import APP_NAME, build_app, engine_stats
     from phase2_ray.stages.loadgen import LoadClient
 
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    # Access logs of every request would drown the progress lines; warnings and errors still show.
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=quiet)
     try:
         serve.run(
             build_app(checkpoints, cfg.serve.cpus_per_replica, cfg.serve.threads_per_replica),
             name=APP_NAME,
             route_prefix="/",
+            logging_config=quiet,
         )
         base_url = f"http://{cfg.serve.host}:{cfg.serve.port}"
         log(f"2c: serving {', '.join(checkpoints)} at {base_url}/v1/completions", t0)
@@ -278,7 +288,9 @@ def run_validation(
         ray.kill(client)
         return out
     finally:
-        serve.shutdown()
+        # A cluster this run started goes down whole with ray.shutdown(); a shared one keeps running, minus Serve.
+        if not own_cluster:
+            serve.shutdown()
 
 
 def run_pipeline(
@@ -320,7 +332,7 @@ def run_pipeline(
             st = Stage("2c", None, start=time.time())
             stages.append(st)
             try:
-                validation = run_validation(cfg, servable, d.prompts, t0)
+                validation = run_validation(cfg, servable, d.prompts, t0, started)
                 st.status = "ok"
             except Exception as e:  # the stage failed; keep what was measured and report it
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
@@ -337,7 +349,12 @@ def run_pipeline(
         run_id=run_id,
         started_at=t0,
         environment=env,
-        data_info={"files": len(d.files), "chars": d.chars, "train_tokens": len(d.train_tokens), "val_tokens": len(d.val_tokens)},
+        data_info={
+            "files": len(d.files),
+            "chars": d.chars,
+            "train_tokens": len(d.train_tokens),
+            "val_tokens": len(d.val_tokens),
+        },
         stages=[asdict(s) for s in stages],
         training=training,
         validation=validation,
@@ -355,16 +372,18 @@ def run_pipeline(
     return (EXIT_APPROVED if approved else EXIT_REJECTED), md_path
 
 
+def _error_text(e: BaseException, limit: int = 600) -> str:
+    """The exception's last lines without terminal colour codes (Ray wraps remote tracebacks in them)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(e).__name__}: {e}")
+    return text[-limit:]
+
+
 def _check_resources(cfg: Config) -> None:
     """Fails fast (as a config error) when no node can host one training actor: Ray would wait forever."""
     total = ray.cluster_resources()
     cpu = cfg.training.cpus_per_actor
     if cpu > total.get("CPU", 0):
-        raise ConfigError(
-            f"training.cpus_per_actor={cpu} exceeds the cluster's {total.get('CPU', 0):g} CPUs"
-        )
+        raise ConfigError(f"training.cpus_per_actor={cpu} exceeds the cluster's {total.get('CPU', 0):g} CPUs")
     gpu = cfg.training.gpus_per_actor
     if gpu > total.get("GPU", 0):
-        raise ConfigError(
-            f"training.gpus_per_actor={gpu} exceeds the cluster's {total.get('GPU', 0):g} GPUs"
-        )
+        raise ConfigError(f"training.gpus_per_actor={gpu} exceeds the cluster's {total.get('GPU', 0):g} GPUs")

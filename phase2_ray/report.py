@@ -32,7 +32,22 @@ def step_frame(training: dict[str, dict]) -> pd.DataFrame:
 
 def request_frame(validation: dict[str, dict]) -> pd.DataFrame:
     rows = [r for v in validation.values() for r in v["records"]]
-    cols = ["variant", "index", "ok", "status", "error_type", "error", "start", "end", "ttft_ms", "e2e_ms", "output_tokens", "prompt_tokens", "itl_ms", "text"]
+    cols = [
+        "variant",
+        "index",
+        "ok",
+        "status",
+        "error_type",
+        "error",
+        "start",
+        "end",
+        "ttft_ms",
+        "e2e_ms",
+        "output_tokens",
+        "prompt_tokens",
+        "itl_ms",
+        "text",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -63,7 +78,7 @@ def build_report(
             "train_s": r["train_s"],
             "stage_tokens_per_s": r["tokens"] / r["train_s"] if r["train_s"] > 0 else None,
             "tokens_per_s": summary["tokens_per_s"],
-            "tokens_per_s_basis": f"steady state: steps {cfg.training.skip_steps + 1}..{r['steps']}",
+            "tokens_per_s_basis": f"steady state, steps {cfg.training.skip_steps + 1}-{r['steps']}",
             "steady_s": summary["steady_s"],
             "warmup_s": summary["warmup_s"],
             "step_ms": summary["step_ms"],
@@ -119,7 +134,17 @@ def build_report(
     expected = len(cfg.variants) * 2 + 3  # data, 2a.., 2c, 2d
     finished = sum(1 for s in stages if s["status"] == "ok") + 1  # 2d is running now and will finish
     if failure:
-        gates.insert(0, Gate("stages_completed", "all", float(finished), "==", float(expected - len(cfg.variants)), detail=failure))
+        gates.insert(
+            0,
+            Gate(
+                "stages_completed",
+                "all",
+                float(finished),
+                "==",
+                float(expected - len(cfg.variants)),
+                detail=failure,
+            ),
+        )
     report["decision"] = {
         "approved": bool(gates) and all(g.passed for g in gates),
         "gates": [g.to_dict() for g in gates],
@@ -132,9 +157,13 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
     steps = step_frame(training)
     write_atomic(out / "steps.csv", steps.to_csv(index=False))
     val_rows = [
-        {"variant": v, "step": s, "val_loss": x} for v, t in report["training"].items() for s, x in t["val_curve"]
+        {"variant": v, "step": s, "val_loss": x}
+        for v, t in report["training"].items()
+        for s, x in t["val_curve"]
     ]
-    write_atomic(out / "val.csv", pd.DataFrame(val_rows, columns=["variant", "step", "val_loss"]).to_csv(index=False))
+    write_atomic(
+        out / "val.csv", pd.DataFrame(val_rows, columns=["variant", "step", "val_loss"]).to_csv(index=False)
+    )
     req = request_frame(validation)
     req["itl_ms"] = req["itl_ms"].map(json.dumps)
     write_atomic(out / "requests.csv", req.to_csv(index=False))
@@ -172,7 +201,7 @@ def _pct(a, b) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    tr, inf, dec = r["training"], r["inference"], r["decision"]
+    dec = r["decision"]
     parts = [
         f"# Phase 2 completion report — {r['run_id']}\n",
         f"**Decision: {'APPROVED' if dec['approved'] else 'REJECTED'}** "
@@ -180,7 +209,7 @@ def render_markdown(r: dict) -> str:
         + (f" — {r['failure']}" if r.get("failure") else ""),
         f"\nRun wall time {_f(r['wall_s'], 1, ' s')} on {r['environment'].get('cpu_model', '?')} "
         f"({r['environment'].get('cpu_count')} CPUs), torch {r['environment'].get('torch')}, "
-        f"ray {r['environment'].get('ray')}. Every figure below is read from report.json in this directory.\n",
+        f"ray {r['environment'].get('ray')}.\nEvery figure below is read from report.json in this directory.\n",
         _training_timeline(r),
         _speedup(r),
         _loss_chart(r),
@@ -208,9 +237,10 @@ def _training_timeline(r: dict) -> str:
             f"├─ Duration: {_f(t['train_s'], 1, ' s')} wall, of which warm-up/compile steps {_f(t['warmup_s'], 1, ' s')}",
             f"├─ Loss: {_f(t['initial_loss'], 4)} ──► {_f(t['final_loss'], 4)} "
             f"(train, {_pct(t['initial_loss'], t['final_loss'])}); val {_f(t['initial_val_loss'], 4)} ──► {_f(t['val_loss'], 4)}",
-            f"├─ Throughput: {_f(t['tokens_per_s'], 0, ' tok/s')} steady state "
-            f"({t['tokens_per_s_basis']}); {_f(t['stage_tokens_per_s'], 0, ' tok/s')} over the whole stage",
-            f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens; {opt}",
+            f"├─ Throughput: {_f(t['tokens_per_s'], 0, ' tok/s')} ({t['tokens_per_s_basis']}); "
+            f"{_f(t['stage_tokens_per_s'], 0, ' tok/s')} whole stage",
+            f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens",
+            f"├─ Optimizations: {opt}",
             f"└─ Status: {t['status'].upper()}" + (f" — {t['error']}" if t["error"] else ""),
             "",
             f"   {_bar(t['train_s'], longest, 60)} {_f(t['train_s'], 1, ' s')}",
@@ -250,19 +280,13 @@ def _loss_chart(r: dict, width: int = 72, height: int = 14) -> str:
         return ""
     marks = "*o+x%@"
     steps = max(len(c) for c in curves.values())
-    cols = {}
-    for v, c in curves.items():
-        # Average the steps that fall in each column: the chart shows the trend, not per-step noise.
-        cols[v] = [
-            sum(c[i * len(c) // width : max((i + 1) * len(c) // width, i * len(c) // width + 1)])
-            / len(c[i * len(c) // width : max((i + 1) * len(c) // width, i * len(c) // width + 1)])
-            for i in range(width)
-        ]
+    # Average the steps that fall in each column: the chart shows the trend, not per-step noise.
+    cols = {v: _columns(c, width) for v, c in curves.items()}
     lo = min(min(c) for c in cols.values())
     hi = max(max(c) for c in cols.values())
     span = hi - lo or 1.0
     grid = [[" "] * width for _ in range(height)]
-    for k, (v, c) in enumerate(cols.items()):
+    for k, c in enumerate(cols.values()):
         for x, y in enumerate(c):
             row = height - 1 - round((y - lo) / span * (height - 1))
             grid[row][x] = "#" if grid[row][x] not in (" ", marks[k]) else marks[k]
@@ -291,13 +315,30 @@ def _loss_chart(r: dict, width: int = 72, height: int = 14) -> str:
     )
 
 
+def _columns(values: list[float], width: int) -> list[float]:
+    """`values` resampled to `width` columns, each the mean of the values that fall in it."""
+    out = []
+    for i in range(width):
+        lo = i * len(values) // width
+        chunk = values[lo : max((i + 1) * len(values) // width, lo + 1)]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
 def _inference_vs_targets(r: dict) -> str:
     inf, targets = r["inference"], r["config"]["targets"]
     if not inf:
         return "## Inference Performance vs Targets\n\nStage 2c did not run: nothing measured.\n"
     rows = [
         ("TTFT p50", "ttft_ms", "p50", "ms", targets["ttft_p50_ms_max"], "max"),
-        ("Output throughput", "output_tokens_per_s", None, "tok/s", targets["output_tokens_per_s_min"], "min"),
+        (
+            "Output throughput",
+            "output_tokens_per_s",
+            None,
+            "tok/s",
+            targets["output_tokens_per_s_min"],
+            "min",
+        ),
         ("Peak replica memory (RSS)", "peak_memory_mb", None, "MB", targets["peak_memory_mb_max"], "max"),
     ]
     lines = []
@@ -305,7 +346,7 @@ def _inference_vs_targets(r: dict) -> str:
         vals = {v: (i.get(key) or {}).get(sub) if sub else i.get(key) for v, i in inf.items()}
         scale = max([target] + [x for x in vals.values() if x is not None])
         lines.append(f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})")
-        lines.append(f"  {'target':<12} {_bar(target, scale, 50, '█'):<50} {target:g} {unit}")
+        lines.append(f"  {'target':<12} {_bar(target, scale, 40, '█'):<40} {target:g} {unit}")
         for v, x in vals.items():
             if x is None:
                 lines.append(f"  {v:<12} not measured")
@@ -313,15 +354,17 @@ def _inference_vs_targets(r: dict) -> str:
             head = (target / x if kind == "max" else x / target) if x else float("inf")
             side = "within" if (x <= target if kind == "max" else x >= target) else "MISSES"
             lines.append(
-                f"  {v:<12} {_bar(x, scale, 50):<50} {_f(x, 2)} {unit}  ({side} target; "
-                f"{'target/value' if kind == 'max' else 'value/target'} = {head:.2f})"
+                f"  {v:<12} {_bar(x, scale, 40):<40} {_f(x, 2)} {unit} ({side}; "
+                f"{'target/value' if kind == 'max' else 'value/target'} {head:.2f})"
             )
         lines.append("")
     lat = []
     for v, i in inf.items():
         for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
             d = i.get(m) or {}
-            lat.append([v, m, _f(d.get("p50")), _f(d.get("p90")), _f(d.get("p99")), _f(d.get("mean")), d.get("n", 0)])
+            lat.append(
+                [v, m, _f(d.get("p50")), _f(d.get("p90")), _f(d.get("p99")), _f(d.get("mean")), d.get("n", 0)]
+            )
     succ = ", ".join(
         f"{v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
     )
@@ -350,13 +393,23 @@ def _gates_table(r: dict) -> str:
     ]
     return (
         "## Approval Gates\n\nMargin = how far the value sits on the passing side of the threshold (negative: missed by).\n\n"
-        + tabulate(rows, headers=["gate", "variant", "value", "op", "threshold", "margin", "unit", "result"], tablefmt="github")
+        + tabulate(
+            rows,
+            headers=["gate", "variant", "value", "op", "threshold", "margin", "unit", "result"],
+            tablefmt="github",
+        )
         + "\n"
     )
 
 
 def _dashboard(r: dict) -> str:
-    titles = {"data": "Data + tokenizer", "2a": "Baseline training", "2b": "Optimized training", "2c": "Inference validation", "2d": "Final reporting"}
+    titles = {
+        "data": "Data + tokenizer",
+        "2a": "Baseline training",
+        "2b": "Optimized training",
+        "2c": "Inference validation",
+        "2d": "Final reporting",
+    }
     lines = ["┌" + "─" * 62 + "┐", f"│ {'PHASE 2 COMPLETION STATUS':<60} │", "├" + "─" * 62 + "┤"]
     for s in r["stages"]:
         title = titles.get(s["name"], f"Training {s.get('variant')}")
@@ -432,7 +485,11 @@ def _run_timeline(r: dict, width: int = 60) -> str:
     note = ""
     if len(tr) >= 2:
         ov = min(x["end"] for x in tr) - max(x["start"] for x in tr)
-        note = f"\nTraining actors overlapped for {max(ov, 0):.1f} s (they ran concurrently)." if ov > 0 else "\nTraining actors did NOT overlap."
+        note = (
+            f"\nTraining actors overlapped for {max(ov, 0):.1f} s (they ran concurrently)."
+            if ov > 0
+            else "\nTraining actors did NOT overlap."
+        )
     return "## Timeline of the Run\n\n```\n" + "\n".join(lines) + note + "\n```\n"
 
 
@@ -446,17 +503,29 @@ def _checklist(r: dict) -> str:
     for v, t in tr.items():
         add(t["status"] == "ok", f"{v}: trained {t['steps']} steps with finite loss")
         add(
-            t["val_loss"] is not None and t["initial_val_loss"] is not None and t["val_loss"] < t["initial_val_loss"],
+            t["val_loss"] is not None
+            and t["initial_val_loss"] is not None
+            and t["val_loss"] < t["initial_val_loss"],
             f"{v}: val loss fell ({_f(t['initial_val_loss'], 4)} → {_f(t['val_loss'], 4)})",
         )
     for v, c in comp.items():
         add(c["same_data_order"], f"{v} and baseline saw the same batches in the same order (schedule hash)")
         add(tr[v]["tokens"] == tr["baseline"]["tokens"], f"{v} and baseline trained on the same token budget")
     for v, i in inf.items():
-        add(True, f"{v}: checkpoint loaded into a Serve replica with sha256 verified (replica pid {i['replica']['pid']})")
-        add(i["succeeded"] == i["requests"], f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded over HTTP")
+        add(
+            True,
+            f"{v}: checkpoint loaded into a Serve replica with sha256 verified (replica pid {i['replica']['pid']})",
+        )
+        add(
+            i["succeeded"] == i["requests"],
+            f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded over HTTP",
+        )
     for v in tr:
         if v not in inf:
             add(False, f"{v}: inference validation ran")
     add(r["decision"]["approved"], "every approval gate passed")
-    return "## Validation Checklist\n\nChecks this run performed, with their outcome:\n\n```\n" + "\n".join(checks) + "\n```\n"
+    return (
+        "## Validation Checklist\n\nChecks this run performed, with their outcome:\n\n```\n"
+        + "\n".join(checks)
+        + "\n```\n"
+    )

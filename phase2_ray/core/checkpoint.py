@@ -32,8 +32,7 @@ def _sha256(data: bytes) -> str:
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict with torch.compile's `_orig_mod.` prefixes removed, so it loads into an uncompiled GPT."""
     return {
-        k.replace(_COMPILED_PREFIX, ""): v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
+        k.replace(_COMPILED_PREFIX, ""): v.detach().cpu().contiguous() for k, v in model.state_dict().items()
     }
 
 

@@ -19,11 +19,7 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests"
 def stdlib_files() -> list[Path]:
     """The Python standard library's own .py files: real text that every machine with Python has."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])
-    ]
+    files = [p for p in root.rglob("*.py") if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])]
     # Hash order mixes modules from the whole library instead of the alphabet's first letters,
     # and stays the same on every machine with the same stdlib.
     return sorted(files, key=lambda p: hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest())
@@ -122,9 +118,7 @@ def _chunks(text: str, size: int = 1 << 14):
         start = end
 
 
-def batch_schedule(
-    n_tokens: int, block_size: int, batch_size: int, steps: int, seed: int
-) -> torch.Tensor:
+def batch_schedule(n_tokens: int, block_size: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
     """Start offsets [steps, batch_size] of every training window: the data order, identical for all variants."""
     if n_tokens <= block_size + 1:
         raise ValueError(f"{n_tokens} training tokens cannot fill one block of {block_size}")

@@ -87,14 +87,10 @@ def train(
     device = torch.device("cpu")
     ko = KernelOptimizer(optim, device)
     step_fn = ko.wrap_model(model)
-    opt = ko.make_optimizer(
-        model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95)
-    )
+    opt = ko.make_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
     autocast = ko.autocast()
     block = model_cfg.block_size
-    schedule = batch_schedule(
-        len(train_tokens), block, settings.batch_size, settings.steps, settings.seed
-    )
+    schedule = batch_schedule(len(train_tokens), block, settings.batch_size, settings.steps, settings.seed)
     voffsets = val_offsets(len(val_tokens), block, settings.eval_windows)
     val_curve = [(0, evaluate(model, val_tokens, voffsets, settings.batch_size))]
 
@@ -125,9 +121,7 @@ def train(
             break
         last = step + 1 == settings.steps
         if last or (settings.eval_interval and (step + 1) % settings.eval_interval == 0):
-            val_curve.append(
-                (step + 1, evaluate(model, val_tokens, voffsets, settings.batch_size))
-            )
+            val_curve.append((step + 1, evaluate(model, val_tokens, voffsets, settings.batch_size)))
     done = len(losses)
     return TrainResult(
         params=model.num_params(),

@@ -2,8 +2,6 @@
 
 One deployment per variant puts each model in its own replica process, so each variant's peak memory is its own."""
 
-from __future__ import annotations
-
 import json
 import os
 import resource
@@ -37,9 +35,7 @@ class InferenceScalingEngine:
         self.model, self.meta, self.tok = load_checkpoint(checkpoint)
         self.block_size = self.model.cfg.block_size
 
-    def generate(
-        self, prompt: str, max_tokens: int, temperature: float, top_k: int | None, seed: int | None
-    ):
+    def generate(self, prompt: str, max_tokens: int, temperature: float, top_k: int | None, seed: int | None):
         """Yields a header ({"prompt_tokens"} or {"error"}) first, then one {"text", "token"} per token."""
         ids = self.tok.encode(prompt).ids
         if not ids:
@@ -54,9 +50,7 @@ class InferenceScalingEngine:
         yield {"prompt_tokens": len(ids)}
         out: list[int] = []
         shown = ""
-        for t in stream_tokens(
-            self.model, ids, max_tokens, temperature=temperature, top_k=top_k, seed=seed
-        ):
+        for t in stream_tokens(self.model, ids, max_tokens, temperature=temperature, top_k=top_k, seed=seed):
             out.append(t)
             text = self.tok.decode(out)
             # A token can end inside a multi-byte character; hold its text back until the character completes.

@@ -1,0 +1,114 @@
+import subprocess
+import sys
+
+import pytest
+
+from phase2_ray.config import ConfigError, load_config
+from tests.conftest import ROOT
+
+
+def test_shipped_configs_are_valid():
+    for name in ("phase2.yaml", "smoke.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        assert list(cfg.variants)[0] == "baseline" and len(cfg.variants) >= 2
+
+
+def test_contract_override_keys_exist_and_parse_as_yaml():
+    cfg = load_config(
+        None,
+        [
+            "training.steps=50",
+            "training.seed=7",
+            "training.lr=1e-3",
+            "data.paths=[docs/, notes.txt]",
+            "serve.port=8123",
+        ],
+    )
+    assert (cfg.training.steps, cfg.training.seed, cfg.training.lr) == (50, 7, 1e-3)
+    assert cfg.data.paths == ["docs/", "notes.txt"] and cfg.serve.port == 8123
+
+
+def test_override_can_add_a_variant():
+    cfg = load_config(None, ["variants.fused.fused_adamw=true"])
+    assert list(cfg.variants) == ["baseline", "optimized", "fused"]
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("training.steps=-1", "training.steps: Input should be greater than or equal to 1"),
+        ("training.steps=ten", "training.steps: Input should be a valid integer"),
+        ("training.stepz=5", "training.stepz: unknown key (allowed here: batch_size"),
+        ("model.n_head=5", "d_model=48 must be divisible by n_head=5"),
+        ("variants.optimized.compiled=true", "variants.optimized.compiled: unknown key"),
+        ("variants={}", "variants must hold 'baseline'"),
+        ("serve.port=70000", "serve.port: Input should be less than or equal to 65535"),
+        ("validation.max_tokens=200", "must fit model.block_size"),
+        ("training.min_lr=1", "min_lr=1.0 must not exceed lr"),
+        ("data.val_fraction=0.9", "data.val_fraction"),
+        ("training", "expected KEY=VALUE"),
+        ("training.steps.x=1", "training.steps is a value, not a section"),
+    ],
+)
+def test_bad_values_name_the_field_and_what_is_allowed(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs" / "phase2.yaml", [override])
+    assert fragment in str(e.value)
+
+
+def test_unreadable_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(scalar)
+
+
+def test_yaml_objects_are_not_constructed(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("run_name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_cli_exits_2_before_ray_starts(tmp_path):
+    # RAY_ADDRESS points nowhere: had the CLI tried to reach Ray, it would fail differently (and slowly).
+    env = {"RAY_ADDRESS": "127.0.0.1:1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phase2_ray",
+            "run",
+            "--set",
+            "training.batch_size=0",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "training.batch_size: Input should be greater than or equal to 1" in out.stderr
+    assert "ray" not in out.stdout.lower() and not any(tmp_path.iterdir())
+
+
+def test_cli_bad_data_path_exits_2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "phase2_ray", "run", "--set", f"data.paths=[{tmp_path}/none/*.txt]"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"RAY_ADDRESS": "127.0.0.1:1", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "data.paths" in out.stderr and "matches no readable file" in out.stderr

@@ -1,0 +1,48 @@
+import pandas as pd
+import pytest
+
+from phase2_ray.metrics import describe, summarize_requests, summarize_training
+
+
+def rec(ok=True, ttft=10.0, e2e=40.0, n=4, start=0.0, end=1.0, err=None):
+    return {
+        "ok": ok,
+        "ttft_ms": ttft if ok else None,
+        "e2e_ms": e2e if ok else None,
+        "output_tokens": n if ok else 0,
+        "itl_ms": [10.0] * (n - 1) if ok else [],
+        "start": start,
+        "end": end,
+        "error_type": err,
+    }
+
+
+def test_request_summary_follows_vllm_definitions():
+    df = pd.DataFrame(
+        [
+            rec(start=0.0, end=0.5),
+            rec(ttft=20.0, e2e=50.0, start=0.5, end=1.0),
+            rec(False, err="timeout", start=1.0, end=2.0),
+        ]
+    )
+    s = summarize_requests(df)
+    assert (s["requests"], s["succeeded"]) == (3, 2)
+    assert s["success_rate"] == pytest.approx(2 / 3)
+    assert s["errors"] == {"timeout": 1}
+    assert s["ttft_ms"]["p50"] == pytest.approx(15.0) and s["ttft_ms"]["n"] == 2  # failures not averaged in
+    assert s["tpot_ms"]["mean"] == pytest.approx(10.0)  # (40-10)/3 and (50-20)/3
+    assert s["itl_ms"]["n"] == 6
+    assert s["output_tokens_per_s"] == pytest.approx(8 / 2.0)  # 8 tokens over the 2 s window
+
+
+def test_nothing_measured_reports_nothing():
+    assert describe([]) is None
+    s = summarize_requests(pd.DataFrame([rec(False, err="http_500")]))
+    assert s["ttft_ms"] is None and s["output_tokens_per_s"] is None and s["success_rate"] == 0
+
+
+def test_training_summary_leaves_out_warmup_steps():
+    df = pd.DataFrame({"step": [1, 2, 3, 4], "step_s": [5.0, 0.1, 0.1, 0.2]})
+    s = summarize_training(df, tokens_per_step=100, skip_steps=1)
+    assert s["tokens_per_s"] == pytest.approx(300 / 0.4)
+    assert s["warmup_s"] == 5.0 and s["steady_steps"] == 3

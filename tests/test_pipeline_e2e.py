@@ -1,0 +1,169 @@
+"""The smoke config end to end on the session's Ray cluster, through the CLI entry point."""
+
+import contextlib
+import io
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from phase2_ray import cli
+from phase2_ray.core import checkpoint as ckpt
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.ray
+
+CONTRACT_TRAINING = {
+    "params",
+    "steps",
+    "tokens",
+    "train_s",
+    "tokens_per_s",
+    "initial_loss",
+    "final_loss",
+    "val_loss",
+    "loss_curve",
+}
+CONTRACT_INFERENCE = {
+    "requests",
+    "succeeded",
+    "success_rate",
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2e_ms",
+    "output_tokens_per_s",
+    "peak_memory_mb",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main(
+            [
+                "run",
+                "-c",
+                str(ROOT / "configs/smoke.yaml"),
+                "--output",
+                str(out),
+                "--set",
+                f"serve.port={free_port()}",
+            ]
+        )
+    report = json.loads((out / "report.json").read_text())
+    return rc, out, buf.getvalue(), report
+
+
+def test_exit_code_matches_decision_and_last_line_is_report_path(smoke):
+    rc, out, stdout, report = smoke
+    assert rc in (0, 1), stdout[-2000:]
+    assert (rc == 0) == report["decision"]["approved"]
+    assert stdout.strip().splitlines()[-1] == str(out / "report.md")
+
+
+def test_report_json_carries_the_contract(smoke):
+    _, _, _, r = smoke
+    for key in (
+        "schema_version",
+        "run_id",
+        "started_at",
+        "finished_at",
+        "wall_s",
+        "environment",
+        "stages",
+        "training",
+        "inference",
+        "decision",
+    ):
+        assert key in r, key
+    assert r["finished_at"] - r["started_at"] == pytest.approx(r["wall_s"])
+    assert list(r["training"]) == ["baseline", "optimized"]
+    for v, t in r["training"].items():
+        assert CONTRACT_TRAINING <= set(t), v
+        assert t["status"] == "ok" and t["steps"] == 60 and len(t["loss_curve"]) == 60
+        assert 0 < t["tokens_per_s"] and t["val_loss"] < t["initial_val_loss"]
+        # steady-state throughput is never slower than the whole stage's, which includes start-up and evals
+        assert t["tokens_per_s"] >= t["tokens"] / t["train_s"]
+    assert r["training"]["optimized"]["optimizations"]["fused_adamw"] is True
+    assert r["training"]["baseline"]["optimizations"]["fused_adamw"] is False
+
+
+def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
+    _, _, _, r = smoke
+    st = {s["name"]: s for s in r["stages"]}
+    a, b = st["2a"], st["2b"]
+    assert a["variant"] == "baseline" and b["variant"] == "optimized"
+    assert a["start"] < b["end"] and b["start"] < a["end"], "2a and 2b did not overlap"
+    pa, pb = (r["training"][v]["placement"] for v in ("baseline", "optimized"))
+    assert pa["pid"] != pb["pid"] and pa["torch_threads"] == pb["torch_threads"] == 1
+    assert not set(pa["cpu_affinity"]) & set(pb["cpu_affinity"])
+    assert r["comparison"]["optimized"]["same_data_order"]
+
+
+def test_inference_measured_for_every_variant(smoke):
+    _, _, _, r = smoke
+    for v, i in r["inference"].items():
+        assert CONTRACT_INFERENCE <= set(i), v
+        assert i["requests"] == 12 and i["succeeded"] == 12 and i["success_rate"] == 1.0
+        assert 0 < i["ttft_ms"]["p50"] <= i["ttft_ms"]["p90"] <= i["ttft_ms"]["p99"]
+        assert i["ttft_ms"]["p50"] <= i["e2e_ms"]["p50"]
+        assert i["tpot_ms"]["p50"] > 0 and i["itl_ms"]["n"] == 12 * 15
+        assert 50 < i["peak_memory_mb"] < 4096
+        assert i["output_tokens"] == 12 * 16
+        assert i["output_tokens_per_s"] == pytest.approx(i["output_tokens"] / i["measured_s"])
+
+
+def test_decision_is_consistent_with_gates(smoke):
+    _, _, _, r = smoke
+    gates = r["decision"]["gates"]
+    names = {(g["name"], g["variant"]) for g in gates}
+    assert {
+        ("training_speedup", "optimized"),
+        ("val_loss_delta_pct", "optimized"),
+        ("ttft_p50_ms", "baseline"),
+    } <= names
+    assert r["decision"]["approved"] == all(g["passed"] for g in gates)
+    sp = next(g for g in gates if g["name"] == "training_speedup")
+    tr = r["training"]
+    assert sp["value"] == pytest.approx(tr["optimized"]["tokens_per_s"] / tr["baseline"]["tokens_per_s"])
+
+
+def test_markdown_ratios_recompute_from_report_json(smoke):
+    _, out, _, r = smoke
+    md = (out / "report.md").read_text()
+    tr = r["training"]
+    speedup = tr["optimized"]["tokens_per_s"] / tr["baseline"]["tokens_per_s"]
+    assert f"= {speedup:.2f}x" in md
+    for section in (
+        "Training Timeline",
+        "Speedup Breakdown",
+        "Loss Convergence",
+        "Inference Performance vs Targets",
+        "Approval Gates",
+        "Completion Dashboard",
+        "Comparative Summary Table",
+        "Timeline of the Run",
+        "Validation Checklist",
+    ):
+        assert f"## {section}" in md or section in md, section
+    # The ASCII sections (fenced blocks) read well in a 100-column terminal.
+    blocks = md.split("```")[1::2]
+    assert blocks and max(len(line) for b in blocks for line in b.splitlines()) <= 100
+
+
+def test_csvs_and_checkpoints_are_written(smoke):
+    _, out, _, r = smoke
+    steps = pd.read_csv(out / "steps.csv")
+    assert len(steps) == 120 and set(steps["variant"]) == {"baseline", "optimized"}
+    req = pd.read_csv(out / "requests.csv")
+    assert len(req) == 24 and req["ok"].all()
+    assert len(json.loads(req["itl_ms"][0])) == 15
+    for v in ("baseline", "optimized"):
+        model, meta, tok = ckpt.load_checkpoint(ckpt.read_dir(out / "checkpoints" / v))
+        assert meta["variant"] == v and meta["step"] == 60
+        assert model.num_params() == r["training"][v]["params"]
+    assert not [p for p in out.rglob("*") if re.search(r"\.tmp$", p.name)]
