@@ -91,7 +91,7 @@ class ModelConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps for every variant.")
+    steps: int = Field(300, ge=1, le=10_000_000, description="Optimizer steps for every variant.")
     batch_size: int = Field(8, ge=1, le=4096, description="Sequences per step.")
     lr: float = Field(3e-3, gt=0.0, le=10.0, description="Peak learning rate (AdamW).")
     min_lr: float = Field(3e-4, ge=0.0, description="Learning rate at the end of cosine decay.")
