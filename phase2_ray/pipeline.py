@@ -139,6 +139,11 @@ def _git_commit() -> str | None:
         return None
 
 
+def _warn_if_exposed(what: str, host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"phase2: WARNING: {what} binds {host}: reachable from other machines", file=sys.stderr)
+
+
 def _connect(cfg: Config, address: str | None) -> bool:
     """Joins RAY_ADDRESS / --address, or starts an embedded local Ray. Returns True when this call started it."""
     if ray.is_initialized():
@@ -148,6 +153,8 @@ def _connect(cfg: Config, address: str | None) -> bool:
     if target:
         kwargs["address"] = target
     else:
+        if cfg.ray.dashboard:
+            _warn_if_exposed("the Ray dashboard (ray.dashboard_host)", cfg.ray.dashboard_host)
         kwargs.update(
             include_dashboard=cfg.ray.dashboard,
             dashboard_host=cfg.ray.dashboard_host,
@@ -250,6 +257,7 @@ def run_validation(
 
     # Access logs of every request would drown the progress lines; warnings and errors still show.
     quiet = {"log_level": "WARNING", "enable_access_log": False}
+    _warn_if_exposed("the Serve HTTP proxy (serve.host)", cfg.serve.host)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=quiet)
     try:
         serve.run(

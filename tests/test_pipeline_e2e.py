@@ -167,3 +167,20 @@ def test_csvs_and_checkpoints_are_written(smoke):
         assert meta["variant"] == v and meta["step"] == 60
         assert model.num_params() == r["training"][v]["params"]
     assert not [p for p in out.rglob("*") if re.search(r"\.tmp$", p.name)]
+
+
+def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, capsys):
+    rc = cli.main(
+        [
+            "run",
+            "-c",
+            str(ROOT / "configs/smoke.yaml"),
+            "--output",
+            str(tmp_path),
+            "--set",
+            "training.cpus_per_actor=64",
+        ]
+    )
+    assert rc == 2
+    assert "training.cpus_per_actor=64 exceeds the cluster's 2 CPUs" in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()

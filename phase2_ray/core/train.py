@@ -60,9 +60,11 @@ def evaluate(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size
     """Mean next-token loss over fixed val windows, eager fp32, so every variant is judged by the same code."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, n = 0.0, 0
     for i in range(0, len(offsets), batch_size):
-        x, y = get_batch(tokens, offsets[i : i + batch_size], model.cfg.block_size)
+        batch = get_batch(tokens, offsets[i : i + batch_size], model.cfg.block_size)
+        x, y = (t.to(device) for t in batch)
         _, loss = model(x, y)
         total += float(loss) * len(x)
         n += len(x)
@@ -82,9 +84,10 @@ def train(
 
     Every variant with the same seed and settings starts from the same weights and sees the same batches."""
     t_start = time.perf_counter()
+    # CUDA when this process was given a GPU (Ray sets CUDA_VISIBLE_DEVICES from num_gpus), else the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(settings.seed)
-    model = GPT(model_cfg)
-    device = torch.device("cpu")
+    model = GPT(model_cfg).to(device)
     ko = KernelOptimizer(optim, device)
     step_fn = ko.wrap_model(model)
     opt = ko.make_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
@@ -102,7 +105,7 @@ def train(
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, settings)
-        x, y = get_batch(train_tokens, schedule[step], block)
+        x, y = (t.to(device) for t in get_batch(train_tokens, schedule[step], block))
         with autocast:
             _, loss = step_fn(x, y)
         loss.backward()
