@@ -264,7 +264,7 @@ def _speedup(r: dict) -> str:
             f"Median step time:        {_f(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "
             f"{_f(t['step_ms']['p50'] if t['step_ms'] else None, 2)} ms",
             f"Stage wall time:         {_f(b['train_s'], 1)} → {_f(t['train_s'], 1)} s   "
-            f"= {_f(c['stage_time_ratio'], 2, 'x')} faster end to end (includes compile and evals)",
+            f"= {_f(c['stage_time_ratio'], 2, 'x')} (baseline ÷ {v}; includes compile and evals)",
             f"Val loss change:         {_f(c['val_loss_delta_pct'], 3, '%')} (|{v} − baseline| / baseline)",
             f"Same data order:         {'yes' if c['same_data_order'] else 'NO'} (batch schedule sha256 "
             f"{t['data_order_sha256']})",
