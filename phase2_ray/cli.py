@@ -19,6 +19,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed"
     )
+    ablate = sub.add_parser(
+        "ablate", help="like run, with each optimization alone and all together as concurrent variants"
+    )
+    for p_ in (run, ablate):
+        _run_args(p_)
+    return p
+
+
+def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "-c", "--config", default="configs/phase2.yaml", help="YAML config (default: %(default)s)"
     )
@@ -34,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
     )
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
     try:
-        cfg = load_config(args.config, args.overrides)
+        overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
+        cfg = load_config(args.config, overrides)
         from phase2_ray.pipeline import run_pipeline  # imports Ray and torch: only once the config is good
 
         code, md = run_pipeline(cfg, output=args.output, address=args.address)

@@ -110,6 +110,22 @@ class TrainingConfig(_Section):
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per training actor.")
     pin_cpus: bool = Field(True, description="Give concurrent actors disjoint cores (affinity) on one node.")
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+    isolation: Literal["concurrent", "sequential", "both"] = Field(
+        "concurrent",
+        description="concurrent: all variants at once on disjoint cores; sequential: one after another; "
+        "both: concurrent, then each variant again alone, to show what concurrency changes.",
+    )
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Seeds per variant (seed, seed+1, ...); >= 2 derives the val-loss tolerance from "
+        "seed-to-seed variance.",
+    )
+    auto_probe_steps: int = Field(12, ge=4, description="Steps each candidate runs when a variant is `auto`.")
+    auto_tolerance_pct: float = Field(
+        1.0, gt=0, description="`auto` keeps only stacks whose probe loss is this close to fp32 eager."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
@@ -130,6 +146,15 @@ class VariantConfig(_Section):
     )
     fused_adamw: bool = Field(False, description="AdamW fused kernel.")
     bf16: bool = Field(False, description="bfloat16 autocast in the forward pass.")
+    sdpa_backend: Literal["default", "math", "flash", "efficient"] = Field(
+        "default", description="Attention kernel (default lets PyTorch choose)."
+    )
+    auto: bool = Field(
+        False,
+        description="Probe candidate stacks on this hardware and keep the fastest that matches fp32 loss "
+        "(the other fields are then ignored).",
+    )
+    auto_compile: bool = Field(True, description="Let `auto` try torch.compile (costs a compile per try).")
 
 
 class ServeConfig(_Section):
@@ -159,8 +184,24 @@ class TargetsConfig(_Section):
         1.05, gt=0, description="Optimized/baseline steady-state training tokens/s floor."
     )
     val_loss_delta_pct_max: float = Field(
-        1.0, ge=0, description="Largest |final val loss change| vs baseline, in percent."
+        1.0,
+        ge=0,
+        description="Largest |final val loss change| vs baseline, in percent (with training.repeats >= 2 "
+        "the tolerance comes from seed-to-seed variance instead).",
     )
+    speedup_significant: bool = Field(
+        True, description="Also require the speedup's 95% bootstrap CI to lie above 1.0."
+    )
+
+
+# One optimization alone per variant, then all together: each part's contribution to speed and loss.
+ABLATION_PARTS = {
+    "compile": VariantConfig(compile=True),
+    "fused_adamw": VariantConfig(fused_adamw=True),
+    "bf16": VariantConfig(bf16=True),
+    "sdpa_math": VariantConfig(sdpa_backend="math"),
+    "all": VariantConfig(compile=True, fused_adamw=True, bf16=True, sdpa_backend="math"),
+}
 
 
 def _default_variants() -> dict[str, VariantConfig]:
@@ -183,9 +224,16 @@ class Config(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Stage 2c load.")
     targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
+    ablation: bool = Field(
+        False,
+        description="Replace the optimized variants with each optimization alone and all together "
+        "(baseline kept), trained concurrently.",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.ablation:
+            self.variants = {"baseline": self.variants.get("baseline", VariantConfig()), **ABLATION_PARTS}
         bad = [v for v in self.variants if not re.match(VARIANT_NAME, v)]
         if bad:
             raise ValueError(f"variant names {bad} must match {VARIANT_NAME}")

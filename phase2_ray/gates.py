@@ -42,7 +42,7 @@ class Gate:
 
 
 def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> list[Gate]:
-    """All gates of a run, from report.json's `training`, `inference` and `stages` sections."""
+    """All gates of a run, from report.json's `training`, `inference` and `comparison` sections."""
     gates: list[Gate] = []
     training, inference = report["training"], report["inference"]
     for variant, t in training.items():
@@ -71,30 +71,40 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
             ),
             Gate("success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]),
         ]
-    base = training.get(baseline, {})
-    for variant, t in training.items():
-        if variant == baseline:
-            continue
+    for variant, c in report.get("comparison", {}).items():
+        sp = c.get("speedup") or {}
         gates.append(
             Gate(
                 "training_speedup",
                 variant,
-                ratio(t.get("tokens_per_s"), base.get("tokens_per_s")),
+                sp.get("ratio"),
                 ">=",
                 targets["speedup_min"],
                 "x",
-                detail=f"steady-state tokens/s, {variant} / {baseline}",
+                detail=f"median step time {baseline} / {variant}, steady state",
             )
         )
+        if targets.get("speedup_significant"):
+            gates.append(
+                Gate(
+                    "training_speedup_ci_low",
+                    variant,
+                    sp.get("ci_low"),
+                    ">",
+                    1.0,
+                    "x",
+                    detail="lower end of the speedup's 95% bootstrap CI: faster beyond step-time noise",
+                )
+            )
         gates.append(
             Gate(
                 "val_loss_delta_pct",
                 variant,
-                pct_change_abs(t.get("val_loss"), base.get("val_loss")),
+                c.get("val_loss_delta_pct"),
                 "<=",
-                targets["val_loss_delta_pct_max"],
+                c.get("val_loss_tolerance_pct", targets["val_loss_delta_pct_max"]),
                 "%",
-                detail=f"|final val loss {variant} - {baseline}| / {baseline}",
+                detail=c.get("val_loss_tolerance_basis", ""),
             )
         )
     return gates

@@ -63,3 +63,35 @@ def summarize_requests(requests: pd.DataFrame) -> dict:
     else:
         out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None)
     return out
+
+
+def median_ratio_ci(
+    baseline: np.ndarray | list[float],
+    variant: np.ndarray | list[float],
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Speedup = median(baseline step times) / median(variant step times), with a percentile bootstrap CI.
+
+    Each side is resampled independently (the steps are two samples, not pairs). `significant` means the
+    interval excludes 1.0: the variant is faster (or slower) beyond what step-time noise explains."""
+    b = np.asarray(baseline, dtype=float)
+    v = np.asarray(variant, dtype=float)
+    if b.size < 2 or v.size < 2:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+    bi = rng.integers(0, b.size, (n_boot, b.size))
+    vi = rng.integers(0, v.size, (n_boot, v.size))
+    boots = np.median(b[bi], axis=1) / np.median(v[vi], axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return {
+        "ratio": float(np.median(b) / np.median(v)),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "confidence": confidence,
+        "significant": bool(lo > 1.0 or hi < 1.0),
+        "n_boot": n_boot,
+    }

@@ -164,84 +164,153 @@ def _connect(cfg: Config, address: str | None) -> bool:
     return True
 
 
-def _cpu_sets(cfg: Config) -> dict[str, list[int] | None]:
-    """Disjoint core sets for the training actors when they all fit one node; None = no pinning."""
-    variants = list(cfg.variants)
-    per = cfg.training.cpus_per_actor
+def _core_pool(cfg: Config):
+    """A CorePool over this node's cores when pinning applies (one node, pin_cpus on), else None."""
+    from phase2_ray.stages.training import CorePool
+
     alive = [n for n in ray.nodes() if n.get("Alive")]
+    if not cfg.training.pin_cpus or len(alive) != 1:
+        return None
     try:
         cores = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cores = list(range(os.cpu_count() or 1))
-    if not cfg.training.pin_cpus or len(alive) != 1 or per * len(variants) > len(cores):
-        return dict.fromkeys(variants)
-    return {v: cores[i * per : (i + 1) * per] for i, v in enumerate(variants)}
+    return CorePool.remote(cores)
 
 
-def run_training(cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float) -> dict:
-    """2a/2b: all variants start together as actors; returns {variant: result dict} for those that finished."""
+@dataclass(frozen=True)
+class TrainJob:
+    variant: str
+    seed: int
+    phase: str  # "concurrent" or "isolated"
+    primary: bool
+    """The run whose metrics and checkpoint stand for the variant (first seed, main isolation mode)."""
+
+    def stage_name(self) -> str:
+        if self.primary:
+            return STAGE_NAMES.get(self.variant, f"train:{self.variant}")
+        return f"train:{self.variant}:seed{self.seed}" + (":isolated" if self.phase == "isolated" else "")
+
+
+def plan_training(cfg: Config) -> tuple[list[TrainJob], list[TrainJob]]:
+    """(jobs started together, jobs run one at a time) for the configured isolation and repeats."""
+    seeds = [cfg.training.seed + r for r in range(cfg.training.repeats)]
+    iso = cfg.training.isolation
+    variants = list(cfg.variants)
+    together, alone = [], []
+    if iso in ("concurrent", "both"):
+        together = [TrainJob(v, s, "concurrent", s == seeds[0]) for s in seeds for v in variants]
+    if iso == "sequential":
+        alone = [TrainJob(v, s, "isolated", s == seeds[0]) for s in seeds for v in variants]
+    elif iso == "both":  # the isolated re-run exists to compare against; the concurrent run stays primary
+        alone = [TrainJob(v, seeds[0], "isolated", False) for v in variants]
+    return together, alone
+
+
+def run_training(
+    cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float
+) -> tuple[dict[str, dict], list[dict]]:
+    """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
+    at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
     from phase2_ray.stages.training import TrainerActor
 
-    cpu_sets = _cpu_sets(cfg)
+    together, alone = plan_training(cfg)
+    pool = _core_pool(cfg)
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
-    settings = cfg.training.model_dump(
-        exclude={"skip_steps", "cpus_per_actor", "gpus_per_actor", "pin_cpus", "log_every"}
+    base_settings = cfg.training.model_dump(
+        include={
+            "steps",
+            "batch_size",
+            "lr",
+            "min_lr",
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "eval_interval",
+            "eval_windows",
+        }
     )
+    model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
     meta = {"run_id": run_id, "config": cfg.model_dump(mode="json")}
-    actors, refs, by_ref = {}, [], {}
-    for variant, vcfg in cfg.variants.items():
-        name = STAGE_NAMES.get(variant, f"train:{variant}")
-        actors[variant] = TrainerActor.options(
-            name=f"{run_id}:train:{variant}",
+    opts = {
+        "core_pool": pool,
+        "log_every": cfg.training.log_every,
+        "auto_probe_steps": cfg.training.auto_probe_steps,
+        "auto_tolerance_pct": cfg.training.auto_tolerance_pct,
+    }
+
+    def submit(job: TrainJob):
+        suffix = "" if job.primary else f":seed{job.seed}:{job.phase}"
+        actor = TrainerActor.options(
+            name=f"{run_id}:train:{job.variant}{suffix}",
             num_cpus=cfg.training.cpus_per_actor,
             num_gpus=cfg.training.gpus_per_actor,
-        ).remote(cpu_sets[variant])
-        ref = actors[variant].train.remote(
-            variant,
-            {**cfg.model.model_dump(), "vocab_size": d.vocab_size},
-            settings,
-            vcfg.model_dump(),
+        ).remote()
+        ref = actor.train.remote(
+            job.variant,
+            model_cfg,
+            {**base_settings, "seed": job.seed},
+            cfg.variants[job.variant].model_dump(),
             train_ref,
             val_ref,
             d.tokenizer_json,
             meta,
-            cfg.training.log_every,
+            opts,
         )
-        refs.append(ref)
-        by_ref[ref] = (variant, name)
-    log(f"2a/2b: training {len(actors)} variants concurrently: {', '.join(actors)}", t0)
-    results: dict[str, dict] = {}
-    try:
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            variant, name = by_ref[done[0]]
-            st = Stage(name, variant)
-            try:
-                res = ray.get(done[0])
-            except ray.exceptions.RayError as e:
-                st.status, st.detail = "failed", _error_text(e)
-                st.start, st.end = time.time(), time.time()
-                stages.append(st)
-                log(f"{name} {variant}: FAILED ({type(e).__name__})", t0)
-                continue
-            st.start, st.end = res["start"], res["end"]
-            st.status = "ok" if res["status"] == "ok" else "failed"
-            st.detail = res["error"] or ""
+        return actor, ref
+
+    primary: dict[str, dict] = {}
+    others: list[dict] = []
+
+    def collect(job: TrainJob, actor, ref) -> None:
+        st = Stage(job.stage_name(), job.variant)
+        try:
+            res = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            st.status, st.detail, st.start, st.end = "failed", _error_text(e), time.time(), time.time()
             stages.append(st)
-            results[variant] = res
-            log(
-                f"{name} {variant}: {res['status']} in {res['end'] - res['start']:.1f}s, "
-                f"final loss {res['losses'][-1]:.4f}",
-                t0,
-            )
+            log(f"{st.name} {job.variant}: FAILED ({type(e).__name__})", t0)
+            return
+        finally:
+            # Free the CPUs at once: queued actors, and later Serve replicas, need them.
+            ray.kill(actor)
+        st.start, st.end = res["start"], res["end"]
+        st.status, st.detail = ("ok" if res["status"] == "ok" else "failed"), res["error"] or ""
+        stages.append(st)
+        res["phase"] = job.phase
+        if job.primary:
+            primary[job.variant] = res
+        else:
+            res.pop("checkpoint", None)
+            others.append(res)
+        log(
+            f"{st.name} {job.variant} (seed {job.seed}, {job.phase}): {res['status']} in "
+            f"{res['end'] - res['start']:.1f}s, final loss {res['losses'][-1]:.4f}",
+            t0,
+        )
+
+    try:
+        if together:
+            log(f"2a/2b: training {len(together)} runs concurrently: {', '.join(cfg.variants)}", t0)
+            started = {}
+            for job in together:
+                actor, ref = submit(job)
+                started[ref] = (job, actor)
+            pending = list(started)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                job, actor = started[done[0]]
+                collect(job, actor, done[0])
+        for job in alone:
+            log(f"training {job.variant} (seed {job.seed}) alone", t0)
+            actor, ref = submit(job)
+            collect(job, actor, ref)
     finally:
-        # Free the CPUs before Serve needs them: replicas would otherwise stay pending.
-        for a in actors.values():
-            ray.kill(a)
+        if pool is not None:
+            ray.kill(pool)
     stages.sort(key=lambda s: (s.name != "data", s.start))
     # Config order (baseline first) for everything downstream, whatever order the actors finished in.
-    return {v: results[v] for v in cfg.variants if v in results}
+    return {v: primary[v] for v in cfg.variants if v in primary}, others
 
 
 def run_validation(
@@ -259,9 +328,11 @@ def run_validation(
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     _warn_if_exposed("the Serve HTTP proxy (serve.host)", cfg.serve.host)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=quiet)
+    # Every variant's replica must fit at once (an ablation has many): shrink their logical CPU share if needed.
+    replica_cpus = min(cfg.serve.cpus_per_replica, ray.cluster_resources().get("CPU", 1) / len(checkpoints))
     try:
         serve.run(
-            build_app(checkpoints, cfg.serve.cpus_per_replica, cfg.serve.threads_per_replica),
+            build_app(checkpoints, replica_cpus, cfg.serve.threads_per_replica),
             name=APP_NAME,
             route_prefix="/",
             logging_config=quiet,
@@ -321,6 +392,7 @@ def run_pipeline(
     log(f"data: {d.stage.detail}", t0)
     stages: list[Stage] = [d.stage]
     training: dict[str, dict] = {}
+    extra_runs: list[dict] = []
     validation: dict[str, dict] = {}
     failure = None
     env: dict = {}
@@ -328,7 +400,7 @@ def run_pipeline(
     try:
         _check_resources(cfg)
         try:
-            training = run_training(cfg, run_id, d, stages, t0)
+            training, extra_runs = run_training(cfg, run_id, d, stages, t0)
         except Exception as e:  # an actor could not even start; report what is known
             stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
         if len(training) < len(cfg.variants):
@@ -365,6 +437,7 @@ def run_pipeline(
         },
         stages=[asdict(s) for s in stages],
         training=training,
+        extra_runs=extra_runs,
         validation=validation,
         failure=failure,
     )

@@ -38,7 +38,7 @@ def test_override_can_add_a_variant():
     [
         ("training.steps=-1", "training.steps: Input should be greater than or equal to 1"),
         ("training.steps=ten", "training.steps: Input should be a valid integer"),
-        ("training.stepz=5", "training.stepz: unknown key (allowed here: batch_size"),
+        ("training.stepz=5", "training.stepz: unknown key (allowed here: auto_probe_steps"),
         ("model.n_head=5", "d_model=48 must be divisible by n_head=5"),
         ("variants.optimized.compiled=true", "variants.optimized.compiled: unknown key"),
         ("variants={}", "variants must hold 'baseline'"),

@@ -3,6 +3,7 @@ import pytest
 from phase2_ray.gates import Gate, evaluate_gates
 
 TARGETS = {
+    "speedup_significant": True,
     "ttft_p50_ms_max": 120.0,
     "output_tokens_per_s_min": 25.0,
     "peak_memory_mb_max": 500.0,
@@ -33,7 +34,7 @@ def test_unmeasured_value_fails(value):
     assert not g.passed and g.margin is None
 
 
-def report(base_tps=1000.0, opt_tps=1300.0, base_val=4.00, opt_val=4.02, ttft=50.0, ok=1.0):
+def report(base_tps=1000.0, opt_tps=1300.0, base_val=4.00, opt_val=4.02, ttft=50.0, ok=1.0, ci_low=1.2):
     inf = {
         "ttft_ms": {"p50": ttft},
         "output_tokens_per_s": 300.0,
@@ -46,6 +47,13 @@ def report(base_tps=1000.0, opt_tps=1300.0, base_val=4.00, opt_val=4.02, ttft=50
             "optimized": {"status": "ok", "tokens_per_s": opt_tps, "val_loss": opt_val},
         },
         "inference": {"baseline": dict(inf), "optimized": dict(inf)},
+        "comparison": {
+            "optimized": {
+                "speedup": {"ratio": opt_tps / base_tps, "ci_low": ci_low, "ci_high": 1.5},
+                "val_loss_delta_pct": abs(opt_val - base_val) / base_val * 100,
+                "val_loss_tolerance_pct": 1.0,
+            }
+        },
     }
 
 
@@ -70,6 +78,10 @@ def test_each_target_can_reject():
     ].passed
     assert not by_name(evaluate_gates(report(ttft=121.0), TARGETS))[("ttft_p50_ms", "baseline")].passed
     assert not by_name(evaluate_gates(report(ok=0.98), TARGETS))[("success_rate", "optimized")].passed
+    # fast enough on the median, but the CI reaches below 1: not significant, rejected
+    assert not by_name(evaluate_gates(report(ci_low=0.98), TARGETS))[
+        ("training_speedup_ci_low", "optimized")
+    ].passed
 
 
 def test_missing_inference_fails_its_gates():
@@ -85,6 +97,7 @@ def test_missing_inference_fails_its_gates():
 def test_diverged_training_is_a_failed_gate():
     r = report()
     r["training"]["optimized"].update(status="diverged", error="loss became nan at step 3", val_loss=None)
+    r["comparison"]["optimized"]["val_loss_delta_pct"] = None
     g = by_name(evaluate_gates(r, TARGETS))
     assert not g[("training_completed", "optimized")].passed
     assert not g[("val_loss_delta_pct", "optimized")].passed

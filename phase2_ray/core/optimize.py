@@ -18,6 +18,8 @@ class OptimizationSettings:
     """Use AdamW's fused kernel (one kernel over all parameters) instead of the per-tensor loop."""
     bf16: bool = False
     """bfloat16 autocast for the forward pass (AMX on CPU, tensor cores on GPU); loss stays fp32."""
+    sdpa_backend: str = "default"
+    """Attention kernel: default (PyTorch picks), math, flash or efficient."""
 
 
 class KernelOptimizer:
@@ -51,9 +53,27 @@ class KernelOptimizer:
         kwargs = {"fused": True} if fused else {"foreach": False}
         return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        on = self.settings.bf16
-        self.applied["bf16_autocast"] = on
-        if not on:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    def step_context(self) -> contextlib.ExitStack:
+        """Context for each forward pass: bf16 autocast and the SDPA backend, as configured."""
+        stack = contextlib.ExitStack()
+        self.applied["bf16_autocast"] = self.settings.bf16
+        if self.settings.bf16:
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+        backend = self.settings.sdpa_backend
+        self.applied["sdpa_backend"] = backend
+        if backend != "default":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            kinds = {
+                "math": SDPBackend.MATH,
+                "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            }
+            if backend not in kinds:
+                raise ValueError(f"sdpa_backend {backend!r} is not one of default, {', '.join(kinds)}")
+            stack.enter_context(sdpa_kernel(kinds[backend]))
+        return stack
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.settings.bf16 else torch.float32

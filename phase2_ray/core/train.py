@@ -91,7 +91,7 @@ def train(
     ko = KernelOptimizer(optim, device)
     step_fn = ko.wrap_model(model)
     opt = ko.make_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
-    autocast = ko.autocast()
+    step_ctx = ko.step_context
     block = model_cfg.block_size
     schedule = batch_schedule(len(train_tokens), block, settings.batch_size, settings.steps, settings.seed)
     voffsets = val_offsets(len(val_tokens), block, settings.eval_windows)
@@ -106,7 +106,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, settings)
         x, y = (t.to(device) for t in get_batch(train_tokens, schedule[step], block))
-        with autocast:
+        with step_ctx():
             _, loss = step_fn(x, y)
         loss.backward()
         if settings.grad_clip > 0:

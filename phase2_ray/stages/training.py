@@ -7,36 +7,38 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import asdict
 
 import psutil
 import ray
 import torch
 
+from phase2_ray.core.autotune import candidate_stacks, probe, select_stack
 from phase2_ray.core.checkpoint import checkpoint_files
+from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
+from phase2_ray.placement import CoreAllocator
+
+# Holds the node's free cores for the run; costs no CPU of its own.
+CorePool = ray.remote(num_cpus=0)(CoreAllocator)
 
 
 @ray.remote
 class TrainerActor:
-    def __init__(self, cpu_set: list[int] | None) -> None:
+    def __init__(self) -> None:
         # A reused worker keeps its old torch thread count: set it from what Ray actually assigned.
         assigned = ray.get_runtime_context().get_assigned_resources()
-        threads = max(1, int(assigned.get("CPU", 1)))
-        torch.set_num_threads(threads)
-        pinned = None
-        if cpu_set:
-            # Logical CPUs do not isolate; affinity does, so two concurrent actors never share a core.
-            psutil.Process().cpu_affinity(cpu_set)
-            pinned = cpu_set
+        self.threads = max(1, int(assigned.get("CPU", 1)))
+        torch.set_num_threads(self.threads)
         self.placement = {
             "node_id": ray.get_runtime_context().get_node_id(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "torch_threads": torch.get_num_threads(),
-            "cpu_affinity": pinned,
             "assigned_resources": assigned,
+            "cpu_affinity": None,
         }
 
     def train(
@@ -49,23 +51,74 @@ class TrainerActor:
         val_tokens: torch.Tensor,
         tokenizer_json: str,
         meta: dict,
-        log_every: int,
+        opts: dict,
     ) -> dict:
         start = time.time()
+        pool = opts.get("core_pool")
+        cores = ray.get(pool.acquire.remote(self.threads)) if pool is not None else None
+        try:
+            if cores:
+                # Logical CPUs do not isolate; affinity does, so concurrent actors never share a core.
+                psutil.Process().cpu_affinity(cores)
+            self.placement["cpu_affinity"] = cores
+            return self._train(
+                variant,
+                model_cfg,
+                settings,
+                optim,
+                train_tokens,
+                val_tokens,
+                tokenizer_json,
+                meta,
+                opts,
+                start,
+            )
+        finally:
+            if cores:
+                pool.release.remote(cores)
+
+    def _train(
+        self, variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts, start
+    ):
         steps = settings["steps"]
+        log_every = opts.get("log_every", 0)
+        label = f"{variant} seed {settings['seed']}"
 
         def log(step: int, loss: float, dt: float) -> None:
             if log_every and (step % log_every == 0 or step == steps):
-                print(f"[{variant}] step {step}/{steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True)
+                print(f"[{label}] step {step}/{steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True)
 
-        res = train(
-            GPTConfig(**model_cfg),
-            TrainSettings(**settings),
-            OptimizationSettings(**optim),
-            train_tokens,
-            val_tokens,
-            on_step=log,
-        )
+        gpt_cfg, train_settings = GPTConfig(**model_cfg), TrainSettings(**settings)
+        auto = optim.pop("auto", False)
+        auto_compile = optim.pop("auto_compile", True)
+        probe_info = None
+        if auto:
+            t0 = time.perf_counter()
+            results = probe(
+                gpt_cfg,
+                train_settings,
+                candidate_stacks(include_compile=auto_compile),
+                train_tokens,
+                val_tokens,
+                opts["auto_probe_steps"],
+            )
+            chosen = select_stack(results, opts["auto_tolerance_pct"])
+            optim = dict(chosen.settings)
+            probe_info = {
+                "chosen": chosen.name,
+                "probe_s": time.perf_counter() - t0,
+                "steps": opts["auto_probe_steps"],
+                "tolerance_pct": opts["auto_tolerance_pct"],
+                "candidates": [r.to_dict() for r in results],
+            }
+            print(f"[{label}] auto chose {chosen.name} ({chosen.median_step_ms:.1f} ms/step)", flush=True)
+        settings_obj = OptimizationSettings(**optim)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses.
+        peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
+        if settings_obj.bf16:
+            peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+        res = train(gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log)
         files = checkpoint_files(
             res.model,
             {**meta, "variant": variant, "step": res.steps, "model": model_cfg, "optimizations": res.applied},
@@ -73,10 +126,12 @@ class TrainerActor:
         )
         return {
             "variant": variant,
+            "seed": settings["seed"],
             "start": start,
             "end": time.time(),
-            "placement": self.placement,
+            "placement": dict(self.placement),
             "params": res.params,
+            "model": model_cfg,
             "steps": res.steps,
             "tokens": res.tokens,
             "status": res.status,
@@ -85,6 +140,10 @@ class TrainerActor:
             "step_times": res.step_times,
             "val_curve": res.val_curve,
             "applied": res.applied,
+            "settings": asdict(settings_obj),
+            "auto": probe_info,
+            "peak_flops": peaks,
+            "device": device,
             "train_s": res.train_s,
             "data_order_sha256": res.data_order_sha256,
             "checkpoint": files,

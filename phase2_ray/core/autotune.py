@@ -1,0 +1,89 @@
+"""`auto` optimization: probe candidate stacks for a few steps on this hardware and model, keep the fastest that
+learns like fp32 eager. The right stack depends on size and hardware, so it is measured, not assumed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from phase2_ray.core.model import GPTConfig
+from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.train import TrainSettings, train
+
+REFERENCE = "eager-fp32"
+
+
+def candidate_stacks(include_compile: bool = True) -> dict[str, OptimizationSettings]:
+    """The stacks `auto` tries; the first is the fp32 eager reference every other is judged against."""
+    c = {
+        REFERENCE: OptimizationSettings(),
+        "fused": OptimizationSettings(fused_adamw=True),
+        "fused+sdpa-math": OptimizationSettings(fused_adamw=True, sdpa_backend="math"),
+        "fused+bf16": OptimizationSettings(fused_adamw=True, bf16=True),
+    }
+    if include_compile:
+        c["compile+fused"] = OptimizationSettings(compile=True, fused_adamw=True)
+        c["compile+fused+bf16"] = OptimizationSettings(compile=True, fused_adamw=True, bf16=True)
+    return c
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    settings: dict
+    median_step_ms: float
+    first_step_s: float
+    """The first step's wall time: compile and warm-up, paid once per run."""
+    mean_loss: float
+    loss_delta_pct: float = 0.0
+    accepted: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe(
+    model_cfg: GPTConfig,
+    settings: TrainSettings,
+    candidates: dict[str, OptimizationSettings],
+    train_tokens: torch.Tensor,
+    val_tokens: torch.Tensor,
+    steps: int,
+) -> list[ProbeResult]:
+    """Runs each candidate for `steps` steps from the same init on the same batches; times the steady steps."""
+    probe_settings = replace(
+        settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps), eval_interval=0
+    )
+    out = []
+    for name, opt in candidates.items():
+        t0 = time.perf_counter()
+        r = train(model_cfg, probe_settings, opt, train_tokens, val_tokens)
+        steady = r.step_times[min(3, len(r.step_times) - 1) :]
+        out.append(
+            ProbeResult(
+                name=name,
+                settings=asdict(opt),
+                median_step_ms=statistics.median(steady) * 1000.0,
+                first_step_s=r.step_times[0] if r.step_times else time.perf_counter() - t0,
+                mean_loss=sum(r.losses) / len(r.losses),
+            )
+        )
+    return out
+
+
+def select_stack(results: list[ProbeResult], tolerance_pct: float) -> ProbeResult:
+    """Marks each candidate accepted if its mean probe loss is within `tolerance_pct` of the reference's
+    (the first result), then returns the fastest accepted one. The reference is always acceptable."""
+    if not results:
+        raise ValueError("no probe results to choose from")
+    ref = results[0]
+    for r in results:
+        finite = r.mean_loss == r.mean_loss and abs(r.mean_loss) != float("inf")
+        r.loss_delta_pct = (
+            abs(r.mean_loss - ref.mean_loss) / abs(ref.mean_loss) * 100.0 if finite else float("inf")
+        )
+        r.accepted = r is ref or (finite and r.loss_delta_pct <= tolerance_pct)
+    return min((r for r in results if r.accepted), key=lambda r: r.median_step_ms)

@@ -1,0 +1,49 @@
+"""Model FLOPs utilisation: FLOPs per token from the model shape, peak FLOP/s measured on this machine, never assumed."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from phase2_ray.core.model import GPTConfig
+
+MFU_FORMULA = (
+    "flops/token = 6*N + 12*L*H*Q*T  (N = params without position embeddings, Q = d_model/H, T = block_size)"
+)
+
+
+def non_embedding_params(cfg: GPTConfig) -> int:
+    """Parameters that cost compute per token: all but the position table (the tied LM head does cost)."""
+    d, v, L = cfg.d_model, cfg.vocab_size, cfg.n_layer
+    per_block = 2 * 2 * d + 12 * d * d  # two LayerNorms (weight + bias), qkv + proj (4 d^2), MLP (8 d^2)
+    return v * d + L * per_block + 2 * d
+
+
+def flops_per_token(cfg: GPTConfig) -> int:
+    """Training FLOPs per token (forward + backward), as in PaLM appendix B and nanoGPT's estimate_mfu."""
+    q = cfg.d_model // cfg.n_head
+    return 6 * non_embedding_params(cfg) + 12 * cfg.n_layer * cfg.n_head * q * cfg.block_size
+
+
+def measure_peak_flops(
+    dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 20, device: str = "cpu"
+) -> float:
+    """Best observed matmul FLOP/s with the current torch thread count: the denominator of MFU."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)  # first call pays for allocation and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def mfu(cfg: GPTConfig, tokens_per_s: float, peak_flops: float) -> float:
+    return flops_per_token(cfg) * tokens_per_s / peak_flops

@@ -1,0 +1,123 @@
+"""Measurement building blocks of issue 3: bootstrap CI, MFU formula, core split, auto selection, run plan."""
+
+import numpy as np
+import pytest
+import torch
+
+from phase2_ray.config import load_config
+from phase2_ray.core.autotune import REFERENCE, ProbeResult, candidate_stacks, probe, select_stack
+from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embedding_params
+from phase2_ray.core.model import GPT, GPTConfig
+from phase2_ray.core.train import TrainSettings
+from phase2_ray.metrics import median_ratio_ci
+from phase2_ray.placement import CoreAllocator
+from phase2_ray.report import convergence
+
+
+def test_bootstrap_ci_separates_real_speedups_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.normal(50.0, 2.0, 300)
+    faster = rng.normal(40.0, 2.0, 300)
+    same = rng.normal(50.0, 2.0, 300)
+    sp = median_ratio_ci(base, faster)
+    assert sp["ratio"] == pytest.approx(np.median(base) / np.median(faster))
+    assert 1.2 < sp["ci_low"] <= sp["ratio"] <= sp["ci_high"] < 1.3 and sp["significant"]
+    noise = median_ratio_ci(base, same)
+    assert noise["ci_low"] < 1.0 < noise["ci_high"] and not noise["significant"]
+    slower = median_ratio_ci(faster, base)
+    assert slower["significant"] and slower["ci_high"] < 1.0
+    assert median_ratio_ci([1.0], [1.0])["ratio"] is None
+
+
+def test_flops_per_token_matches_a_hand_count():
+    cfg = GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, d_model=4)
+    # By hand: wte 10*4 = 40; block: 2 LayerNorms 2*(4+4) = 16, qkv 4*12 = 48, proj 16, fc 4*16 = 64,
+    # mlp proj 64 -> 208; final LayerNorm 8. N = 40 + 208 + 8 = 256 (the 4*4 position table is left out).
+    assert non_embedding_params(cfg) == 256
+    # 6N = 1536; attention 12 * L(1) * H(2) * Q(2) * T(4) = 192
+    assert flops_per_token(cfg) == 1536 + 192
+    big = GPTConfig(vocab_size=300, block_size=32, n_layer=3, n_head=4, d_model=32)
+    assert non_embedding_params(big) == GPT(big).num_params() - 32 * 32
+
+
+def test_peak_flops_is_measured():
+    assert 1e8 < measure_peak_flops(torch.float32, size=128, repeats=3) < 1e13
+
+
+def test_core_allocator_gives_disjoint_sets_and_takes_them_back():
+    pool = CoreAllocator([3, 0, 1, 2])
+    a, b = pool.acquire(2), pool.acquire(2)
+    assert a == [0, 1] and b == [2, 3] and not set(a) & set(b)
+    assert pool.acquire(1) is None
+    pool.release(a)
+    assert pool.acquire(1) == [0]
+    pool.release([99])  # never handed out: ignored
+    assert pool.free == [1]
+
+
+def result(name, ms, loss):
+    return ProbeResult(name=name, settings={}, median_step_ms=ms, first_step_s=0.1, mean_loss=loss)
+
+
+def test_auto_keeps_the_fastest_stack_that_learns_like_fp32():
+    results = [
+        result(REFERENCE, 50.0, 6.00),
+        result("fused", 45.0, 6.01),
+        result("fused+bf16", 30.0, 6.30),  # fastest, but its loss is 5% off: rejected
+        result("compile+fused", 40.0, 6.02),
+    ]
+    chosen = select_stack(results, tolerance_pct=1.0)
+    assert chosen.name == "compile+fused"
+    assert [r.accepted for r in results] == [True, True, False, True]
+    assert results[2].loss_delta_pct == pytest.approx(5.0)
+
+
+def test_auto_falls_back_to_the_reference_and_rejects_nan():
+    results = [result(REFERENCE, 50.0, 6.0), result("fused+bf16", 10.0, float("nan"))]
+    assert select_stack(results, 1.0).name == REFERENCE and not results[1].accepted
+
+
+def test_probe_runs_each_candidate_from_the_same_start(tiny_corpus):
+    _, tok, train_ids, val_ids = tiny_corpus
+    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=16)
+    s = TrainSettings(steps=100, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_windows=4)
+    stacks = {k: v for k, v in candidate_stacks(include_compile=False).items() if k != "fused+bf16"}
+    out = probe(cfg, s, stacks, train_ids, val_ids, steps=6)
+    assert [r.name for r in out] == list(stacks)
+    assert all(r.median_step_ms > 0 for r in out)
+    # same init and batches: eager fp32 and fused AdamW learn the same to float precision
+    assert out[1].mean_loss == pytest.approx(out[0].mean_loss, rel=1e-4)
+
+
+def test_convergence_tolerance_from_seed_variance():
+    base = [{"val_loss": x} for x in (5.00, 5.10, 4.90)]
+    opt = [{"val_loss": x} for x in (5.05, 5.02, 4.99)]
+    c = convergence(base, opt, fixed_tol_pct=1.0)
+    assert c["val_loss_tolerance_pct"] == pytest.approx(2 * 0.1 / 5.0 * 100)  # 2 sigma of the baseline seeds
+    assert c["val_loss_delta_pct"] == pytest.approx(abs(np.mean([5.05, 5.02, 4.99]) - 5.0) / 5.0 * 100)
+    one = convergence(base[:1], opt[:1], fixed_tol_pct=1.0)
+    assert one["val_loss_tolerance_pct"] == 1.0 and one["val_loss_seeds"] == 1
+
+
+def test_run_plan_for_isolation_and_repeats():
+    from phase2_ray.pipeline import plan_training
+
+    together, alone = plan_training(load_config(None, ["training.isolation=both", "training.repeats=2"]))
+    assert [(j.variant, j.seed, j.primary) for j in together] == [
+        ("baseline", 1337, True),
+        ("optimized", 1337, True),
+        ("baseline", 1338, False),
+        ("optimized", 1338, False),
+    ]
+    assert [(j.variant, j.phase, j.primary) for j in alone] == [
+        ("baseline", "isolated", False),
+        ("optimized", "isolated", False),
+    ]
+    together, alone = plan_training(load_config(None, ["training.isolation=sequential"]))
+    assert not together and [j.stage_name() for j in alone] == ["2a", "2b"]
+
+
+def test_ablation_expands_variants():
+    cfg = load_config(None, ["ablation=true"])
+    assert list(cfg.variants) == ["baseline", "compile", "fused_adamw", "bf16", "sdpa_math", "all"]
+    assert cfg.variants["all"].compile and cfg.variants["all"].bf16 and cfg.variants["all"].fused_adamw
