@@ -207,7 +207,7 @@ ABLATION_PARTS = {
 def _default_variants() -> dict[str, VariantConfig]:
     return {
         "baseline": VariantConfig(),
-        "optimized": VariantConfig(compile=True, fused_adamw=True),
+        "optimized": VariantConfig(auto=True, auto_compile=False),
     }
 
 

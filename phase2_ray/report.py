@@ -427,6 +427,29 @@ def _stack_section(r: dict) -> str:
             )
             + "\n"
         )
+    if any(len(t["repeats"]) > 1 for t in r["training"].values()):
+        rows = [
+            [
+                v,
+                x["seed"],
+                x["phase"],
+                _f(x["val_loss"], 4),
+                _f(x["step_ms_p50"], 2),
+                _f(x["tokens_per_s"], 0),
+            ]
+            for v, t in r["training"].items()
+            for x in t["repeats"]
+        ]
+        out.append(
+            "\n### Seeds\n\nEvery variant trained once per seed; the val-loss gate compares seed means and takes its "
+            "tolerance from the baseline's seed-to-seed spread.\n\n"
+            + tabulate(
+                rows,
+                headers=["variant", "seed", "run", "val loss", "median ms/step", "tok/s"],
+                tablefmt="github",
+            )
+            + "\n"
+        )
     if len(r["training"]) > 2:
         rows = []
         for v, t in r["training"].items():

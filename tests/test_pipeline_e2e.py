@@ -191,3 +191,51 @@ def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, cap
     assert rc == 2
     assert "training.cpus_per_actor=64 exceeds the cluster's 2 CPUs" in capsys.readouterr().err
     assert not (tmp_path / "report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def perf_run(ray_cluster, tmp_path_factory):
+    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, an `auto` variant."""
+    out = tmp_path_factory.mktemp("perf")
+    overrides = [
+        "training.isolation=both",
+        "training.repeats=2",
+        "variants.auto.auto=true",
+        "variants.auto.auto_compile=false",
+        "training.auto_probe_steps=4",
+        "validation.requests=4",
+        f"serve.port={free_port()}",
+    ]
+    args = ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = cli.main(args + [x for o in overrides for x in ("--set", o)])
+    return rc, out, json.loads((out / "report.json").read_text())
+
+
+def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
+    rc, out, r = perf_run
+    assert rc in (0, 1) and list(r["training"]) == ["baseline", "optimized", "auto"]
+    for v, t in r["training"].items():
+        assert [x["seed"] for x in t["repeats"]] == [1337, 1338], v
+    for c in r["comparison"].values():
+        iso = c["isolated_speedup"]
+        assert iso["ratio"] > 0
+        assert c["concurrent_vs_isolated_pct"] == pytest.approx(
+            (c["speedup"]["ratio"] / iso["ratio"] - 1) * 100
+        )
+        assert c["val_loss_seeds"] == 2 and "seed-to-seed" in c["val_loss_tolerance_basis"]
+    auto = r["training"]["auto"]["auto"]
+    names = [x["name"] for x in auto["candidates"]]
+    assert names[0] == "eager-fp32" and auto["chosen"] in names
+    chosen = next(x for x in auto["candidates"] if x["name"] == auto["chosen"])
+    assert chosen["accepted"] and chosen["median_step_ms"] == min(
+        x["median_step_ms"] for x in auto["candidates"] if x["accepted"]
+    )
+    isolated = [s for s in r["stages"] if s["name"].endswith(":isolated")]
+    assert len(isolated) == 3 and all(s["status"] == "ok" for s in isolated)
+    # isolated runs do not overlap each other
+    isolated.sort(key=lambda s: s["start"])
+    assert all(a["end"] <= b["start"] for a, b in zip(isolated, isolated[1:], strict=False))
+    md = (out / "report.md").read_text()
+    assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
+    assert set(r["inference"]) == {"baseline", "optimized", "auto"}

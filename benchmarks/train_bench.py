@@ -1,0 +1,222 @@
+"""Training benchmark: plain PyTorch loop vs Ray actors, baseline vs optimized vs auto, concurrent vs isolated.
+
+Everything is measured side by side in one run on this machine, then printed as ratios (and written as JSON).
+Usage: .venv/bin/python benchmarks/train_bench.py [--models default,bench] [--out FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import ray
+import torch
+
+from phase2_ray.config import load_config
+from phase2_ray.core.flops import flops_per_token, measure_peak_flops
+from phase2_ray.core.model import GPTConfig
+from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.train import TrainSettings, train
+from phase2_ray.pipeline import Stage, prepare_data, run_training
+from phase2_ray.report import build_report
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/bench.yaml"}
+
+
+def machine() -> dict:
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return {
+        "cpu": next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        ),
+        "cores": os.cpu_count(),
+        "simd": simd,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+    }
+
+
+def plain_loop(cfg, d, skip: int) -> dict:
+    """The baseline stack trained by the core loop in this process, pinned to one core like an actor."""
+    proc = psutil.Process()
+    before = proc.cpu_affinity()
+    proc.cpu_affinity([before[0]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.training.cpus_per_actor)
+    try:
+        s = cfg.training
+        res = train(
+            GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size}),
+            TrainSettings(
+                steps=s.steps,
+                batch_size=s.batch_size,
+                lr=s.lr,
+                min_lr=s.min_lr,
+                warmup_steps=s.warmup_steps,
+                weight_decay=s.weight_decay,
+                grad_clip=s.grad_clip,
+                eval_interval=s.eval_interval,
+                eval_windows=s.eval_windows,
+                seed=s.seed,
+            ),
+            OptimizationSettings(**cfg.variants["baseline"].model_dump(exclude={"auto", "auto_compile"})),
+            d.train_tokens,
+            d.val_tokens,
+        )
+        peak = measure_peak_flops(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+        proc.cpu_affinity(before)
+    steady = res.step_times[skip:]
+    return {
+        "step_ms_p50": statistics.median(steady) * 1000,
+        "tokens_per_s": len(steady) * s.batch_size * cfg.model.block_size / sum(steady),
+        "peak_flops": peak,
+    }
+
+
+def bench_model(name: str, with_auto: bool) -> dict:
+    overrides = ["training.isolation=both", "training.log_every=0"]
+    if with_auto:
+        overrides.append("variants.auto.auto=true")
+    cfg = load_config(CONFIGS[name], overrides)
+    d = prepare_data(cfg)
+    skip = cfg.training.skip_steps
+    t0 = time.time()
+    plain = plain_loop(cfg, d, skip)
+    stages: list[Stage] = []
+    training, extra = run_training(cfg, f"bench-{name}", d, stages, t0)
+    # Measured again after the actors: this machine's speed drifts, so the overhead uses the mean of both.
+    plain_after = plain_loop(cfg, d, skip)
+    plain = {
+        "step_ms_p50": (plain["step_ms_p50"] + plain_after["step_ms_p50"]) / 2,
+        "tokens_per_s": (plain["tokens_per_s"] + plain_after["tokens_per_s"]) / 2,
+        "step_ms_p50_before_after": [plain["step_ms_p50"], plain_after["step_ms_p50"]],
+        "peak_flops": plain["peak_flops"],
+    }
+    r = build_report(
+        cfg=cfg,
+        run_id=f"bench-{name}",
+        started_at=t0,
+        environment={},
+        data_info={},
+        stages=[],
+        training=training,
+        validation={},
+        failure=None,
+        extra_runs=extra,
+    )
+    tr, comp = r["training"], r["comparison"]
+    iso_base = next(x for x in extra if x["variant"] == "baseline" and x["phase"] == "isolated")
+    iso_base_ms = statistics.median(iso_base["step_times"][skip:]) * 1000
+    out = {
+        "params": tr["baseline"]["params"],
+        "flops_per_token": flops_per_token(GPTConfig(**training["baseline"]["model"])),
+        "plain_loop": plain,
+        "actor_isolated_baseline_step_ms_p50": iso_base_ms,
+        "actor_overhead_pct": (iso_base_ms / plain["step_ms_p50"] - 1) * 100,
+        "variants": {},
+    }
+    for v, t in tr.items():
+        c = comp.get(v, {})
+        out["variants"][v] = {
+            "settings": t["settings"],
+            "auto": t["auto"]
+            and {
+                "chosen": t["auto"]["chosen"],
+                "probe_s": t["auto"]["probe_s"],
+                "candidates": t["auto"]["candidates"],
+            },
+            "step_ms_p50": t["step_ms"]["p50"],
+            "tokens_per_s": t["tokens_per_s"],
+            "train_s": t["train_s"],
+            "mfu": t["mfu"]["value"],
+            "peak_flops": t["mfu"]["peak_flops"],
+            "val_loss": t["val_loss"],
+            "speedup": c.get("speedup"),
+            "isolated_speedup": c.get("isolated_speedup"),
+            "concurrent_vs_isolated_pct": c.get("concurrent_vs_isolated_pct"),
+            "stage_time_ratio": c.get("stage_time_ratio"),
+            "val_loss_delta_pct": c.get("val_loss_delta_pct"),
+        }
+    return out
+
+
+def fmt(x, spec=".3f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="default,bench")
+    ap.add_argument("--auto", default="default", help="models whose run includes an `auto` variant")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    info = machine()
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, SIMD {' '.join(info['simd'])}, torch {info['torch']}, ray {info['ray']}"
+    )
+    ray.init(include_dashboard=False, namespace="phase2", log_to_driver=False)
+    results = {"machine": info, "models": {}}
+    try:
+        for name in args.models.split(","):
+            t = time.time()
+            results["models"][name] = bench_model(name, name in args.auto.split(","))
+            print(f"[{name}] measured in {time.time() - t:.0f} s", flush=True)
+    finally:
+        ray.shutdown()
+    for name, m in results["models"].items():
+        print(f"\n== {name} model: {m['params']:,} params, {m['flops_per_token']:,} FLOPs/token ==")
+        p = m["plain_loop"]
+        ba = " / ".join(f"{x:.2f}" for x in p["step_ms_p50_before_after"])
+        print(
+            f"plain loop (no Ray, 1 core): {p['step_ms_p50']:.2f} ms/step (before / after the actors: {ba}), {p['tokens_per_s']:,.0f} tok/s"
+        )
+        print(
+            f"baseline actor alone:        {m['actor_isolated_baseline_step_ms_p50']:.2f} ms/step -> Ray actor overhead {m['actor_overhead_pct']:+.1f}% (target <= 3%)"
+        )
+        for v, x in m["variants"].items():
+            sp, iso = x["speedup"] or {}, x["isolated_speedup"] or {}
+            line = f"{v:<10} {x['step_ms_p50']:.2f} ms/step  {x['tokens_per_s']:,.0f} tok/s  MFU {fmt(x['mfu'] and x['mfu'] * 100, '.1f')}% of {fmt(x['peak_flops'] / 1e9, '.1f')} GFLOP/s  stage {x['train_s']:.1f} s"
+            print(line)
+            if sp:
+                print(
+                    f"           speedup {fmt(sp['ratio'])}x [{fmt(sp['ci_low'], '.2f')}, {fmt(sp['ci_high'], '.2f')}] concurrent; "
+                    f"{fmt(iso.get('ratio'))}x alone -> concurrent vs isolated {fmt(x['concurrent_vs_isolated_pct'], '+.1f')}% (target within ±10%); "
+                    f"stage-time ratio {fmt(x['stage_time_ratio'], '.2f')}x; |Δ val loss| {fmt(x['val_loss_delta_pct'], '.3f')}%"
+                )
+            if x["auto"]:
+                cands = ", ".join(
+                    f"{c['name']} {c['median_step_ms']:.1f} ms{'' if c['accepted'] else ' (loss off)'}"
+                    for c in x["auto"]["candidates"]
+                )
+                print(f"           auto chose {x['auto']['chosen']} in {x['auto']['probe_s']:.1f} s: {cands}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
