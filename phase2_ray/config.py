@@ -110,6 +110,12 @@ class TrainingConfig(_Section):
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per training actor.")
     pin_cpus: bool = Field(True, description="Give concurrent actors disjoint cores (affinity) on one node.")
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+    rotate_cores_s: float = Field(
+        5.0,
+        ge=0,
+        description="When all concurrent actors fit the node, rotate them through the cores every N seconds "
+        "(together) so no variant keeps a faster core; 0 = fixed cores.",
+    )
     isolation: Literal["concurrent", "sequential", "both"] = Field(
         "concurrent",
         description="concurrent: all variants at once on disjoint cores; sequential: one after another; "

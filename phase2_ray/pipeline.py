@@ -164,18 +164,24 @@ def _connect(cfg: Config, address: str | None) -> bool:
     return True
 
 
-def _core_pool(cfg: Config):
-    """A CorePool over this node's cores when pinning applies (one node, pin_cpus on), else None."""
-    from phase2_ray.stages.training import CorePool
-
+def _node_cores(cfg: Config) -> list[int] | None:
+    """This node's cores when pinning applies (one node, pin_cpus on), else None."""
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if not cfg.training.pin_cpus or len(alive) != 1:
         return None
     try:
-        cores = sorted(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:
-        cores = list(range(os.cpu_count() or 1))
-    return CorePool.remote(cores)
+        return list(range(os.cpu_count() or 1))
+
+
+def rotation_plan(cores: list[int] | None, per: int, n_jobs: int, period_s: float) -> list[dict] | None:
+    """Per-job core rotation for jobs that all run at once, or None when they do not all fit (then the pool
+    hands out fixed cores as actors start) or rotation is off."""
+    if not cores or period_s <= 0 or n_jobs < 2 or n_jobs * per > len(cores):
+        return None
+    slots = [cores[i * per : (i + 1) * per] for i in range(n_jobs)]
+    return [{"slots": slots, "index": i, "period_s": period_s} for i in range(n_jobs)]
 
 
 @dataclass(frozen=True)
@@ -212,10 +218,12 @@ def run_training(
 ) -> tuple[dict[str, dict], list[dict]]:
     """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
     at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
-    from phase2_ray.stages.training import TrainerActor
+    from phase2_ray.stages.training import CorePool, TrainerActor
 
     together, alone = plan_training(cfg)
-    pool = _core_pool(cfg)
+    cores = _node_cores(cfg)
+    pool = CorePool.remote(cores) if cores else None
+    rotations = rotation_plan(cores, cfg.training.cpus_per_actor, len(together), cfg.training.rotate_cores_s)
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
     base_settings = cfg.training.model_dump(
         include={
@@ -239,7 +247,7 @@ def run_training(
         "auto_tolerance_pct": cfg.training.auto_tolerance_pct,
     }
 
-    def submit(job: TrainJob):
+    def submit(job: TrainJob, rotation: dict | None = None):
         suffix = "" if job.primary else f":seed{job.seed}:{job.phase}"
         actor = TrainerActor.options(
             name=f"{run_id}:train:{job.variant}{suffix}",
@@ -255,7 +263,7 @@ def run_training(
             val_ref,
             d.tokenizer_json,
             meta,
-            opts,
+            {**opts, "rotation": rotation},
         )
         return actor, ref
 
@@ -293,8 +301,8 @@ def run_training(
         if together:
             log(f"2a/2b: training {len(together)} runs concurrently: {', '.join(cfg.variants)}", t0)
             started = {}
-            for job in together:
-                actor, ref = submit(job)
+            for i, job in enumerate(together):
+                actor, ref = submit(job, rotations[i] if rotations else None)
                 started[ref] = (job, actor)
             pending = list(started)
             while pending:

@@ -121,3 +121,34 @@ def test_ablation_expands_variants():
     cfg = load_config(None, ["ablation=true"])
     assert list(cfg.variants) == ["baseline", "compile", "fused_adamw", "bf16", "sdpa_math", "all"]
     assert cfg.variants["all"].compile and cfg.variants["all"].bf16 and cfg.variants["all"].fused_adamw
+
+
+def test_core_rotation_moves_all_actors_together():
+    from phase2_ray.placement import CoreRotation
+
+    slots = [[0], [1]]
+    a, b = CoreRotation(slots, 0, 5.0), CoreRotation(slots, 1, 5.0)
+    for t in (0.0, 4.9, 5.0, 12.0):
+        assert a.slot_at(t) != b.slot_at(t)  # never the same core at the same moment
+    assert a.slot_at(0.0) == [0] and a.slot_at(5.0) == [1] and a.slot_at(10.0) == [0]
+
+
+def test_core_rotation_books_time_per_core(monkeypatch):
+    import phase2_ray.placement as placement
+
+    pinned = []
+    monkeypatch.setattr(placement, "pin_all_threads", pinned.append)
+    r = placement.CoreRotation([[0], [1]], 0, 5.0)
+    for t in (1.0, 3.0, 6.0, 9.0, 11.0):
+        r.tick(t)
+    assert pinned == [[0], [1], [0]] and r.switches == 2
+    assert r.seconds_on == {"0": 2.0 + 3.0, "1": 3.0 + 2.0}
+
+
+def test_rotation_plan_only_when_all_jobs_fit():
+    from phase2_ray.pipeline import rotation_plan
+
+    plan = rotation_plan([0, 1, 2, 3], 2, 2, 5.0)
+    assert [p["slots"] for p in plan] == [[[0, 1], [2, 3]]] * 2 and [p["index"] for p in plan] == [0, 1]
+    assert rotation_plan([0, 1], 1, 3, 5.0) is None  # three actors on two cores: the pool pins them instead
+    assert rotation_plan([0, 1], 1, 2, 0.0) is None  # rotation off

@@ -101,6 +101,9 @@ def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
     pa, pb = (r["training"][v]["placement"] for v in ("baseline", "optimized"))
     assert pa["pid"] != pb["pid"] and pa["torch_threads"] == pb["torch_threads"] == 1
     assert not set(pa["cpu_affinity"]) & set(pb["cpu_affinity"])
+    # both fit the node: they rotate through the same core slots together, never sharing one
+    ra, rb = pa["core_rotation"], pb["core_rotation"]
+    assert ra["slots"] == rb["slots"] == [[0], [1]] and sum(ra["seconds_on"].values()) > 0
     assert r["comparison"]["optimized"]["same_data_order"]
 
 

@@ -9,7 +9,6 @@ import socket
 import time
 from dataclasses import asdict
 
-import psutil
 import ray
 import torch
 
@@ -19,7 +18,7 @@ from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.placement import CoreAllocator
+from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
 
 # Holds the node's free cores for the run; costs no CPU of its own.
 CorePool = ray.remote(num_cpus=0)(CoreAllocator)
@@ -54,37 +53,54 @@ class TrainerActor:
         opts: dict,
     ) -> dict:
         start = time.time()
-        pool = opts.get("core_pool")
+        # Logical CPUs do not isolate; affinity does, so concurrent actors never share a core. Either all
+        # concurrent actors rotate through the cores together (crossover), or each holds cores from the pool.
+        rot = opts.get("rotation")
+        rotation = CoreRotation(rot["slots"], rot["index"], rot["period_s"]) if rot else None
+        pool = None if rotation else opts.get("core_pool")
         cores = ray.get(pool.acquire.remote(self.threads)) if pool is not None else None
         try:
-            if cores:
-                # Logical CPUs do not isolate; affinity does, so concurrent actors never share a core.
-                psutil.Process().cpu_affinity(cores)
-            self.placement["cpu_affinity"] = cores
-            return self._train(
-                variant,
-                model_cfg,
-                settings,
-                optim,
-                train_tokens,
-                val_tokens,
-                tokenizer_json,
-                meta,
-                opts,
-                start,
-            )
+            if rotation:
+                rotation.tick(time.time())
+            elif cores:
+                pin_all_threads(cores)
+            self.placement["cpu_affinity"] = rotation.current if rotation else cores
+            args = (variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts)
+            out = self._train(*args, start, rotation)
+            if rotation:
+                rotation.tick(time.time())
+                out["placement"]["core_rotation"] = {
+                    "slots": rotation.slots,
+                    "period_s": rotation.period_s,
+                    "switches": rotation.switches,
+                    "seconds_on": rotation.seconds_on,
+                }
+            return out
         finally:
             if cores:
                 pool.release.remote(cores)
 
     def _train(
-        self, variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts, start
+        self,
+        variant,
+        model_cfg,
+        settings,
+        optim,
+        train_tokens,
+        val_tokens,
+        tokenizer_json,
+        meta,
+        opts,
+        start,
+        rotation,
     ):
         steps = settings["steps"]
         log_every = opts.get("log_every", 0)
         label = f"{variant} seed {settings['seed']}"
 
         def log(step: int, loss: float, dt: float) -> None:
+            if rotation is not None:
+                rotation.tick(time.time())
             if log_every and (step % log_every == 0 or step == steps):
                 print(f"[{label}] step {step}/{steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True)
 
