@@ -23,7 +23,7 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.pipeline import Stage, prepare_data, run_training
+from phase2_ray.pipeline import prepare_data, run_training
 from phase2_ray.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,28 +97,17 @@ def plain_loop(cfg, d, skip: int) -> dict:
     }
 
 
-def bench_model(name: str, with_auto: bool) -> dict:
-    overrides = ["training.isolation=both", "training.log_every=0"]
-    if with_auto:
-        overrides.append("variants.auto.auto=true")
-    cfg = load_config(CONFIGS[name], overrides)
-    d = prepare_data(cfg)
-    skip = cfg.training.skip_steps
+def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[dict], dict]:
+    """Baseline and one other variant trained together (and alone when isolation is `both`)."""
+    cfg = load_config(
+        CONFIGS[name],
+        ["training.log_every=0", f"training.isolation={isolation}", f"variants={json.dumps(variants)}"],
+    )
     t0 = time.time()
-    plain = plain_loop(cfg, d, skip)
-    stages: list[Stage] = []
-    training, extra = run_training(cfg, f"bench-{name}", d, stages, t0)
-    # Measured again after the actors: this machine's speed drifts, so the overhead uses the mean of both.
-    plain_after = plain_loop(cfg, d, skip)
-    plain = {
-        "step_ms_p50": (plain["step_ms_p50"] + plain_after["step_ms_p50"]) / 2,
-        "tokens_per_s": (plain["tokens_per_s"] + plain_after["tokens_per_s"]) / 2,
-        "step_ms_p50_before_after": [plain["step_ms_p50"], plain_after["step_ms_p50"]],
-        "peak_flops": plain["peak_flops"],
-    }
+    training, extra = run_training(cfg, f"bench-{name}-{'-'.join(variants)}", d, [], t0)
     r = build_report(
         cfg=cfg,
-        run_id=f"bench-{name}",
+        run_id="bench",
         started_at=t0,
         environment={},
         data_info={},
@@ -128,39 +117,62 @@ def bench_model(name: str, with_auto: bool) -> dict:
         failure=None,
         extra_runs=extra,
     )
-    tr, comp = r["training"], r["comparison"]
-    iso_base = next(x for x in extra if x["variant"] == "baseline" and x["phase"] == "isolated")
-    iso_base_ms = statistics.median(iso_base["step_times"][skip:]) * 1000
-    out = {
-        "params": tr["baseline"]["params"],
-        "flops_per_token": flops_per_token(GPTConfig(**training["baseline"]["model"])),
-        "plain_loop": plain,
-        "actor_isolated_baseline_step_ms_p50": iso_base_ms,
-        "actor_overhead_pct": (iso_base_ms / plain["step_ms_p50"] - 1) * 100,
-        "variants": {},
+    return training, extra, r
+
+
+def _variant_row(t: dict, c: dict) -> dict:
+    return {
+        "settings": t["settings"],
+        "auto": t["auto"] and {k: t["auto"][k] for k in ("chosen", "probe_s", "candidates")},
+        "step_ms_p50": t["step_ms"]["p50"],
+        "tokens_per_s": t["tokens_per_s"],
+        "train_s": t["train_s"],
+        "mfu": t["mfu"]["value"],
+        "peak_flops": t["mfu"]["peak_flops"],
+        "val_loss": t["val_loss"],
+        "speedup": c.get("speedup"),
+        "isolated_speedup": c.get("isolated_speedup"),
+        "concurrent_vs_isolated_pct": c.get("concurrent_vs_isolated_pct"),
+        "stage_time_ratio": c.get("stage_time_ratio"),
+        "val_loss_delta_pct": c.get("val_loss_delta_pct"),
+        "rotation": t["placement"].get("core_rotation"),
     }
-    for v, t in tr.items():
-        c = comp.get(v, {})
-        out["variants"][v] = {
-            "settings": t["settings"],
-            "auto": t["auto"]
-            and {
-                "chosen": t["auto"]["chosen"],
-                "probe_s": t["auto"]["probe_s"],
-                "candidates": t["auto"]["candidates"],
-            },
-            "step_ms_p50": t["step_ms"]["p50"],
-            "tokens_per_s": t["tokens_per_s"],
-            "train_s": t["train_s"],
-            "mfu": t["mfu"]["value"],
-            "peak_flops": t["mfu"]["peak_flops"],
-            "val_loss": t["val_loss"],
-            "speedup": c.get("speedup"),
-            "isolated_speedup": c.get("isolated_speedup"),
-            "concurrent_vs_isolated_pct": c.get("concurrent_vs_isolated_pct"),
-            "stage_time_ratio": c.get("stage_time_ratio"),
-            "val_loss_delta_pct": c.get("val_loss_delta_pct"),
-        }
+
+
+def bench_model(name: str, with_auto: bool) -> dict:
+    """Pairs, each baseline vs one variant at the same time on rotating cores: the configured optimized variant
+    (also alone, for concurrent vs isolated), an A/A control identical to the baseline (the measurement's own
+    bias), and optionally `auto` allowed to compile."""
+    cfg = load_config(CONFIGS[name])
+    d = prepare_data(cfg)
+    skip = cfg.training.skip_steps
+    base = cfg.variants["baseline"].model_dump()
+    plain_before = plain_loop(cfg, d, skip)
+    pairs = {"optimized": (cfg.variants["optimized"].model_dump(), "both"), "control": (base, "concurrent")}
+    if with_auto:
+        pairs["auto"] = ({**base, "auto": True, "auto_compile": True}, "concurrent")
+    out = {"variants": {}}
+    for v, (vcfg, isolation) in pairs.items():
+        training, extra, r = _pair_run(name, d, {"baseline": base, v: vcfg}, isolation)
+        out["variants"].setdefault("baseline", _variant_row(r["training"]["baseline"], {}))
+        out["variants"][v] = _variant_row(r["training"][v], r["comparison"][v])
+        if isolation == "both":
+            iso_base = next(x for x in extra if x["variant"] == "baseline" and x["phase"] == "isolated")
+            out["actor_isolated_baseline_step_ms_p50"] = (
+                statistics.median(iso_base["step_times"][skip:]) * 1000
+            )
+        out["params"] = r["training"]["baseline"]["params"]
+        out["flops_per_token"] = flops_per_token(GPTConfig(**training["baseline"]["model"]))
+    # Measured again after the actors: this machine's speed drifts, so the overhead uses the mean of both.
+    plain_after = plain_loop(cfg, d, skip)
+    ms = (plain_before["step_ms_p50"] + plain_after["step_ms_p50"]) / 2
+    out["plain_loop"] = {
+        "step_ms_p50": ms,
+        "tokens_per_s": (plain_before["tokens_per_s"] + plain_after["tokens_per_s"]) / 2,
+        "step_ms_p50_before_after": [plain_before["step_ms_p50"], plain_after["step_ms_p50"]],
+        "peak_flops": plain_before["peak_flops"],
+    }
+    out["actor_overhead_pct"] = (out["actor_isolated_baseline_step_ms_p50"] / ms - 1) * 100
     return out
 
 
@@ -199,13 +211,21 @@ def main() -> int:
         )
         for v, x in m["variants"].items():
             sp, iso = x["speedup"] or {}, x["isolated_speedup"] or {}
+            if v == "control":
+                line_extra = "  <- A/A control: same stack as baseline, so any speedup is measurement bias"
+            else:
+                line_extra = ""
             line = f"{v:<10} {x['step_ms_p50']:.2f} ms/step  {x['tokens_per_s']:,.0f} tok/s  MFU {fmt(x['mfu'] and x['mfu'] * 100, '.1f')}% of {fmt(x['peak_flops'] / 1e9, '.1f')} GFLOP/s  stage {x['train_s']:.1f} s"
-            print(line)
+            print(line + line_extra)
             if sp:
                 print(
                     f"           speedup {fmt(sp['ratio'])}x [{fmt(sp['ci_low'], '.2f')}, {fmt(sp['ci_high'], '.2f')}] concurrent; "
-                    f"{fmt(iso.get('ratio'))}x alone -> concurrent vs isolated {fmt(x['concurrent_vs_isolated_pct'], '+.1f')}% (target within ±10%); "
-                    f"stage-time ratio {fmt(x['stage_time_ratio'], '.2f')}x; |Δ val loss| {fmt(x['val_loss_delta_pct'], '.3f')}%"
+                    + (
+                        f"{fmt(iso.get('ratio'))}x alone -> concurrent vs isolated {fmt(x['concurrent_vs_isolated_pct'], '+.1f')}% (target within ±10%); "
+                        if iso
+                        else ""
+                    )
+                    + f"stage-time ratio {fmt(x['stage_time_ratio'], '.2f')}x; |Δ val loss| {fmt(x['val_loss_delta_pct'], '.3f')}%"
                 )
             if x["auto"]:
                 cands = ", ".join(
