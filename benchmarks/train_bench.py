@@ -126,7 +126,7 @@ def _variant_row(t: dict, c: dict) -> dict:
         "auto": t["auto"] and {k: t["auto"][k] for k in ("chosen", "probe_s", "candidates")},
         "step_ms_p50": t["step_ms"]["p50"],
         "tokens_per_s": t["tokens_per_s"],
-        "train_s": t["train_s"],
+        "train_s": t["stage_s"],
         "mfu": t["mfu"]["value"],
         "peak_flops": t["mfu"]["peak_flops"],
         "val_loss": t["val_loss"],

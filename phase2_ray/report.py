@@ -108,6 +108,7 @@ def build_report(
             "seed": r["seed"],
             "phase": r.get("phase"),
             "train_s": r["train_s"],
+            "stage_s": r["end"] - r["start"],
             "stage_tokens_per_s": r["tokens"] / r["train_s"] if r["train_s"] > 0 else None,
             "tokens_per_s": tps,
             "tokens_per_s_basis": f"steady state, steps {skip + 1}-{r['steps']}",
@@ -166,7 +167,7 @@ def build_report(
             ),
             "speedup_basis": "median baseline step time / median variant step time (steady steps), 95% bootstrap CI",
             "tokens_per_s_ratio": ratio(t["tokens_per_s"], base["tokens_per_s"]),
-            "stage_time_ratio": ratio(base["train_s"], t["train_s"]),
+            "stage_time_ratio": ratio(base["stage_s"], t["stage_s"]),
             "same_data_order": t["data_order_sha256"] == base["data_order_sha256"],
         }
         c.update(convergence(base["repeats"], t["repeats"], cfg.targets.val_loss_delta_pct_max))
@@ -314,14 +315,15 @@ def _training_timeline(r: dict) -> str:
     tr = r["training"]
     if not tr:
         return "## Training Timeline\n\nNo variant finished training.\n"
-    longest = max(t["train_s"] for t in tr.values())
+    longest = max(t["stage_s"] for t in tr.values())
     lines = []
     for v, t in tr.items():
         stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
         opt = ", ".join(f"{k}={val}" for k, val in t["optimizations"].items())
         lines += [
             f"{v.upper()} TRAINING (Stage {stage})",
-            f"├─ Duration: {_f(t['train_s'], 1, ' s')} wall, of which warm-up/compile steps {_f(t['warmup_s'], 1, ' s')}",
+            f"├─ Duration: {_f(t['stage_s'], 1, ' s')} stage wall; training loop {_f(t['train_s'], 1, ' s')}, "
+            f"of which warm-up/compile steps {_f(t['warmup_s'], 1, ' s')}",
             f"├─ Loss: {_f(t['initial_loss'], 4)} ──► {_f(t['final_loss'], 4)} "
             f"(train, {_pct(t['initial_loss'], t['final_loss'])}); val {_f(t['initial_val_loss'], 4)} ──► {_f(t['val_loss'], 4)}",
             f"├─ Throughput: {_f(t['tokens_per_s'], 0, ' tok/s')} ({t['tokens_per_s_basis']}); "
@@ -330,7 +332,7 @@ def _training_timeline(r: dict) -> str:
             f"├─ Optimizations: {opt}",
             f"└─ Status: {t['status'].upper()}" + (f" — {t['error']}" if t["error"] else ""),
             "",
-            f"   {_bar(t['train_s'], longest, 60)} {_f(t['train_s'], 1, ' s')}",
+            f"   {_bar(t['stage_s'], longest, 60)} {_f(t['stage_s'], 1, ' s')}",
             "",
         ]
     return "## Training Timeline\n\n```\n" + "\n".join(lines) + "```\n"
@@ -359,8 +361,10 @@ def _speedup(r: dict) -> str:
             f"  95% bootstrap CI:          [{_f(sp['ci_low'], 2)}, {_f(sp['ci_high'], 2)}] — {_verdict(sp)}",
             f"Steady-state throughput:     {_f(b['tokens_per_s'], 0)} → {_f(t['tokens_per_s'], 0)} tok/s   "
             f"= {_f(c['tokens_per_s_ratio'], 2, 'x')} ({_pct(b['tokens_per_s'], t['tokens_per_s'])})",
-            f"Stage wall time:             {_f(b['train_s'], 1)} → {_f(t['train_s'], 1)} s   "
+            f"Stage wall time:             {_f(b['stage_s'], 1)} → {_f(t['stage_s'], 1)} s   "
             f"= {_f(c['stage_time_ratio'], 2, 'x')} (baseline ÷ {v}; what a user waits for)",
+            f"  of which training loop:    {_f(b['train_s'], 1)} → {_f(t['train_s'], 1)} s"
+            + (f"; `auto` probe {_f(t['auto']['probe_s'], 1)} s" if t.get("auto") else ""),
             f"  compile/warm-up share:     {_f(b['compile_warmup_s'], 1)} s → {_f(t['compile_warmup_s'], 1)} s "
             f"(first steps beyond the steady median)",
             f"Val loss change:             {_f(c['val_loss_delta_pct'], 3, '%')} vs tolerance "
@@ -386,7 +390,7 @@ def _speedup(r: dict) -> str:
     first = next(iter(tr.values()))["mfu"]
     lines += [
         "MFU (model FLOPs utilisation, steady state)",
-        *(f"  {part.strip()}" for part in first["formula"].split("(", 1)),
+        *(f"  {part.strip()}" for part in first["formula"].split(";", 1)),
         f"  flops/token = {first['flops_per_token']:,}; peak = {first['peak_basis']}",
         *mfu_rows,
     ]
@@ -646,7 +650,7 @@ def _comparative_table(r: dict) -> str:
         return x
 
     metrics = [
-        ("Training stage wall (s)", lambda v: g(tr, v, "train_s"), "lower"),
+        ("Training stage wall (s)", lambda v: g(tr, v, "stage_s"), "lower"),
         ("Training throughput, steady (tok/s)", lambda v: g(tr, v, "tokens_per_s"), "higher"),
         ("Median step time (ms)", lambda v: g(tr, v, "step_ms", "p50"), "lower"),
         ("Final train loss", lambda v: g(tr, v, "final_loss"), None),

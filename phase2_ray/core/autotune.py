@@ -52,6 +52,7 @@ def probe(
     train_tokens: torch.Tensor,
     val_tokens: torch.Tensor,
     steps: int,
+    on_step=None,
 ) -> list[ProbeResult]:
     """Runs each candidate for `steps` steps from the same init on the same batches; times the steady steps."""
     probe_settings = replace(
@@ -60,7 +61,7 @@ def probe(
     out = []
     for name, opt in candidates.items():
         t0 = time.perf_counter()
-        r = train(model_cfg, probe_settings, opt, train_tokens, val_tokens)
+        r = train(model_cfg, probe_settings, opt, train_tokens, val_tokens, on_step=on_step)
         steady = r.step_times[min(3, len(r.step_times) - 1) :]
         out.append(
             ProbeResult(

@@ -9,7 +9,7 @@ import torch
 from phase2_ray.core.model import GPTConfig
 
 MFU_FORMULA = (
-    "flops/token = 6*N + 12*L*H*Q*T  (N = params without position embeddings, Q = d_model/H, T = block_size)"
+    "flops/token = 6*N + 12*L*H*Q*T; N = params without position embeddings, Q = d_model/H, T = block_size"
 )
 
 

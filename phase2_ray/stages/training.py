@@ -117,6 +117,8 @@ class TrainerActor:
                 train_tokens,
                 val_tokens,
                 opts["auto_probe_steps"],
+                # Keep rotating with the other actors while probing, or this actor would squat on their core.
+                on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
             )
             chosen = select_stack(results, opts["auto_tolerance_pct"])
             optim = dict(chosen.settings)
@@ -131,6 +133,8 @@ class TrainerActor:
         settings_obj = OptimizationSettings(**optim)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses.
+        if rotation is not None:
+            rotation.tick(time.time())
         peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
         if settings_obj.bf16:
             peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
