@@ -23,7 +23,7 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.pipeline import prepare_data, run_training
+from phase2_ray.pipeline import core_train_settings, prepare_data, run_training
 from phase2_ray.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,21 +66,9 @@ def plain_loop(cfg, d, skip: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.training.cpus_per_actor)
     try:
-        s = cfg.training
         res = train(
             GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size}),
-            TrainSettings(
-                steps=s.steps,
-                batch_size=s.batch_size,
-                lr=s.lr,
-                min_lr=s.min_lr,
-                warmup_steps=s.warmup_steps,
-                weight_decay=s.weight_decay,
-                grad_clip=s.grad_clip,
-                eval_interval=s.eval_interval,
-                eval_windows=s.eval_windows,
-                seed=s.seed,
-            ),
+            TrainSettings(**core_train_settings(cfg)),
             OptimizationSettings(**cfg.variants["baseline"].model_dump(exclude={"auto", "auto_compile"})),
             d.train_tokens,
             d.val_tokens,
@@ -92,7 +80,7 @@ def plain_loop(cfg, d, skip: int) -> dict:
     steady = res.step_times[skip:]
     return {
         "step_ms_p50": statistics.median(steady) * 1000,
-        "tokens_per_s": len(steady) * s.batch_size * cfg.model.block_size / sum(steady),
+        "tokens_per_s": len(steady) * cfg.training.batch_size * cfg.model.block_size / sum(steady),
         "peak_flops": peak,
     }
 

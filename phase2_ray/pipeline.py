@@ -213,6 +213,15 @@ def plan_training(cfg: Config) -> tuple[list[TrainJob], list[TrainJob]]:
     return together, alone
 
 
+def core_train_settings(cfg: Config) -> dict:
+    """The training section's fields that the core loop takes (TrainSettings); the rest is placement and policy."""
+    from dataclasses import fields
+
+    from phase2_ray.core.train import TrainSettings
+
+    return cfg.training.model_dump(include={f.name for f in fields(TrainSettings)})
+
+
 def run_training(
     cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float
 ) -> tuple[dict[str, dict], list[dict]]:
@@ -225,19 +234,7 @@ def run_training(
     pool = CorePool.remote(cores) if cores else None
     rotations = rotation_plan(cores, cfg.training.cpus_per_actor, len(together), cfg.training.rotate_cores_s)
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
-    base_settings = cfg.training.model_dump(
-        include={
-            "steps",
-            "batch_size",
-            "lr",
-            "min_lr",
-            "warmup_steps",
-            "weight_decay",
-            "grad_clip",
-            "eval_interval",
-            "eval_windows",
-        }
-    )
+    base_settings = core_train_settings(cfg)
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
     meta = {"run_id": run_id, "config": cfg.model_dump(mode="json")}
     opts = {
