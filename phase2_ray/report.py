@@ -320,6 +320,8 @@ def _training_timeline(r: dict) -> str:
     for v, t in tr.items():
         stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
         opt = ", ".join(f"{k}={val}" for k, val in t["optimizations"].items())
+        if t.get("auto"):
+            opt = f"auto → {t['auto']['chosen']}: {opt}"
         lines += [
             f"{v.upper()} TRAINING (Stage {stage})",
             f"├─ Duration: {_f(t['stage_s'], 1, ' s')} stage wall; training loop {_f(t['train_s'], 1, ' s')}, "

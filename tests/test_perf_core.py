@@ -82,7 +82,7 @@ def test_probe_runs_each_candidate_from_the_same_start(tiny_corpus):
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=16)
     s = TrainSettings(steps=100, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_windows=4)
     stacks = {k: v for k, v in candidate_stacks(include_compile=False).items() if k != "fused+bf16"}
-    out = probe(cfg, s, stacks, train_ids, val_ids, steps=6)
+    out = probe(cfg, s, stacks, train_ids, steps=6)
     assert [r.name for r in out] == list(stacks)
     assert all(r.median_step_ms > 0 for r in out)
     # same init and batches: eager fp32 and fused AdamW learn the same to float precision

@@ -4,14 +4,13 @@ learns like fp32 eager. The right stack depends on size and hardware, so it is m
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.train import TrainSettings, train
+from phase2_ray.core.train import Trainer, TrainSettings
 
 REFERENCE = "eager-fp32"
 
@@ -50,26 +49,30 @@ def probe(
     settings: TrainSettings,
     candidates: dict[str, OptimizationSettings],
     train_tokens: torch.Tensor,
-    val_tokens: torch.Tensor,
     steps: int,
     on_step=None,
 ) -> list[ProbeResult]:
-    """Runs each candidate for `steps` steps from the same init on the same batches; times the steady steps."""
-    probe_settings = replace(
-        settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps), eval_interval=0
-    )
+    """Runs every candidate for `steps` steps from the same init on the same batches, interleaved step by step
+    (A, B, C, A, B, C, ...) so that the machine's drift over the probe hits all candidates alike."""
+    probe_settings = replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps))
+    trainers = {
+        name: Trainer(model_cfg, probe_settings, opt, train_tokens) for name, opt in candidates.items()
+    }
+    for i in range(steps):
+        for tr in trainers.values():
+            loss = tr.train_step()
+            if on_step is not None:
+                on_step(i + 1, loss, tr.times[-1])
     out = []
-    for name, opt in candidates.items():
-        t0 = time.perf_counter()
-        r = train(model_cfg, probe_settings, opt, train_tokens, val_tokens, on_step=on_step)
-        steady = r.step_times[min(3, len(r.step_times) - 1) :]
+    for name, tr in trainers.items():
+        steady = tr.times[min(3, len(tr.times) - 1) :]
         out.append(
             ProbeResult(
                 name=name,
-                settings=asdict(opt),
+                settings=asdict(candidates[name]),
                 median_step_ms=statistics.median(steady) * 1000.0,
-                first_step_s=r.step_times[0] if r.step_times else time.perf_counter() - t0,
-                mean_loss=sum(r.losses) / len(r.losses),
+                first_step_s=tr.times[0],
+                mean_loss=sum(tr.losses) / len(tr.losses),
             )
         )
     return out

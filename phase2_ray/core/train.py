@@ -72,6 +72,67 @@ def evaluate(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size
     return total / n
 
 
+class Trainer:
+    """One model, its optimization stack and its data order, advanced one step at a time.
+
+    `train` drives one to the end; the `auto` probe interleaves several step by step so that the machine's
+    drift hits every candidate alike."""
+
+    def __init__(
+        self,
+        model_cfg: GPTConfig,
+        settings: TrainSettings,
+        optim: OptimizationSettings,
+        train_tokens: torch.Tensor,
+    ) -> None:
+        # CUDA when this process was given a GPU (Ray sets CUDA_VISIBLE_DEVICES from num_gpus), else the CPU.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.settings = settings
+        self.tokens = train_tokens
+        torch.manual_seed(settings.seed)
+        self.model = GPT(model_cfg).to(self.device)
+        self.ko = KernelOptimizer(optim, self.device)
+        self.step_fn = self.ko.wrap_model(self.model)
+        self.opt = self.ko.make_optimizer(
+            self.model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95)
+        )
+        self.schedule = batch_schedule(
+            len(train_tokens), model_cfg.block_size, settings.batch_size, settings.steps, settings.seed
+        )
+        self.losses: list[float] = []
+        self.times: list[float] = []
+        self.model.train()
+
+    @property
+    def step(self) -> int:
+        return len(self.losses)
+
+    def train_step(self) -> float:
+        """Runs the next step; records and returns its loss (its wall time goes to `times`)."""
+        step, s = self.step, self.settings
+        t0 = time.perf_counter()
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, s)
+        x, y = (
+            t.to(self.device) for t in get_batch(self.tokens, self.schedule[step], self.model.cfg.block_size)
+        )
+        with self.ko.step_context():
+            _, loss = self.step_fn(x, y)
+        loss.backward()
+        if s.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        lv = loss.item()
+        self.times.append(time.perf_counter() - t0)
+        self.losses.append(lv)
+        return lv
+
+    @property
+    def data_order_sha256(self) -> str:
+        return hashlib.sha256(self.schedule.numpy().tobytes()).hexdigest()[:16]
+
+
 def train(
     model_cfg: GPTConfig,
     settings: TrainSettings,
@@ -84,59 +145,33 @@ def train(
 
     Every variant with the same seed and settings starts from the same weights and sees the same batches."""
     t_start = time.perf_counter()
-    # CUDA when this process was given a GPU (Ray sets CUDA_VISIBLE_DEVICES from num_gpus), else the CPU.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(settings.seed)
-    model = GPT(model_cfg).to(device)
-    ko = KernelOptimizer(optim, device)
-    step_fn = ko.wrap_model(model)
-    opt = ko.make_optimizer(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
-    step_ctx = ko.step_context
-    block = model_cfg.block_size
-    schedule = batch_schedule(len(train_tokens), block, settings.batch_size, settings.steps, settings.seed)
-    voffsets = val_offsets(len(val_tokens), block, settings.eval_windows)
-    val_curve = [(0, evaluate(model, val_tokens, voffsets, settings.batch_size))]
-
-    losses: list[float] = []
-    times: list[float] = []
+    tr = Trainer(model_cfg, settings, optim, train_tokens)
+    voffsets = val_offsets(len(val_tokens), model_cfg.block_size, settings.eval_windows)
+    val_curve = [(0, evaluate(tr.model, val_tokens, voffsets, settings.batch_size))]
     status, error = "ok", None
-    model.train()
     for step in range(settings.steps):
-        t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, settings)
-        x, y = (t.to(device) for t in get_batch(train_tokens, schedule[step], block))
-        with step_ctx():
-            _, loss = step_fn(x, y)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        lv = loss.item()
-        times.append(time.perf_counter() - t0)
-        losses.append(lv)
+        lv = tr.train_step()
         if on_step is not None:
-            on_step(step + 1, lv, times[-1])
+            on_step(step + 1, lv, tr.times[-1])
         # Stop at the first non-finite loss: every later step would only propagate NaN.
         if not math.isfinite(lv):
             status, error = "diverged", f"loss became {lv} at step {step + 1}"
             break
         last = step + 1 == settings.steps
         if last or (settings.eval_interval and (step + 1) % settings.eval_interval == 0):
-            val_curve.append((step + 1, evaluate(model, val_tokens, voffsets, settings.batch_size)))
-    done = len(losses)
+            val_curve.append((step + 1, evaluate(tr.model, val_tokens, voffsets, settings.batch_size)))
+    done = tr.step
     return TrainResult(
-        params=model.num_params(),
+        params=tr.model.num_params(),
         steps=done,
-        tokens=done * settings.batch_size * block,
+        tokens=done * settings.batch_size * model_cfg.block_size,
         status=status,
         error=error,
-        losses=losses,
-        step_times=times,
+        losses=tr.losses,
+        step_times=tr.times,
         val_curve=val_curve,
-        applied=ko.applied,
+        applied=tr.ko.applied,
         train_s=time.perf_counter() - t_start,
-        data_order_sha256=hashlib.sha256(schedule.numpy().tobytes()).hexdigest()[:16],
-        model=model,
+        data_order_sha256=tr.data_order_sha256,
+        model=tr.model,
     )

@@ -115,7 +115,6 @@ class TrainerActor:
                 train_settings,
                 candidate_stacks(include_compile=auto_compile),
                 train_tokens,
-                val_tokens,
                 opts["auto_probe_steps"],
                 # Keep rotating with the other actors while probing, or this actor would squat on their core.
                 on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
