@@ -227,12 +227,15 @@ def run_training(
 ) -> tuple[dict[str, dict], list[dict]]:
     """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
     at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
-    from phase2_ray.stages.training import CorePool, TrainerActor
+    from phase2_ray.stages.training import CorePool, StartBarrier, TrainerActor
 
     together, alone = plan_training(cfg)
     cores = _node_cores(cfg)
     pool = CorePool.remote(cores) if cores else None
     rotations = rotation_plan(cores, cfg.training.cpus_per_actor, len(together), cfg.training.rotate_cores_s)
+    # When every concurrent run fits at once, their timed loops also start together (after any probe).
+    fits = bool(cores) and len(together) * cfg.training.cpus_per_actor <= len(cores)
+    barrier = StartBarrier.remote(len(together)) if fits and len(together) > 1 else None
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
     base_settings = core_train_settings(cfg)
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
@@ -260,7 +263,7 @@ def run_training(
             val_ref,
             d.tokenizer_json,
             meta,
-            {**opts, "rotation": rotation},
+            {**opts, "rotation": rotation, "barrier": barrier if job.phase == "concurrent" else None},
         )
         return actor, ref
 
@@ -311,8 +314,9 @@ def run_training(
             actor, ref = submit(job)
             collect(job, actor, ref)
     finally:
-        if pool is not None:
-            ray.kill(pool)
+        for helper in (pool, barrier):
+            if helper is not None:
+                ray.kill(helper)
     stages.sort(key=lambda s: (s.name != "data", s.start))
     # Config order (baseline first) for everything downstream, whatever order the actors finished in.
     return {v: primary[v] for v in cfg.variants if v in primary}, others

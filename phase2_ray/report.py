@@ -137,6 +137,7 @@ def build_report(
             "optimizations": r["applied"],
             "settings": r["settings"],
             "auto": r.get("auto"),
+            "start_barrier_wait_s": r.get("start_barrier_wait_s"),
             "placement": r["placement"],
             "device": r.get("device"),
             "data_order_sha256": r["data_order_sha256"],

@@ -104,6 +104,8 @@ def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
     # both fit the node: they rotate through the same core slots together, never sharing one
     ra, rb = pa["core_rotation"], pb["core_rotation"]
     assert ra["slots"] == rb["slots"] == [[0], [1]] and sum(ra["seconds_on"].values()) > 0
+    # and their timed loops started together, after both had prepared
+    assert all(r["training"][v]["start_barrier_wait_s"] >= 0 for v in ("baseline", "optimized"))
     assert r["comparison"]["optimized"]["same_data_order"]
 
 

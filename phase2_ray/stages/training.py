@@ -4,6 +4,7 @@ Everything returned from `train` belongs to the driver's object store, so it out
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -22,6 +23,29 @@ from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
 
 # Holds the node's free cores for the run; costs no CPU of its own.
 CorePool = ray.remote(num_cpus=0)(CoreAllocator)
+
+
+@ray.remote(num_cpus=0)
+class StartBarrier:
+    """Holds every concurrent actor until all have finished preparing (an `auto` probe, measuring the matmul peak), so
+    their timed training loops run at the same time: a loop that starts later measures a different machine."""
+
+    def __init__(self, parties: int, timeout_s: float = 900.0) -> None:
+        self.timeout_s = timeout_s
+        self.arrived = 0
+        self.parties = parties
+        self.all_in = asyncio.Event()
+
+    async def wait(self) -> float:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.all_in.set()
+        try:
+            # A backstop: an actor that died before arriving must not hold the others forever.
+            await asyncio.wait_for(self.all_in.wait(), timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return time.time()
 
 
 @ray.remote
@@ -66,7 +90,13 @@ class TrainerActor:
                 pin_all_threads(cores)
             self.placement["cpu_affinity"] = rotation.current if rotation else cores
             args = (variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts)
-            out = self._train(*args, start, rotation)
+            self.barrier_passed = False
+            try:
+                out = self._train(*args, start, rotation)
+            except BaseException:
+                if opts.get("barrier") is not None and not self.barrier_passed:
+                    opts["barrier"].wait.remote()  # arrive anyway, so the others start instead of waiting
+                raise
             if rotation:
                 rotation.tick(time.time())
                 out["placement"]["core_rotation"] = {
@@ -137,6 +167,15 @@ class TrainerActor:
         peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
         if settings_obj.bf16:
             peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+        barrier = opts.get("barrier")
+        waited = 0.0
+        if barrier is not None:
+            t_wait = time.perf_counter()
+            ray.get(barrier.wait.remote())
+            self.barrier_passed = True
+            waited = time.perf_counter() - t_wait
+            if rotation is not None:
+                rotation.tick(time.time())
         res = train(gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log)
         files = checkpoint_files(
             res.model,
@@ -161,6 +200,7 @@ class TrainerActor:
             "applied": res.applied,
             "settings": asdict(settings_obj),
             "auto": probe_info,
+            "start_barrier_wait_s": waited,
             "peak_flops": peaks,
             "device": device,
             "train_s": res.train_s,
