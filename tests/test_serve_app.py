@@ -95,3 +95,18 @@ def test_malformed_json_and_server_stays_healthy(base_url):
     )
     assert r.status_code == 400 and "error" in r.json()
     assert httpx.get(f"{base_url}/healthz").status_code == 200
+
+
+def test_openai_client_streams_and_lists_models(base_url):
+    """The official `openai` client, unmodified, against the endpoint."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="not-checked", max_retries=0, timeout=30)
+    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny2"]
+    chunks = list(
+        client.completions.create(model="tiny", prompt="class A:", max_tokens=6, stream=True, seed=2)
+    )
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len(texts) == 6 and chunks[-1].usage.completion_tokens == 6
+    full = client.completions.create(model="tiny2", prompt="class A:", max_tokens=6, seed=2)
+    assert full.usage.completion_tokens == 6 and full.choices[0].finish_reason == "length"
