@@ -28,16 +28,16 @@ def describe(values) -> dict[str, float] | None:
     return out
 
 
-def summarize_training(steps: pd.DataFrame, tokens_per_step: int, skip_steps: int) -> dict:
+def summarize_training(step_times: list[float], tokens_per_step: int, skip_steps: int) -> dict:
     """Steady-state throughput from per-step wall times, leaving out the first `skip_steps` (compile, warm-up)."""
-    steady = steps[steps["step"] > skip_steps]
-    steady_s = float(steady["step_s"].sum())
+    steady = np.asarray(step_times[skip_steps:], dtype=float)
+    steady_s = float(steady.sum())
     return {
-        "steady_steps": int(len(steady)),
+        "steady_steps": int(steady.size),
         "steady_s": steady_s,
-        "warmup_s": float(steps[steps["step"] <= skip_steps]["step_s"].sum()),
-        "tokens_per_s": len(steady) * tokens_per_step / steady_s if steady_s > 0 else None,
-        "step_ms": describe(steady["step_s"] * 1000.0),
+        "warmup_s": float(sum(step_times[:skip_steps])),
+        "tokens_per_s": steady.size * tokens_per_step / steady_s if steady_s > 0 else None,
+        "step_ms": describe(steady * 1000.0),
     }
 
 

@@ -24,7 +24,7 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
 from phase2_ray.report import build_report, write_run_dir
 
-EXIT_APPROVED, EXIT_REJECTED, EXIT_USAGE, EXIT_STAGE_FAILED = 0, 1, 2, 3
+EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
 NAMESPACE = "phase2"
 STAGE_NAMES = {"baseline": "2a", "optimized": "2b"}
 

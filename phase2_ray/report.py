@@ -59,14 +59,14 @@ def _steady(r: dict, skip: int) -> list[float]:
 
 
 def _repeat_summary(r: dict, skip: int, tokens_per_step: int) -> dict:
-    steady = _steady(r, skip)
+    summary = summarize_training(r["step_times"], tokens_per_step, skip)
     return {
         "seed": r["seed"],
         "phase": r.get("phase"),
         "status": r["status"],
         "val_loss": r["val_curve"][-1][1] if r["val_curve"] else None,
-        "step_ms_p50": float(np.median(steady) * 1000) if steady else None,
-        "tokens_per_s": len(steady) * tokens_per_step / sum(steady) if steady else None,
+        "step_ms_p50": summary["step_ms"]["p50"] if summary["step_ms"] else None,
+        "tokens_per_s": summary["tokens_per_s"],
         "train_s": r["train_s"],
     }
 
@@ -86,12 +86,11 @@ def build_report(
 ) -> dict:
     """report.json's content. `training` and `validation` are the raw stage results gathered by the driver;
     `extra_runs` are further seeds and isolated re-runs (no checkpoints)."""
-    steps = step_frame(training)
     skip = cfg.training.skip_steps
     tokens_per_step = cfg.training.batch_size * cfg.model.block_size
     tr_out: dict[str, dict] = {}
     for v, r in training.items():
-        summary = summarize_training(steps[steps["variant"] == v], tokens_per_step, skip)
+        summary = summarize_training(r["step_times"], tokens_per_step, skip)
         gpt = GPTConfig(**r["model"])
         # The denominator is the fastest matmul this actor measured among the dtypes it may compute in: where
         # bf16 has no fast path (no AMX / AVX-512 BF16), its peak is below fp32's, and the model's fp32 ops run faster.

@@ -42,7 +42,6 @@ def test_nothing_measured_reports_nothing():
 
 
 def test_training_summary_leaves_out_warmup_steps():
-    df = pd.DataFrame({"step": [1, 2, 3, 4], "step_s": [5.0, 0.1, 0.1, 0.2]})
-    s = summarize_training(df, tokens_per_step=100, skip_steps=1)
+    s = summarize_training([5.0, 0.1, 0.1, 0.2], tokens_per_step=100, skip_steps=1)
     assert s["tokens_per_s"] == pytest.approx(300 / 0.4)
     assert s["warmup_s"] == 5.0 and s["steady_steps"] == 3
