@@ -88,7 +88,8 @@ class TrainerActor:
                 rotation.tick(time.time())
             elif cores:
                 pin_all_threads(cores)
-            self.placement["cpu_affinity"] = rotation.current if rotation else cores
+            # A rotating actor has no fixed cores: its placement is its slot index in the shared rotation.
+            self.placement["cpu_affinity"] = None if rotation else cores
             args = (variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts)
             self.barrier_passed = False
             try:
@@ -101,6 +102,7 @@ class TrainerActor:
                 rotation.tick(time.time())
                 out["placement"]["core_rotation"] = {
                     "slots": rotation.slots,
+                    "index": rotation.index,
                     "period_s": rotation.period_s,
                     "switches": rotation.switches,
                     "seconds_on": rotation.seconds_on,
