@@ -1,15 +1,261 @@
-"""Token-by-token sampling with a KV cache: the prompt is prefilled once, then each step feeds one token."""
+"""Generation with a preallocated KV cache and continuous batching. Pure PyTorch: the Serve engine and the
+in-process reference both drive `BatchDecoder`, so the serving overhead they are compared on is Serve's alone.
+
+Why a lean decode step instead of the model's forward: for a model this small each decoded token is ~50 tiny
+ops, so dispatch is the cost. Writing keys/values into a preallocated cache (no `torch.cat` per step), 2-D rows
+and `torch.mm` on transposed weight views roughly halve the time per token (0.9 -> 0.45 ms here). The modules are called, not their
+weights read, so a compressed model (int8 `nn.Module`s with the same call signature) decodes through this too."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from phase2_ray.core.model import GPT
 
 
-@torch.inference_mode()
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    """0 = greedy."""
+    top_k: int | None = None
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    seed: int | None = None
+
+    def check(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request being decoded: its slot in the cache, position and the tokens produced so far."""
+
+    prompt_len: int
+    params: SamplingParams
+    generator: torch.Generator
+    slot: int = -1
+    pos: int = 0
+    """Tokens held in the cache for this sequence."""
+    tokens: list[int] = field(default_factory=list)
+    tag: object = None
+    """Caller's handle (e.g. the request's queue); the decoder never looks at it."""
+
+    @property
+    def done(self) -> bool:
+        return len(self.tokens) >= self.params.max_tokens
+
+
+class BatchDecoder:
+    """Continuous batching over a fixed pool of cache slots.
+
+    `add` prefills a prompt into a free slot and samples its first token; `step` decodes one token for every
+    active sequence in one batched forward pass. Finished sequences leave at once and new ones join between steps,
+    so a request never waits for a whole batch to finish. Active sequences always occupy slots 0..n-1 (a finished
+    one is replaced by the last), so a step reads contiguous cache slices and never gathers."""
+
+    def __init__(self, model: GPT, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        cfg = model.cfg
+        self.model = model.eval()
+        self.block_size = cfg.block_size
+        self.max_batch = max_batch
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.d_model // cfg.n_head
+        p = next(model.parameters())
+        self.device = p.device
+        dtype = p.dtype if p.is_floating_point() else torch.float32
+        # One tensor per layer holding keys (index 0) and values (1): a decode step writes both in one op.
+        shape = (2, max_batch, cfg.n_head, cfg.block_size, self.head_dim)
+        self.kv = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layer)]
+        self.active: list[Sequence] = []
+        self._plan = _DecodePlan(model)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the preallocated KV cache (all slots, all layers)."""
+        return sum(t.numel() * t.element_size() for t in self.kv)
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_batch - len(self.active)
+
+    @torch.inference_mode()
+    def add(self, prompt_ids: list[int], params: SamplingParams, tag: object = None) -> Sequence:
+        """Prefills `prompt_ids` into a free slot and samples the first token (in `seq.tokens`)."""
+        params.check()
+        if not prompt_ids:
+            raise ValueError("prompt must hold at least one token")
+        if len(prompt_ids) + params.max_tokens > self.block_size:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) "
+                f"exceeds the model's context of {self.block_size} tokens"
+            )
+        if not self.free_slots:
+            raise RuntimeError("no free cache slot: call step() until a sequence finishes")
+        gen = torch.Generator(device=self.device)
+        if params.seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(params.seed)
+        seq = Sequence(len(prompt_ids), params, gen, slot=len(self.active), tag=tag)
+        logits = self._prefill(torch.tensor([prompt_ids], dtype=torch.long, device=self.device), seq.slot)
+        seq.pos = len(prompt_ids)
+        seq.tokens.append(sample(logits, params, gen))
+        if not seq.done:  # a one-token request never occupies a slot past its prefill
+            self.active.append(seq)
+        return seq
+
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Decodes one token for every active sequence; returns them (finished ones have left the batch)."""
+        seqs = list(self.active)
+        if not seqs:
+            return []
+        pos_list = [s.pos for s in seqs]
+        tokens = torch.tensor([s.tokens[-1] for s in seqs], dtype=torch.long, device=self.device)
+        logits = self._decode(tokens, pos_list)
+        for i, s in enumerate(seqs):
+            s.pos += 1
+            s.tokens.append(sample(logits[i], s.params, s.generator))
+        for s in seqs:
+            if s.done:
+                self._release(s)
+        return seqs
+
+    def _release(self, seq: Sequence) -> None:
+        last = self.active[-1]
+        if last is not seq:  # move the last sequence's cache into the freed slot to keep slots contiguous
+            for kv in self.kv:
+                kv[:, seq.slot, :, : last.pos].copy_(kv[:, last.slot, :, : last.pos])
+            self.active[seq.slot] = last
+            last.slot = seq.slot
+        self.active.pop()
+        seq.slot = -1
+
+    def _prefill(self, idx: torch.Tensor, slot: int) -> torch.Tensor:
+        """Runs one prompt (causal) through the model's own modules, filling `slot`; last position's logits."""
+        m, H, hd = self.model, self.n_head, self.head_dim
+        T = idx.shape[1]
+        x = m.wte(idx) + m.wpe(torch.arange(T, device=self.device))
+        for layer, blk in enumerate(m.blocks):
+            C = x.shape[-1]
+            qkv = blk.attn.qkv(blk.ln1(x)).view(1, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, 1, H, T, hd)
+            self.kv[layer][:, slot : slot + 1, :, :T] = qkv[1:]
+            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
+            x = x + blk.attn.proj(y.transpose(1, 2).reshape(1, T, C))
+            x = x + blk.mlp.proj(F.gelu(blk.mlp.fc(blk.ln2(x)), approximate="tanh"))
+        return m.lm_head(m.ln_f(x[0, -1:]))[0]
+
+    def _decode(self, tokens: torch.Tensor, pos_list: list[int]) -> torch.Tensor:
+        """One token for each of slots 0..B-1 at positions `pos_list`, as (B, C) rows; (B, vocab) logits."""
+        p, H, hd = self._plan, self.n_head, self.head_dim
+        B, t_max = len(pos_list), max(pos_list) + 1
+        pos = torch.tensor(pos_list, dtype=torch.long, device=self.device)
+        x = p.embed(tokens) + p.pos_embed(pos)
+        same_pos = min(pos_list) == t_max - 1
+        # Rows at different positions attend to their own filled prefix only.
+        mask = None if same_pos else (self._arange[:t_max] <= pos[:, None]).view(B, 1, 1, t_max)
+        rows = torch.arange(B, device=self.device)
+        for layer, (ln1, qkv_w, proj_w, ln2, fc_w, out_w) in enumerate(p.layers):
+            kv = self.kv[layer]
+            qkv = p.linear(p.norm(x, ln1), qkv_w).view(B, 3, H, hd)
+            if same_pos:
+                kv[:, :B, :, t_max - 1] = qkv[:, 1:].transpose(0, 1)
+            else:
+                kv[:, rows, :, pos] = qkv[:, 1:]
+            y = F.scaled_dot_product_attention(
+                qkv[:, 0].unsqueeze(2), kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask
+            )
+            x = x + p.linear(y.view(B, H * hd), proj_w)
+            x = x + p.linear(F.gelu(p.linear(p.norm(x, ln2), fc_w), approximate="tanh"), out_w)
+        return p.linear(p.norm(x, p.ln_f), p.head)
+
+    @property
+    def _arange(self) -> torch.Tensor:
+        if not hasattr(self, "_ar"):
+            self._ar = torch.arange(self.block_size, device=self.device)
+        return self._ar
+
+
+class _DecodePlan:
+    """The decode step's operands, resolved once: plain `nn.Linear` weights become transposed views used with
+    `torch.mm` (one op instead of linear's three); any other module (an int8 layer) is kept and called."""
+
+    def __init__(self, m: GPT) -> None:
+        self.embed = _embedding(m.wte)
+        self.pos_embed = _embedding(m.wpe)
+        self.layers = [
+            (
+                blk.ln1,
+                _weight(blk.attn.qkv),
+                _weight(blk.attn.proj),
+                blk.ln2,
+                _weight(blk.mlp.fc),
+                _weight(blk.mlp.proj),
+            )
+            for blk in m.blocks
+        ]
+        self.ln_f = m.ln_f
+        self.head = _weight(m.lm_head)
+
+    @staticmethod
+    def linear(x: torch.Tensor, w) -> torch.Tensor:
+        return torch.mm(x, w) if isinstance(w, torch.Tensor) else w(x)
+
+    @staticmethod
+    def norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+        return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _weight(mod: torch.nn.Module):
+    if type(mod) is torch.nn.Linear and mod.bias is None:
+        return mod.weight.detach().t()
+    return mod
+
+
+def _embedding(mod: torch.nn.Module):
+    if type(mod) is torch.nn.Embedding:
+        w = mod.weight.detach()
+        return lambda ids: F.embedding(ids, w)
+    return mod
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+    """One token id from a row of logits: greedy at temperature 0, else top-k / top-p filtered sampling.
+
+    Filters work on the sorted top candidates only (k of them, or all when top_k is unset), which is cheaper
+    than masking the full vocabulary and gives the same distribution."""
+    logits = logits.float()
+    if params.temperature <= 0:
+        return int(logits.argmax())
+    k = logits.numel() if params.top_k is None else min(params.top_k, logits.numel())
+    if k < logits.numel() or params.top_p < 1.0:
+        vals, ids = torch.topk(logits, k)  # sorted, largest first
+    else:
+        vals, ids = logits, None
+    probs = torch.softmax(vals / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        # Keep tokens while the mass *before* them is below top_p (the first token is always kept).
+        probs = probs * ((torch.cumsum(probs, 0) - probs) < params.top_p)
+    # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i / sum(p) (the exponential race):
+    # one pass, and ~3x cheaper here than torch.multinomial.
+    choice = int((probs / torch.empty_like(probs).exponential_(generator=gen)).argmax())
+    return choice if ids is None else int(ids[choice])
+
+
 def stream_tokens(
     model: GPT,
     prompt_ids: list[int],
@@ -17,41 +263,14 @@ def stream_tokens(
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     seed: int | None = None,
 ) -> Iterator[int]:
-    """Yields `max_new_tokens` sampled token ids, one per forward step (greedy when temperature == 0)."""
-    if not prompt_ids:
-        raise ValueError("prompt must hold at least one token")
-    if len(prompt_ids) + max_new_tokens > model.cfg.block_size:
-        raise ValueError(
-            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) "
-            f"exceeds block_size={model.cfg.block_size}"
-        )
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    if seed is not None:
-        gen.manual_seed(seed)
-    else:
-        gen.seed()
-    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    logits, cache = model.forward_cached(idx, None, 0)
-    pos = len(prompt_ids)
-    for i in range(max_new_tokens):
-        nxt = _sample(logits, temperature, top_k, gen)
-        yield int(nxt)
-        if i + 1 < max_new_tokens:  # the last token needs no forward pass of its own
-            logits, cache = model.forward_cached(nxt.view(1, 1), cache, pos)
-            pos += 1
-
-
-def _sample(
-    logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator
-) -> torch.Tensor:
-    logits = logits[0].float()
-    if temperature <= 0:
-        return logits.argmax()
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen)[0]
+    """Yields `max_new_tokens` sampled token ids for one prompt (a batch of one through `BatchDecoder`)."""
+    dec = BatchDecoder(model, 1)
+    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed)
+    seq = dec.add(prompt_ids, params)
+    yield seq.tokens[0]
+    while not seq.done:
+        dec.step()
+        yield seq.tokens[-1]
