@@ -48,7 +48,8 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
     for variant, t in training.items():
         if t.get("status") != "ok":
             gates.append(Gate("training_completed", variant, 0.0, "==", 1.0, detail=t.get("error") or ""))
-    for variant in training:
+    # Every trained variant must have been served (a missing one fails as "not measured"), plus any extra model.
+    for variant in list(training) + [m for m in inference if m not in training]:
         inf = inference.get(variant, {})
         ttft = (inf.get("ttft_ms") or {}).get("p50")
         gates += [
@@ -71,6 +72,19 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
             ),
             Gate("success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]),
         ]
+    comp = report.get("serving", {}).get("compression")
+    if comp:
+        gates.append(
+            Gate(
+                "int8_val_loss_delta_pct",
+                comp["model"],
+                comp["val_loss_delta_pct"],
+                "<=",
+                targets["int8_val_loss_delta_pct_max"],
+                "%",
+                detail=f"val loss of {comp['model']} vs {comp['source']} on the same windows (+ = worse)",
+            )
+        )
     for variant, c in report.get("comparison", {}).items():
         sp = c.get("speedup") or {}
         gates.append(

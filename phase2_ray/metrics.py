@@ -59,9 +59,10 @@ def summarize_requests(requests: pd.DataFrame) -> dict:
         out["output_tokens"] = int(ok["output_tokens"].sum())
         out["measured_s"] = window
         out["output_tokens_per_s"] = out["output_tokens"] / window if window > 0 else None
+        out["requests_per_s"] = len(ok) / window if window > 0 else None
         out["request_tokens_per_s"] = describe(multi["output_tokens"] / (multi[E2E_MS] / 1000.0))
     else:
-        out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None)
+        out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None, requests_per_s=None)
     return out
 
 

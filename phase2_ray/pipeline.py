@@ -323,57 +323,138 @@ def run_training(
 
 
 def run_validation(
-    cfg: Config,
-    checkpoints: dict[str, dict[str, bytes]],
-    prompts: list[str],
-    t0: float,
-    own_cluster: bool,
-) -> dict[str, dict]:
-    """2c: serve every checkpoint, then load each variant in turn over HTTP. Returns records and replica stats."""
-    from phase2_ray.stages.inference import APP_NAME, build_app, engine_stats
-    from phase2_ray.stages.loadgen import LoadClient
+    cfg: Config, checkpoints: dict[str, dict[str, bytes]], d: PreparedData, t0: float, own_cluster: bool
+) -> dict:
+    """2c: the in-process reference, then every model served over HTTP at each load level, then the replica
+    sweep. Returns per-request records (each tagged with its model and level), replica stats and the reference."""
+    from tokenizers import Tokenizer
+
+    from phase2_ray.stages import validation as val
+    from phase2_ray.stages.inference import APP_NAME, INT8_SUFFIX, build_app, replica_stats
+
+    v, sc = cfg.validation, cfg.serve
+    int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
+    models = {m: {"checkpoint": files} for m, files in checkpoints.items()}
+    if int8_of:
+        models[int8_of + INT8_SUFFIX] = {"checkpoint": checkpoints[int8_of], "int8": True}
+    sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    out: dict = {"records": [], "int8_of": int8_of, "models": list(models)}
+
+    # Before Serve starts, so that nothing else competes for the cores while it is timed.
+    tok = Tokenizer.from_str(d.tokenizer_json)
+    ref_start = time.time()
+    out["reference"] = ray.get(
+        val.inprocess_reference.options(num_cpus=min(sc.cpus_per_replica, cpus)).remote(
+            models,
+            [tok.encode(p).ids for p in d.prompts],
+            {
+                "tokens": d.val_tokens,
+                "offsets": corpus_data.val_offsets(
+                    len(d.val_tokens), cfg.model.block_size, cfg.training.eval_windows
+                ),
+                "batch_size": cfg.training.batch_size,
+            },
+            threads=sc.threads_per_replica,
+            max_batch=sc.max_batch_size,
+            sampling={**sampling, "seed": cfg.training.seed},
+            n=v.requests if v.inprocess_reference else 0,
+            warmup=v.warmup_requests if v.inprocess_reference else 0,
+        )
+    )
+    out["reference_s"] = time.time() - ref_start
+    log(f"2c: in-process reference and val loss of {', '.join(models)} in {out['reference_s']:.1f}s", t0)
 
     # Access logs of every request would drown the progress lines; warnings and errors still show.
     quiet = {"log_level": "WARNING", "enable_access_log": False}
-    _warn_if_exposed("the Serve HTTP proxy (serve.host)", cfg.serve.host)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, logging_config=quiet)
-    # Every variant's replica must fit at once (an ablation has many): shrink their logical CPU share if needed.
-    replica_cpus = min(cfg.serve.cpus_per_replica, ray.cluster_resources().get("CPU", 1) / len(checkpoints))
-    try:
-        serve.run(
-            build_app(checkpoints, replica_cpus, cfg.serve.threads_per_replica),
-            name=APP_NAME,
-            route_prefix="/",
-            logging_config=quiet,
+    _warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+    serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=quiet)
+    base_url = f"http://{sc.host}:{sc.port}"
+
+    def deploy(replicas: int | None) -> None:
+        n = replicas or (sc.autoscaling.min_replicas if sc.autoscaling else sc.num_replicas) or 1
+        # Every replica must fit at once: shrink their logical CPU share if the cluster is smaller.
+        app = build_app(
+            checkpoints,
+            sc,
+            int8_of=int8_of,
+            cpus_per_replica=min(sc.cpus_per_replica, cpus / n),
+            num_replicas=replicas,
         )
-        base_url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-        log(f"2c: serving {', '.join(checkpoints)} at {base_url}/v1/completions", t0)
-        client = LoadClient.remote()
-        v = cfg.validation
-        out = {}
-        # One variant at a time: concurrent load would make the variants' latencies measure each other.
-        for variant in checkpoints:
-            start = time.time()
-            records = ray.get(
-                client.run.remote(
+        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
+
+    load = dict(
+        warmup=v.warmup_requests,
+        seed=cfg.training.seed,
+        timeout_s=v.timeout_s,
+        api_key=sc.resolved_api_key(),
+        **sampling,
+    )
+    try:
+        t_deploy = time.time()
+        deploy(None)
+        out["deploy_s"] = time.time() - t_deploy
+        log(
+            f"2c: serving {', '.join(models)} at {base_url}/v1/completions ({out['deploy_s']:.1f}s to deploy)",
+            t0,
+        )
+        clients = val.start_clients(v.clients)
+        levels = [(f"c{c}", c, None) for c in v.concurrency]
+        if v.request_rate:
+            levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
+        out["levels"] = [name for name, _, _ in levels]
+        # One model and level at a time: concurrent load would make them measure each other.
+        for model in models:
+            for name, conc, rate in levels:
+                recs = val.run_level(
+                    clients,
                     base_url,
-                    variant,
-                    prompts,
+                    model,
+                    d.prompts,
                     n=v.requests,
-                    warmup=v.warmup_requests,
-                    concurrency=v.concurrency,
-                    max_tokens=v.max_tokens,
-                    temperature=v.temperature,
-                    top_k=v.top_k,
-                    seed=cfg.training.seed,
-                    timeout_s=v.timeout_s,
+                    concurrency=conc,
+                    request_rate=rate,
+                    **load,
                 )
-            )
-            stats = engine_stats(variant)
-            ok = sum(r["ok"] for r in records)
-            log(f"2c {variant}: {ok}/{len(records)} requests succeeded", t0)
-            out[variant] = {"records": records, "replica": stats, "start": start, "end": time.time()}
-        ray.kill(client)
+                for r in recs:
+                    r["level"] = name
+                out["records"] += recs
+                ok = sum(r["ok"] for r in recs)
+                log(f"2c {model} {name}: {ok}/{len(recs)} requests succeeded", t0)
+        expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
+        out["replicas"] = replica_stats(expected)
+        out["scaling"] = {"model": None, "runs": []}
+        out["scaling_concurrency"] = v.scaling_concurrency
+        if v.replica_sweep:
+            target = int8_of or next(iter(checkpoints))
+            out["scaling"]["model"] = target
+            for n in v.replica_sweep:
+                deploy(n)
+                start = time.time()
+                recs = val.run_level(
+                    clients,
+                    base_url,
+                    target,
+                    d.prompts,
+                    n=v.scaling_requests,
+                    concurrency=v.scaling_concurrency,
+                    request_rate=None,
+                    **load,
+                )
+                for r in recs:
+                    r["level"] = f"replicas{n}"
+                out["records"] += recs
+                stats = replica_stats(n)
+                out["scaling"]["runs"].append(
+                    {"replicas": n, "level": f"replicas{n}", "stats": stats, "start": start}
+                )
+                ok = sum(r["ok"] for r in recs)
+                log(
+                    f"2c {target} with {n} replica(s) at c{v.scaling_concurrency}: {ok}/{len(recs)} succeeded",
+                    t0,
+                )
+        for c in clients:
+            ray.kill(c)
         return out
     finally:
         # A cluster this run started goes down whole with ray.shutdown(); a shared one keeps running, minus Serve.
@@ -421,7 +502,7 @@ def run_pipeline(
             st = Stage("2c", None, start=time.time())
             stages.append(st)
             try:
-                validation = run_validation(cfg, servable, d.prompts, t0, started)
+                validation = run_validation(cfg, servable, d, t0, started)
                 st.status = "ok"
             except Exception as e:  # the stage failed; keep what was measured and report it
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"

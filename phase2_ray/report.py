@@ -33,25 +33,144 @@ def step_frame(training: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "step", "loss", "step_s"])
 
 
-def request_frame(validation: dict[str, dict]) -> pd.DataFrame:
-    rows = [r for v in validation.values() for r in v["records"]]
-    cols = [
-        "variant",
-        "index",
-        "ok",
-        "status",
-        "error_type",
-        "error",
-        "start",
-        "end",
-        "ttft_ms",
-        "e2e_ms",
-        "output_tokens",
-        "prompt_tokens",
-        "itl_ms",
-        "text",
-    ]
-    return pd.DataFrame(rows, columns=cols)
+REQUEST_COLUMNS = [
+    "variant",
+    "level",
+    "index",
+    "ok",
+    "status",
+    "error_type",
+    "error",
+    "start",
+    "end",
+    "ttft_ms",
+    "e2e_ms",
+    "output_tokens",
+    "prompt_tokens",
+    "itl_ms",
+    "text",
+]
+
+
+def request_frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(records, columns=REQUEST_COLUMNS)
+
+
+def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
+    """(`inference` per model id, `serving` cross-model results) from 2c's raw records and replica stats.
+
+    A model's headline figures are those of the first load level (concurrency 1 by default: what one user
+    sees); its success rate counts every request of every level; `levels` holds each level's summary."""
+    if not validation:
+        return {}, {}
+    req = request_frame(validation["records"])
+    levels = validation.get("levels", [])
+    replicas = validation.get("replicas", [])
+    ref = validation.get("reference", {})
+    inf: dict[str, dict] = {}
+    for m in validation["models"]:
+        mine = req[(req["variant"] == m) & req["level"].isin(levels)]
+        per_level = {lv: summarize_requests(mine[mine["level"] == lv]) for lv in levels}
+        s = dict(per_level[levels[0]]) if levels else summarize_requests(mine)
+        s.update(
+            {
+                k: v
+                for k, v in summarize_requests(mine).items()
+                if k in ("requests", "succeeded", "success_rate", "errors")
+            }
+        )
+        s["headline_level"] = levels[0] if levels else None
+        s["levels"] = per_level
+        if replicas:
+            s["peak_memory_mb"] = max(r["peak_rss_mb"] for r in replicas)
+            s["rss_mb"] = max(r["rss_mb"] for r in replicas)
+            s["uss_mb"] = max(r["uss_mb"] for r in replicas)
+            own = replicas[0]["models"].get(m, {})
+            s["model_bytes"] = {"weights": own.get("weight_bytes"), "kv_cache": own.get("kv_cache_bytes")}
+            s["memory_basis"] = (
+                "peak_memory_mb = peak RSS (ru_maxrss) of the replica process, the largest over replicas; the "
+                "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
+                "this model's own weights and preallocated KV cache."
+            )
+        if m in ref:
+            rs = (
+                summarize_requests(request_frame(ref[m]["records"]).assign(ok=True))
+                if ref[m]["records"]
+                else {}
+            )
+            s["inprocess"] = {
+                k: rs.get(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms", "request_tokens_per_s", "requests")
+            }
+            s["val_loss"] = ref[m]["val_loss"]
+            s["weight_bytes"] = ref[m]["weight_bytes"]
+        inf[m] = s
+    serving: dict = {"overhead": {}, "concurrency_scaling": {}}
+    for m, s in inf.items():
+        ip = s.get("inprocess") or {}
+        http_ttft, ip_ttft = (s.get("ttft_ms") or {}).get("p50"), (ip.get("ttft_ms") or {}).get("p50")
+        http_tpot, ip_tpot = (s.get("tpot_ms") or {}).get("p50"), (ip.get("tpot_ms") or {}).get("p50")
+        serving["overhead"][m] = {
+            "level": s["headline_level"],
+            "ttft_p50_ms_http": http_ttft,
+            "ttft_p50_ms_inprocess": ip_ttft,
+            "ttft_p50_overhead_ms": None if None in (http_ttft, ip_ttft) else http_ttft - ip_ttft,
+            "tpot_p50_ms_http": http_tpot,
+            "tpot_p50_ms_inprocess": ip_tpot,
+            "tpot_p50_overhead_ms": None if None in (http_tpot, ip_tpot) else http_tpot - ip_tpot,
+        }
+        if len(levels) > 1:
+            lo, hi = s["levels"][levels[0]], s["levels"][levels[-1]]
+            serving["concurrency_scaling"][m] = {
+                "from": levels[0],
+                "to": levels[-1],
+                "output_tokens_per_s_from": lo.get("output_tokens_per_s"),
+                "output_tokens_per_s_to": hi.get("output_tokens_per_s"),
+                "ratio": ratio(hi.get("output_tokens_per_s"), lo.get("output_tokens_per_s")),
+            }
+    sc = validation.get("scaling") or {}
+    if sc.get("runs"):
+        runs = []
+        for run in sc["runs"]:
+            rs = summarize_requests(req[(req["variant"] == sc["model"]) & (req["level"] == run["level"])])
+            runs.append(
+                {
+                    "replicas": run["replicas"],
+                    "level": run["level"],
+                    "output_tokens_per_s": rs.get("output_tokens_per_s"),
+                    "requests_per_s": rs.get("requests_per_s"),
+                    "success_rate": rs["success_rate"],
+                    "requests": rs["requests"],
+                    "peak_rss_mb": [x["peak_rss_mb"] for x in run["stats"]],
+                }
+            )
+        serving["replica_scaling"] = {
+            "model": sc["model"],
+            "concurrency": validation.get("scaling_concurrency"),
+            "runs": runs,
+            "ratio": ratio(runs[-1]["output_tokens_per_s"], runs[0]["output_tokens_per_s"]),
+            "ratio_basis": f"output tok/s with {runs[-1]['replicas']} replicas / with {runs[0]['replicas']}",
+        }
+    src = validation.get("int8_of")
+    if src and src + "-int8" in inf and "val_loss" in inf[src + "-int8"]:
+        a, b = inf[src], inf[src + "-int8"]
+        serving["compression"] = {
+            "method": "weight-only int8, symmetric per output row (SemanticCompressor)",
+            "source": src,
+            "model": src + "-int8",
+            "val_loss_source": a["val_loss"],
+            "val_loss_int8": b["val_loss"],
+            "val_loss_delta_pct": (b["val_loss"] - a["val_loss"]) / a["val_loss"] * 100.0,
+            "threshold_pct": targets.int8_val_loss_delta_pct_max,
+            "weight_bytes_source": a["weight_bytes"],
+            "weight_bytes_int8": b["weight_bytes"],
+            "weight_bytes_ratio": ratio(b["weight_bytes"], a["weight_bytes"]),
+            "inprocess_request_tokens_per_s_p50": {
+                m: ((inf[m].get("inprocess") or {}).get("request_tokens_per_s") or {}).get("p50")
+                for m in (src, src + "-int8")
+            },
+            "http_output_tokens_per_s": {m: inf[m].get("output_tokens_per_s") for m in (src, src + "-int8")},
+        }
+    return inf, serving
 
 
 def _steady(r: dict, skip: int) -> list[float]:
@@ -145,15 +264,7 @@ def build_report(
             "start": r["start"],
             "end": r["end"],
         }
-    requests = request_frame(validation)
-    inf_out: dict[str, dict] = {}
-    for v, val in validation.items():
-        s = summarize_requests(requests[requests["variant"] == v])
-        s["peak_memory_mb"] = val["replica"]["peak_memory_mb"]
-        s["rss_mb"] = val["replica"]["rss_mb"]
-        s["replica"] = val["replica"]
-        s["start"], s["end"] = val["start"], val["end"]
-        inf_out[v] = s
+    inf_out, serving = summarize_inference(validation, cfg.targets)
     comparison = {}
     base_raw = training.get("baseline")
     base = tr_out.get("baseline")
@@ -202,6 +313,7 @@ def build_report(
         "stages": stages,
         "training": tr_out,
         "inference": inf_out,
+        "serving": serving,
         "comparison": comparison,
         "failure": failure,
     }
@@ -240,7 +352,7 @@ def convergence(base_runs: list[dict], var_runs: list[dict], fixed_tol_pct: floa
     return out
 
 
-def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation: dict[str, dict]) -> Path:
+def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation: dict) -> Path:
     """Writes CSVs, report.json and report.md atomically; report.md last, so its presence means a whole report."""
     steps = step_frame(training)
     write_atomic(out / "steps.csv", steps.to_csv(index=False))
@@ -252,9 +364,15 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
     write_atomic(
         out / "val.csv", pd.DataFrame(val_rows, columns=["variant", "step", "val_loss"]).to_csv(index=False)
     )
-    req = request_frame(validation)
+    req = request_frame(validation.get("records", []))
     req["itl_ms"] = req["itl_ms"].map(json.dumps)
     write_atomic(out / "requests.csv", req.to_csv(index=False))
+    ref = [r for m in validation.get("reference", {}).values() for r in m["records"]]
+    ref_frame = request_frame(ref).drop(
+        columns=["level", "status", "error_type", "error", "prompt_tokens", "text"]
+    )
+    ref_frame["itl_ms"] = ref_frame["itl_ms"].map(json.dumps)
+    write_atomic(out / "inprocess_requests.csv", ref_frame.to_csv(index=False))
     write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
     write_atomic(out / "report.json", json.dumps(report, indent=2, default=_json_default))
     return write_atomic(out / "report.md", render_markdown(report))
@@ -302,6 +420,7 @@ def render_markdown(r: dict) -> str:
         _speedup(r),
         _loss_chart(r),
         _inference_vs_targets(r),
+        _serving_section(r),
         _gates_table(r),
         _dashboard(r),
         _comparative_table(r),
@@ -591,6 +710,143 @@ def _inference_vs_targets(r: dict) -> str:
     )
 
 
+def _serving_section(r: dict) -> str:
+    inf, sv = r["inference"], r.get("serving") or {}
+    if not inf:
+        return ""
+    rows = []
+    for m, i in inf.items():
+        for lv, s in i.get("levels", {}).items():
+
+            def g(k: str, q: str = "p50", s=s):
+                return (s.get(k) or {}).get(q)
+
+            rows.append(
+                [
+                    m,
+                    lv,
+                    _f(g("ttft_ms")),
+                    _f(g("ttft_ms", "p99")),
+                    _f(g("tpot_ms")),
+                    _f(g("itl_ms", "p99")),
+                    _f(g("e2e_ms")),
+                    _f(s.get("output_tokens_per_s"), 0),
+                    _f(s.get("requests_per_s"), 1),
+                    f"{s['succeeded']}/{s['requests']}",
+                ]
+            )
+    out = [
+        "## Serving: Load Levels, Overhead, Scaling, Compression\n",
+        "Closed-loop levels (cN = N requests in flight), measured at the client over HTTP; warm-up excluded. "
+        "Output tok/s = all output tokens of successful requests / the level's wall window.\n",
+        tabulate(
+            rows,
+            headers=[
+                "model",
+                "level",
+                "TTFT p50",
+                "TTFT p99",
+                "TPOT p50",
+                "ITL p99",
+                "E2E p50",
+                "out tok/s",
+                "req/s",
+                "ok",
+            ],
+            tablefmt="github",
+        ),
+    ]
+    cs = sv.get("concurrency_scaling") or {}
+    if cs:
+        out.append("\nAggregate throughput from the first to the last level (batching at work):\n")
+        out += [
+            f"- {m}: {_f(c['output_tokens_per_s_to'], 0)} tok/s at {c['to']} / {_f(c['output_tokens_per_s_from'], 0)}"
+            f" at {c['from']} = **{_f(c['ratio'])}x**"
+            for m, c in cs.items()
+        ]
+    ov = sv.get("overhead") or {}
+    if any(o["ttft_p50_ms_inprocess"] is not None for o in ov.values()):
+        out.append(
+            "\nServe + HTTP overhead: the same prompts and sampling through the same engine in-process (no Serve, "
+            "no HTTP), one at a time, against the HTTP level above:\n"
+        )
+        out.append(
+            tabulate(
+                [
+                    [
+                        m,
+                        o["level"],
+                        _f(o["ttft_p50_ms_inprocess"]),
+                        _f(o["ttft_p50_ms_http"]),
+                        _f(o["ttft_p50_overhead_ms"]),
+                        _f(o["tpot_p50_ms_inprocess"], 3),
+                        _f(o["tpot_p50_ms_http"], 3),
+                        _f(o["tpot_p50_overhead_ms"], 3),
+                    ]
+                    for m, o in ov.items()
+                ],
+                headers=[
+                    "model",
+                    "HTTP level",
+                    "TTFT p50 in-proc",
+                    "TTFT p50 HTTP",
+                    "overhead ms",
+                    "TPOT p50 in-proc",
+                    "TPOT p50 HTTP",
+                    "overhead ms/token",
+                ],
+                tablefmt="github",
+            )
+        )
+    rsc = sv.get("replica_scaling")
+    if rsc:
+        out.append(f"\nReplica scaling ({rsc['model']}, {rsc['concurrency']} requests in flight):\n")
+        out += [
+            f"- {x['replicas']} replica(s): {_f(x['output_tokens_per_s'], 0)} tok/s, {_f(x['requests_per_s'], 1)} "
+            f"req/s, {x['requests'] and round(x['success_rate'] * x['requests'])}/{x['requests']} ok, peak RSS "
+            f"{', '.join(_f(p, 0) for p in x['peak_rss_mb'])} MB"
+            for x in rsc["runs"]
+        ]
+        out.append(f"- ratio: **{_f(rsc['ratio'])}x** ({rsc['ratio_basis']})")
+    mem = [
+        [
+            m,
+            _f(i.get("peak_memory_mb"), 1),
+            _f(i.get("rss_mb"), 1),
+            _f(i.get("uss_mb"), 1),
+            _f((i.get("model_bytes") or {}).get("weights"), 0),
+            _f((i.get("model_bytes") or {}).get("kv_cache"), 0),
+        ]
+        for m, i in inf.items()
+    ]
+    out.append("\nMemory (one replica holds every model; MB = 2^20 bytes):\n")
+    out.append(
+        tabulate(
+            mem,
+            headers=[
+                "model",
+                "replica peak RSS MB",
+                "RSS now MB",
+                "USS MB",
+                "weight bytes",
+                "KV-cache bytes",
+            ],
+            tablefmt="github",
+        )
+    )
+    comp = sv.get("compression")
+    if comp:
+        sp = comp["inprocess_request_tokens_per_s_p50"]
+        out.append(
+            f"\nCompression ({comp['method']}): val loss {_f(comp['val_loss_source'], 4)} → "
+            f"{_f(comp['val_loss_int8'], 4)} ({comp['val_loss_delta_pct']:+.3f}%, gate ≤ {comp['threshold_pct']:g}%); "
+            f"weights {_f(comp['weight_bytes_source'], 0)} → {_f(comp['weight_bytes_int8'], 0)} bytes "
+            f"({_f(comp['weight_bytes_ratio'], 3)}x); in-process decode p50 {_f(sp[comp['source']], 0)} → "
+            f"{_f(sp[comp['model']], 0)} tok/s per request."
+        )
+    return "\n".join(out) + "\n"
+
+
 def _gates_table(r: dict) -> str:
     rows = [
         [
@@ -727,8 +983,9 @@ def _checklist(r: dict) -> str:
         add(tr[v]["tokens"] == tr["baseline"]["tokens"], f"{v} and baseline trained on the same token budget")
     for v, i in inf.items():
         add(
-            True,
-            f"{v}: checkpoint loaded into a Serve replica with sha256 verified (replica pid {i['replica']['pid']})",
+            bool(i.get("model_bytes")),
+            f"{v}: checkpoint loaded into the Serve replica with sha256 verified "
+            f"({_f((i.get('model_bytes') or {}).get('weights'), 0)} weight bytes)",
         )
         add(
             i["succeeded"] == i["requests"],

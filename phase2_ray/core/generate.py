@@ -114,7 +114,9 @@ class BatchDecoder:
         logits = self._prefill(torch.tensor([prompt_ids], dtype=torch.long, device=self.device), seq.slot)
         seq.pos = len(prompt_ids)
         seq.tokens.append(sample(logits, params, gen))
-        if not seq.done:  # a one-token request never occupies a slot past its prefill
+        if seq.done:  # a one-token request never occupies a slot past its prefill
+            seq.slot = -1
+        else:
             self.active.append(seq)
         return seq
 
@@ -132,10 +134,13 @@ class BatchDecoder:
             s.tokens.append(sample(logits[i], s.params, s.generator))
         for s in seqs:
             if s.done:
-                self._release(s)
+                self.release(s)
         return seqs
 
-    def _release(self, seq: Sequence) -> None:
+    def release(self, seq: Sequence) -> None:
+        """Frees a sequence's slot (when it finishes, or to abort it: a client that went away)."""
+        if seq.slot < 0:
+            return
         last = self.active[-1]
         if last is not seq:  # move the last sequence's cache into the freed slot to keep slots contiguous
             for kv in self.kv:
