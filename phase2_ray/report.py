@@ -984,7 +984,7 @@ def _checklist(r: dict) -> str:
     for v, i in inf.items():
         add(
             bool(i.get("model_bytes")),
-            f"{v}: checkpoint loaded into the Serve replica with sha256 verified "
+            f"{v}: loaded in the Serve replica, sha256 verified "
             f"({_f((i.get('model_bytes') or {}).get('weights'), 0)} weight bytes)",
         )
         add(

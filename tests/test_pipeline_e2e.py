@@ -110,17 +110,50 @@ def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
     assert r["comparison"]["optimized"]["same_data_order"]
 
 
-def test_inference_measured_for_every_variant(smoke):
+def test_inference_measured_for_every_model_and_level(smoke):
     _, _, _, r = smoke
+    assert list(r["inference"]) == ["baseline", "optimized", "optimized-int8"]
     for v, i in r["inference"].items():
         assert CONTRACT_INFERENCE <= set(i), v
-        assert i["requests"] == 12 and i["succeeded"] == 12 and i["success_rate"] == 1.0
+        # every level's requests count toward success; the headline figures are the first level's (c1)
+        assert i["requests"] == 16 and i["succeeded"] == 16 and i["success_rate"] == 1.0
+        assert i["headline_level"] == "c1" and list(i["levels"]) == ["c1", "c4"]
+        assert i["ttft_ms"] == i["levels"]["c1"]["ttft_ms"]
         assert 0 < i["ttft_ms"]["p50"] <= i["ttft_ms"]["p90"] <= i["ttft_ms"]["p99"]
         assert i["ttft_ms"]["p50"] <= i["e2e_ms"]["p50"]
-        assert i["tpot_ms"]["p50"] > 0 and i["itl_ms"]["n"] == 12 * 15
-        assert 50 < i["peak_memory_mb"] < 4096
-        assert i["output_tokens"] == 12 * 16
+        assert i["tpot_ms"]["p50"] > 0 and i["itl_ms"]["n"] == 8 * 15
+        assert 50 < i["peak_memory_mb"] < 4096 and 0 < i["uss_mb"] <= i["rss_mb"]
+        assert i["model_bytes"]["weights"] > 0 and i["model_bytes"]["kv_cache"] > 0
+        assert i["output_tokens"] == 8 * 16
         assert i["output_tokens_per_s"] == pytest.approx(i["output_tokens"] / i["measured_s"])
+        assert i["inprocess"]["requests"] == 8 and i["inprocess"]["ttft_ms"]["p50"] > 0
+
+
+def test_serving_overhead_scaling_and_compression_recompute(smoke):
+    _, _, _, r = smoke
+    inf, sv = r["inference"], r["serving"]
+    for m, o in sv["overhead"].items():
+        assert o["ttft_p50_overhead_ms"] == pytest.approx(
+            inf[m]["ttft_ms"]["p50"] - inf[m]["inprocess"]["ttft_ms"]["p50"]
+        )
+    for m, c in sv["concurrency_scaling"].items():
+        lv = inf[m]["levels"]
+        assert c["ratio"] == pytest.approx(lv["c4"]["output_tokens_per_s"] / lv["c1"]["output_tokens_per_s"])
+    rs = sv["replica_scaling"]
+    assert rs["model"] == "optimized" and [x["replicas"] for x in rs["runs"]] == [1, 2]
+    assert [len(x["peak_rss_mb"]) for x in rs["runs"]] == [1, 2]  # both replicas of the second run answered
+    assert all(x["success_rate"] == 1.0 and x["requests"] == 16 for x in rs["runs"])
+    assert rs["ratio"] == pytest.approx(
+        rs["runs"][1]["output_tokens_per_s"] / rs["runs"][0]["output_tokens_per_s"]
+    )
+    comp = sv["compression"]
+    assert comp["val_loss_delta_pct"] == pytest.approx(
+        (comp["val_loss_int8"] - comp["val_loss_source"]) / comp["val_loss_source"] * 100
+    )
+    assert comp["weight_bytes_int8"] < 0.5 * comp["weight_bytes_source"]
+    gate = next(g for g in r["decision"]["gates"] if g["name"] == "int8_val_loss_delta_pct")
+    assert gate["variant"] == "optimized-int8" and gate["value"] == comp["val_loss_delta_pct"]
+    assert gate["threshold"] == 2.0 and gate["passed"] == (gate["value"] <= 2.0)
 
 
 def test_decision_is_consistent_with_gates(smoke):
@@ -173,7 +206,10 @@ def test_csvs_and_checkpoints_are_written(smoke):
     steps = pd.read_csv(out / "steps.csv")
     assert len(steps) == 120 and set(steps["variant"]) == {"baseline", "optimized"}
     req = pd.read_csv(out / "requests.csv")
-    assert len(req) == 24 and req["ok"].all()
+    # 3 models x 2 levels x 8 requests, then the replica sweep's 2 x 16
+    assert len(req) == 80 and req["ok"].all()
+    assert req.groupby("level").size().to_dict() == {"c1": 24, "c4": 24, "replicas1": 16, "replicas2": 16}
+    assert len(pd.read_csv(out / "inprocess_requests.csv")) == 24
     assert len(json.loads(req["itl_ms"][0])) == 15
     for v in ("baseline", "optimized"):
         model, meta, tok = ckpt.load_checkpoint(ckpt.read_dir(out / "checkpoints" / v))
@@ -210,6 +246,8 @@ def perf_run(ray_cluster, tmp_path_factory):
         "variants.auto.auto_compile=false",
         "training.auto_probe_steps=4",
         "validation.requests=4",
+        "validation.concurrency=1",
+        "validation.replica_sweep=[]",
         f"serve.port={free_port()}",
     ]
     args = ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
@@ -244,4 +282,5 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     assert all(a["end"] <= b["start"] for a, b in zip(isolated, isolated[1:], strict=False))
     md = (out / "report.md").read_text()
     assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
-    assert set(r["inference"]) == {"baseline", "optimized", "auto"}
+    assert set(r["inference"]) == {"baseline", "optimized", "auto", "optimized-int8"}
+    assert "replica_scaling" not in r["serving"]

@@ -6,6 +6,7 @@ import httpx
 import pytest
 import torch
 
+from phase2_ray.config import ServeConfig
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.model import GPT, GPTConfig
 from tests.conftest import free_port
@@ -31,8 +32,11 @@ def base_url(ray_cluster, tiny_corpus):
     torch.manual_seed(0)
     files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
     port = free_port()
+    serve_cfg = ServeConfig(cpus_per_replica=0, max_batch_size=4, max_waiting=8, api_key=None)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"tiny": files, "tiny2": files}, 0, 1), name=APP_NAME, route_prefix="/")
+    serve.run(
+        build_app({"tiny": files, "tiny2": files}, serve_cfg, int8_of="tiny"), name=APP_NAME, route_prefix="/"
+    )
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
 
@@ -42,7 +46,8 @@ def sse_events(resp: httpx.Response) -> list:
 
 
 def test_models_and_health(base_url):
-    assert [m["id"] for m in httpx.get(f"{base_url}/v1/models").json()["data"]] == ["tiny", "tiny2"]
+    models = [m["id"] for m in httpx.get(f"{base_url}/v1/models").json()["data"]]
+    assert models == ["tiny", "tiny-int8", "tiny2"]
     assert httpx.get(f"{base_url}/healthz").json()["status"] == "ok"
 
 
@@ -70,31 +75,110 @@ def test_non_streaming_is_the_same_text_for_the_same_seed(base_url):
     assert a["choices"][0]["text"] == streamed
 
 
+POST = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+
+
 @pytest.mark.parametrize(
     "body, status, fragment",
     [
-        ({"model": "nope", "prompt": "x", "max_tokens": 2}, 404, "unknown model"),
-        ({"model": "tiny", "prompt": "", "max_tokens": 2}, 400, "prompt"),
-        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-        ({"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 5}, 400, "temperature"),
-        ({"model": "tiny", "prompt": "x " * 40, "max_tokens": 2}, 400, "context"),
+        ({**POST, "model": "nope"}, 404, "unknown model"),
+        ({**POST, "prompt": ""}, 400, "prompt"),
+        ({**POST, "prompt": "x" * 20_000}, 400, "exceeds"),
+        ({**POST, "max_tokens": 0}, 400, "max_tokens"),
+        ({**POST, "max_tokens": 32}, 400, "context"),
+        ({**POST, "prompt": "x " * 40}, 400, "context"),
+        ({**POST, "temperature": 5}, 400, "temperature"),
+        ({**POST, "temperature": -0.1}, 400, "temperature"),
+        ({**POST, "top_p": 0}, 400, "top_p"),
+        ({**POST, "top_p": 1.5}, 400, "top_p"),
+        ({**POST, "top_k": 0}, 400, "top_k"),
+        ({**POST, "stream": "yes"}, 400, "stream"),
+        ({**POST, "max_tokens": "many"}, 400, "max_tokens"),
+        ({**POST, "prompt": ["a", "b"]}, 400, "prompt"),
         ({"prompt": "x"}, 400, "model"),
-        ({"model": "tiny", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
+        ([1, 2], 400, "JSON object"),
     ],
 )
 def test_bad_requests_get_4xx_json(base_url, body, status, fragment):
     r = httpx.post(f"{base_url}/v1/completions", json=body, timeout=30)
-    assert r.status_code == status
+    assert r.status_code == status, r.text
     err = r.json()["error"]
     assert fragment in err["message"] and err["type"]
 
 
-def test_malformed_json_and_server_stays_healthy(base_url):
-    r = httpx.post(
-        f"{base_url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
-    )
-    assert r.status_code == 400 and "error" in r.json()
+@pytest.mark.parametrize(
+    "content, ctype, status, fragment",
+    [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b'{"model": "tiny", "prompt": "\xff\xfe"}', "application/json", 400, "UTF-8"),
+        (json.dumps(POST).encode(), "text/plain", 415, "content-type"),
+        (b'{"prompt": "' + b"x" * (1 << 20) + b'"}', "application/json", 413, "exceeds"),
+    ],
+)
+def test_malformed_bodies_get_4xx_and_server_stays_healthy(base_url, content, ctype, status, fragment):
+    r = httpx.post(f"{base_url}/v1/completions", content=content, headers={"content-type": ctype}, timeout=30)
+    assert r.status_code == status and fragment in r.json()["error"]["message"]
     assert httpx.get(f"{base_url}/healthz").status_code == 200
+    ok = httpx.post(f"{base_url}/v1/completions", json=POST, timeout=30)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster):
+    """12 streams at once on a 4-slot engine that lets 8 wait: all finish, and steps held >1 sequence."""
+    from phase2_ray.client import run_requests
+    from phase2_ray.stages.inference import replica_stats
+
+    records = run_requests(
+        base_url,
+        "tiny2",
+        ["def f(x):", "import sys"],
+        n=12,
+        warmup=0,
+        concurrency=12,
+        max_tokens=12,
+        temperature=0.8,
+        top_k=20,
+        seed=0,
+        timeout_s=60,
+    )
+    assert [r["ok"] for r in records] == [True] * 12
+    assert all(r["output_tokens"] == 12 and len(r["itl_ms"]) == 11 for r in records)
+    stats = replica_stats(1)[0]["models"]["tiny2"]
+    assert stats["max_batch_seen"] > 1 and stats["max_batch_seen"] <= 4
+
+
+def test_overload_gets_429_json_and_the_rest_complete(base_url):
+    """40 long streams at once against 4 slots + 8 waiting: the excess is refused with 429, never a 500."""
+    from phase2_ray.client import run_requests
+
+    records = run_requests(
+        base_url,
+        "tiny",
+        ["x"],
+        n=40,
+        warmup=0,
+        concurrency=40,
+        max_tokens=30,
+        temperature=0.8,
+        top_k=20,
+        seed=0,
+        timeout_s=60,
+    )
+    refused = [r for r in records if not r["ok"]]
+    assert refused and all(r["status"] == 429 and "overloaded" in r["error"] for r in refused)
+    assert len(records) - len(refused) >= 12
+    assert httpx.get(f"{base_url}/healthz").status_code == 200
+
+
+def test_int8_model_is_served_and_smaller(base_url):
+    from phase2_ray.stages.inference import replica_stats
+
+    r = httpx.post(
+        f"{base_url}/v1/completions", json={**POST, "model": "tiny-int8", "max_tokens": 4}, timeout=30
+    )
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    models = replica_stats(1)[0]["models"]
+    assert models["tiny-int8"]["weight_bytes"] < 0.5 * models["tiny"]["weight_bytes"]
 
 
 def test_openai_client_streams_and_lists_models(base_url):
@@ -102,7 +186,7 @@ def test_openai_client_streams_and_lists_models(base_url):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{base_url}/v1", api_key="not-checked", max_retries=0, timeout=30)
-    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny2"]
+    assert sorted(m.id for m in client.models.list()) == ["tiny", "tiny-int8", "tiny2"]
     chunks = list(
         client.completions.create(model="tiny", prompt="class A:", max_tokens=6, stream=True, seed=2)
     )
@@ -110,3 +194,27 @@ def test_openai_client_streams_and_lists_models(base_url):
     assert len(texts) == 6 and chunks[-1].usage.completion_tokens == 6
     full = client.completions.create(model="tiny2", prompt="class A:", max_tokens=6, seed=2)
     assert full.usage.completion_tokens == 6 and full.choices[0].finish_reason == "length"
+
+
+def test_api_key_is_required_when_configured(base_url, tiny_corpus):
+    from ray import serve
+
+    from phase2_ray.stages.inference import build_app
+
+    _, tok, *_ = tiny_corpus
+    cfg = {"vocab_size": tok.get_vocab_size(), "block_size": 32, "n_layer": 1, "n_head": 2, "d_model": 16}
+    files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
+    keyed = ServeConfig(cpus_per_replica=0, api_key="s3cret")
+    serve.run(build_app({"k": files}, keyed), name="keyed", route_prefix="/keyed")
+    try:
+        url = f"{base_url}/keyed/v1/completions"
+        body = {"model": "k", "prompt": "x", "max_tokens": 2}
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.post(url, json=body, headers=headers, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert httpx.get(f"{base_url}/keyed/v1/models").status_code == 401
+        r = httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+        assert httpx.get(f"{base_url}/keyed/healthz").status_code == 200  # probes need no key
+    finally:
+        serve.delete("keyed")
