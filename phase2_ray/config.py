@@ -202,6 +202,14 @@ class ServeConfig(_Section):
         64, ge=1, description="Requests a model's engine holds waiting for a cache slot; beyond, HTTP 429."
     )
     max_prompt_chars: int = Field(16_384, ge=1, description="Longest prompt string accepted.")
+    stream_interval_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="After the first token, send the tokens decoded within this interval in one write "
+        "(0 = a write per token). Each write costs Serve ~1 ms of CPU here; TTFT is never delayed, ITL gaps "
+        "become bursts of at most this length.",
+    )
     api_key: str | None = Field(
         None,
         description="Require `Authorization: Bearer <key>` on /v1/*. Unset: the PHASE2_API_KEY environment "

@@ -12,6 +12,7 @@ Run it alone with `phase2 serve -c CONFIG --checkpoints RUN_DIR`, or
 import json
 import os
 import resource
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -64,6 +65,9 @@ class InferenceScalingEngine:
 
     def __init__(self, models: dict[str, dict], settings: dict) -> None:
         torch.set_num_threads(settings["threads"])
+        # Serve ships response chunks from its own thread while the decode loop runs Python on the user-code
+        # thread; at CPython's default 5 ms switch interval each chunk could wait that long for the GIL.
+        sys.setswitchinterval(settings.get("switch_interval_s", 0.0005))
         self.settings = settings
         self.engines: dict[str, AsyncBatchEngine] = {}
         self.tokenizers, self.meta, self.weight_bytes = {}, {}, {}
@@ -133,22 +137,32 @@ class InferenceScalingEngine:
                 tokens += more
             return {**chunk("".join(detok.push(t) for t in tokens), "length"), "usage": usage(len(tokens))}
 
+        interval = self.settings["stream_interval_ms"] / 1000.0
+        sent = [0]
+
+        def sse(tokens: list[int]) -> str:
+            parts = []
+            for t in tokens:
+                sent[0] += 1
+                finish = "length" if sent[0] == req.max_tokens else None
+                parts.append(f"data: {json.dumps(chunk(detok.push(t), finish))}\n\n")
+            return "".join(parts)
+
         async def events():
-            n = 0
-            batch = first
-            while True:
-                parts = []
-                for t in batch:
-                    n += 1
-                    finish = "length" if n == req.max_tokens else None
-                    parts.append(f"data: {json.dumps(chunk(detok.push(t), finish))}\n\n")
-                # Tokens decoded while the last write was in flight go out together: one message, many events.
-                yield "".join(parts)
-                batch = await anext(gen, None)
-                if batch is None:
-                    break
+            yield sse(first)  # the first token goes out at once: it is the TTFT
+            flushed, pending = time.perf_counter(), []
+            async for batch in gen:
+                pending += batch
+                now = time.perf_counter()
+                # Every message costs Serve a hop between threads and processes, so the tokens decoded within
+                # one stream interval go out in one write (still one SSE event per token).
+                if now - flushed >= interval:
+                    yield sse(pending)
+                    flushed, pending = now, []
+            if pending:
+                yield sse(pending)
             tail = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
-            yield f"data: {json.dumps({**tail, 'choices': [], 'usage': usage(n)})}\n\ndata: [DONE]\n\n"
+            yield f"data: {json.dumps({**tail, 'choices': [], 'usage': usage(sent[0])})}\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -215,7 +229,11 @@ def engine_options(serve_cfg, cpus_per_replica: float | None = None) -> dict:
     """Deployment options from the config's `serve` section (replicas or autoscaling, backpressure)."""
     opts: dict = {
         "ray_actor_options": {
-            "num_cpus": serve_cfg.cpus_per_replica if cpus_per_replica is None else cpus_per_replica
+            "num_cpus": serve_cfg.cpus_per_replica if cpus_per_replica is None else cpus_per_replica,
+            # Serve runs user code on a second event loop in its own thread by default, so every response
+            # message crosses threads. Our handlers never block for long (a decode step is ~1 ms), so running
+            # them on the replica's main loop is safe, and measured c16 throughput 970 -> 1,670 tok/s here.
+            "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
         },
         "max_ongoing_requests": serve_cfg.max_ongoing_requests,
         "max_queued_requests": serve_cfg.max_queued_requests,
@@ -244,6 +262,7 @@ def build_app(
         "max_batch": serve_cfg.max_batch_size,
         "max_waiting": serve_cfg.max_waiting,
         "max_prompt_chars": serve_cfg.max_prompt_chars,
+        "stream_interval_ms": serve_cfg.stream_interval_ms,
         "api_key": serve_cfg.resolved_api_key(),
     }
     opts = engine_options(serve_cfg, cpus_per_replica)
