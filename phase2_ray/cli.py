@@ -22,8 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     ablate = sub.add_parser(
         "ablate", help="like run, with each optimization alone and all together as concurrent variants"
     )
-    for p_ in (run, ablate):
+    srv = sub.add_parser(
+        "serve", help="serve a finished run's checkpoints over the OpenAI-compatible API until Ctrl-C"
+    )
+    for p_ in (run, ablate, srv):
         _run_args(p_)
+    srv.add_argument("--checkpoints", required=True, metavar="RUN_DIR", help="directory of a finished run")
+    srv.add_argument("--port", type=int, help="HTTP port (default: serve.port from the config)")
     return p
 
 
@@ -52,9 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
+        if args.command == "serve" and args.port is not None:
+            overrides.append(f"serve.port={args.port}")
         cfg = load_config(args.config, overrides)
-        from phase2_ray.pipeline import run_pipeline  # imports Ray and torch: only once the config is good
+        # Ray and torch are imported only once the config is good.
+        from phase2_ray.pipeline import run_pipeline, serve_checkpoints
 
+        if args.command == "serve":
+            serve_checkpoints(cfg, args.checkpoints, address=args.address)
+            return 0
         code, md = run_pipeline(cfg, output=args.output, address=args.address)
     except ConfigError as e:
         print(f"phase2: {e}", file=sys.stderr)

@@ -462,6 +462,42 @@ def run_validation(
             serve.shutdown()
 
 
+def serve_checkpoints(
+    cfg: Config, run_dir: str | Path, *, address: str | None = None, block: bool = True
+) -> str:
+    """`phase2 serve`: serves a finished run's checkpoints until interrupted; returns the base URL.
+
+    Raises ConfigError (exit 2) before Ray starts when RUN_DIR holds no checkpoint."""
+    from phase2_ray.stages.inference import APP_NAME, build_app, checkpoints_of
+
+    try:
+        checkpoints, int8_of = checkpoints_of(run_dir)
+    except (FileNotFoundError, ckpt.ChecksumError) as e:
+        raise ConfigError(f"--checkpoints: {e}") from e
+    started = _connect(cfg, address)
+    sc = cfg.serve
+    _warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+    serve.start(http_options={"host": sc.host, "port": sc.port})
+    serve.run(
+        build_app(checkpoints, sc, int8_of=int8_of if sc.int8 else None), name=APP_NAME, route_prefix="/"
+    )
+    url = f"http://{sc.host}:{sc.port}"
+    models = sorted(checkpoints) + ([f"{int8_of}-int8"] if int8_of and sc.int8 else [])
+    print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
+    if not block:
+        return url
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("phase2: stopping Serve", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return url
+
+
 def run_pipeline(
     cfg: Config, *, output: str | Path | None = None, address: str | None = None
 ) -> tuple[int, Path]:

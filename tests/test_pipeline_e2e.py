@@ -5,6 +5,7 @@ import io
 import json
 import re
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -284,3 +285,33 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
     assert set(r["inference"]) == {"baseline", "optimized", "auto", "optimized-int8"}
     assert "replica_scaling" not in r["serving"]
+
+
+def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):
+    """`phase2 serve`'s code path (and the `serve run` builder) on the smoke run's saved checkpoints."""
+    from ray import serve
+
+    from phase2_ray.config import load_config
+    from phase2_ray.pipeline import serve_checkpoints
+    from phase2_ray.stages.inference import app
+
+    _, out, _, _ = smoke
+    port = free_port()
+    cfg = load_config(ROOT / "configs/smoke.yaml", [f"serve.port={port}"])
+    assert app({"config": str(ROOT / "configs/smoke.yaml"), "checkpoints": str(out)}) is not None
+    url = serve_checkpoints(cfg, out, block=False)
+    try:
+        models = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
+        assert models == ["baseline", "optimized", "optimized-int8"]
+        body = {"model": "baseline", "prompt": "def", "max_tokens": 3}
+        assert (
+            httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["usage"]["completion_tokens"]
+            == 3
+        )
+    finally:
+        serve.shutdown()
+
+
+def test_phase2_serve_without_checkpoints_exits_2_before_ray(tmp_path, capsys):
+    assert cli.main(["serve", "--checkpoints", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
