@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ class _Request:
     params: SamplingParams
     queue: asyncio.Queue
     cancelled: bool = False
+    submitted: float = 0.0
 
 
 _END = object()
@@ -49,6 +51,9 @@ class AsyncBatchEngine:
         self.steps = 0
         self.batched_tokens = 0
         self.max_batch_seen = 0
+        self.first_token_ms: collections.deque[float] = collections.deque(maxlen=100_000)
+        """Submission -> first token inside the engine (queueing + prefill), per request: the server's share
+        of TTFT."""
 
     @property
     def alive(self) -> bool:
@@ -61,6 +66,7 @@ class AsyncBatchEngine:
             "max_batch_seen": self.max_batch_seen,
             "max_batch": self.decoder.max_batch,
             "kv_cache_bytes": self.decoder.cache_bytes,
+            "engine_first_token_ms": _quantiles(self.first_token_ms),
         }
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[list[int]]:
@@ -80,7 +86,7 @@ class AsyncBatchEngine:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="decode-loop")
-        req = _Request(prompt_ids, params, asyncio.Queue())
+        req = _Request(prompt_ids, params, asyncio.Queue(), submitted=time.perf_counter())
         self._waiting.append(req)
         self._wake.set()
         done = False
@@ -122,6 +128,7 @@ class AsyncBatchEngine:
                     req.queue.put_nowait(e)
                     continue
                 req.queue.put_nowait(seq.tokens[0])
+                self.first_token_ms.append((time.perf_counter() - req.submitted) * 1000.0)
                 if seq.done:
                     req.queue.put_nowait(_END)
             for seq in [s for s in dec.active if s.tag.cancelled]:
@@ -143,6 +150,14 @@ class AsyncBatchEngine:
                     if seq.done:
                         seq.tag.queue.put_nowait(_END)
             await asyncio.sleep(0)
+
+
+def _quantiles(xs) -> dict | None:
+    """Nearest-rank p50/p90/p99 of a window of samples (None when empty)."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    return {f"p{q}": s[min(len(s) - 1, int(q / 100 * len(s)))] for q in (50, 90, 99)} | {"n": len(s)}
 
 
 class IncrementalDetokenizer:
