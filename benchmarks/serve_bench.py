@@ -111,29 +111,48 @@ def main() -> None:
     base = f"http://127.0.0.1:{PORT}"
     clients = val.start_clients(v.clients)
 
-    def level(model: str, conc: int, n: int, url: str = base) -> dict:
-        recs = val.run_level(clients, url, model, d.prompts, n=n, concurrency=conc, request_rate=None, **load)
-        return summarize_requests(request_frame(recs))
+    def records(model: str, conc: int, n: int, url: str = base) -> list[dict]:
+        return val.run_level(clients, url, model, d.prompts, n=n, concurrency=conc, request_rate=None, **load)
 
+    # The floor and the engine side by side: c1 requests alternate between them in blocks, so this VM's drift
+    # (+-20% between minutes) hits both alike.
     floor_h = serve.run(Floor.bind(), name="floor", route_prefix="/floor", logging_config=quiet)
-    out["floor"] = level("floor", 1, args.requests, f"{base}/floor")
+    serve.run(
+        build_app({"default": files}, sc, cpus_per_replica=1, num_replicas=1),
+        name=APP_NAME,
+        route_prefix="/",
+        logging_config=quiet,
+    )
+    floor_recs, c1_recs, c1_window_s, block = [], [], 0.0, 16
+    for _ in range(max(1, args.requests // block)):
+        floor_recs += records("floor", 1, block, f"{base}/floor")
+        recs = records("default", 1, block)
+        c1_window_s += max(r["end"] for r in recs) - min(r["start"] for r in recs)
+        c1_recs += recs
+    out["floor"] = summarize_requests(request_frame(floor_recs))
     out["floor_replica"] = floor_h.stats.remote().result()
     serve.delete("floor")
-
-    out["levels"], out["replicas"] = {}, {}
+    c1 = summarize_requests(request_frame(c1_recs))
+    # The c1 blocks were interleaved with the floor's: its aggregate rate counts only its own blocks' time.
+    c1.update(measured_s=c1_window_s, output_tokens_per_s=c1["output_tokens"] / c1_window_s)
+    out["levels"] = {"c1": c1}
+    for c in v.concurrency:
+        if c != 1:
+            out["levels"][f"c{c}"] = summarize_requests(request_frame(records("default", c, args.requests)))
+    for name, lv_s in out["levels"].items():
+        print(f"{name}: {lv_s['output_tokens_per_s']:.0f} tok/s", flush=True)
+    out["replica_memory"] = replica_stats(1)
+    out["replicas"] = {}
     for n_rep in (1, 2):
-        serve.run(
-            build_app({"default": files}, sc, cpus_per_replica=1, num_replicas=n_rep),
-            name=APP_NAME,
-            route_prefix="/",
-            logging_config=quiet,
-        )
-        if n_rep == 1:
-            for c in v.concurrency:
-                out["levels"][f"c{c}"] = level("default", c, args.requests)
-                print(f"c{c}: {out['levels'][f'c{c}']['output_tokens_per_s']:.0f} tok/s", flush=True)
-            out["replica_memory"] = replica_stats(1)
-        out["replicas"][n_rep] = level("default", v.scaling_concurrency, 2 * args.requests)
+        if n_rep != 1:
+            serve.run(
+                build_app({"default": files}, sc, cpus_per_replica=1, num_replicas=n_rep),
+                name=APP_NAME,
+                route_prefix="/",
+                logging_config=quiet,
+            )
+        recs = records("default", v.scaling_concurrency, 2 * args.requests)
+        out["replicas"][n_rep] = summarize_requests(request_frame(recs))
         print(
             f"{n_rep} replica(s) at c{v.scaling_concurrency}: "
             f"{out['replicas'][n_rep]['output_tokens_per_s']:.0f} tok/s",
@@ -149,7 +168,12 @@ def main() -> None:
     rows = [
         ("TTFT p50 over HTTP, c1 (ms)", p(c1["ttft_ms"]), "<= 10"),
         ("TTFT p99 over HTTP, c1 (ms)", p(c1["ttft_ms"], "p99"), "<= 30"),
-        ("  Serve floor TTFT p50, empty stream (ms)", p(out["floor"]["ttft_ms"]), "(reference)"),
+        ("  Serve floor TTFT p50, empty stream, same blocks (ms)", p(out["floor"]["ttft_ms"]), "(reference)"),
+        (
+            "  engine TTFT p50 above the floor (ms)",
+            p(c1["ttft_ms"]) - p(out["floor"]["ttft_ms"]),
+            "(reported)",
+        ),
         ("  in-process TTFT p50 (ms)", p(inproc["ttft_ms"]), "(reference)"),
         ("Serve+HTTP overhead on TTFT p50 (ms)", p(c1["ttft_ms"]) - p(inproc["ttft_ms"]), "<= 5"),
         (
