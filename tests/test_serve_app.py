@@ -145,6 +145,7 @@ def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster)
     assert all(r["output_tokens"] == 12 and len(r["itl_ms"]) == 11 for r in records)
     stats = replica_stats(1)[0]["models"]["tiny2"]
     assert stats["max_batch_seen"] > 1 and stats["max_batch_seen"] <= 4
+    assert stats["engine_first_token_ms"]["n"] >= 12 and stats["engine_first_token_ms"]["p50"] > 0
 
 
 def test_overload_gets_429_json_and_the_rest_complete(base_url):
