@@ -40,15 +40,33 @@ def test_full_queue_raises_overloaded_and_bad_input_raises_value_error():
 
     async def main():
         engine = AsyncBatchEngine(m, max_batch=1, max_waiting=1)
-        first = asyncio.create_task(collect(engine, [1], SamplingParams(20, 0.0)))
+        first = asyncio.create_task(collect(engine, [1], SamplingParams(30, 0.0)))
+        while not engine.decoder.active:  # the first holds the only slot
+            await asyncio.sleep(0.001)
+        second = asyncio.create_task(collect(engine, [2], SamplingParams(5, 0.0)))  # waits
         await asyncio.sleep(0)
         with pytest.raises(Overloaded):
-            await collect(engine, [2], SamplingParams(5, 0.0))
+            await collect(engine, [3], SamplingParams(5, 0.0))
         with pytest.raises(ValueError, match="context"):
             await collect(engine, [1] * 30, SamplingParams(5, 0.0))
-        return await first
+        return await first, await second
 
-    assert len(asyncio.run(main())) == 20
+    a, b = asyncio.run(main())
+    assert len(a) == 30 and len(b) == 5
+
+
+def test_a_burst_that_fits_slots_plus_queue_is_accepted():
+    """Seven requests arrive before the decode loop first runs: the four free slots count, so six are accepted
+    (4 slots + 2 waiting) and only the seventh is refused."""
+    m = tiny()
+
+    async def main():
+        engine = AsyncBatchEngine(m, max_batch=4, max_waiting=2)
+        tasks = [asyncio.create_task(collect(engine, [i + 1], SamplingParams(3, 0.0))) for i in range(7)]
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert [len(x) for x in out[:6]] == [3] * 6 and isinstance(out[6], Overloaded)
 
 
 def test_a_client_that_leaves_frees_its_slot():

@@ -81,7 +81,8 @@ class AsyncBatchEngine:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
                 f"the model's context of {self.decoder.block_size} tokens"
             )
-        if len(self._waiting) >= self.max_waiting:
+        # Requests queued for free slots are admitted at the next step: only those beyond the free slots wait.
+        if len(self._waiting) - self.decoder.free_slots >= self.max_waiting:
             raise Overloaded(f"{len(self._waiting)} requests already wait for a slot")
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
