@@ -41,8 +41,11 @@ def summarize_training(step_times: list[float], tokens_per_step: int, skip_steps
     }
 
 
-def summarize_requests(requests: pd.DataFrame) -> dict:
-    """Per-variant inference summary from per-request records (one row per request, ITLs as lists)."""
+def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = None) -> dict:
+    """Inference summary from per-request records (one row per request, ITLs as lists).
+
+    With `slo` ({"ttft_ms": max, "tpot_ms": max}), goodput as in vLLM's benchmark: successful requests that meet
+    every SLO, as a share of all requests and per second of the measured window."""
     n = len(requests)
     ok = requests[requests["ok"]]
     out: dict = {"requests": n, "succeeded": int(len(ok))}
@@ -63,6 +66,16 @@ def summarize_requests(requests: pd.DataFrame) -> dict:
         out["request_tokens_per_s"] = describe(multi["output_tokens"] / (multi[E2E_MS] / 1000.0))
     else:
         out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None, requests_per_s=None)
+    if slo is not None:
+        tpot = (ok[E2E_MS] - ok[TTFT_MS]) / (ok["output_tokens"] - 1).clip(lower=1)
+        good = int(((ok[TTFT_MS] <= slo["ttft_ms"]) & (tpot <= slo["tpot_ms"])).sum())
+        window = out.get("measured_s")
+        out["goodput"] = {
+            "slo": dict(slo),
+            "good_requests": good,
+            "fraction": good / n if n else 0.0,
+            "requests_per_s": good / window if window else None,
+        }
     return out
 
 

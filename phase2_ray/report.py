@@ -56,6 +56,13 @@ def request_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=REQUEST_COLUMNS)
 
 
+def _redacted(config: dict) -> dict:
+    """The config as recorded in report.json, without secrets (an API key must not land in artifacts)."""
+    if config.get("serve", {}).get("api_key"):
+        config["serve"]["api_key"] = "<redacted>"
+    return config
+
+
 def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     """(`inference` per model id, `serving` cross-model results) from 2c's raw records and replica stats.
 
@@ -65,12 +72,15 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
         return {}, {}
     req = request_frame(validation["records"])
     levels = validation.get("levels", [])
+    # Goodput SLOs from the targets: TTFT within the TTFT target, and a per-request pace (TPOT) at least as fast
+    # as the throughput target asks of one stream.
+    slo = {"ttft_ms": targets.ttft_p50_ms_max, "tpot_ms": 1000.0 / max(targets.output_tokens_per_s_min, 1e-9)}
     replicas = validation.get("replicas", [])
     ref = validation.get("reference", {})
     inf: dict[str, dict] = {}
     for m in validation["models"]:
         mine = req[(req["variant"] == m) & req["level"].isin(levels)]
-        per_level = {lv: summarize_requests(mine[mine["level"] == lv]) for lv in levels}
+        per_level = {lv: summarize_requests(mine[mine["level"] == lv], slo) for lv in levels}
         s = dict(per_level[levels[0]]) if levels else summarize_requests(mine)
         s.update(
             {
@@ -308,7 +318,7 @@ def build_report(
         "finished_at": None,
         "wall_s": None,
         "environment": environment,
-        "config": cfg.model_dump(mode="json"),
+        "config": _redacted(cfg.model_dump(mode="json")),
         "data": data_info,
         "stages": stages,
         "training": tr_out,
@@ -732,13 +742,15 @@ def _serving_section(r: dict) -> str:
                     _f(g("e2e_ms")),
                     _f(s.get("output_tokens_per_s"), 0),
                     _f(s.get("requests_per_s"), 1),
+                    _f((s.get("goodput") or {}).get("fraction", 0) * 100, 1),
                     f"{s['succeeded']}/{s['requests']}",
                 ]
             )
     out = [
         "## Serving: Load Levels, Overhead, Scaling, Compression\n",
         "Closed-loop levels (cN = N requests in flight), measured at the client over HTTP; warm-up excluded. "
-        "Output tok/s = all output tokens of successful requests / the level's wall window.\n",
+        "Output tok/s = all output tokens of successful requests / the level's wall window. Goodput = requests "
+        "meeting both SLOs (TTFT ≤ the TTFT target, TPOT ≤ 1000 / the tok/s target), as vLLM's benchmark counts.\n",
         tabulate(
             rows,
             headers=[
@@ -751,6 +763,7 @@ def _serving_section(r: dict) -> str:
                 "E2E p50",
                 "out tok/s",
                 "req/s",
+                "goodput %",
                 "ok",
             ],
             tablefmt="github",

@@ -28,6 +28,18 @@ def test_contract_override_keys_exist_and_parse_as_yaml():
     assert cfg.data.paths == ["docs/", "notes.txt"] and cfg.serve.port == 8123
 
 
+def test_one_concurrency_level_may_be_a_number():
+    assert load_config(None, ["validation.concurrency=8"]).validation.concurrency == [8]
+
+
+def test_api_key_comes_from_the_config_or_the_environment(monkeypatch):
+    monkeypatch.delenv("PHASE2_API_KEY", raising=False)
+    assert load_config(None).serve.resolved_api_key() is None
+    monkeypatch.setenv("PHASE2_API_KEY", "from-env")
+    assert load_config(None).serve.resolved_api_key() == "from-env"
+    assert load_config(None, ["serve.api_key=from-config"]).serve.resolved_api_key() == "from-config"
+
+
 def test_override_can_add_a_variant():
     cfg = load_config(None, ["variants.fused.fused_adamw=true"])
     assert list(cfg.variants) == ["baseline", "optimized", "fused"]
@@ -48,6 +60,14 @@ def test_override_can_add_a_variant():
         ("data.val_fraction=0.9", "data.val_fraction"),
         ("training", "expected KEY=VALUE"),
         ("training.steps.x=1", "training.steps is a value, not a section"),
+        ("validation.concurrency=[1, 0]", "every value must be >= 1"),
+        ("validation.concurrency=[]", "validation.concurrency"),
+        ("validation.replica_sweep=[2, -1]", "every value must be >= 1"),
+        ("serve.autoscaling={min_replicas: 3, max_replicas: 1}", "max_replicas (1) < min_replicas (3)"),
+        ("serve.max_batch_size=0", "serve.max_batch_size"),
+        ("serve.stream_batch_tokens=0", "serve.stream_batch_tokens"),
+        ("validation.top_p=0", "validation.top_p"),
+        ("targets.int8_val_loss_delta_pct_max=-1", "targets.int8_val_loss_delta_pct_max"),
     ],
 )
 def test_bad_values_name_the_field_and_what_is_allowed(override, fragment):

@@ -45,3 +45,50 @@ def test_training_summary_leaves_out_warmup_steps():
     s = summarize_training([5.0, 0.1, 0.1, 0.2], tokens_per_step=100, skip_steps=1)
     assert s["tokens_per_s"] == pytest.approx(300 / 0.4)
     assert s["warmup_s"] == 5.0 and s["steady_steps"] == 3
+
+
+def test_goodput_counts_requests_meeting_every_slo():
+    rows = [
+        # ttft 50, tpot (50-... ) : (e2e - ttft) / (tokens - 1)
+        {
+            "ok": True,
+            "ttft_ms": 50.0,
+            "e2e_ms": 150.0,
+            "output_tokens": 11,
+            "itl_ms": [],
+            "start": 0.0,
+            "end": 1.0,
+        },
+        {
+            "ok": True,
+            "ttft_ms": 200.0,
+            "e2e_ms": 300.0,
+            "output_tokens": 11,
+            "itl_ms": [],
+            "start": 0.0,
+            "end": 1.0,
+        },
+        {
+            "ok": True,
+            "ttft_ms": 50.0,
+            "e2e_ms": 1050.0,
+            "output_tokens": 11,
+            "itl_ms": [],
+            "start": 0.0,
+            "end": 2.0,
+        },
+        {
+            "ok": False,
+            "error_type": "timeout",
+            "ttft_ms": None,
+            "e2e_ms": None,
+            "output_tokens": 0,
+            "itl_ms": [],
+            "start": 0.0,
+            "end": 2.0,
+        },
+    ]
+    s = summarize_requests(pd.DataFrame(rows), {"ttft_ms": 120.0, "tpot_ms": 40.0})
+    # only the first meets both: TTFT 50 <= 120 and TPOT 10 <= 40 (the 2nd is late, the 3rd slow, the 4th failed)
+    assert s["goodput"]["good_requests"] == 1 and s["goodput"]["fraction"] == 0.25
+    assert s["goodput"]["requests_per_s"] == pytest.approx(1 / 2.0)

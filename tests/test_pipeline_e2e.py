@@ -312,6 +312,15 @@ def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):
         serve.shutdown()
 
 
+def test_api_key_never_reaches_the_report():
+    from phase2_ray.config import load_config
+    from phase2_ray.report import _redacted
+
+    cfg = load_config(None, ["serve.api_key=s3cret"])
+    assert _redacted(cfg.model_dump(mode="json"))["serve"]["api_key"] == "<redacted>"
+    assert cfg.serve.api_key == "s3cret"  # the running config keeps it
+
+
 def test_phase2_serve_without_checkpoints_exits_2_before_ray(tmp_path, capsys):
     assert cli.main(["serve", "--checkpoints", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -219,3 +219,40 @@ def test_api_key_is_required_when_configured(base_url, tiny_corpus):
         assert httpx.get(f"{base_url}/keyed/healthz").status_code == 200  # probes need no key
     finally:
         serve.delete("keyed")
+
+
+def test_poisson_arrivals_are_spread_and_all_complete(base_url):
+    """Open loop: 12 requests at a mean 40 req/s arrive over ~0.3 s instead of all at once."""
+    from phase2_ray.client import run_requests
+
+    records = run_requests(
+        base_url,
+        "tiny",
+        ["x"],
+        n=12,
+        warmup=0,
+        concurrency=12,
+        max_tokens=4,
+        temperature=0.0,
+        top_k=None,
+        seed=5,
+        timeout_s=60,
+        request_rate=40.0,
+    )
+    assert all(r["ok"] for r in records)
+    starts = sorted(r["start"] for r in records)
+    # 11 exponential gaps of mean 25 ms: their sum is 0.275 s on average; far from a burst (< 10 ms)
+    assert 0.05 < starts[-1] - starts[0] < 2.0
+
+
+def test_engine_options_carry_replicas_autoscaling_and_backpressure():
+    from phase2_ray.config import AutoscalingConfig
+    from phase2_ray.stages.inference import engine_options
+
+    fixed = engine_options(ServeConfig(num_replicas=3, max_ongoing_requests=7, max_queued_requests=9))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 7 and fixed["max_queued_requests"] == 9
+    auto = engine_options(ServeConfig(autoscaling=AutoscalingConfig(min_replicas=1, max_replicas=4)))
+    assert auto["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in auto
+    env = auto["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"

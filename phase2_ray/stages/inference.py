@@ -210,6 +210,10 @@ class InferenceScalingEngine:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             / 1024,  # ru_maxrss is KiB on Linux
             "threads": self.settings["threads"],
+            # On GPU the replica's RSS misses device memory; CUDA's own peak is the figure there.
+            "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20
+            if torch.cuda.is_available()
+            else None,
             "models": {
                 m: {
                     "weight_bytes": self.weight_bytes[m],
