@@ -448,7 +448,9 @@ def _training_timeline(r: dict) -> str:
     lines = []
     for v, t in tr.items():
         stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
-        opt = ", ".join(f"{k}={val}" for k, val in t["optimizations"].items())
+        # Only the parts switched on (all off: eager fp32), so the line fits 100 columns.
+        on = [f"{k}={val}" for k, val in t["optimizations"].items() if val not in (False, None, "default")]
+        opt = ", ".join(on) or "none (eager fp32)"
         if t.get("auto"):
             opt = f"auto → {t['auto']['chosen']}: {opt}"
         lines += [
@@ -499,7 +501,8 @@ def _speedup(r: dict) -> str:
             f"  compile/warm-up share:     {_f(b['compile_warmup_s'], 1)} s → {_f(t['compile_warmup_s'], 1)} s "
             f"(first steps beyond the steady median)",
             f"Val loss change:             {_f(c['val_loss_delta_pct'], 3, '%')} vs tolerance "
-            f"{_f(c['val_loss_tolerance_pct'], 3, '%')} ({c['val_loss_tolerance_basis']})",
+            f"{_f(c['val_loss_tolerance_pct'], 3, '%')}",
+            f"  tolerance: {c['val_loss_tolerance_basis']}",
             f"Same data order:             {'yes' if c['same_data_order'] else 'NO'} (batch schedule sha256 "
             f"{t['data_order_sha256']})",
         ]
@@ -522,7 +525,8 @@ def _speedup(r: dict) -> str:
     lines += [
         "MFU (model FLOPs utilisation, steady state)",
         *(f"  {part.strip()}" for part in first["formula"].split(";", 1)),
-        f"  flops/token = {first['flops_per_token']:,}; peak = {first['peak_basis']}",
+        f"  flops/token = {first['flops_per_token']:,}",
+        f"  peak = {first['peak_basis']}",
         *mfu_rows,
     ]
     return "## Speedup Breakdown\n\n```\n" + "\n".join(lines) + "\n```\n" + _stack_section(r)
@@ -685,19 +689,20 @@ def _inference_vs_targets(r: dict) -> str:
         ("Peak replica memory (RSS)", "peak_memory_mb", None, "MB", targets["peak_memory_mb_max"], "max"),
     ]
     lines = []
+    w = max(12, *(len(v) + 1 for v in inf))
     for title, key, sub, unit, target, kind in rows:
         vals = {v: (i.get(key) or {}).get(sub) if sub else i.get(key) for v, i in inf.items()}
         scale = max([target] + [x for x in vals.values() if x is not None])
         lines.append(f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})")
-        lines.append(f"  {'target':<12} {_bar(target, scale, 40, '█'):<40} {target:g} {unit}")
+        lines.append(f"  {'target':<{w}} {_bar(target, scale, 40, '█'):<40} {target:g} {unit}")
         for v, x in vals.items():
             if x is None:
-                lines.append(f"  {v:<12} not measured")
+                lines.append(f"  {v:<{w}} not measured")
                 continue
             head = (target / x if kind == "max" else x / target) if x else float("inf")
             side = "within" if (x <= target if kind == "max" else x >= target) else "MISSES"
             lines.append(
-                f"  {v:<12} {_bar(x, scale, 40):<40} {_f(x, 2)} {unit} ({side}; "
+                f"  {v:<{w}} {_bar(x, scale, 40):<40} {_f(x, 2)} {unit} ({side}; "
                 f"{'target/value' if kind == 'max' else 'value/target'} {head:.2f})"
             )
         lines.append("")
@@ -708,13 +713,13 @@ def _inference_vs_targets(r: dict) -> str:
             lat.append(
                 [v, m, _f(d.get("p50")), _f(d.get("p90")), _f(d.get("p99")), _f(d.get("mean")), d.get("n", 0)]
             )
-    succ = ", ".join(
-        f"{v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
+    succ = "\n".join(
+        f"  {v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
     )
     return (
         "## Inference Performance vs Targets\n\n```\n"
         + "\n".join(lines)
-        + f"Success rate: {succ}\n```\n\nLatency percentiles (ms; TTFT and ITL measured at the client over HTTP):\n\n"
+        + f"Success rate:\n{succ}\n```\n\nLatency percentiles (ms; TTFT and ITL measured at the client over HTTP):\n\n"
         + tabulate(lat, headers=["variant", "metric", "p50", "p90", "p99", "mean", "n"], tablefmt="github")
         + "\n"
     )

@@ -283,6 +283,8 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     assert all(a["end"] <= b["start"] for a, b in zip(isolated, isolated[1:], strict=False))
     md = (out / "report.md").read_text()
     assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
+    # an `auto` variant, four served models and isolated re-runs still fit a 100-column terminal
+    assert max(len(line) for b in md.split("```")[1::2] for line in b.splitlines()) <= 100
     assert set(r["inference"]) == {"baseline", "optimized", "auto", "optimized-int8"}
     assert "replica_scaling" not in r["serving"]
 
