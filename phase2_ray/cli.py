@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser(
         "serve", help="serve a finished run's checkpoints over the OpenAI-compatible API until Ctrl-C"
     )
+    rep = sub.add_parser(
+        "report", help="redraw report.md, report.html and plots/ of a run from its files (no Ray)"
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR")
     for p_ in (run, ablate, srv):
         _run_args(p_)
     srv.add_argument("--checkpoints", required=True, metavar="RUN_DIR", help="directory of a finished run")
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
         return int(e.code or 0)
+    if args.command == "report":
+        return _report(args.run_dir)
     try:
         overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
         if args.command == "serve" and args.port is not None:
@@ -72,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(md)
     return code
+
+
+def _report(run_dir: str) -> int:
+    from pathlib import Path
+
+    if not (Path(run_dir) / "report.json").is_file():
+        print(f"phase2: {run_dir}: no report.json (pass the directory of a finished run)", file=sys.stderr)
+        return EXIT_USAGE
+    from phase2_ray.report import render_run_dir
+
+    print(render_run_dir(run_dir))
+    return 0
 
 
 if __name__ == "__main__":

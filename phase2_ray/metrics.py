@@ -109,3 +109,17 @@ def median_ratio_ci(
         "significant": bool(lo > 1.0 or hi < 1.0),
         "n_boot": n_boot,
     }
+
+
+def median_ci(
+    values: np.ndarray | list[float], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Median of `values` with a percentile-bootstrap confidence interval."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        m = float(x[0]) if x.size else None
+        return {"median": m, "ci_low": m, "ci_high": m, "n": int(x.size)}
+    boots = np.median(x[np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))], axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return {"median": float(np.median(x)), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}

@@ -4,8 +4,10 @@ Every figure in report.md is read or computed from the report dict, so every rat
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -385,7 +387,52 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
     write_atomic(out / "inprocess_requests.csv", ref_frame.to_csv(index=False))
     write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
     write_atomic(out / "report.json", json.dumps(report, indent=2, default=_json_default))
-    return write_atomic(out / "report.md", render_markdown(report))
+    return render_run_dir(out)
+
+
+def render_run_dir(out: str | Path) -> Path:
+    """Draws plots/*.png, report.md and a self-contained report.html from report.json and the CSVs alone (no
+    Ray): what `phase2 report RUN_DIR` runs. report.md is written last, so its presence means a whole report."""
+    from phase2_ray.plots import write_plots  # matplotlib only when drawing
+
+    out = Path(out)
+    report = json.loads((out / "report.json").read_text())
+    steps = pd.read_csv(out / "steps.csv") if (out / "steps.csv").exists() else step_frame({})
+    val_path = out / "val.csv"
+    val = (
+        pd.read_csv(val_path) if val_path.exists() else pd.DataFrame(columns=["variant", "step", "val_loss"])
+    )
+    plots = write_plots(out, report, steps, val)
+    md = render_markdown(report, plots)
+    write_atomic(out / "report.html", render_html(md, out, report["run_id"]))
+    return write_atomic(out / "report.md", md)
+
+
+def render_html(md: str, base: Path, title: str) -> str:
+    """report.md as one HTML file with its images inlined (base64), readable in a browser with no server."""
+    import base64
+
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"])
+
+    def inline(m: re.Match) -> str:
+        path = base / m.group(1)
+        if not path.is_file():
+            return m.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+    body = re.sub(r'src="(plots/[^"]+\.png)"', inline, body)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.4}"
+        "pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12px;line-height:1.25}"
+        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def _json_default(o):
@@ -416,7 +463,7 @@ def _pct(a, b) -> str:
     return f"{(b - a) / a * 100:+.1f}%"
 
 
-def render_markdown(r: dict) -> str:
+def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
     dec = r["decision"]
     parts = [
         f"# Phase 2 completion report — {r['run_id']}\n",
@@ -426,6 +473,7 @@ def render_markdown(r: dict) -> str:
         f"\nRun wall time {_f(r['wall_s'], 1, ' s')} on {r['environment'].get('cpu_model', '?')} "
         f"({r['environment'].get('cpu_count')} CPUs), torch {r['environment'].get('torch')}, "
         f"ray {r['environment'].get('ray')}.\nEvery figure below is read from report.json in this directory.\n",
+        _charts(plots or {}),
         _training_timeline(r),
         _speedup(r),
         _loss_chart(r),
@@ -438,6 +486,25 @@ def render_markdown(r: dict) -> str:
         _checklist(r),
     ]
     return "\n".join(p for p in parts if p) + "\n"
+
+
+CHART_TITLES = {
+    "loss": "Loss curves: train loss per step, val loss as points",
+    "step_times": "Step-time distribution (steady state)",
+    "throughput": "Training throughput with 95% bootstrap CI",
+    "latency": "TTFT / TPOT percentiles per model and load level",
+    "timeline": "Run timeline: stages and actors",
+}
+
+
+def _charts(plots: dict[str, str]) -> str:
+    if not plots:
+        return ""
+    return (
+        "## Charts\n\n"
+        + "\n\n".join(f"![{CHART_TITLES.get(k, k)}]({path})" for k, path in plots.items())
+        + "\n"
+    )
 
 
 def _training_timeline(r: dict) -> str:

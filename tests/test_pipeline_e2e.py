@@ -326,3 +326,52 @@ def test_api_key_never_reaches_the_report():
 def test_phase2_serve_without_checkpoints_exits_2_before_ray(tmp_path, capsys):
     assert cli.main(["serve", "--checkpoints", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_charts_and_self_contained_html_are_written(smoke):
+    _, out, _, _ = smoke
+    names = {"loss", "step_times", "throughput", "latency", "timeline"}
+    for n in names:
+        data = (out / "plots" / f"{n}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000, n
+    md = (out / "report.md").read_text()
+    assert all(f"(plots/{n}.png)" in md for n in names)
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    # every image inlined: the page opens from anywhere with no server and no sibling files
+    assert page.count('src="data:image/png;base64,') == len(names) and 'src="plots/' not in page
+    assert "<table>" in page and "Approval Gates" in page
+
+
+def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
+    """A copy of the run directory (report.json + CSVs only) is redrawn by `phase2 report` in a fresh process
+    that never imports Ray, and gives the same report.md."""
+    import shutil
+    import subprocess
+    import sys
+
+    _, out, _, _ = smoke
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv"):
+        shutil.copy(out / f, copy / f)
+    code = (
+        "import sys; from phase2_ray import cli; rc = cli.main(['report', sys.argv[1]]); "
+        "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert (copy / "report.html").is_file() and (copy / "plots" / "loss.png").read_bytes().startswith(
+        PNG_MAGIC
+    )
+
+
+def test_phase2_report_without_a_run_exits_2(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no report.json" in capsys.readouterr().err
