@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="redraw report.md, report.html and plots/ of a run from its files (no Ray)"
     )
     rep.add_argument("run_dir", metavar="RUN_DIR")
+    cmp_ = sub.add_parser(
+        "compare",
+        help="compare two saved runs (no Ray); exit 1 when B has a significant regression against A",
+    )
+    cmp_.add_argument("run_a", metavar="RUN_A", help="the reference run directory")
+    cmp_.add_argument("run_b", metavar="RUN_B", help="the run under test")
+    cmp_.add_argument("--output", help="write FILE.md and FILE.json (default: RUN_B/compare)")
     for p_ in (run, ablate, srv):
         _run_args(p_)
     srv.add_argument("--checkpoints", required=True, metavar="RUN_DIR", help="directory of a finished run")
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "compare":
+        return _compare(args.run_a, args.run_b, args.output)
     try:
         overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
         if args.command == "serve" and args.port is not None:
@@ -90,6 +99,22 @@ def _report(run_dir: str) -> int:
 
     print(render_run_dir(run_dir))
     return 0
+
+
+def _compare(run_a: str, run_b: str, output: str | None) -> int:
+    from pathlib import Path
+
+    for run in (run_a, run_b):
+        if not (Path(run) / "report.json").is_file():
+            print(f"phase2: {run}: no report.json (pass the directory of a finished run)", file=sys.stderr)
+            return EXIT_USAGE
+    from phase2_ray import compare
+
+    c = compare.compare_runs(run_a, run_b)
+    path = compare.write(c, output or Path(run_b) / "compare")
+    print(compare.render(c))
+    print(path)
+    return 1 if c["regressions"] else 0
 
 
 if __name__ == "__main__":

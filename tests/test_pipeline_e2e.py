@@ -375,3 +375,43 @@ def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
 def test_phase2_report_without_a_run_exits_2(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    dst.mkdir()
+    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv"):
+        shutil.copy(src / f, dst / f)
+    return dst
+
+
+def test_compare_a_run_with_itself_finds_no_change(smoke, tmp_path, capsys):
+    _, out, _, _ = smoke
+    b = _copy_run(out, tmp_path / "b")
+    assert cli.main(["compare", str(out), str(b)]) == 0
+    c = json.loads((b / "compare.json").read_text())
+    tested = [r for r in c["rows"] if r["ci_low"] is not None]
+    assert tested and all(r["verdict"] == "no significant change" for r in tested)
+    assert all(r["change_pct"] in (0, None) for r in c["rows"])
+    assert "0 significant regression(s)" in capsys.readouterr().out
+
+
+def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
+    """B = A with every step 30% slower and every TTFT doubled: both are significant regressions."""
+    _, out, _, r = smoke
+    b = _copy_run(out, tmp_path / "b")
+    steps = pd.read_csv(b / "steps.csv")
+    steps["step_s"] *= 1.3
+    steps.to_csv(b / "steps.csv", index=False)
+    req = pd.read_csv(b / "requests.csv")
+    req["ttft_ms"] *= 2
+    req.to_csv(b / "requests.csv", index=False)
+    assert cli.main(["compare", str(out), str(b), "--output", str(tmp_path / "cmp")]) == 1
+    c = json.loads((tmp_path / "cmp.json").read_text())
+    verdict = {(x["metric"], x["variant"]): x["verdict"] for x in c["rows"]}
+    assert verdict[("median step time (ms)", "baseline")] == "REGRESSION"
+    assert verdict[("TTFT p50 (ms)", "baseline (c1)")] == "REGRESSION"
+    # the E2E samples did not change: not called a regression
+    assert verdict[("E2E p50 (ms)", "baseline (c1)")] == "no significant change"
+    assert (tmp_path / "cmp.md").read_text().startswith("# Run comparison")
