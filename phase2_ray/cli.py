@@ -59,6 +59,11 @@ def _run_args(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
     )
+    out = run.add_mutually_exclusive_group()
+    out.add_argument(
+        "--quiet", action="store_true", help="no progress output; the report path is still printed"
+    )
+    out.add_argument("--json-logs", action="store_true", help="progress as one JSON object per line (for CI)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             serve_checkpoints(cfg, args.checkpoints, address=args.address)
             return 0
-        code, md = run_pipeline(cfg, output=args.output, address=args.address)
+        mode = "quiet" if args.quiet else "json" if args.json_logs else "text"
+        code, md = run_pipeline(cfg, output=args.output, address=args.address, log_mode=mode)
     except ConfigError as e:
         print(f"phase2: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,6 +4,7 @@ Only this driver writes the run directory: on a cluster the actors' disks are no
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -22,7 +23,7 @@ from phase2_ray import __version__
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
-from phase2_ray.report import build_report, write_run_dir
+from phase2_ray.report import build_report, redacted_config, write_run_dir
 
 EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
 NAMESPACE = "phase2"
@@ -39,8 +40,17 @@ class Stage:
     detail: str = ""
 
 
+LOG = {"mode": "text"}
+"""How the driver reports progress: text (lines + progress bars), json (one JSON object a line), quiet."""
+
+
 def log(msg: str, t0: float) -> None:
-    print(f"[phase2 {time.time() - t0:7.1f}s] {msg}", flush=True)
+    if LOG["mode"] == "quiet":
+        return
+    if LOG["mode"] == "json":
+        print(json.dumps({"t_s": round(time.time() - t0, 3), "event": msg}), flush=True)
+    else:
+        print(f"[phase2 {time.time() - t0:7.1f}s] {msg}", flush=True)
 
 
 @dataclass
@@ -104,8 +114,14 @@ def _environment(cfg: Config) -> dict:
         "ray": ray.__version__,
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        "cpu_simd_flags": _cpu_simd_flags(),
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "driver_torch_threads": torch.get_num_threads(),
+        "threads_per_training_actor": cfg.training.cpus_per_actor,
+        "threads_per_replica": cfg.serve.threads_per_replica,
         "config_sha256": cfg.fingerprint(),
+        "seeds": {"training": cfg.training.seed, "repeats": cfg.training.repeats},
         "seed": cfg.training.seed,
         "git_commit": _git_commit(),
     }
@@ -113,6 +129,21 @@ def _environment(cfg: Config) -> dict:
         env["ray_cluster_resources"] = ray.cluster_resources()
         env["ray_nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
     return env
+
+
+def _cpu_simd_flags() -> list[str]:
+    """The CPU's vector-unit flags (AVX*, AMX, FMA, NEON...): what decides whether bf16 or compile can pay."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return sorted(
+                    f
+                    for f in line.split(":", 1)[1].split()
+                    if f.startswith(("avx", "amx", "fma", "asimd", "sve"))
+                )
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_model() -> str:
@@ -149,7 +180,8 @@ def _connect(cfg: Config, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": True}
+    # Actor output (progress bars, per-step lines) reaches the terminal only in text mode.
+    kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": LOG["mode"] == "text"}
     if target:
         kwargs["address"] = target
     else:
@@ -239,10 +271,13 @@ def run_training(
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
     base_settings = core_train_settings(cfg)
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
-    meta = {"run_id": run_id, "config": cfg.model_dump(mode="json")}
+    meta = {"run_id": run_id, "config": redacted_config(cfg.model_dump(mode="json"))}
     opts = {
         "core_pool": pool,
-        "log_every": cfg.training.log_every,
+        "run_id": run_id,
+        # Bars and per-step lines are for a person at a terminal; --quiet and --json-logs keep stdout parseable.
+        "progress": LOG["mode"] == "text",
+        "log_every": cfg.training.log_every if LOG["mode"] == "text" else 0,
         "auto_probe_steps": cfg.training.auto_probe_steps,
         "auto_tolerance_pct": cfg.training.auto_tolerance_pct,
     }
@@ -323,7 +358,12 @@ def run_training(
 
 
 def run_validation(
-    cfg: Config, checkpoints: dict[str, dict[str, bytes]], d: PreparedData, t0: float, own_cluster: bool
+    cfg: Config,
+    checkpoints: dict[str, dict[str, bytes]],
+    d: PreparedData,
+    t0: float,
+    own_cluster: bool,
+    run_id: str = "phase2",
 ) -> dict:
     """2c: the in-process reference, then every model served over HTTP at each load level, then the replica
     sweep. Returns per-request records (each tagged with its model and level), replica stats and the reference."""
@@ -398,7 +438,7 @@ def run_validation(
             f"2c: serving {', '.join(models)} at {base_url}/v1/completions ({out['deploy_s']:.1f}s to deploy)",
             t0,
         )
-        clients = val.start_clients(v.clients)
+        clients = val.start_clients(v.clients, run_id)
         levels = [(f"c{c}", c, None) for c in v.concurrency]
         if v.request_rate:
             levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
@@ -414,6 +454,7 @@ def run_validation(
                     n=v.requests,
                     concurrency=conc,
                     request_rate=rate,
+                    level=name,
                     **load,
                 )
                 for r in recs:
@@ -439,6 +480,7 @@ def run_validation(
                     n=v.scaling_requests,
                     concurrency=v.scaling_concurrency,
                     request_rate=None,
+                    level=f"replicas{n}",
                     **load,
                 )
                 for r in recs:
@@ -499,10 +541,11 @@ def serve_checkpoints(
 
 
 def run_pipeline(
-    cfg: Config, *, output: str | Path | None = None, address: str | None = None
+    cfg: Config, *, output: str | Path | None = None, address: str | None = None, log_mode: str = "text"
 ) -> tuple[int, Path]:
     """Runs every stage; returns (exit code, path of report.md). Raises ConfigError before anything starts."""
     t0 = time.time()
+    LOG["mode"] = log_mode
     run_id = f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(output) if output else Path("results") / run_id
     try:
@@ -538,7 +581,7 @@ def run_pipeline(
             st = Stage("2c", None, start=time.time())
             stages.append(st)
             try:
-                validation = run_validation(cfg, servable, d, t0, started)
+                validation = run_validation(cfg, servable, d, t0, started, run_id)
                 st.status = "ok"
             except Exception as e:  # the stage failed; keep what was measured and report it
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"

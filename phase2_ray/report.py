@@ -58,7 +58,7 @@ def request_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=REQUEST_COLUMNS)
 
 
-def _redacted(config: dict) -> dict:
+def redacted_config(config: dict) -> dict:
     """The config as recorded in report.json, without secrets (an API key must not land in artifacts)."""
     if config.get("serve", {}).get("api_key"):
         config["serve"]["api_key"] = "<redacted>"
@@ -116,7 +116,12 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
             s["val_loss"] = ref[m]["val_loss"]
             s["weight_bytes"] = ref[m]["weight_bytes"]
         inf[m] = s
-    serving: dict = {"overhead": {}, "concurrency_scaling": {}}
+    serving: dict = {
+        "overhead": {},
+        "concurrency_scaling": {},
+        # where each replica ran (node ids): provenance for multi-node runs
+        "replicas": [{k: r.get(k) for k in ("replica_id", "node_id", "pid")} for r in replicas],
+    }
     for m, s in inf.items():
         ip = s.get("inprocess") or {}
         http_ttft, ip_ttft = (s.get("ttft_ms") or {}).get("p50"), (ip.get("ttft_ms") or {}).get("p50")
@@ -320,7 +325,7 @@ def build_report(
         "finished_at": None,
         "wall_s": None,
         "environment": environment,
-        "config": _redacted(cfg.model_dump(mode="json")),
+        "config": redacted_config(cfg.model_dump(mode="json")),
         "data": data_info,
         "stages": stages,
         "training": tr_out,

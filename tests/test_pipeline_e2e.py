@@ -140,6 +140,11 @@ def test_serving_overhead_scaling_and_compression_recompute(smoke):
     for m, c in sv["concurrency_scaling"].items():
         lv = inf[m]["levels"]
         assert c["ratio"] == pytest.approx(lv["c4"]["output_tokens_per_s"] / lv["c1"]["output_tokens_per_s"])
+    env = r["environment"]
+    assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    assert {"cpu_simd_flags", "driver_torch_threads", "seeds", "config_sha256", "gpu"} <= set(env)
+    assert r["schema_version"] and all(x["node_id"] for x in sv["replicas"])
+    assert all(t["placement"]["node_id"] for t in r["training"].values())
     rs = sv["replica_scaling"]
     assert rs["model"] == "optimized" and [x["replicas"] for x in rs["runs"]] == [1, 2]
     assert [len(x["peak_rss_mb"]) for x in rs["runs"]] == [1, 2]  # both replicas of the second run answered
@@ -316,10 +321,10 @@ def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):
 
 def test_api_key_never_reaches_the_report():
     from phase2_ray.config import load_config
-    from phase2_ray.report import _redacted
+    from phase2_ray.report import redacted_config
 
     cfg = load_config(None, ["serve.api_key=s3cret"])
-    assert _redacted(cfg.model_dump(mode="json"))["serve"]["api_key"] == "<redacted>"
+    assert redacted_config(cfg.model_dump(mode="json"))["serve"]["api_key"] == "<redacted>"
     assert cfg.serve.api_key == "s3cret"  # the running config keeps it
 
 
@@ -415,3 +420,44 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     # the E2E samples did not change: not called a regression
     assert verdict[("E2E p50 (ms)", "baseline (c1)")] == "no significant change"
     assert (tmp_path / "cmp.md").read_text().startswith("# Run comparison")
+
+
+def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
+    """The pipeline's custom metrics, tagged with its run id, are on the node's Prometheus endpoint (what the
+    dashboard's Metrics view and Grafana read). Gauges (loss, tokens/s) are live values: Ray drops them when
+    their actor exits, so after the run only the histograms and counters remain to be checked."""
+    import time
+
+    _, _, _, r = smoke
+    port = ray_cluster.nodes()[0]["MetricsExportPort"]
+    run = f'run_id="{r["run_id"]}"'
+    want = {
+        "ray_phase2_train_step_seconds_bucket": 'variant="baseline"',
+        "ray_phase2_train_step_seconds_count": 'variant="optimized"',
+        "ray_phase2_ttft_seconds_bucket": 'level="c1"',
+        "ray_phase2_requests_total": 'status="ok"',
+    }
+    deadline, missing = time.time() + 90, dict(want)
+    while missing and time.time() < deadline:
+        lines = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        missing = {
+            k: v
+            for k, v in missing.items()
+            if not any(ln.startswith(k + "{") and run in ln and v in ln for ln in lines)
+        }
+        if missing:
+            time.sleep(3)
+    assert not missing, f"not exported: {sorted(missing)}"
+
+
+def test_json_logs_and_actor_names(smoke):
+    _, _, stdout, r = smoke
+    assert "[phase2" in stdout  # text mode by default: progress lines
+    from phase2_ray.pipeline import LOG, log
+
+    LOG["mode"] = "json"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        log("2c: serving", 0.0)
+    LOG["mode"] = "text"
+    assert json.loads(buf.getvalue())["event"] == "2c: serving"

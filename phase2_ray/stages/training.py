@@ -20,6 +20,7 @@ from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
 from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
+from phase2_ray.stages.telemetry import TrainTelemetry
 
 # Holds the node's free cores for the run; costs no CPU of its own.
 CorePool = ray.remote(num_cpus=0)(CoreAllocator)
@@ -130,9 +131,19 @@ class TrainerActor:
         log_every = opts.get("log_every", 0)
         label = f"{variant} seed {settings['seed']}"
 
+        tele = TrainTelemetry(
+            opts.get("run_id", "?"),
+            variant,
+            label,
+            steps,
+            settings["batch_size"] * model_cfg["block_size"],
+            bar=opts.get("progress", False),
+        )
+
         def log(step: int, loss: float, dt: float) -> None:
             if rotation is not None:
                 rotation.tick(time.time())
+            tele.step(step, loss, dt)
             if log_every and (step % log_every == 0 or step == steps):
                 print(f"[{label}] step {step}/{steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True)
 
@@ -178,7 +189,10 @@ class TrainerActor:
             waited = time.perf_counter() - t_wait
             if rotation is not None:
                 rotation.tick(time.time())
-        res = train(gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log)
+        try:
+            res = train(gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log)
+        finally:
+            tele.close()
         files = checkpoint_files(
             res.model,
             {**meta, "variant": variant, "step": res.steps, "model": model_cfg, "optimizations": res.applied},

@@ -14,19 +14,29 @@ from phase2_ray.core.compress import SemanticCompressor, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine
 from phase2_ray.core.generate import SamplingParams
 from phase2_ray.core.train import evaluate
+from phase2_ray.stages.telemetry import RequestTelemetry
 
 
 @ray.remote(num_cpus=0)
 class LoadClient:
-    """Runs on any node (num_cpus=0: it waits on sockets); records travel back to the driver as results."""
+    """Runs on any node (num_cpus=0: it waits on sockets); records travel back to the driver as results, and
+    each level's TTFTs and request counts also go to Ray's metrics."""
 
-    def run(self, base_url: str, model: str, prompts: list[str], **kwargs) -> list[dict]:
-        return run_requests(base_url, model, prompts, **kwargs)
+    def __init__(self, run_id: str) -> None:
+        self.telemetry = RequestTelemetry(run_id)
+
+    def run(self, base_url: str, model: str, prompts: list[str], level: str = "", **kwargs) -> list[dict]:
+        records = run_requests(base_url, model, prompts, **kwargs)
+        self.telemetry.record(records, level)
+        return records
 
 
-def start_clients(n: int) -> list:
-    """`n` load-generator actors, spread over the cluster's nodes."""
-    return [LoadClient.options(scheduling_strategy="SPREAD").remote() for _ in range(n)]
+def start_clients(n: int, run_id: str) -> list:
+    """`n` load-generator actors named `<run_id>:2c:client<i>`, spread over the cluster's nodes."""
+    return [
+        LoadClient.options(name=f"{run_id}:2c:client{i}", scheduling_strategy="SPREAD").remote(run_id)
+        for i in range(n)
+    ]
 
 
 def run_level(
