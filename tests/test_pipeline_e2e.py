@@ -461,3 +461,35 @@ def test_json_logs_and_actor_names(smoke):
         log("2c: serving", 0.0)
     LOG["mode"] = "text"
     assert json.loads(buf.getvalue())["event"] == "2c: serving"
+
+
+def test_every_ratio_line_in_report_md_recomputes_from_report_json(smoke):
+    """Each `= N.NNx` in report.md equals, within its rounding, the ratio of the raw figures in report.json."""
+    _, out, _, r = smoke
+    md = (out / "report.md").read_text()
+    tr, sv = r["training"], r["serving"]
+    b, o = tr["baseline"], tr["optimized"]
+
+    def shown(pattern: str) -> list[float]:
+        return [float(x) for x in re.findall(pattern, md)]
+
+    def close(value: float, expected: float, digits: int = 2) -> bool:
+        return abs(value - expected) <= 0.5 * 10**-digits + 1e-9
+
+    assert close(
+        shown(r"Speedup \(median step time\):.*= ([0-9.]+)x")[0], b["step_ms"]["p50"] / o["step_ms"]["p50"]
+    )
+    assert close(shown(r"Steady-state throughput:.*= ([0-9.]+)x")[0], o["tokens_per_s"] / b["tokens_per_s"])
+    assert close(shown(r"Stage wall time:.*= ([0-9.]+)x")[0], b["stage_s"] / o["stage_s"])
+    for m, c in sv["concurrency_scaling"].items():
+        lv = r["inference"][m]["levels"]
+        expect = lv[c["to"]]["output_tokens_per_s"] / lv[c["from"]]["output_tokens_per_s"]
+        assert close(shown(rf"- {re.escape(m)}: .* = \*\*([0-9.]+)x\*\*")[0], expect), m
+    runs = sv["replica_scaling"]["runs"]
+    assert close(
+        shown(r"- ratio: \*\*([0-9.]+)x\*\*")[0],
+        runs[-1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"],
+    )
+    comp = sv["compression"]
+    weights = shown(r"weights [0-9,]+ → [0-9,]+ bytes \(([0-9.]+)x\)")[0]
+    assert close(weights, comp["weight_bytes_int8"] / comp["weight_bytes_source"], 3)
