@@ -62,3 +62,16 @@ def test_save_dir_leaves_no_temp_files(tiny_corpus, tmp_path):
     _, files = make_files(tok)
     ckpt.save_dir(files, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
+
+
+def test_atomic_writes_get_a_normal_file_mode(tmp_path):
+    import os
+    import stat
+
+    from phase2_ray.core.atomic import write_atomic
+
+    p = write_atomic(tmp_path / "report.md", "x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+    assert not list(tmp_path.glob(".*.tmp"))
