@@ -370,13 +370,11 @@ def run_validation(
     from tokenizers import Tokenizer
 
     from phase2_ray.stages import validation as val
-    from phase2_ray.stages.inference import APP_NAME, INT8_SUFFIX, build_app, replica_stats
+    from phase2_ray.stages.inference import APP_NAME, build_app, model_specs, replica_stats
 
     v, sc = cfg.validation, cfg.serve
     int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
-    models = {m: {"checkpoint": files} for m, files in checkpoints.items()}
-    if int8_of:
-        models[int8_of + INT8_SUFFIX] = {"checkpoint": checkpoints[int8_of], "int8": True}
+    models = model_specs(checkpoints, int8_of)
     sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
     cpus = ray.cluster_resources().get("CPU", 1)
     out: dict = {"records": [], "int8_of": int8_of, "models": list(models)}
@@ -510,7 +508,7 @@ def serve_checkpoints(
     """`phase2 serve`: serves a finished run's checkpoints until interrupted; returns the base URL.
 
     Raises ConfigError (exit 2) before Ray starts when RUN_DIR holds no checkpoint."""
-    from phase2_ray.stages.inference import APP_NAME, build_app, checkpoints_of
+    from phase2_ray.stages.inference import APP_NAME, build_app, checkpoints_of, model_specs
 
     try:
         checkpoints, int8_of = checkpoints_of(run_dir)
@@ -524,7 +522,7 @@ def serve_checkpoints(
         build_app(checkpoints, sc, int8_of=int8_of if sc.int8 else None), name=APP_NAME, route_prefix="/"
     )
     url = f"http://{sc.host}:{sc.port}"
-    models = sorted(checkpoints) + ([f"{int8_of}-int8"] if int8_of and sc.int8 else [])
+    models = sorted(model_specs(checkpoints, int8_of if sc.int8 else None))
     print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
     if not block:
         return url

@@ -83,14 +83,9 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     for m in validation["models"]:
         mine = req[(req["variant"] == m) & req["level"].isin(levels)]
         per_level = {lv: summarize_requests(mine[mine["level"] == lv], slo) for lv in levels}
-        s = dict(per_level[levels[0]]) if levels else summarize_requests(mine)
-        s.update(
-            {
-                k: v
-                for k, v in summarize_requests(mine).items()
-                if k in ("requests", "succeeded", "success_rate", "errors")
-            }
-        )
+        whole = summarize_requests(mine)
+        s = dict(per_level[levels[0]]) if levels else dict(whole)
+        s.update({k: whole[k] for k in ("requests", "succeeded", "success_rate", "errors")})
         s["headline_level"] = levels[0] if levels else None
         s["levels"] = per_level
         if replicas:

@@ -123,24 +123,19 @@ def test_malformed_bodies_get_4xx_and_server_stays_healthy(base_url, content, ct
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
 
 
+def load(base_url: str, model: str, prompts: list[str], *, n: int, max_tokens: int, **kw) -> list[dict]:
+    """`n` streaming requests, all in flight at once unless `concurrency` says otherwise, no warm-up."""
+    from phase2_ray.client import run_requests
+
+    args = dict(warmup=0, concurrency=n, temperature=0.8, top_k=20, seed=0, timeout_s=60) | kw
+    return run_requests(base_url, model, prompts, n=n, max_tokens=max_tokens, **args)
+
+
 def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster):
     """12 streams at once on a 4-slot engine that lets 8 wait: all finish, and steps held >1 sequence."""
-    from phase2_ray.client import run_requests
     from phase2_ray.stages.inference import replica_stats
 
-    records = run_requests(
-        base_url,
-        "tiny2",
-        ["def f(x):", "import sys"],
-        n=12,
-        warmup=0,
-        concurrency=12,
-        max_tokens=12,
-        temperature=0.8,
-        top_k=20,
-        seed=0,
-        timeout_s=60,
-    )
+    records = load(base_url, "tiny2", ["def f(x):", "import sys"], n=12, max_tokens=12)
     assert [r["ok"] for r in records] == [True] * 12
     assert all(r["output_tokens"] == 12 and len(r["itl_ms"]) == 11 for r in records)
     stats = replica_stats(1)[0]["models"]["tiny2"]
@@ -150,21 +145,7 @@ def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster)
 
 def test_overload_gets_429_json_and_the_rest_complete(base_url):
     """40 long streams at once against 4 slots + 8 waiting: the excess is refused with 429, never a 500."""
-    from phase2_ray.client import run_requests
-
-    records = run_requests(
-        base_url,
-        "tiny",
-        ["x"],
-        n=40,
-        warmup=0,
-        concurrency=40,
-        max_tokens=30,
-        temperature=0.8,
-        top_k=20,
-        seed=0,
-        timeout_s=60,
-    )
+    records = load(base_url, "tiny", ["x"], n=40, max_tokens=30)
     refused = [r for r in records if not r["ok"]]
     assert refused and all(r["status"] == 429 and "overloaded" in r["error"] for r in refused)
     assert len(records) - len(refused) >= 12
@@ -223,21 +204,8 @@ def test_api_key_is_required_when_configured(base_url, tiny_corpus):
 
 def test_poisson_arrivals_are_spread_and_all_complete(base_url):
     """Open loop: 12 requests at a mean 40 req/s arrive over ~0.3 s instead of all at once."""
-    from phase2_ray.client import run_requests
-
-    records = run_requests(
-        base_url,
-        "tiny",
-        ["x"],
-        n=12,
-        warmup=0,
-        concurrency=12,
-        max_tokens=4,
-        temperature=0.0,
-        top_k=None,
-        seed=5,
-        timeout_s=60,
-        request_rate=40.0,
+    records = load(
+        base_url, "tiny", ["x"], n=12, max_tokens=4, temperature=0.0, top_k=None, seed=5, request_rate=40.0
     )
     assert all(r["ok"] for r in records)
     starts = sorted(r["start"] for r in records)

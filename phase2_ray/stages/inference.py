@@ -251,6 +251,14 @@ def engine_options(serve_cfg, cpus_per_replica: float | None = None) -> dict:
     return opts
 
 
+def model_specs(checkpoints: dict[str, dict[str, bytes]], int8_of: str | None) -> dict[str, dict]:
+    """Every served model id -> its checkpoint files (and `int8: True` for the compressed copy of `int8_of`)."""
+    models: dict[str, dict] = {v: {"checkpoint": files} for v, files in checkpoints.items()}
+    if int8_of is not None:
+        models[int8_of + INT8_SUFFIX] = {"checkpoint": checkpoints[int8_of], "int8": True}
+    return models
+
+
 def build_app(
     checkpoints: dict[str, dict[str, bytes]],
     serve_cfg,
@@ -260,9 +268,7 @@ def build_app(
     num_replicas: int | None = None,
 ) -> serve.Application:
     """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked."""
-    models = {v: {"checkpoint": files} for v, files in checkpoints.items()}
-    if int8_of is not None:
-        models[int8_of + INT8_SUFFIX] = {"checkpoint": checkpoints[int8_of], "int8": True}
+    models = model_specs(checkpoints, int8_of)
     settings = {
         "threads": serve_cfg.threads_per_replica,
         "max_batch": serve_cfg.max_batch_size,
