@@ -110,6 +110,18 @@ class TrainingConfig(_Section):
     cpus_per_actor: int = Field(1, ge=1, description="CPUs (and torch threads) per training actor.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs per training actor.")
     pin_cpus: bool = Field(True, description="Give concurrent actors disjoint cores (affinity) on one node.")
+    placement: Literal["pack", "spread"] = Field(
+        "pack",
+        description="Where the concurrent variants train: pack = as few nodes as possible (a PACK placement "
+        "group; one node: disjoint cores); spread = every variant on a different node (STRICT_SPREAD: the "
+        "cluster needs a node per variant).",
+    )
+    placement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="How long to wait for the nodes a placement needs (an autoscaling cluster adds them "
+        "meanwhile) before failing with what the cluster has.",
+    )
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
     rotate_cores_s: float = Field(
         5.0,

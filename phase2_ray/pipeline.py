@@ -24,6 +24,7 @@ from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
 from phase2_ray.report import build_report, redacted_config, write_run_dir
+from phase2_ray.stages.nodes import TrainingPlacement, cluster_nodes
 
 EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
 NAMESPACE = "phase2"
@@ -175,10 +176,11 @@ def _warn_if_exposed(what: str, host: str) -> None:
         print(f"phase2: WARNING: {what} binds {host}: reachable from other machines", file=sys.stderr)
 
 
-def _connect(cfg: Config, address: str | None) -> bool:
-    """Joins RAY_ADDRESS / --address, or starts an embedded local Ray. Returns True when this call started it."""
+def _connect(cfg: Config, address: str | None) -> str | None:
+    """Joins RAY_ADDRESS / --address ("joined"), or starts an embedded local Ray ("embedded"); None when this
+    process was connected already. Whoever connects disconnects; only an embedded cluster may be torn down."""
     if ray.is_initialized():
-        return False
+        return None
     target = address or os.environ.get("RAY_ADDRESS")
     # Actor output (progress bars, per-step lines) reaches the terminal only in text mode.
     kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": LOG["mode"] == "text"}
@@ -193,7 +195,7 @@ def _connect(cfg: Config, address: str | None) -> bool:
             num_cpus=cfg.ray.num_cpus,
         )
     ray.init(**kwargs)
-    return True
+    return "joined" if target else "embedded"
 
 
 def _node_cores(cfg: Config) -> list[int] | None:
@@ -255,13 +257,24 @@ def core_train_settings(cfg: Config) -> dict:
 
 
 def run_training(
-    cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float
+    cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float, placement_info: dict
 ) -> tuple[dict[str, dict], list[dict]]:
     """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
     at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
     from phase2_ray.stages.training import CorePool, StartBarrier, TrainerActor
 
     together, alone = plan_training(cfg)
+    tc = cfg.training
+    # Before any actor exists: a placement the cluster cannot give is a config error (exit 2), not a failed stage.
+    placement = TrainingPlacement(
+        tc.placement,
+        list(cfg.variants),
+        tc.repeats if together else 0,
+        tc.cpus_per_actor,
+        tc.gpus_per_actor,
+        tc.placement_timeout_s,
+    )
+    placement_info.update(placement.describe())
     cores = _node_cores(cfg)
     pool = CorePool.remote(cores) if cores else None
     rotations = rotation_plan(cores, cfg.training.cpus_per_actor, len(together), cfg.training.rotate_cores_s)
@@ -288,6 +301,7 @@ def run_training(
             name=f"{run_id}:train:{job.variant}{suffix}",
             num_cpus=cfg.training.cpus_per_actor,
             num_gpus=cfg.training.gpus_per_actor,
+            scheduling_strategy=placement.strategy(job.variant) if job.phase == "concurrent" else None,
         ).remote()
         ref = actor.train.remote(
             job.variant,
@@ -334,7 +348,12 @@ def run_training(
 
     try:
         if together:
-            log(f"2a/2b: training {len(together)} runs concurrently: {', '.join(cfg.variants)}", t0)
+            how = placement.describe()["strategy"] or "Ray's scheduler, queued when the cluster is full"
+            log(
+                f"2a/2b: training {len(together)} runs concurrently: {', '.join(cfg.variants)} "
+                f"(placement {tc.placement}: {how})",
+                t0,
+            )
             started = {}
             for i, job in enumerate(together):
                 actor, ref = submit(job, rotations[i] if rotations else None)
@@ -344,6 +363,7 @@ def run_training(
                 done, pending = ray.wait(pending, num_returns=1)
                 job, actor = started[done[0]]
                 collect(job, actor, done[0])
+            placement.release()  # the isolated runs below are scheduled freely, one at a time
         for job in alone:
             log(f"training {job.variant} (seed {job.seed}) alone", t0)
             actor, ref = submit(job)
@@ -352,6 +372,7 @@ def run_training(
         for helper in (pool, barrier):
             if helper is not None:
                 ray.kill(helper)
+        placement.release()
     stages.sort(key=lambda s: (s.name != "data", s.start))
     # Config order (baseline first) for everything downstream, whatever order the actors finished in.
     return {v: primary[v] for v in cfg.variants if v in primary}, others
@@ -437,6 +458,10 @@ def run_validation(
             t0,
         )
         clients = val.start_clients(v.clients, run_id)
+        out["clients"] = [
+            {"name": f"{run_id}:2c:client{i}", "node_id": n}
+            for i, n in enumerate(ray.get([c.node_id.remote() for c in clients]))
+        ]
         levels = [(f"c{c}", c, None) for c in v.concurrency]
         if v.request_rate:
             levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
@@ -563,11 +588,14 @@ def run_pipeline(
     validation: dict[str, dict] = {}
     failure = None
     env: dict = {}
+    placement: dict = {"policy": cfg.training.placement}
     started = _connect(cfg, address)
     try:
         _check_resources(cfg)
         try:
-            training, extra_runs = run_training(cfg, run_id, d, stages, t0)
+            training, extra_runs = run_training(cfg, run_id, d, stages, t0, placement)
+        except ConfigError:
+            raise
         except Exception as e:  # an actor could not even start; report what is known
             stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
         if len(training) < len(cfg.variants):
@@ -579,13 +607,14 @@ def run_pipeline(
             st = Stage("2c", None, start=time.time())
             stages.append(st)
             try:
-                validation = run_validation(cfg, servable, d, t0, started, run_id)
+                validation = run_validation(cfg, servable, d, t0, started == "embedded", run_id)
                 st.status = "ok"
             except Exception as e:  # the stage failed; keep what was measured and report it
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
                 failure = "validation stage failed"
             st.end = time.time()
         env = _environment(cfg)
+        placement["nodes"] = cluster_nodes()
     finally:
         if started:
             ray.shutdown()
@@ -607,6 +636,7 @@ def run_pipeline(
         extra_runs=extra_runs,
         validation=validation,
         failure=failure,
+        placement=placement,
     )
     st.status, st.end = "ok", time.time()
     report["stages"][-1].update(status=st.status, end=st.end)

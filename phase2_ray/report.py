@@ -214,9 +214,10 @@ def build_report(
     validation: dict[str, dict],
     failure: str | None,
     extra_runs: list[dict] | tuple = (),
+    placement: dict | None = None,
 ) -> dict:
     """report.json's content. `training` and `validation` are the raw stage results gathered by the driver;
-    `extra_runs` are further seeds and isolated re-runs (no checkpoints)."""
+    `extra_runs` are further seeds and isolated re-runs (no checkpoints); `placement` the policy and nodes."""
     skip = cfg.training.skip_steps
     tokens_per_step = cfg.training.batch_size * cfg.model.block_size
     tr_out: dict[str, dict] = {}
@@ -327,6 +328,7 @@ def build_report(
         "inference": inf_out,
         "serving": serving,
         "comparison": comparison,
+        "placement": placement_summary(placement or {}, tr_out, serving, validation),
         "failure": failure,
     }
     gates = evaluate_gates(report, cfg.targets.model_dump())
@@ -338,6 +340,22 @@ def build_report(
         "gates": [g.to_dict() for g in gates],
     }
     return report
+
+
+def placement_summary(info: dict, training: dict, serving: dict, validation: dict) -> dict:
+    """Where every actor ran: the policy, the cluster's nodes, and the node id of each training run, Serve
+    replica (main deployment and each replica-sweep step) and load client, each recorded by the actor itself."""
+    tr_nodes = {v: t["placement"]["node_id"] for v, t in training.items()}
+    sweep = (validation.get("scaling") or {}).get("runs", [])
+    return {
+        **info,
+        "nodes": info.get("nodes", []),
+        "training": tr_nodes,
+        "training_distinct_nodes": len(set(tr_nodes.values())),
+        "replicas": [r["node_id"] for r in serving.get("replicas", [])],
+        "sweep_replicas": {str(s["replicas"]): [x["node_id"] for x in s["stats"]] for s in sweep},
+        "load_clients": [c["node_id"] for c in validation.get("clients", [])],
+    }
 
 
 def convergence(base_runs: list[dict], var_runs: list[dict], fixed_tol_pct: float) -> dict:
@@ -472,7 +490,8 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         + (f" — {r['failure']}" if r.get("failure") else ""),
         f"\nRun wall time {_f(r['wall_s'], 1, ' s')} on {r['environment'].get('cpu_model', '?')} "
         f"({r['environment'].get('cpu_count')} CPUs), torch {r['environment'].get('torch')}, "
-        f"ray {r['environment'].get('ray')}.\nEvery figure below is read from report.json in this directory.\n",
+        f"ray {r['environment'].get('ray')}.{_placement_line(r)}\n"
+        "Every figure below is read from report.json in this directory.\n",
         _charts(plots or {}),
         _training_timeline(r),
         _speedup(r),
@@ -486,6 +505,25 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         _checklist(r),
     ]
     return "\n".join(p for p in parts if p) + "\n"
+
+
+def _placement_line(r: dict) -> str:
+    """One sentence on where things ran, only when the cluster had more than one node."""
+    p = r.get("placement") or {}
+    nodes = p.get("nodes") or []
+    if len(nodes) < 2:
+        return ""
+    short = {n["node_id"]: f"node{i}" + (" (head)" if n["is_head"] else "") for i, n in enumerate(nodes)}
+
+    def names(ids: list[str]) -> str:
+        return ", ".join(sorted({short.get(i, i[:8]) for i in ids})) or "n/a"
+
+    train = "; ".join(f"{v} on {short.get(n, n[:8])}" for v, n in p.get("training", {}).items())
+    return (
+        f"\nPlacement over {len(nodes)} nodes, policy {p.get('policy')}"
+        f" ({p.get('strategy') or 'no placement group'}): {train}; Serve replicas on {names(p['replicas'])}; "
+        f"load clients on {names(p['load_clients'])} (node ids in report.json `placement`)."
+    )
 
 
 CHART_TITLES = {

@@ -25,6 +25,9 @@ class LoadClient:
     def __init__(self, run_id: str) -> None:
         self.telemetry = RequestTelemetry(run_id)
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def run(self, base_url: str, model: str, prompts: list[str], level: str = "", **kwargs) -> list[dict]:
         records = run_requests(base_url, model, prompts, **kwargs)
         self.telemetry.record(records, level)
