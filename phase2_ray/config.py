@@ -193,6 +193,9 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
     cpus_per_replica: float = Field(1.0, ge=0, description="Logical CPUs per model replica.")
     threads_per_replica: int = Field(1, ge=1, description="torch threads in each model replica.")
+    gpus_per_replica: float = Field(
+        0, ge=0, description="GPUs per model replica (> 0: the models run on CUDA; 0.5 puts two on one GPU)."
+    )
     num_replicas: int = Field(
         1, ge=1, le=1024, description="Replicas of the engine (ignored with autoscaling)."
     )

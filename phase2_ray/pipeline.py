@@ -398,13 +398,16 @@ def run_validation(
     models = model_specs(checkpoints, int8_of)
     sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
     cpus = ray.cluster_resources().get("CPU", 1)
+    gpus = ray.cluster_resources().get("GPU", 0)
     out: dict = {"records": [], "int8_of": int8_of, "models": list(models)}
 
     # Before Serve starts, so that nothing else competes for the cores while it is timed.
     tok = Tokenizer.from_str(d.tokenizer_json)
     ref_start = time.time()
     out["reference"] = ray.get(
-        val.inprocess_reference.options(num_cpus=min(sc.cpus_per_replica, cpus)).remote(
+        val.inprocess_reference.options(
+            num_cpus=min(sc.cpus_per_replica, cpus), num_gpus=sc.gpus_per_replica
+        ).remote(
             models,
             [tok.encode(p).ids for p in d.prompts],
             {
@@ -432,12 +435,13 @@ def run_validation(
 
     def deploy(replicas: int | None) -> None:
         n = replicas or (sc.autoscaling.min_replicas if sc.autoscaling else sc.num_replicas) or 1
-        # Every replica must fit at once: shrink their logical CPU share if the cluster is smaller.
+        # Every replica must fit at once: shrink their logical CPU (and GPU) share if the cluster is smaller.
         app = build_app(
             checkpoints,
             sc,
             int8_of=int8_of,
             cpus_per_replica=min(sc.cpus_per_replica, cpus / n),
+            gpus_per_replica=min(sc.gpus_per_replica, gpus / n),
             num_replicas=replicas,
         )
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
@@ -662,6 +666,9 @@ def _check_resources(cfg: Config) -> None:
     cpu = cfg.training.cpus_per_actor
     if cpu > total.get("CPU", 0):
         raise ConfigError(f"training.cpus_per_actor={cpu} exceeds the cluster's {total.get('CPU', 0):g} CPUs")
-    gpu = cfg.training.gpus_per_actor
-    if gpu > total.get("GPU", 0):
-        raise ConfigError(f"training.gpus_per_actor={gpu} exceeds the cluster's {total.get('GPU', 0):g} GPUs")
+    for field, gpu in (
+        ("training.gpus_per_actor", cfg.training.gpus_per_actor),
+        ("serve.gpus_per_replica", cfg.serve.gpus_per_replica),
+    ):
+        if gpu > total.get("GPU", 0):
+            raise ConfigError(f"{field}={gpu:g} exceeds the cluster's {total.get('GPU', 0):g} GPUs")

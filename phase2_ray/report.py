@@ -99,6 +99,18 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
                 "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
                 "this model's own weights and preallocated KV cache."
             )
+            cuda = [
+                r["cuda_max_allocated_mb"] for r in replicas if r.get("cuda_max_allocated_mb") is not None
+            ]
+            if cuda:
+                # On a GPU the models live in device memory, and the host RSS is mostly the CUDA context.
+                s["peak_rss_mb"] = s["peak_memory_mb"]
+                s["peak_memory_mb"] = max(cuda)
+                s["memory_basis"] = (
+                    "peak_memory_mb = torch.cuda.max_memory_allocated() of the replica (the models run on CUDA), "
+                    "the largest over replicas; peak_rss_mb = the replica process's host peak RSS. "
+                    "model_bytes = this model's own weights and preallocated KV cache."
+                )
         if m in ref:
             rs = (
                 summarize_requests(request_frame(ref[m]["records"]).assign(ok=True))
@@ -255,7 +267,8 @@ def build_report(
                 "peak_flops": peak,
                 "peak_dtype": dtype,
                 "peaks_measured": r["peak_flops"],
-                "peak_basis": f"best 512x512 matmul in the actor, fastest measured dtype "
+                "peak_basis": f"best {8192 if r.get('device') == 'cuda' else 512}^2 matmul in the actor, "
+                "fastest measured dtype "
                 f"({r['placement']['torch_threads']} threads)",
                 "formula": MFU_FORMULA,
             },

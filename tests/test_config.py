@@ -8,9 +8,15 @@ from tests.conftest import ROOT
 
 
 def test_shipped_configs_are_valid():
-    for name in ("phase2.yaml", "smoke.yaml"):
+    names = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert {"phase2.yaml", "smoke.yaml", "gpu.yaml"} <= set(names)
+    for name in names:
         cfg = load_config(ROOT / "configs" / name)
         assert list(cfg.variants)[0] == "baseline" and len(cfg.variants) >= 2
+    gpu = load_config(ROOT / "configs" / "gpu.yaml")
+    assert (
+        gpu.training.gpus_per_actor > 0 and gpu.serve.gpus_per_replica > 0 and gpu.variants["optimized"].bf16
+    )
 
 
 def test_contract_override_keys_exist_and_parse_as_yaml():

@@ -60,3 +60,14 @@ def test_spread_without_enough_nodes_is_a_config_error(ray_cluster, tmp_path, ca
     assert "training.placement=spread" in err and "STRICT_SPREAD" in err and "CPU=2" in err
     assert "placement=pack" in err
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_gpu_config_on_a_cpu_only_cluster_is_a_config_error(ray_cluster, tmp_path, capsys):
+    """configs/gpu.yaml asks for GPUs: on this CPU-only cluster it stops before training, naming the field."""
+    rc = main(
+        ["run", "-c", str(ROOT / "configs" / "gpu.yaml"), "--output", str(tmp_path / "r"), "--quiet"]
+        + ["--set", "data.max_chars=100000", "--set", "data.vocab_size=512"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "training.gpus_per_actor=0.5 exceeds the cluster's 0 GPUs" in err

@@ -51,12 +51,14 @@ def probe(
     train_tokens: torch.Tensor,
     steps: int,
     on_step=None,
+    device: str | None = None,
 ) -> list[ProbeResult]:
     """Runs every candidate for `steps` steps from the same init on the same batches, interleaved step by step
     (A, B, C, A, B, C, ...) so that the machine's drift over the probe hits all candidates alike."""
     probe_settings = replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps))
     trainers = {
-        name: Trainer(model_cfg, probe_settings, opt, train_tokens) for name, opt in candidates.items()
+        name: Trainer(model_cfg, probe_settings, opt, train_tokens, device)
+        for name, opt in candidates.items()
     }
     for i in range(steps):
         for tr in trainers.values():

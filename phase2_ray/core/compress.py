@@ -85,3 +85,15 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(ptr)
             total += t.untyped_storage().nbytes()
     return total
+
+
+def load_for_serving(spec: dict, device: str = "cpu") -> tuple[GPT, dict, object]:
+    """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files, compressed to int8
+    when `spec["int8"]` (on the CPU, from the fp32 weights), then moved to `device`. The Serve replica and the
+    in-process reference both load through here, so they serve the same model."""
+    from phase2_ray.core.checkpoint import load_checkpoint  # checkpoint imports the model, not this module
+
+    model, meta, tok = load_checkpoint(spec["checkpoint"])
+    if spec.get("int8"):
+        model = SemanticCompressor().compress(model)
+    return model.to(device), meta, tok

@@ -27,9 +27,13 @@ def flops_per_token(cfg: GPTConfig) -> int:
 
 
 def measure_peak_flops(
-    dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 20, device: str = "cpu"
+    dtype: torch.dtype = torch.float32, size: int | None = None, repeats: int = 20, device: str = "cpu"
 ) -> float:
-    """Best observed matmul FLOP/s with the current torch thread count: the denominator of MFU."""
+    """Best observed matmul FLOP/s with the current torch thread count: the denominator of MFU.
+
+    512 x 512 on a CPU (seconds of 8192 x 8192 would steal the run's time); 8192 x 8192 on a GPU, where a small
+    matmul measures kernel-launch latency, not the tensor cores."""
+    size = size or (8192 if device == "cuda" else 512)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)  # first call pays for allocation and kernel selection

@@ -84,9 +84,10 @@ class Trainer:
         settings: TrainSettings,
         optim: OptimizationSettings,
         train_tokens: torch.Tensor,
+        device: str | torch.device | None = None,
     ) -> None:
-        # CUDA when this process was given a GPU (Ray sets CUDA_VISIBLE_DEVICES from num_gpus), else the CPU.
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # The caller says which device it was given (Ray's GPU ids); alone, CUDA whenever torch sees one.
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.settings = settings
         self.tokens = train_tokens
         torch.manual_seed(settings.seed)
@@ -140,12 +141,13 @@ def train(
     train_tokens: torch.Tensor,
     val_tokens: torch.Tensor,
     on_step: Callable[[int, float, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Trains a fresh GPT (seeded init, seeded data order) with the given optimization stack.
 
     Every variant with the same seed and settings starts from the same weights and sees the same batches."""
     t_start = time.perf_counter()
-    tr = Trainer(model_cfg, settings, optim, train_tokens)
+    tr = Trainer(model_cfg, settings, optim, train_tokens, device)
     voffsets = val_offsets(len(val_tokens), model_cfg.block_size, settings.eval_windows)
     val_curve = [(0, evaluate(tr.model, val_tokens, voffsets, settings.batch_size))]
     status, error = "ok", None

@@ -25,10 +25,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from ray import serve
 
-from phase2_ray.core.checkpoint import load_checkpoint, read_dir
-from phase2_ray.core.compress import SemanticCompressor, weight_bytes
+from phase2_ray.core.checkpoint import read_dir
+from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine, IncrementalDetokenizer, Overloaded
 from phase2_ray.core.generate import SamplingParams
+from phase2_ray.stages.nodes import assigned_device
 
 APP_NAME = "phase2"
 DEPLOYMENT = "InferenceScalingEngine"
@@ -71,10 +72,9 @@ class InferenceScalingEngine:
         self.settings = settings
         self.engines: dict[str, AsyncBatchEngine] = {}
         self.tokenizers, self.meta, self.weight_bytes = {}, {}, {}
+        self.device = assigned_device()
         for model_id, spec in models.items():
-            model, meta, tok = load_checkpoint(spec["checkpoint"])
-            if spec.get("int8"):
-                model = SemanticCompressor().compress(model)
+            model, meta, tok = load_for_serving(spec, self.device)
             self.engines[model_id] = AsyncBatchEngine(model, settings["max_batch"], settings["max_waiting"])
             self.tokenizers[model_id], self.meta[model_id] = tok, meta
             self.weight_bytes[model_id] = weight_bytes(model)
@@ -210,9 +210,10 @@ class InferenceScalingEngine:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             / 1024,  # ru_maxrss is KiB on Linux
             "threads": self.settings["threads"],
+            "device": self.device,
             # On GPU the replica's RSS misses device memory; CUDA's own peak is the figure there.
             "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20
-            if torch.cuda.is_available()
+            if self.device == "cuda"
             else None,
             "models": {
                 m: {
@@ -231,11 +232,14 @@ class InferenceScalingEngine:
                 raise RuntimeError(f"{m}: decode loop has stopped")
 
 
-def engine_options(serve_cfg, cpus_per_replica: float | None = None) -> dict:
+def engine_options(
+    serve_cfg, cpus_per_replica: float | None = None, gpus_per_replica: float | None = None
+) -> dict:
     """Deployment options from the config's `serve` section (replicas or autoscaling, backpressure)."""
     opts: dict = {
         "ray_actor_options": {
             "num_cpus": serve_cfg.cpus_per_replica if cpus_per_replica is None else cpus_per_replica,
+            "num_gpus": serve_cfg.gpus_per_replica if gpus_per_replica is None else gpus_per_replica,
             # Serve runs user code on a second event loop in its own thread by default, so every response
             # message crosses threads. Our handlers never block for long (a decode step is ~1 ms), so running
             # them on the replica's main loop is safe, and measured c16 throughput 970 -> 1,670 tok/s here.
@@ -265,6 +269,7 @@ def build_app(
     *,
     int8_of: str | None = None,
     cpus_per_replica: float | None = None,
+    gpus_per_replica: float | None = None,
     num_replicas: int | None = None,
 ) -> serve.Application:
     """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked."""
@@ -278,7 +283,7 @@ def build_app(
         "stream_batch_tokens": serve_cfg.stream_batch_tokens,
         "api_key": serve_cfg.resolved_api_key(),
     }
-    opts = engine_options(serve_cfg, cpus_per_replica)
+    opts = engine_options(serve_cfg, cpus_per_replica, gpus_per_replica)
     if num_replicas is not None:
         opts.pop("autoscaling_config", None)
         opts["num_replicas"] = num_replicas

@@ -14,6 +14,21 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from phase2_ray.config import ConfigError
 
 
+def assigned_device() -> str:
+    """ "cuda" when Ray gave this worker a GPU, else "cpu". Not torch.cuda.is_available(): a worker asking for no
+    GPU still sees the node's GPUs (Ray leaves CUDA_VISIBLE_DEVICES alone then) and must not use them."""
+    if not ray.get_gpu_ids():
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Ray assigned GPU(s) {ray.get_gpu_ids()} but this torch ({torch.__version__}) sees no CUDA device: "
+            "install a CUDA build of torch on the GPU nodes"
+        )
+    return "cuda"
+
+
 def cluster_nodes() -> list[dict]:
     """Alive nodes: id, address, whether it is the head, and its total resources (custom ones included)."""
     out = []

@@ -20,6 +20,7 @@ from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
 from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
+from phase2_ray.stages.nodes import assigned_device
 from phase2_ray.stages.telemetry import TrainTelemetry
 
 # Holds the node's free cores for the run; costs no CPU of its own.
@@ -148,6 +149,7 @@ class TrainerActor:
                 print(f"[{label}] step {step}/{steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True)
 
         gpt_cfg, train_settings = GPTConfig(**model_cfg), TrainSettings(**settings)
+        device = assigned_device()
         auto = optim.pop("auto", False)
         auto_compile = optim.pop("auto_compile", True)
         probe_info = None
@@ -161,6 +163,7 @@ class TrainerActor:
                 opts["auto_probe_steps"],
                 # Keep rotating with the other actors while probing, or this actor would squat on their core.
                 on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
+                device=device,
             )
             chosen = select_stack(results, opts["auto_tolerance_pct"])
             optim = dict(chosen.settings)
@@ -173,7 +176,6 @@ class TrainerActor:
             }
             print(f"[{label}] auto chose {chosen.name} ({chosen.median_step_ms:.1f} ms/step)", flush=True)
         settings_obj = OptimizationSettings(**optim)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         # The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses.
         if rotation is not None:
             rotation.tick(time.time())
@@ -190,7 +192,9 @@ class TrainerActor:
             if rotation is not None:
                 rotation.tick(time.time())
         try:
-            res = train(gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log)
+            res = train(
+                gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log, device=device
+            )
         finally:
             tele.close()
         files = checkpoint_files(
@@ -219,6 +223,8 @@ class TrainerActor:
             "start_barrier_wait_s": waited,
             "peak_flops": peaks,
             "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             "train_s": res.train_s,
             "data_order_sha256": res.data_order_sha256,
             "checkpoint": files,

@@ -9,11 +9,11 @@ import ray
 import torch
 
 from phase2_ray.client import run_requests
-from phase2_ray.core.checkpoint import load_checkpoint
-from phase2_ray.core.compress import SemanticCompressor, weight_bytes
+from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine
 from phase2_ray.core.generate import SamplingParams
 from phase2_ray.core.train import evaluate
+from phase2_ray.stages.nodes import assigned_device
 from phase2_ray.stages.telemetry import RequestTelemetry
 
 
@@ -84,11 +84,10 @@ def inprocess_reference(
     time, timed from submission to each token's arrival. Also the val loss and weight bytes of each model, so
     the int8 copy's quality loss is measured on the same windows as its source's."""
     torch.set_num_threads(threads)
+    device = assigned_device()
     out: dict = {}
     for model_id, spec in models.items():
-        model, _, _ = load_checkpoint(spec["checkpoint"])
-        if spec.get("int8"):
-            model = SemanticCompressor().compress(model)
+        model, _, _ = load_for_serving(spec, device)
         with torch.inference_mode():
             val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
         engine = AsyncBatchEngine(model, max_batch, max_waiting=max(1, n))
