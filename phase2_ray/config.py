@@ -63,6 +63,16 @@ class RayConfig(_Section):
     )
 
 
+class StorageConfig(_Section):
+    uri: str | None = Field(
+        None,
+        pattern=r"^(file|s3|gs)://\S+$",
+        description="Where training writes checkpoints and Serve replicas read them (file:///path, "
+        "s3://bucket/prefix, gs://bucket/prefix), for checkpoints too large for Ray's object store; unset: "
+        "they travel through the object store (no shared filesystem needed either way).",
+    )
+
+
 class DataConfig(_Section):
     paths: list[str] = Field(
         default_factory=list,
@@ -330,6 +340,7 @@ class Config(_Section):
         default_factory=_default_variants,
         description="Variant name -> optimization stack; one concurrent training actor each.",
     )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Checkpoint storage.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Stage 2c load.")
     targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")

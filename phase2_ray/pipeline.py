@@ -25,6 +25,7 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
 from phase2_ray.report import build_report, redacted_config, write_run_dir
 from phase2_ray.stages.nodes import TrainingPlacement, cluster_nodes
+from phase2_ray.storage import check_uri, get_checkpoint, join
 
 EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
 NAMESPACE = "phase2"
@@ -293,6 +294,7 @@ def run_training(
         "log_every": cfg.training.log_every if LOG["mode"] == "text" else 0,
         "auto_probe_steps": cfg.training.auto_probe_steps,
         "auto_tolerance_pct": cfg.training.auto_tolerance_pct,
+        "storage_uri": join(cfg.storage.uri, run_id) if cfg.storage.uri else None,
     }
 
     def submit(job: TrainJob, rotation: dict | None = None):
@@ -312,7 +314,12 @@ def run_training(
             val_ref,
             d.tokenizer_json,
             meta,
-            {**opts, "rotation": rotation, "barrier": barrier if job.phase == "concurrent" else None},
+            {
+                **opts,
+                "rotation": rotation,
+                "barrier": barrier if job.phase == "concurrent" else None,
+                "keep_checkpoint": job.primary,
+            },
         )
         return actor, ref
 
@@ -385,9 +392,11 @@ def run_validation(
     t0: float,
     own_cluster: bool,
     run_id: str = "phase2",
+    uris: dict[str, str] | None = None,
 ) -> dict:
     """2c: the in-process reference, then every model served over HTTP at each load level, then the replica
-    sweep. Returns per-request records (each tagged with its model and level), replica stats and the reference."""
+    sweep. Returns per-request records (each tagged with its model and level), replica stats and the reference.
+    Variants in `uris` reach the replicas as their storage URI, the others as bytes through the object store."""
     from tokenizers import Tokenizer
 
     from phase2_ray.stages import validation as val
@@ -395,7 +404,7 @@ def run_validation(
 
     v, sc = cfg.validation, cfg.serve
     int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
-    models = model_specs(checkpoints, int8_of)
+    models = model_specs(checkpoints, int8_of, uris)
     sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -442,6 +451,7 @@ def run_validation(
             int8_of=int8_of,
             cpus_per_replica=min(sc.cpus_per_replica, cpus / n),
             gpus_per_replica=min(sc.gpus_per_replica, gpus / n),
+            uris=uris,
             num_replicas=replicas,
         )
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
@@ -583,6 +593,11 @@ def run_pipeline(
     except OSError as e:
         raise ConfigError(f"--output {out_dir}: not writable ({e.strerror})") from e
 
+    if cfg.storage.uri:
+        try:
+            check_uri(cfg.storage.uri)
+        except ValueError as e:
+            raise ConfigError(f"storage.uri: {e}") from e
     log(f"run {run_id} -> {out_dir}", t0)
     d = prepare_data(cfg)  # before Ray: a bad corpus is a config error, not a failed stage
     log(f"data: {d.stage.detail}", t0)
@@ -604,14 +619,17 @@ def run_pipeline(
             stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
         if len(training) < len(cfg.variants):
             failure = "training stage failed"
-        servable = {v: r["checkpoint"] for v, r in training.items() if r["status"] == "ok"}
+        ok = {v: r for v, r in training.items() if r["status"] == "ok"}
+        uris = {v: r["checkpoint_uri"] for v, r in ok.items() if r.get("checkpoint_uri")}
+        # The run directory keeps a copy either way (phase2 serve and phase2 report read it from there).
+        servable = {v: r["checkpoint"] or get_checkpoint(r["checkpoint_uri"]) for v, r in ok.items()}
         for variant, files in servable.items():
             ckpt.save_dir(files, out_dir / "checkpoints" / variant)
         if failure is None and servable:
             st = Stage("2c", None, start=time.time())
             stages.append(st)
             try:
-                validation = run_validation(cfg, servable, d, t0, started == "embedded", run_id)
+                validation = run_validation(cfg, servable, d, t0, started == "embedded", run_id, uris)
                 st.status = "ok"
             except Exception as e:  # the stage failed; keep what was measured and report it
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"

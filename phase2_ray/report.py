@@ -127,7 +127,10 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
         "overhead": {},
         "concurrency_scaling": {},
         # where each replica ran (node ids): provenance for multi-node runs
-        "replicas": [{k: r.get(k) for k in ("replica_id", "node_id", "pid")} for r in replicas],
+        "replicas": [
+            {k: r.get(k) for k in ("replica_id", "node_id", "pid", "device", "checkpoint_sources")}
+            for r in replicas
+        ],
     }
     for m, s in inf.items():
         ip = s.get("inprocess") or {}
@@ -285,6 +288,8 @@ def build_report(
             "placement": r["placement"],
             "device": r.get("device"),
             "data_order_sha256": r["data_order_sha256"],
+            "checkpoint_uri": r.get("checkpoint_uri"),
+            "cuda_max_allocated_mb": r.get("cuda_max_allocated_mb"),
             "repeats": [_repeat_summary(r, skip, tokens_per_step)]
             + [_repeat_summary(x, skip, tokens_per_step) for x in same_phase],
             "start": r["start"],

@@ -30,6 +30,7 @@ from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine, IncrementalDetokenizer, Overloaded
 from phase2_ray.core.generate import SamplingParams
 from phase2_ray.stages.nodes import assigned_device
+from phase2_ray.storage import materialize
 
 APP_NAME = "phase2"
 DEPLOYMENT = "InferenceScalingEngine"
@@ -73,8 +74,10 @@ class InferenceScalingEngine:
         self.engines: dict[str, AsyncBatchEngine] = {}
         self.tokenizers, self.meta, self.weight_bytes = {}, {}, {}
         self.device = assigned_device()
+        self.sources: dict[str, str] = {}
         for model_id, spec in models.items():
-            model, meta, tok = load_for_serving(spec, self.device)
+            model, meta, tok = load_for_serving(materialize(spec), self.device)
+            self.sources[model_id] = spec.get("checkpoint_uri", "object store")
             self.engines[model_id] = AsyncBatchEngine(model, settings["max_batch"], settings["max_waiting"])
             self.tokenizers[model_id], self.meta[model_id] = tok, meta
             self.weight_bytes[model_id] = weight_bytes(model)
@@ -211,6 +214,7 @@ class InferenceScalingEngine:
             / 1024,  # ru_maxrss is KiB on Linux
             "threads": self.settings["threads"],
             "device": self.device,
+            "checkpoint_sources": dict(self.sources),
             # On GPU the replica's RSS misses device memory; CUDA's own peak is the figure there.
             "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20
             if self.device == "cuda"
@@ -255,11 +259,18 @@ def engine_options(
     return opts
 
 
-def model_specs(checkpoints: dict[str, dict[str, bytes]], int8_of: str | None) -> dict[str, dict]:
-    """Every served model id -> its checkpoint files (and `int8: True` for the compressed copy of `int8_of`)."""
-    models: dict[str, dict] = {v: {"checkpoint": files} for v, files in checkpoints.items()}
+def model_specs(
+    checkpoints: dict[str, dict[str, bytes]], int8_of: str | None, uris: dict[str, str] | None = None
+) -> dict[str, dict]:
+    """Every served model id -> its checkpoint: the files, or only their storage URI when `uris` has one (the
+    replica reads it there); `int8: True` marks the compressed copy of `int8_of`."""
+    uris = uris or {}
+    models: dict[str, dict] = {
+        v: {"checkpoint_uri": uris[v]} if v in uris else {"checkpoint": files}
+        for v, files in checkpoints.items()
+    }
     if int8_of is not None:
-        models[int8_of + INT8_SUFFIX] = {"checkpoint": checkpoints[int8_of], "int8": True}
+        models[int8_of + INT8_SUFFIX] = {**models[int8_of], "int8": True}
     return models
 
 
@@ -271,9 +282,10 @@ def build_app(
     cpus_per_replica: float | None = None,
     gpus_per_replica: float | None = None,
     num_replicas: int | None = None,
+    uris: dict[str, str] | None = None,
 ) -> serve.Application:
     """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked."""
-    models = model_specs(checkpoints, int8_of)
+    models = model_specs(checkpoints, int8_of, uris)
     settings = {
         "threads": serve_cfg.threads_per_replica,
         "max_batch": serve_cfg.max_batch_size,

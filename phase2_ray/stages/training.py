@@ -22,6 +22,7 @@ from phase2_ray.core.train import TrainSettings, train
 from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
 from phase2_ray.stages.nodes import assigned_device
 from phase2_ray.stages.telemetry import TrainTelemetry
+from phase2_ray.storage import join, put_checkpoint
 
 # Holds the node's free cores for the run; costs no CPU of its own.
 CorePool = ray.remote(num_cpus=0)(CoreAllocator)
@@ -202,6 +203,13 @@ class TrainerActor:
             {**meta, "variant": variant, "step": res.steps, "model": model_cfg, "optimizations": res.applied},
             tokenizer_json,
         )
+        uri = None
+        if not opts.get("keep_checkpoint", True):
+            files = None  # a further seed or an isolated re-run: only its metrics matter
+        elif opts.get("storage_uri"):
+            # Too large for the object store (the user says): the weights go to storage, only the URI travels.
+            uri = put_checkpoint(files, join(opts["storage_uri"], variant))
+            files = None
         return {
             "variant": variant,
             "seed": settings["seed"],
@@ -228,4 +236,5 @@ class TrainerActor:
             "train_s": res.train_s,
             "data_order_sha256": res.data_order_sha256,
             "checkpoint": files,
+            "checkpoint_uri": uri,
         }

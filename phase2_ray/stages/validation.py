@@ -15,6 +15,7 @@ from phase2_ray.core.generate import SamplingParams
 from phase2_ray.core.train import evaluate
 from phase2_ray.stages.nodes import assigned_device
 from phase2_ray.stages.telemetry import RequestTelemetry
+from phase2_ray.storage import materialize
 
 
 @ray.remote(num_cpus=0)
@@ -87,7 +88,7 @@ def inprocess_reference(
     device = assigned_device()
     out: dict = {}
     for model_id, spec in models.items():
-        model, _, _ = load_for_serving(spec, device)
+        model, _, _ = load_for_serving(materialize(spec), device)
         with torch.inference_mode():
             val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
         engine = AsyncBatchEngine(model, max_batch, max_waiting=max(1, n))
