@@ -133,6 +133,15 @@ class TrainingConfig(_Section):
         "meanwhile) before failing with what the cluster has.",
     )
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+    checkpoint_every: int = Field(
+        50,
+        ge=0,
+        description="Save the whole training state (weights, optimizer, RNG, step) every N steps to a store the "
+        "driver owns (or storage.uri), so a restarted actor resumes there; 0 = off.",
+    )
+    max_restarts: int = Field(
+        1, ge=0, le=100, description="Times Ray restarts a training actor whose process died (then resuming)."
+    )
     rotate_cores_s: float = Field(
         5.0,
         ge=0,

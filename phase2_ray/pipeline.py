@@ -262,7 +262,7 @@ def run_training(
 ) -> tuple[dict[str, dict], list[dict]]:
     """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
     at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
-    from phase2_ray.stages.training import CorePool, StartBarrier, TrainerActor
+    from phase2_ray.stages.training import CorePool, StartBarrier, TrainerActor, TrainStateStore
 
     together, alone = plan_training(cfg)
     tc = cfg.training
@@ -283,6 +283,8 @@ def run_training(
     fits = bool(cores) and len(together) * cfg.training.cpus_per_actor <= len(cores)
     barrier = StartBarrier.remote(len(together)) if fits and len(together) > 1 else None
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
+    # Created (and so owned) by the driver: saved training states outlive any training actor's process.
+    store = TrainStateStore.options(name=f"{run_id}:train-state").remote() if tc.checkpoint_every else None
     base_settings = core_train_settings(cfg)
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
     meta = {"run_id": run_id, "config": redacted_config(cfg.model_dump(mode="json"))}
@@ -295,12 +297,17 @@ def run_training(
         "auto_probe_steps": cfg.training.auto_probe_steps,
         "auto_tolerance_pct": cfg.training.auto_tolerance_pct,
         "storage_uri": join(cfg.storage.uri, run_id) if cfg.storage.uri else None,
+        "state_store": store,
+        "checkpoint_every": tc.checkpoint_every,
     }
 
     def submit(job: TrainJob, rotation: dict | None = None):
         suffix = "" if job.primary else f":seed{job.seed}:{job.phase}"
         actor = TrainerActor.options(
             name=f"{run_id}:train:{job.variant}{suffix}",
+            # A dead process is restarted and its `train` call retried, which resumes from the saved state.
+            max_restarts=tc.max_restarts if store else 0,
+            max_task_retries=tc.max_restarts if store else 0,
             num_cpus=cfg.training.cpus_per_actor,
             num_gpus=cfg.training.gpus_per_actor,
             scheduling_strategy=placement.strategy(job.variant) if job.phase == "concurrent" else None,
@@ -319,6 +326,7 @@ def run_training(
                 "rotation": rotation,
                 "barrier": barrier if job.phase == "concurrent" else None,
                 "keep_checkpoint": job.primary,
+                "job_key": f"{job.variant}:seed{job.seed}:{job.phase}",
             },
         )
         return actor, ref
@@ -376,7 +384,7 @@ def run_training(
             actor, ref = submit(job)
             collect(job, actor, ref)
     finally:
-        for helper in (pool, barrier):
+        for helper in (pool, barrier, store):
             if helper is not None:
                 ray.kill(helper)
         placement.release()

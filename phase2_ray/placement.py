@@ -11,21 +11,20 @@ class CoreAllocator:
 
     def __init__(self, cores: list[int]) -> None:
         self.free = sorted(cores)
-        self.held: set[int] = set()
+        self.held: dict[str, list[int]] = {}
 
-    def acquire(self, n: int) -> list[int] | None:
+    def acquire(self, n: int, holder: str) -> list[int] | None:
+        """`n` free cores for `holder`; a holder that asks again (a restarted actor) gets the cores it held."""
+        if holder in self.held:
+            return self.held[holder]
         if n < 1 or len(self.free) < n:
             return None
         got, self.free = self.free[:n], self.free[n:]
-        self.held.update(got)
+        self.held[holder] = got
         return got
 
-    def release(self, cores: list[int] | None) -> None:
-        for c in cores or []:
-            if c in self.held:
-                self.held.discard(c)
-                self.free.append(c)
-        self.free.sort()
+    def release(self, holder: str) -> None:
+        self.free = sorted(self.free + self.held.pop(holder, []))
 
 
 def pin_all_threads(cores: list[int]) -> None:

@@ -289,6 +289,8 @@ def build_report(
             "device": r.get("device"),
             "data_order_sha256": r["data_order_sha256"],
             "checkpoint_uri": r.get("checkpoint_uri"),
+            "restarts": r.get("restarts", 0),
+            "resumed_from_step": r.get("resumed_from_step"),
             "cuda_max_allocated_mb": r.get("cuda_max_allocated_mb"),
             "repeats": [_repeat_summary(r, skip, tokens_per_step)]
             + [_repeat_summary(x, skip, tokens_per_step) for x in same_phase],
@@ -586,6 +588,14 @@ def _training_timeline(r: dict) -> str:
             f"{_f(t['stage_tokens_per_s'], 0, ' tok/s')} whole stage",
             f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens",
             f"├─ Optimizations: {opt}",
+            *(
+                [
+                    f"├─ Restarts: {t['restarts']} (its process died; resumed from the state saved at step "
+                    f"{t['resumed_from_step']})"
+                ]
+                if t.get("restarts")
+                else []
+            ),
             f"└─ Status: {t['status'].upper()}" + (f" — {t['error']}" if t["error"] else ""),
             "",
             f"   {_bar(t['stage_s'], longest, 60)} {_f(t['stage_s'], 1, ' s')}",

@@ -28,14 +28,14 @@ def join(uri: str, *parts: str) -> str:
     return urlunsplit((u.scheme, u.netloc, path, u.query, ""))
 
 
-def put_checkpoint(files: dict[str, bytes], uri: str) -> str:
-    """Writes the checkpoint files under `uri` (meta.json last, so its presence means complete); returns `uri`.
+def put_checkpoint(files: dict[str, bytes], uri: str, last: str = META) -> str:
+    """Writes the files under `uri` (`last` last, so its presence means complete); returns `uri`.
 
     On a local filesystem each file goes to a temporary name and is renamed; an object-store PUT is atomic."""
     fs, path = _split(uri)
     fs.create_dir(path, recursive=True)
     local = isinstance(fs, pafs.LocalFileSystem)
-    for name in sorted(files, key=lambda n: n == META):
+    for name in sorted(files, key=lambda n: n == last):
         final = f"{path}/{name}"
         target = f"{final}.tmp-{secrets.token_hex(4)}" if local else final
         with fs.open_output_stream(target) as f:
@@ -45,11 +45,11 @@ def put_checkpoint(files: dict[str, bytes], uri: str) -> str:
     return uri
 
 
-def get_checkpoint(uri: str) -> dict[str, bytes]:
-    """The checkpoint files under `uri` as {name: bytes}; load_checkpoint verifies their sha256 afterwards."""
+def get_checkpoint(uri: str, names: tuple[str, ...] = (WEIGHTS, META, TOKENIZER)) -> dict[str, bytes]:
+    """The files `names` under `uri` as {name: bytes}; load_checkpoint verifies their sha256 afterwards."""
     fs, path = _split(uri)
     out = {}
-    for name in (WEIGHTS, META, TOKENIZER):
+    for name in names:
         try:
             with fs.open_input_stream(f"{path}/{name}") as f:
                 out[name] = f.read()

@@ -46,12 +46,13 @@ def test_peak_flops_is_measured():
 
 def test_core_allocator_gives_disjoint_sets_and_takes_them_back():
     pool = CoreAllocator([3, 0, 1, 2])
-    a, b = pool.acquire(2), pool.acquire(2)
+    a, b = pool.acquire(2, "a"), pool.acquire(2, "b")
     assert a == [0, 1] and b == [2, 3] and not set(a) & set(b)
-    assert pool.acquire(1) is None
-    pool.release(a)
-    assert pool.acquire(1) == [0]
-    pool.release([99])  # never handed out: ignored
+    assert pool.acquire(1, "c") is None
+    assert pool.acquire(2, "a") == a  # a restarted actor gets its own cores back, not more
+    pool.release("a")
+    assert pool.acquire(1, "c") == [0]
+    pool.release("never-held")  # ignored
     assert pool.free == [1]
 
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.optimize import KernelOptimizer, OptimizationSettings
+
+STATE_TENSORS = "train_state.safetensors"
+STATE_META = "train_state.json"
+"""The files of a saved training state (Trainer.state_files)."""
 
 
 @dataclass(kw_only=True)
@@ -44,6 +51,8 @@ class TrainResult:
     data_order_sha256: str
     """Hash of the batch schedule: equal across variants means the same data in the same order."""
     model: torch.nn.Module = field(repr=False)
+    resumed_from: int | None = None
+    """The step this run continued from (a training state saved by an earlier attempt), or None."""
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -133,6 +142,48 @@ class Trainer:
     def data_order_sha256(self) -> str:
         return hashlib.sha256(self.schedule.numpy().tobytes()).hexdigest()[:16]
 
+    def state_files(self, val_curve: list[tuple[int, float]]) -> dict[str, bytes]:
+        """Everything the next step depends on, as {name: bytes}: weights, AdamW moments and step counts, the RNG
+        state (safetensors), and the step, losses, step times, val curve and param groups (JSON). The data
+        position is the step: the batch schedule is a function of the seed. No pickle either way."""
+        tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        opt = self.opt.state_dict()
+        for idx, st in opt["state"].items():
+            for name, t in st.items():
+                tensors[f"opt.{idx}.{name}"] = torch.as_tensor(t).detach().cpu().clone()
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "format": 1,
+            "step": self.step,
+            "losses": self.losses,
+            "times": self.times,
+            "val_curve": [list(p) for p in val_curve],
+            "param_groups": opt["param_groups"],
+        }
+        return {STATE_TENSORS: st_save(tensors), STATE_META: json.dumps(meta).encode("utf-8")}
+
+    def load_state_files(self, files: dict[str, bytes]) -> list[tuple[int, float]]:
+        """Restores what `state_files` saved; returns the val curve so far. The next step is then bit-identical
+        to the one an uninterrupted run would take (same device and thread count)."""
+        meta = json.loads(files[STATE_META])
+        tensors = st_load(files[STATE_TENSORS])
+        self.model.load_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True
+        )
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.losses, self.times = list(meta["losses"]), list(meta["times"])
+        return [(int(s), float(x)) for s, x in meta["val_curve"]]
+
 
 def train(
     model_cfg: GPTConfig,
@@ -142,16 +193,26 @@ def train(
     val_tokens: torch.Tensor,
     on_step: Callable[[int, float, float], None] | None = None,
     device: str | torch.device | None = None,
+    *,
+    resume: dict[str, bytes] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
 ) -> TrainResult:
     """Trains a fresh GPT (seeded init, seeded data order) with the given optimization stack.
 
-    Every variant with the same seed and settings starts from the same weights and sees the same batches."""
+    Every variant with the same seed and settings starts from the same weights and sees the same batches.
+    Every `checkpoint_every` steps the whole training state goes to `on_checkpoint(step, files)`; `resume`
+    (such files) continues from that step instead of starting over."""
     t_start = time.perf_counter()
     tr = Trainer(model_cfg, settings, optim, train_tokens, device)
     voffsets = val_offsets(len(val_tokens), model_cfg.block_size, settings.eval_windows)
-    val_curve = [(0, evaluate(tr.model, val_tokens, voffsets, settings.batch_size))]
+    if resume is not None:
+        val_curve = tr.load_state_files(resume)
+    else:
+        val_curve = [(0, evaluate(tr.model, val_tokens, voffsets, settings.batch_size))]
+    resumed_from = tr.step if resume is not None else None
     status, error = "ok", None
-    for step in range(settings.steps):
+    for step in range(tr.step, settings.steps):
         lv = tr.train_step()
         if on_step is not None:
             on_step(step + 1, lv, tr.times[-1])
@@ -162,6 +223,8 @@ def train(
         last = step + 1 == settings.steps
         if last or (settings.eval_interval and (step + 1) % settings.eval_interval == 0):
             val_curve.append((step + 1, evaluate(tr.model, val_tokens, voffsets, settings.batch_size)))
+        if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and not last:
+            on_checkpoint(step + 1, tr.state_files(val_curve))
     done = tr.step
     return TrainResult(
         params=tr.model.num_params(),
@@ -176,4 +239,5 @@ def train(
         train_s=time.perf_counter() - t_start,
         data_order_sha256=tr.data_order_sha256,
         model=tr.model,
+        resumed_from=resumed_from,
     )

@@ -18,11 +18,11 @@ from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.train import TrainSettings, train
+from phase2_ray.core.train import STATE_META, STATE_TENSORS, TrainSettings, train
 from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
 from phase2_ray.stages.nodes import assigned_device
 from phase2_ray.stages.telemetry import TrainTelemetry
-from phase2_ray.storage import join, put_checkpoint
+from phase2_ray.storage import get_checkpoint, join, put_checkpoint
 
 # Holds the node's free cores for the run; costs no CPU of its own.
 CorePool = ray.remote(num_cpus=0)(CoreAllocator)
@@ -49,6 +49,35 @@ class StartBarrier:
         except asyncio.TimeoutError:
             pass
         return time.time()
+
+
+@ray.remote(num_cpus=0)
+class TrainStateStore:
+    """The latest saved training state of every run, in an actor the driver owns: it outlives a training actor's
+    process, so the restarted actor (Ray retries its `train` call) resumes from there. With storage.uri only the
+    state's URI is kept here."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict] = {}
+        self.attempts: dict[str, list[dict]] = {}
+
+    def begin(self, key: str, pid: int) -> tuple[int, float]:
+        """Registers an attempt of run `key`; returns (attempt number from 1, start time of the first)."""
+        self.attempts.setdefault(key, []).append({"pid": pid, "start": time.time()})
+        return len(self.attempts[key]), self.attempts[key][0]["start"]
+
+    def put(self, key: str, step: int, state: dict, info: dict) -> None:
+        self.latest[key] = {"step": step, "state": state, "info": info}
+
+    def get(self, key: str) -> dict | None:
+        return self.latest.get(key)
+
+    def status(self) -> dict:
+        """{run key: {"step": last saved step, "attempts": n, "pid": pid of the latest attempt}}."""
+        return {
+            k: {"step": self.latest.get(k, {}).get("step"), "attempts": len(a), "pid": a[-1]["pid"]}
+            for k, a in self.attempts.items()
+        }
 
 
 @ray.remote
@@ -85,7 +114,13 @@ class TrainerActor:
         rot = opts.get("rotation")
         rotation = CoreRotation(rot["slots"], rot["index"], rot["period_s"]) if rot else None
         pool = None if rotation else opts.get("core_pool")
-        cores = ray.get(pool.acquire.remote(self.threads)) if pool is not None else None
+        key = opts.get("job_key", variant)
+        # A restarted actor (its process died) finds its own cores, attempt count and saved state again.
+        cores = ray.get(pool.acquire.remote(self.threads, key)) if pool is not None else None
+        store = opts.get("state_store")
+        attempt, first_start = ray.get(store.begin.remote(key, os.getpid())) if store else (1, start)
+        saved = ray.get(store.get.remote(key)) if store else None
+        start = first_start
         try:
             if rotation:
                 rotation.tick(time.time())
@@ -96,7 +131,7 @@ class TrainerActor:
             args = (variant, model_cfg, settings, optim, train_tokens, val_tokens, tokenizer_json, meta, opts)
             self.barrier_passed = False
             try:
-                out = self._train(*args, start, rotation)
+                out = self._train(*args, start, rotation, saved)
             except BaseException:
                 if opts.get("barrier") is not None and not self.barrier_passed:
                     opts["barrier"].wait.remote()  # arrive anyway, so the others start instead of waiting
@@ -110,10 +145,11 @@ class TrainerActor:
                     "switches": rotation.switches,
                     "seconds_on": rotation.seconds_on,
                 }
+            out["restarts"] = attempt - 1
             return out
         finally:
             if cores:
-                pool.release.remote(cores)
+                pool.release.remote(key)
 
     def _train(
         self,
@@ -128,6 +164,7 @@ class TrainerActor:
         opts,
         start,
         rotation,
+        saved,
     ):
         steps = settings["steps"]
         log_every = opts.get("log_every", 0)
@@ -154,7 +191,16 @@ class TrainerActor:
         auto = optim.pop("auto", False)
         auto_compile = optim.pop("auto_compile", True)
         probe_info = None
-        if auto:
+        resume = None
+        if saved is not None:
+            # Continue as the first attempt chose: the same stack (no second `auto` probe), from its last state.
+            optim, probe_info = dict(saved["info"]["optim"]), saved["info"]["auto"]
+            state = saved["state"]
+            resume = get_checkpoint(state["uri"], (STATE_TENSORS, STATE_META)) if "uri" in state else state
+            print(
+                f"[{label}] resuming from step {saved['step']} (a previous attempt's saved state)", flush=True
+            )
+        elif auto:
             t0 = time.perf_counter()
             results = probe(
                 gpt_cfg,
@@ -192,9 +238,32 @@ class TrainerActor:
             waited = time.perf_counter() - t_wait
             if rotation is not None:
                 rotation.tick(time.time())
+        store, key = opts.get("state_store"), opts.get("job_key", variant)
+        info = {"optim": optim, "auto": probe_info}
+
+        def save_state(step: int, files: dict[str, bytes]) -> None:
+            # Waits until the store has it: a process killed right after must not lose a state it announced.
+            state = files
+            if opts.get("storage_uri"):
+                state = {
+                    "uri": put_checkpoint(
+                        files, join(opts["storage_uri"], "train-state", key), last=STATE_META
+                    )
+                }
+            ray.get(store.put.remote(key, step, state, info))
+
         try:
             res = train(
-                gpt_cfg, train_settings, settings_obj, train_tokens, val_tokens, on_step=log, device=device
+                gpt_cfg,
+                train_settings,
+                settings_obj,
+                train_tokens,
+                val_tokens,
+                on_step=log,
+                device=device,
+                resume=resume,
+                checkpoint_every=opts.get("checkpoint_every", 0) if store else 0,
+                on_checkpoint=save_state,
             )
         finally:
             tele.close()
@@ -235,6 +304,7 @@ class TrainerActor:
             "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             "train_s": res.train_s,
             "data_order_sha256": res.data_order_sha256,
+            "resumed_from_step": res.resumed_from,
             "checkpoint": files,
             "checkpoint_uri": uri,
         }
