@@ -38,15 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--output", help="write FILE.md and FILE.json (default: RUN_B/compare)")
     for p_ in (run, ablate, srv):
         _run_args(p_)
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run in RUN_DIR (its config, run id and saved training states); --set may "
+        "change anything but data, model, training and variants",
+    )
     srv.add_argument("--checkpoints", required=True, metavar="RUN_DIR", help="directory of a finished run")
     srv.add_argument("--port", type=int, help="HTTP port (default: serve.port from the config)")
     return p
 
 
 def _run_args(run: argparse.ArgumentParser) -> None:
-    run.add_argument(
-        "-c", "--config", default="configs/phase2.yaml", help="YAML config (default: %(default)s)"
-    )
+    run.add_argument("-c", "--config", help="YAML config (default: configs/phase2.yaml)")
     run.add_argument("--output", help="run directory (default: results/<run_id>/)")
     run.add_argument(
         "--set",
@@ -79,7 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
         if args.command == "serve" and args.port is not None:
             overrides.append(f"serve.port={args.port}")
-        cfg = load_config(args.config, overrides)
+        resume_dir, resume_id = getattr(args, "resume", None), None
+        if resume_dir:
+            from phase2_ray.resume import load_resume
+
+            if args.config or args.output:
+                raise ConfigError(
+                    "--resume RUN_DIR takes the config and output directory of that run: drop -c/--output"
+                )
+            cfg, resume_id = load_resume(resume_dir, overrides)
+        else:
+            cfg = load_config(args.config or "configs/phase2.yaml", overrides)
         # Ray and torch are imported only once the config is good.
         from phase2_ray.pipeline import run_pipeline, serve_checkpoints
 
@@ -87,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             serve_checkpoints(cfg, args.checkpoints, address=args.address)
             return 0
         mode = "quiet" if args.quiet else "json" if args.json_logs else "text"
-        code, md = run_pipeline(cfg, output=args.output, address=args.address, log_mode=mode)
+        code, md = run_pipeline(
+            cfg, output=resume_dir or args.output, address=args.address, log_mode=mode, resume_id=resume_id
+        )
     except ConfigError as e:
         print(f"phase2: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before any stage started (data preparation): nothing to report
+        print("phase2: interrupted before training started; no report was written", file=sys.stderr)
+        return 3
     print(md)
     return code
 

@@ -9,8 +9,11 @@ import os
 import platform
 import re
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ import ray
 import torch
 from ray import serve
 
-from phase2_ray import __version__
+from phase2_ray import __version__, resume
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
@@ -258,10 +261,20 @@ def core_train_settings(cfg: Config) -> dict:
 
 
 def run_training(
-    cfg: Config, run_id: str, d: PreparedData, stages: list[Stage], t0: float, placement_info: dict
+    cfg: Config,
+    run_id: str,
+    d: PreparedData,
+    stages: list[Stage],
+    t0: float,
+    placement_info: dict,
+    resume_dir: Path | None = None,
+    preload: dict[str, dict] | None = None,
 ) -> tuple[dict[str, dict], list[dict]]:
     """2a/2b: concurrent jobs start together as actors (Ray queues what does not fit), isolated jobs run one
-    at a time. Returns ({variant: primary result}, [every other result, without checkpoint])."""
+    at a time. Returns ({variant: primary result}, [every other result, without checkpoint]).
+
+    `preload` (saved states of an interrupted run) seeds the state store, so each run resumes where it was;
+    whatever happens, the store's latest states end up in `resume_dir` for a later --resume."""
     from phase2_ray.stages.training import CorePool, StartBarrier, TrainerActor, TrainStateStore
 
     together, alone = plan_training(cfg)
@@ -285,6 +298,10 @@ def run_training(
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
     # Created (and so owned) by the driver: saved training states outlive any training actor's process.
     store = TrainStateStore.options(name=f"{run_id}:train-state").remote() if tc.checkpoint_every else None
+    if store is not None and preload:
+        ray.get([store.put.remote(k, s["step"], s["state"], s["info"]) for k, s in preload.items()])
+        log(f"2a/2b: resuming {len(preload)} run(s) from saved states: {_steps_of(preload)}", t0)
+    live: list = []
     base_settings = core_train_settings(cfg)
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
     meta = {"run_id": run_id, "config": redacted_config(cfg.model_dump(mode="json"))}
@@ -312,6 +329,7 @@ def run_training(
             num_gpus=cfg.training.gpus_per_actor,
             scheduling_strategy=placement.strategy(job.variant) if job.phase == "concurrent" else None,
         ).remote()
+        live.append(actor)
         ref = actor.train.remote(
             job.variant,
             model_cfg,
@@ -384,13 +402,31 @@ def run_training(
             actor, ref = submit(job)
             collect(job, actor, ref)
     finally:
-        for helper in (pool, barrier, store):
+        if store is not None and resume_dir is not None:
+            _export_states(store, resume_dir.parent)
+        # On an interrupt some actors are still training: on a shared cluster nothing else would stop them.
+        for helper in (*live, pool, barrier, store):
             if helper is not None:
                 ray.kill(helper)
         placement.release()
     stages.sort(key=lambda s: (s.name != "data", s.start))
     # Config order (baseline first) for everything downstream, whatever order the actors finished in.
     return {v: primary[v] for v in cfg.variants if v in primary}, others
+
+
+def _steps_of(states: dict[str, dict]) -> str:
+    return ", ".join(f"{k} at step {s['step']}" for k, s in sorted(states.items()))
+
+
+def _export_states(store, out_dir: Path) -> None:
+    """The store's latest states into RUN_DIR/resume/ (read back from storage.uri where they went there)."""
+    from phase2_ray.core.train import STATE_META, STATE_TENSORS
+
+    states = ray.get(store.export.remote())
+    for s in states.values():
+        if "uri" in s["state"]:
+            s["state"] = get_checkpoint(s["state"]["uri"], (STATE_TENSORS, STATE_META))
+    resume.save_states(out_dir, states)
 
 
 def run_validation(
@@ -586,12 +622,20 @@ def serve_checkpoints(
 
 
 def run_pipeline(
-    cfg: Config, *, output: str | Path | None = None, address: str | None = None, log_mode: str = "text"
+    cfg: Config,
+    *,
+    output: str | Path | None = None,
+    address: str | None = None,
+    log_mode: str = "text",
+    resume_id: str | None = None,
 ) -> tuple[int, Path]:
-    """Runs every stage; returns (exit code, path of report.md). Raises ConfigError before anything starts."""
+    """Runs every stage; returns (exit code, path of report.md). Raises ConfigError before anything starts.
+
+    With `resume_id` (phase2 run --resume), `output` is the interrupted run's directory: the run keeps its id
+    and each training run continues from the state saved there."""
     t0 = time.time()
     LOG["mode"] = log_mode
-    run_id = f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    run_id = resume_id or f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(output) if output else Path("results") / run_id
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -606,7 +650,12 @@ def run_pipeline(
             check_uri(cfg.storage.uri)
         except ValueError as e:
             raise ConfigError(f"storage.uri: {e}") from e
-    log(f"run {run_id} -> {out_dir}", t0)
+    preload = resume.load_states(out_dir) if resume_id else {}
+    if resume_id and not preload:
+        raise ConfigError(f"--resume {out_dir}: no saved training state under {out_dir / resume.STATES_DIR}")
+    if not resume_id:
+        resume.write_run_files(out_dir, run_id, redacted_config(cfg.model_dump(mode="json")))
+    log(f"run {run_id} -> {out_dir}" + (" (resumed)" if resume_id else ""), t0)
     d = prepare_data(cfg)  # before Ray: a bad corpus is a config error, not a failed stage
     log(f"data: {d.stage.detail}", t0)
     stages: list[Stage] = [d.stage]
@@ -616,11 +665,15 @@ def run_pipeline(
     failure = None
     env: dict = {}
     placement: dict = {"policy": cfg.training.placement}
+    interrupted = None
     started = _connect(cfg, address)
+    previous = _raise_on_sigterm()
     try:
         _check_resources(cfg)
         try:
-            training, extra_runs = run_training(cfg, run_id, d, stages, t0, placement)
+            training, extra_runs = run_training(
+                cfg, run_id, d, stages, t0, placement, out_dir / resume.STATES_DIR, preload
+            )
         except ConfigError:
             raise
         except Exception as e:  # an actor could not even start; report what is known
@@ -643,11 +696,24 @@ def run_pipeline(
                 st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
                 failure = "validation stage failed"
             st.end = time.time()
-        env = _environment(cfg)
-        placement["nodes"] = cluster_nodes()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: stop everything, then report what was measured; --resume continues from the saved
+        # training states (run_training wrote them on its way out).
+        interrupted = time.time()
+        failure = "interrupted (SIGINT/SIGTERM): INCOMPLETE"
+        log("interrupted: stopping actors and Serve, writing a partial report", t0)
+        running = [s for s in stages if s.status == "running"]
+        for s in running:
+            s.status, s.end, s.detail = "interrupted", interrupted, "interrupted"
+        if not running and len(training) < len(cfg.variants):
+            stages.append(Stage("2a/2b", None, "interrupted", interrupted, interrupted, "interrupted"))
     finally:
+        if ray.is_initialized():
+            env = _environment(cfg)
+            placement["nodes"] = cluster_nodes()
         if started:
             ray.shutdown()
+        _restore_sigterm(previous)
     st = Stage("2d", None, start=time.time())
     stages.append(st)
     report = build_report(
@@ -672,12 +738,36 @@ def run_pipeline(
     report["stages"][-1].update(status=st.status, end=st.end)
     report["finished_at"] = st.end
     report["wall_s"] = st.end - t0
+    report["incomplete"] = bool(interrupted)
+    report["resumed"] = bool(resume_id)
     md_path = write_run_dir(out_dir, report, training, validation)
+    if failure is None:
+        # A whole run needs no resume states: its checkpoints are in checkpoints/.
+        shutil.rmtree(out_dir / resume.STATES_DIR, ignore_errors=True)
+    elif interrupted:
+        log(f"resume with: phase2 run --resume {out_dir}", t0)
     approved = report["decision"]["approved"]
     log(f"2d: decision {'APPROVED' if approved else 'REJECTED'} in {report['wall_s']:.1f}s", t0)
     if failure:
         return EXIT_STAGE_FAILED, md_path
     return (EXIT_APPROVED if approved else EXIT_REJECTED), md_path
+
+
+def _raise_on_sigterm():
+    """SIGTERM (ray job stop, a CI timeout, kill) interrupts the driver like Ctrl-C does, so that it cleans up and
+    reports; returns the previous handler. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _error_text(e: BaseException, limit: int = 600) -> str:

@@ -353,10 +353,11 @@ def build_report(
     }
     gates = evaluate_gates(report, cfg.targets.model_dump())
     if failure:
-        failed = sum(1 for s in stages if s["status"] == "failed")
+        failed = sum(1 for s in stages if s["status"] in ("failed", "interrupted"))
         gates.insert(0, Gate("failed_stages", "all", float(failed), "==", 0.0, detail=failure))
     report["decision"] = {
-        "approved": bool(gates) and all(g.passed for g in gates),
+        # A run that failed or was cut short is never approved, whatever the gates it reached say.
+        "approved": bool(gates) and all(g.passed for g in gates) and not failure,
         "gates": [g.to_dict() for g in gates],
     }
     return report
@@ -504,7 +505,9 @@ def _pct(a, b) -> str:
 def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
     dec = r["decision"]
     parts = [
-        f"# Phase 2 completion report — {r['run_id']}\n",
+        f"# Phase 2 completion report — {r['run_id']}"
+        + (" (INCOMPLETE)" if r.get("incomplete") else "")
+        + "\n",
         f"**Decision: {'APPROVED' if dec['approved'] else 'REJECTED'}** "
         f"({sum(g['passed'] for g in dec['gates'])}/{len(dec['gates'])} gates passed)"
         + (f" — {r['failure']}" if r.get("failure") else ""),

@@ -72,6 +72,10 @@ class TrainStateStore:
     def get(self, key: str) -> dict | None:
         return self.latest.get(key)
 
+    def export(self) -> dict[str, dict]:
+        """Every run's latest state: what the driver writes to the run directory for `--resume`."""
+        return self.latest
+
     def status(self) -> dict:
         """{run key: {"step": last saved step, "attempts": n, "pid": pid of the latest attempt}}."""
         return {

@@ -1,0 +1,83 @@
+"""Interruption: SIGTERM on the driver mid-training stops everything, writes a partial report marked INCOMPLETE and
+the training states, exits 3; `phase2 run --resume RUN_DIR` then finishes the same run from those states."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from phase2_ray.cli import main
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.ray
+
+SETS = ["training.steps=3000", "training.checkpoint_every=100", "training.eval_interval=1000"]
+
+
+def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "phase2_ray",
+        "run",
+        "-c",
+        "configs/smoke.yaml",
+        "--output",
+        str(out),
+        "--json-logs",
+    ]
+    for s in [*SETS, f"serve.port={free_port()}", "validation.replica_sweep=[]"]:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line)["event"] if line.startswith("{") else line)
+            if "2a/2b: training" in events[-1]:
+                break
+        time.sleep(10)  # actors up (~4 s) and well into training: states saved every 100 steps (~1 s)
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err[-3000:]
+    assert "resume with: phase2 run --resume" in rest
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["incomplete"] is True and "interrupted" in report["failure"]
+    assert report["decision"]["approved"] is False
+    assert any(s["status"] == "interrupted" for s in report["stages"])
+    assert "(INCOMPLETE)" in (out / "report.md").read_text().splitlines()[0]
+    saved = {
+        json.loads(p.read_text())["key"]: json.loads(p.read_text())["step"]
+        for p in out.glob("resume/*/info.json")
+    }
+    assert set(saved) == {"baseline:seed1337:concurrent", "optimized:seed1337:concurrent"}
+    assert all(0 < s < 3000 for s in saved.values()), saved
+
+    rc = main(["run", "--resume", str(out), "--quiet", "--set", f"serve.port={free_port()}"])
+    assert rc in (0, 1)
+    done = json.loads((out / "report.json").read_text())
+    assert done["run_id"] == report["run_id"] and done["resumed"] is True and done["incomplete"] is False
+    assert [s["status"] for s in done["stages"]] == ["ok"] * 5
+    for v in ("baseline", "optimized"):
+        t = done["training"][v]
+        assert t["resumed_from_step"] == saved[f"{v}:seed1337:concurrent"] and t["steps"] == 3000
+        assert len(t["loss_curve"]) == 3000
+    assert not (out / "resume").exists()  # a whole run keeps its checkpoints, not its training states
+    assert (out / "checkpoints" / "optimized" / "meta.json").exists()
+
+
+def test_resume_refuses_what_cannot_be_resumed(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "x"}))
+    (tmp_path / "config.json").write_text((ROOT / "configs" / "smoke.yaml").read_text())
+    assert main(["run", "--resume", str(tmp_path), "--set", "training.steps=10"]) == 2
+    assert "may not change training" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path), "-c", "configs/smoke.yaml"]) == 2
+    assert "drop -c/--output" in capsys.readouterr().err
