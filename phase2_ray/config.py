@@ -388,6 +388,14 @@ class Config(_Section):
         ]
 
 
+def yaml_error(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own message spans several, with a caret)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def apply_override(raw: dict, expr: str) -> None:
     """Applies one `dotted.key=value` override in place; the value is parsed as YAML."""
     if "=" not in expr:
@@ -399,7 +407,7 @@ def apply_override(raw: dict, expr: str) -> None:
     try:
         value = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({e})") from e
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({yaml_error(e)})") from e
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -422,7 +430,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         try:
             loaded = parse_yaml(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: not valid YAML ({e})") from e
+            raise ConfigError(f"config file {p}: not valid YAML ({yaml_error(e)})") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -452,6 +460,8 @@ def format_errors(err: ValidationError) -> str:
         given = e.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{loc}: {msg}{shown}")
+    if len(lines) == 1:
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -637,26 +638,20 @@ def run_pipeline(
     LOG["mode"] = log_mode
     run_id = resume_id or f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     out_dir = Path(output) if output else Path("results") / run_id
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{secrets.token_hex(4)}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--output {out_dir}: not writable ({e.strerror})") from e
-
-    if cfg.storage.uri:
-        try:
-            check_uri(cfg.storage.uri)
-        except ValueError as e:
-            raise ConfigError(f"storage.uri: {e}") from e
+    # Everything that can be wrong is found before anything is written or started (exit 2 leaves no trace).
+    _check_writable(out_dir)
+    _preflight(cfg, address)
     preload = resume.load_states(out_dir) if resume_id else {}
     if resume_id and not preload:
         raise ConfigError(f"--resume {out_dir}: no saved training state under {out_dir / resume.STATES_DIR}")
+    d = prepare_data(cfg)  # before Ray: a bad corpus is a config error, not a failed stage
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output {out_dir}: cannot create it ({e.strerror})") from e
     if not resume_id:
         resume.write_run_files(out_dir, run_id, redacted_config(cfg.model_dump(mode="json")))
     log(f"run {run_id} -> {out_dir}" + (" (resumed)" if resume_id else ""), t0)
-    d = prepare_data(cfg)  # before Ray: a bad corpus is a config error, not a failed stage
     log(f"data: {d.stage.detail}", t0)
     stages: list[Stage] = [d.stage]
     training: dict[str, dict] = {}
@@ -751,6 +746,54 @@ def run_pipeline(
     if failure:
         return EXIT_STAGE_FAILED, md_path
     return (EXIT_APPROVED if approved else EXIT_REJECTED), md_path
+
+
+def _check_writable(out_dir: Path) -> None:
+    """--output must be a directory this process can write into, or creatable in one; nothing is created here."""
+    p = out_dir.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"--output {out_dir}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {out_dir}: {p} is not writable by this user")
+
+
+def _preflight(cfg: Config, address: str | None) -> None:
+    """What can be checked before Ray starts, raised as ConfigError (exit 2, nothing started): the storage URI,
+    and for an embedded Ray, which runs on this machine, its resources and the Serve port."""
+    if cfg.storage.uri:
+        try:
+            check_uri(cfg.storage.uri)
+        except ValueError as e:
+            raise ConfigError(f"storage.uri: {e}") from e
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return  # a joined cluster's resources and ports are checked once connected, or by Serve itself
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    for field, need in (
+        ("training.cpus_per_actor", cfg.training.cpus_per_actor),
+        ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
+    ):
+        if need > cpus:
+            raise ConfigError(f"{field}={need:g} exceeds the {cpus} CPUs of the embedded Ray on this machine")
+    gpus = torch.cuda.device_count()
+    for field, need in (
+        ("training.gpus_per_actor", cfg.training.gpus_per_actor),
+        ("serve.gpus_per_replica", cfg.serve.gpus_per_replica),
+    ):
+        if need > gpus:
+            raise ConfigError(f"{field}={need:g} exceeds the {gpus} GPUs of this machine")
+    sc = cfg.serve
+    with socket.socket(socket.AF_INET6 if ":" in sc.host else socket.AF_INET) as s:
+        # SO_REUSEADDR: a port left in TIME_WAIT by an earlier run is free; one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((sc.host, sc.port))
+        except OSError as e:
+            raise ConfigError(
+                f"serve.port={sc.port}: cannot listen on {sc.host}:{sc.port} ({e.strerror}); "
+                "another server holds it: pick a free port with --set serve.port=N"
+            ) from None
 
 
 def _raise_on_sigterm():

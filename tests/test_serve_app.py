@@ -104,6 +104,7 @@ def test_bad_requests_get_4xx_json(base_url, body, status, fragment):
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert fragment in err["message"] and err["type"]
+    assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200  # still serving
 
 
 @pytest.mark.parametrize(
