@@ -86,3 +86,35 @@ def test_replica_killed_under_load(served):
     again = run_requests(served, "tiny", ["import os"], **{**args, "n": 8})
     assert all(r["ok"] for r in again)
     print(f"replica replaced {time.time() - t0:.1f}s after the load began; errors {summary['errors']}")
+
+
+def test_soak_2000_requests_at_c16(served):
+    """A bounded soak on loopback: no errors, the replica's memory flat, latency the same at the end as at the
+    start. Bounds: RSS growth <= 10% after warm-up; p50 and p90 of TTFT and E2E in the last quarter within 1.5x
+    of the first quarter's (this 2-core machine drifts by ~20%)."""
+    from phase2_ray.stages.inference import replica_stats
+
+    args = dict(warmup=0, concurrency=16, max_tokens=16, temperature=0.8, top_k=20, seed=0, timeout_s=30)
+    prompts = ["def f(x):", "import os", "class A:", "return"]
+    run_requests(served, "tiny", prompts, n=200, **args)  # warm-up: allocator, caches, Serve's routing tables
+    before = replica_stats(1)[0]
+    t0 = time.time()
+    recs = run_requests(served, "tiny", prompts, n=2000, **args)
+    took = time.time() - t0
+    after = replica_stats(1)[0]
+    assert after["pid"] == before["pid"]  # the same replica served all of it
+    assert len(recs) == 2000 and all(r["ok"] for r in recs), [r["error"] for r in recs if not r["ok"]][:3]
+    growth = after["rss_mb"] / before["rss_mb"] - 1
+    assert growth <= 0.10, f"replica RSS grew {growth:.1%}"
+    recs.sort(key=lambda r: r["start"])
+    first, last = recs[:500], recs[-500:]
+    shift = {}
+    for metric in ("ttft_ms", "e2e_ms"):
+        a = summarize_requests(request_frame(first))[metric]
+        b = summarize_requests(request_frame(last))[metric]
+        for p in ("p50", "p90"):
+            shift[f"{metric} {p}"] = b[p] / a[p]
+            assert 1 / 1.5 <= b[p] / a[p] <= 1.5, (metric, p, a[p], b[p])
+    print(
+        f"soak: 2000 requests in {took:.1f}s, RSS {before['rss_mb']:.1f} -> {after['rss_mb']:.1f} MB; last/first {shift}"
+    )
