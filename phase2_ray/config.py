@@ -133,6 +133,12 @@ class TrainingConfig(_Section):
         "meanwhile) before failing with what the cluster has.",
     )
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+    divergence_factor: float = Field(
+        10.0,
+        ge=0,
+        description="Stop a run as diverged when a step's loss exceeds this many times the first step's "
+        "(0 = only when it becomes NaN/inf).",
+    )
     checkpoint_every: int = Field(
         50,
         ge=0,

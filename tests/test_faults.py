@@ -118,3 +118,32 @@ def test_soak_2000_requests_at_c16(served):
     print(
         f"soak: 2000 requests in {took:.1f}s, RSS {before['rss_mb']:.1f} -> {after['rss_mb']:.1f} MB; last/first {shift}"
     )
+
+
+def test_diverging_run_is_rejected_with_its_reason_and_artifacts_kept(ray_cluster, tmp_path):
+    """lr=10 without clipping: the loss blows past 10x its start within a couple of steps. The run stops there,
+    its stage is FAILED with the reason, the decision is REJECTED (exit 1), and the report and CSVs are written."""
+    import json
+
+    from phase2_ray.cli import main
+    from tests.conftest import ROOT
+
+    out = tmp_path / "run"
+    rc = main(
+        ["run", "-c", str(ROOT / "configs" / "smoke.yaml"), "--output", str(out), "--quiet"]
+        + ["--set", "training.lr=10", "--set", "training.min_lr=1", "--set", "training.grad_clip=0"]
+        + ["--set", "training.warmup_steps=1", "--set", f"serve.port={free_port()}"]
+    )
+    assert rc == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["decision"]["approved"] is False
+    for v in ("baseline", "optimized"):
+        t = report["training"][v]
+        assert t["status"] == "diverged" and t["steps"] <= 5 and "divergence_factor" in t["error"]
+        stage = next(s for s in report["stages"] if s["variant"] == v)
+        assert stage["status"] == "failed" and "exceeds 10 x" in stage["detail"]
+    failed = [g for g in report["decision"]["gates"] if g["name"] == "training_completed"]
+    assert len(failed) == 2 and not any(g["passed"] for g in failed)
+    for name in ("report.md", "report.html", "steps.csv", "gates.csv"):
+        assert (out / name).stat().st_size > 0
+    assert "DIVERGED" in (out / "report.md").read_text()

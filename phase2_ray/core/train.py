@@ -34,6 +34,8 @@ class TrainSettings:
     eval_interval: int = 50
     eval_windows: int = 64
     seed: int = 1337
+    divergence_factor: float = 0.0
+    """Also stop when a step's loss exceeds this many times the first step's (0 = only non-finite losses)."""
 
 
 @dataclass
@@ -216,9 +218,17 @@ def train(
         lv = tr.train_step()
         if on_step is not None:
             on_step(step + 1, lv, tr.times[-1])
-        # Stop at the first non-finite loss: every later step would only propagate NaN.
+        # Stop at the first non-finite loss (every later step would only propagate NaN), or one that has blown
+        # up far past where training started: it will not come back within this run's budget.
         if not math.isfinite(lv):
             status, error = "diverged", f"loss became {lv} at step {step + 1}"
+            break
+        if settings.divergence_factor and lv > settings.divergence_factor * tr.losses[0]:
+            status, error = (
+                "diverged",
+                f"loss {lv:.4g} at step {step + 1} exceeds {settings.divergence_factor:g} x the first step's "
+                f"{tr.losses[0]:.4g} (training.divergence_factor)",
+            )
             break
         last = step + 1 == settings.steps
         if last or (settings.eval_interval and (step + 1) % settings.eval_interval == 0):
