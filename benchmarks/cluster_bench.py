@@ -89,12 +89,17 @@ def submitted_job(tmp: Path) -> dict:
         head_s = time.time() - t_head
         out = tmp / "job"
         t = time.time()
-        subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             "python", "-m", "phase2_ray", "run", "-c", CONFIG, "--output", str(out), "--quiet",
-             "--set", f"serve.port={free_port()}"],
-            env=env, cwd=ROOT, capture_output=True, timeout=900,
-        )  # fmt: skip
+        for _ in range(30):  # the job agent comes up a little after the dashboard answers
+            done = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+                 "python", "-m", "phase2_ray", "run", "-c", CONFIG, "--output", str(out), "--quiet",
+                 "--set", f"serve.port={free_port()}"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if "No available agent to submit job" not in done.stdout + done.stderr:
+                break
+            time.sleep(2)
+            t = time.time()
         res = summary(out, time.time() - t)
         res["head_start_s"] = head_s
         return res

@@ -22,6 +22,7 @@ from pathlib import Path
 import ray
 import torch
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from phase2_ray import __version__, resume
 from phase2_ray.config import Config, ConfigError
@@ -297,8 +298,18 @@ def run_training(
     fits = bool(cores) and len(together) * cfg.training.cpus_per_actor <= len(cores)
     barrier = StartBarrier.remote(len(together)) if fits and len(together) > 1 else None
     train_ref, val_ref = ray.put(d.train_tokens), ray.put(d.val_tokens)
-    # Created (and so owned) by the driver: saved training states outlive any training actor's process.
-    store = TrainStateStore.options(name=f"{run_id}:train-state").remote() if tc.checkpoint_every else None
+    # Created (and so owned) by the driver, on the driver's node: saved training states outlive any training
+    # actor's process, and the loss of any other node.
+    store = (
+        TrainStateStore.options(
+            name=f"{run_id}:train-state",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        ).remote()
+        if tc.checkpoint_every
+        else None
+    )
     if store is not None and preload:
         ray.get([store.put.remote(k, s["step"], s["state"], s["info"]) for k, s in preload.items()])
         log(f"2a/2b: resuming {len(preload)} run(s) from saved states: {_steps_of(preload)}", t0)
