@@ -78,7 +78,9 @@ def submitted_job(tmp: Path) -> dict:
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-         f"--ray-client-server-port={free_port()}"],
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dash}"
@@ -110,7 +112,7 @@ def submitted_job(tmp: Path) -> dict:
                 p.terminate()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(family, timeout=20)
+        psutil.wait_procs(family, timeout=5)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -404,8 +404,21 @@ def run_training(
                 actor, ref = submit(job, rotations[i] if rotations else None)
                 started[ref] = (job, actor)
             pending = list(started)
+            last_saved: dict = {}
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+                if not done:
+                    # Progress a CI log (or --json-logs reader) can see: the last saved step of every run.
+                    status = ray.get(store.status.remote()) if store else {}
+                    saved = {k: s["step"] for k, s in status.items() if s["step"] is not None}
+                    if saved and saved != last_saved:
+                        log(
+                            "2a/2b: training states saved at "
+                            + ", ".join(f"{k} step {s}" for k, s in saved.items()),
+                            t0,
+                        )
+                        last_saved = saved
+                    continue
                 job, actor = started[done[0]]
                 collect(job, actor, done[0])
             placement.release()  # the isolated runs below are scheduled freely, one at a time

@@ -17,7 +17,8 @@ def test_spread_puts_each_variant_on_its_own_node(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "multinode_driver.py"), str(out), str(free_port())]
-        + ["--set", "training.placement=spread", "--set", "validation.replica_sweep=[2]"],
+        + ["--set", "training.placement=spread", "--set", "validation.replica_sweep=[2]"]
+        + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"],
         cwd=ROOT,
         capture_output=True,
         text=True,

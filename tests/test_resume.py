@@ -47,8 +47,8 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
     cfg = load_config(
         ROOT / "configs" / "smoke.yaml",
         [
-            "training.steps=600",
-            "training.checkpoint_every=50",
+            "training.steps=400",
+            "training.checkpoint_every=40",
             "training.eval_interval=200",
             "training.log_every=0",
         ],
@@ -63,7 +63,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
         target=lambda: out.update(res=pipeline.run_training(cfg, run_id, d, [], time.time(), {})[0])
     )
     worker.start()
-    kill_after = random.Random().choice([50, 100, 150, 200, 250, 300])
+    kill_after = random.Random().choice([40, 80, 120, 160, 200])
     killed = None
     deadline = time.time() + 120
     while worker.is_alive() and time.time() < deadline:
