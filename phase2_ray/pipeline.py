@@ -5,6 +5,7 @@ Only this driver writes the run directory: on a cluster the actors' disks are no
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -190,6 +191,8 @@ def _connect(cfg: Config, address: str | None) -> str | None:
     target = address or os.environ.get("RAY_ADDRESS")
     # Actor output (progress bars, per-step lines) reaches the terminal only in text mode.
     kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": LOG["mode"] == "text"}
+    if LOG["mode"] != "text":
+        kwargs["logging_level"] = logging.WARNING  # Ray's own INFO lines would break a parseable stream
     if target:
         kwargs["address"] = target
     else:
@@ -507,6 +510,9 @@ def run_validation(
 
     # Access logs of every request would drown the progress lines; warnings and errors still show.
     quiet = {"log_level": "WARNING", "enable_access_log": False}
+    if LOG["mode"] != "text":
+        # --quiet / --json-logs promise a parseable stream: Serve's driver-side INFO lines would break it.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     _warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
     serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=quiet)
     base_url = f"http://{sc.host}:{sc.port}"
