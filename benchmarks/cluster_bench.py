@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from phase2_ray.pipeline import _cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -135,7 +136,7 @@ def main() -> int:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     machine = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],

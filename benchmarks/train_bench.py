@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.pipeline import core_train_settings, prepare_data, run_training
+from phase2_ray.pipeline import _cpu_model, _cpu_simd_flags, core_train_settings, prepare_data, run_training
 from phase2_ray.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,26 +30,10 @@ CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/ben
 
 
 def machine() -> dict:
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    simd = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     return {
-        "cpu": next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            platform.processor(),
-        ),
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "simd": simd,
+        "simd": _cpu_simd_flags(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -800,19 +800,16 @@ def _preflight(cfg: Config, address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return  # a joined cluster's resources and ports are checked once connected, or by Serve itself
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
-    for field, need in (
-        ("training.cpus_per_actor", cfg.training.cpus_per_actor),
-        ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
-    ):
-        if need > cpus:
-            raise ConfigError(f"{field}={need:g} exceeds the {cpus} CPUs of the embedded Ray on this machine")
+    _require(
+        [
+            ("training.cpus_per_actor", cfg.training.cpus_per_actor),
+            ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
+        ],
+        cpus,
+        f"the {cpus} CPUs of the embedded Ray on this machine",
+    )
     gpus = torch.cuda.device_count()
-    for field, need in (
-        ("training.gpus_per_actor", cfg.training.gpus_per_actor),
-        ("serve.gpus_per_replica", cfg.serve.gpus_per_replica),
-    ):
-        if need > gpus:
-            raise ConfigError(f"{field}={need:g} exceeds the {gpus} GPUs of this machine")
+    _require(_gpu_fields(cfg), gpus, f"the {gpus} GPUs of this machine")
     sc = cfg.serve
     with socket.socket(socket.AF_INET6 if ":" in sc.host else socket.AF_INET) as s:
         # SO_REUSEADDR: a port left in TIME_WAIT by an earlier run is free; one with a listener is not.
@@ -850,14 +847,23 @@ def _error_text(e: BaseException, limit: int = 600) -> str:
 
 
 def _check_resources(cfg: Config) -> None:
-    """Fails fast (as a config error) when no node can host one training actor: Ray would wait forever."""
+    """Fails fast (as a config error) when no node can host one training actor: Ray would wait forever.
+    (Replica CPUs are not checked here: 2c shrinks each replica's share to what the cluster has.)"""
     total = ray.cluster_resources()
-    cpu = cfg.training.cpus_per_actor
-    if cpu > total.get("CPU", 0):
-        raise ConfigError(f"training.cpus_per_actor={cpu} exceeds the cluster's {total.get('CPU', 0):g} CPUs")
-    for field, gpu in (
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    _require([("training.cpus_per_actor", cfg.training.cpus_per_actor)], cpus, f"the cluster's {cpus:g} CPUs")
+    _require(_gpu_fields(cfg), gpus, f"the cluster's {gpus:g} GPUs")
+
+
+def _gpu_fields(cfg: Config) -> list[tuple[str, float]]:
+    return [
         ("training.gpus_per_actor", cfg.training.gpus_per_actor),
         ("serve.gpus_per_replica", cfg.serve.gpus_per_replica),
-    ):
-        if gpu > total.get("GPU", 0):
-            raise ConfigError(f"{field}={gpu:g} exceeds the cluster's {total.get('GPU', 0):g} GPUs")
+    ]
+
+
+def _require(fields: list[tuple[str, float]], have: float, what: str) -> None:
+    """ConfigError naming the first field that asks for more than `have` (described by `what`)."""
+    for field, need in fields:
+        if need > have:
+            raise ConfigError(f"{field}={need:g} exceeds {what}")

@@ -17,10 +17,6 @@ from phase2_ray.core.checkpoint import META, TOKENIZER, WEIGHTS
 SCHEMES = ("file", "s3", "gs")
 
 
-def _split(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri)
-
-
 def join(uri: str, *parts: str) -> str:
     """`uri` with path components appended, its query (endpoint options) kept."""
     u = urlsplit(uri)
@@ -32,7 +28,7 @@ def put_checkpoint(files: dict[str, bytes], uri: str, last: str = META) -> str:
     """Writes the files under `uri` (`last` last, so its presence means complete); returns `uri`.
 
     On a local filesystem each file goes to a temporary name and is renamed; an object-store PUT is atomic."""
-    fs, path = _split(uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
     fs.create_dir(path, recursive=True)
     local = isinstance(fs, pafs.LocalFileSystem)
     for name in sorted(files, key=lambda n: n == last):
@@ -47,7 +43,7 @@ def put_checkpoint(files: dict[str, bytes], uri: str, last: str = META) -> str:
 
 def get_checkpoint(uri: str, names: tuple[str, ...] = (WEIGHTS, META, TOKENIZER)) -> dict[str, bytes]:
     """The files `names` under `uri` as {name: bytes}; load_checkpoint verifies their sha256 afterwards."""
-    fs, path = _split(uri)
+    fs, path = pafs.FileSystem.from_uri(uri)
     out = {}
     for name in names:
         try:
@@ -69,7 +65,7 @@ def check_uri(uri: str) -> None:
             raise ValueError(f"{uri!r}: no bucket (expected {u.scheme}://bucket/prefix)")
         return
     try:
-        _split(uri)
+        pafs.FileSystem.from_uri(uri)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError variants for bad URIs
         raise ValueError(f"{uri!r}: pyarrow.fs cannot open it ({e})") from e
 
