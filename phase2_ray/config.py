@@ -183,6 +183,26 @@ class TrainingConfig(_Section):
         return self
 
 
+class SpeedTrialConfig(_Section):
+    """How the training speedup is measured: a paired, interleaved trial (phase2_ray.core.speedtrial)."""
+
+    pairs: int = Field(
+        6, ge=2, le=1000, description="ABBA pairs per replicate (each pair: two blocks of each stack)."
+    )
+    block_steps: int = Field(4, ge=1, le=1000, description="Training steps per timed block.")
+    warmup_steps: int = Field(
+        5, ge=1, le=1000, description="Untimed steps per stack first (compile, allocator, caches)."
+    )
+    replicates: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="Independent trials (fresh models, own build and block order), spread over the free "
+        "cores: the interval accounts for the spread between them, not only between pairs.",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the speedup interval.")
+
+
 class VariantConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model (inductor).")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
@@ -312,7 +332,10 @@ class TargetsConfig(_Section):
     peak_memory_mb_max: float = Field(500.0, gt=0, description="Peak replica RSS ceiling.")
     success_rate_min: float = Field(1.0, ge=0, le=1, description="Share of requests that succeed.")
     speedup_min: float = Field(
-        1.05, gt=0, description="Optimized/baseline steady-state training tokens/s floor."
+        1.05,
+        gt=0,
+        description="Training speedup floor (paired speed trial: baseline step time / variant step time); "
+        "also the noise threshold: a smaller gain is not called faster, whatever its interval.",
     )
     val_loss_delta_pct_max: float = Field(
         1.0,
@@ -324,7 +347,16 @@ class TargetsConfig(_Section):
         2.0, ge=0, description="Largest val-loss increase of the int8 model over its fp32 source, in percent."
     )
     speedup_significant: bool = Field(
-        True, description="Also require the speedup's 95% bootstrap CI to lie above 1.0."
+        True, description="Also require the speedup's confidence interval to lie above 1.0."
+    )
+    serving_regression_pct_max: float = Field(
+        10.0,
+        ge=0,
+        description="A served model may be at most this much worse than the baseline model (TTFT p50, TPOT "
+        "p50) before its change gate fails; judged on the ratio's interval (a regression must be shown).",
+    )
+    model_memory_mb_max: float = Field(
+        200.0, gt=0, description="Ceiling on each served model's own memory: weights + preallocated KV cache."
     )
 
 
@@ -351,6 +383,9 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenizer.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="GPT shape.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stages 2a/2b.")
+    speed_trial: SpeedTrialConfig = Field(
+        default_factory=SpeedTrialConfig, description="How the training speedup is measured."
+    )
     variants: dict[str, VariantConfig] = Field(
         default_factory=_default_variants,
         description="Variant name -> optimization stack; one concurrent training actor each.",

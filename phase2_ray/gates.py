@@ -24,12 +24,17 @@ class Gate:
     margin: float | None = None
     """How far the value is on the passing side of the threshold (negative: by how much it missed)."""
     detail: str = ""
+    veto: str = ""
+    """Why this gate fails whatever its value (e.g. a variant that runs the baseline's own stack is no
+    speedup, even where noise put its measured ratio above the threshold)."""
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"gate op {self.op!r} is not one of {sorted(OPS)}")
         measured = self.value is not None and math.isfinite(self.value)
-        self.passed = bool(measured and OPS[self.op](self.value, self.threshold))
+        self.passed = bool(measured and OPS[self.op](self.value, self.threshold)) and not self.veto
+        if self.veto:
+            self.detail = f"{self.veto}; {self.detail}" if self.detail else self.veto
         if measured:
             self.margin = (
                 self.threshold - self.value if self.op in ("<", "<=") else self.value - self.threshold
@@ -87,6 +92,8 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
         )
     for variant, c in report.get("comparison", {}).items():
         sp = c.get("speedup") or {}
+        veto = c.get("noop_reason") or "" if c.get("noop") else ""
+        conf = f"{sp.get('confidence', 0.95) * 100:g}%"
         gates.append(
             Gate(
                 "training_speedup",
@@ -95,7 +102,9 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
                 ">=",
                 targets["speedup_min"],
                 "x",
-                detail=f"median step time {baseline} / {variant}, steady state",
+                detail=f"paired speed trial, baseline / {variant} step time ({sp.get('replicates', 0)} "
+                f"replicates); {conf} CI [{_num(sp.get('ci_low'))}, {_num(sp.get('ci_high'))}]",
+                veto=veto,
             )
         )
         if targets.get("speedup_significant"):
@@ -107,7 +116,9 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
                     ">",
                     1.0,
                     "x",
-                    detail="lower end of the speedup's 95% bootstrap CI: faster beyond step-time noise",
+                    detail=f"lower end of the speedup's {conf} CI (t over replicates): faster beyond the "
+                    "trial's noise",
+                    veto=veto,
                 )
             )
         gates.append(
@@ -122,6 +133,10 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
             )
         )
     return gates
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

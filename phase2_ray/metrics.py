@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 TTFT_MS = "ttft_ms"
 TPOT_MS = "tpot_ms"
@@ -29,14 +30,18 @@ def describe(values) -> dict[str, float] | None:
 
 
 def summarize_training(step_times: list[float], tokens_per_step: int, skip_steps: int) -> dict:
-    """Steady-state throughput from per-step wall times, leaving out the first `skip_steps` (compile, warm-up)."""
+    """Steady-state throughput from per-step wall times, leaving out the first `skip_steps` (compile, warm-up):
+    tokens per step / median step time (and the mean-based figure beside it)."""
     steady = np.asarray(step_times[skip_steps:], dtype=float)
     steady_s = float(steady.sum())
+    median = float(np.median(steady)) if steady.size else 0.0
     return {
         "steady_steps": int(steady.size),
         "steady_s": steady_s,
         "warmup_s": float(sum(step_times[:skip_steps])),
-        "tokens_per_s": steady.size * tokens_per_step / steady_s if steady_s > 0 else None,
+        # The median step: robust to the machine's bursts, and the same statistic as the step-time ratio.
+        "tokens_per_s": tokens_per_step / median if median > 0 else None,
+        "tokens_per_s_mean": steady.size * tokens_per_step / steady_s if steady_s > 0 else None,
         "step_ms": describe(steady * 1000.0),
     }
 
@@ -123,3 +128,123 @@ def median_ci(
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
     return {"median": float(np.median(x)), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}
+
+
+def paired_speedup(replicates: list[list[dict]], *, confidence: float = 0.95) -> dict:
+    """Speedup from a paired speed trial: `replicates` is a list of independent trials, each a list of pairs
+    with `a_s` (reference time) and `b_s` (candidate time); the speedup is a_s / b_s, above 1 = faster.
+
+    A trial's pairs share its models' memory placement and its moment on the machine, so its pairs are not
+    independent of each other: measured A/A trials differ by more between replicates than their pairs'
+    spread explains. The replicate is therefore the unit (nested random effects, Kalibera & Jones, ISMM
+    2013): each replicate's geometric-mean ratio is one observation, and the interval is Student's t over
+    the replicates' log ratios. `p_value` is that t-test's two-sided p-value of "no change"."""
+    logs = [np.log([p["a_s"] / p["b_s"] for p in rep]) for rep in replicates if len(rep)]
+    means = np.array([x.mean() for x in logs])
+    if means.size < 2:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "replicates": 0}
+    centre = float(means.mean())
+    se = float(means.std(ddof=1) / np.sqrt(means.size))
+    t = float(stats.t.ppf(0.5 + confidence / 2, means.size - 1))
+    p = float(2 * stats.t.sf(abs(centre) / se, means.size - 1)) if se > 0 else float(centre == 0)
+    lo, hi = np.exp(centre - t * se), np.exp(centre + t * se)
+    pooled = np.concatenate(logs)
+    return {
+        "ratio": float(np.exp(centre)),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "confidence": confidence,
+        "significant": bool(lo > 1.0 or hi < 1.0),
+        "p_value": p,
+        "replicates": int(means.size),
+        "pairs": int(pooled.size),
+        "replicate_ratios": [float(np.exp(m)) for m in means],
+        "replicate_log_sd": float(means.std(ddof=1)),
+        "pair_log_sd": float(pooled.std(ddof=1)) if pooled.size > 1 else None,
+        "method": "geometric mean of per-pair ratios; Student-t interval over replicates (log scale)",
+    }
+
+
+def block_bootstrap_ratio_ci(
+    baseline: np.ndarray | list[float],
+    variant: np.ndarray | list[float],
+    *,
+    block: int | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """median(baseline) / median(variant) with a moving-block bootstrap CI: neighbouring steps are correlated
+    (machine drift, the other actor's phase), so blocks of ~sqrt(n) consecutive steps are resampled together
+    rather than single steps as if they were independent."""
+    b = np.asarray(baseline, dtype=float)
+    v = np.asarray(variant, dtype=float)
+    if b.size < 4 or v.size < 4:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+
+    def resample(x: np.ndarray) -> np.ndarray:
+        k = block or max(2, int(round(np.sqrt(x.size))))
+        starts = rng.integers(0, x.size - k + 1, (n_boot, -(-x.size // k)))
+        idx = (starts[:, :, None] + np.arange(k)).reshape(n_boot, -1)[:, : x.size]
+        return np.median(x[idx], axis=1)
+
+    boots = resample(b) / resample(v)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return {
+        "ratio": float(np.median(b) / np.median(v)),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "confidence": confidence,
+        "significant": bool(lo > 1.0 or hi < 1.0),
+        "n_boot": n_boot,
+        "method": "moving-block bootstrap over steps",
+    }
+
+
+def stratified_ratio_ci(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    column: str,
+    *,
+    strata: str = "round",
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """median(b[column]) / median(a[column]) with a bootstrap that resamples within each stratum (the
+    interleaved rounds of 2c), so both sides keep their share of every round of the machine's time."""
+    xa = a[[column, strata]].dropna() if strata in a else a[[column]].dropna().assign(**{strata: 0})
+    xb = b[[column, strata]].dropna() if strata in b else b[[column]].dropna().assign(**{strata: 0})
+    if len(xa) < 2 or len(xb) < 2:
+        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "n_boot": 0}
+    rng = np.random.default_rng(seed)
+
+    def boot(x: pd.DataFrame) -> np.ndarray:
+        groups = [g[column].to_numpy(dtype=float) for _, g in x.groupby(strata)]
+        parts = [g[rng.integers(0, g.size, (n_boot, g.size))] for g in groups]
+        return np.median(np.concatenate(parts, axis=1), axis=1)
+
+    boots = boot(xb) / boot(xa)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return {
+        "ratio": float(np.median(xb[column]) / np.median(xa[column])),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "confidence": confidence,
+        "significant": bool(lo > 1.0 or hi < 1.0),
+        "n_boot": n_boot,
+    }
+
+
+def holm(p_values: list[float], alpha: float = 0.05) -> list[bool]:
+    """Holm-Bonferroni: which of the hypotheses to reject with the family-wise error held at `alpha`."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    reject = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (len(p_values) - rank):
+            break
+        reject[i] = True
+    return reject

@@ -442,6 +442,56 @@ def run_training(
     return {v: primary[v] for v in cfg.variants if v in primary}, others
 
 
+def run_speed_trial(cfg: Config, training: dict[str, dict], d: PreparedData, t0: float) -> tuple[dict, Stage]:
+    """The speedup measurement: paired, interleaved trials of each variant's stack (as trained, `auto`'s choice
+    included) against the baseline's, replicated over fresh processes-worth of models and the free cores.
+    Returns ({variant: [replicate results]}, its stage)."""
+    from phase2_ray.stages.training import speed_trial
+
+    st = Stage("speed-trial", None, start=time.time())
+    base = training.get("baseline")
+    variants = {v: r["settings"] for v, r in training.items() if v != "baseline" and r["status"] == "ok"}
+    if base is None or base["status"] != "ok" or not variants:
+        st.status, st.end, st.detail = "skipped", time.time(), "no pair of trained variants to compare"
+        return {}, st
+    tc, sp = cfg.training, cfg.speed_trial
+    cores = _node_cores(cfg)
+    per = tc.cpus_per_actor
+    slots: list[list[int] | None] = (
+        [cores[i * per : (i + 1) * per] for i in range(len(cores) // per)] if cores else [None, None]
+    )
+    slots = slots[: sp.replicates] or [None]
+    # Seeds decide each replicate's build order and block orders: reproducible from the config's seed.
+    seeds = [tc.seed * 1000 + i for i in range(sp.replicates)]
+    trial = {"pairs": sp.pairs, "block_steps": sp.block_steps, "warmup_steps": sp.warmup_steps}
+    settings = {**core_train_settings(cfg), "seed": tc.seed}
+    model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
+    log(
+        f"speed trial: {', '.join(variants)} vs baseline, {sp.replicates} replicates x {sp.pairs} ABBA pairs "
+        f"of {sp.block_steps}-step blocks on {len(slots)} core set(s)",
+        t0,
+    )
+    tokens = ray.put(d.train_tokens)
+    refs = [
+        speed_trial.options(num_cpus=per, num_gpus=tc.gpus_per_actor).remote(
+            model_cfg, settings, base["settings"], variants, tokens, trial, seeds[i :: len(slots)], slot
+        )
+        for i, slot in enumerate(slots)
+    ]
+    out: dict[str, list[dict]] = {v: [] for v in variants}
+    try:
+        for part in ray.get(refs):
+            for v, reps in part.items():
+                out[v] += reps
+        st.status = "ok"
+    except ray.exceptions.RayError as e:
+        st.status, st.detail = "failed", _error_text(e)
+        out = {}
+    st.end = time.time()
+    log(f"speed trial: {st.status} in {st.end - st.start:.1f}s", t0)
+    return out, st
+
+
 def _steps_of(states: dict[str, dict]) -> str:
     return ", ".join(f"{k} at step {s['step']}" for k, s in sorted(states.items()))
 
@@ -685,6 +735,7 @@ def run_pipeline(
     log(f"data: {d.stage.detail}", t0)
     stages: list[Stage] = [d.stage]
     training: dict[str, dict] = {}
+    trials: dict[str, list[dict]] = {}
     extra_runs: list[dict] = []
     validation: dict[str, dict] = {}
     failure = None
@@ -705,6 +756,10 @@ def run_pipeline(
             stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
         if len(training) < len(cfg.variants):
             failure = "training stage failed"
+        trials, trial_stage = run_speed_trial(cfg, training, d, t0)
+        stages.append(trial_stage)
+        if trial_stage.status == "failed":
+            failure = "speed trial failed"
         ok = {v: r for v, r in training.items() if r["status"] == "ok"}
         uris = {v: r["checkpoint_uri"] for v, r in ok.items() if r.get("checkpoint_uri")}
         # The run directory keeps a copy either way (phase2 serve and phase2 report read it from there).
@@ -754,6 +809,7 @@ def run_pipeline(
         },
         stages=[asdict(s) for s in stages],
         training=training,
+        trials=trials,
         extra_runs=extra_runs,
         validation=validation,
         failure=failure,

@@ -8,6 +8,7 @@ import html
 import json
 import math
 import re
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,8 +20,14 @@ from phase2_ray.config import Config
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.flops import MFU_FORMULA, flops_per_token
 from phase2_ray.core.model import GPTConfig
+from phase2_ray.core.speedtrial import same_stack
 from phase2_ray.gates import Gate, evaluate_gates, pct_change_abs, ratio
-from phase2_ray.metrics import median_ratio_ci, summarize_requests, summarize_training
+from phase2_ray.metrics import (
+    block_bootstrap_ratio_ci,
+    paired_speedup,
+    summarize_requests,
+    summarize_training,
+)
 
 SCHEMA_VERSION = "1.0"
 WIDTH = 100  # report.md's ASCII sections fit this many columns
@@ -217,6 +224,50 @@ def _repeat_summary(r: dict, skip: int, tokens_per_step: int) -> dict:
     }
 
 
+def speed_claim(base: dict, t: dict, trial: list[dict] | None, confidence: float) -> dict:
+    """The speedup of variant `t` over `base` from the paired speed trial, with its raw pairs (so it
+    recomputes from report.json) and the no-op check: a variant that runs the baseline's own stack is no
+    speedup whatever the trial measured."""
+    reps = trial or []
+    sp = paired_speedup([x["pairs"] for x in reps], confidence=confidence)
+    noop = same_stack(base["settings"], t["settings"])
+    return {
+        "speedup": sp,
+        "speedup_basis": "paired speed trial: both stacks train side by side in one process on the same "
+        "cores, timed in ABBA / BAAB blocks; per-pair ratio = baseline block time / variant block time; "
+        f"{sp['method'] if sp.get('ratio') else 'not measured'}",
+        "noop": noop,
+        "noop_reason": (
+            f"{'auto kept' if t.get('auto') else 'configured as'} the baseline's own stack "
+            f"({_stack_name(t['settings'])}): the same code, so no speedup can be claimed"
+            if noop
+            else None
+        ),
+        "speed_trial": {
+            "replicates": [
+                {
+                    k: x.get(k)
+                    for k in (
+                        "seed",
+                        "build_order",
+                        "warmup_s",
+                        "steps_per_stack",
+                        "losses_equal",
+                        "cores",
+                        "pairs",
+                    )
+                }
+                for x in reps
+            ],
+        },
+    }
+
+
+def _stack_name(settings: dict) -> str:
+    on = [k for k, x in settings.items() if x not in (False, None, "default")]
+    return "+".join(on) or "eager fp32"
+
+
 def build_report(
     *,
     cfg: Config,
@@ -228,22 +279,27 @@ def build_report(
     training: dict[str, dict],
     validation: dict[str, dict],
     failure: str | None,
+    trials: dict[str, list[dict]] | None = None,
     extra_runs: list[dict] | tuple = (),
     placement: dict | None = None,
 ) -> dict:
     """report.json's content. `training` and `validation` are the raw stage results gathered by the driver;
-    `extra_runs` are further seeds and isolated re-runs (no checkpoints); `placement` the policy and nodes."""
+    `extra_runs` are further seeds and isolated re-runs (no checkpoints); `placement` the policy and nodes;
+    `trials` the speed trial's replicates per variant (the basis of the speedup)."""
     skip = cfg.training.skip_steps
     tokens_per_step = cfg.training.batch_size * cfg.model.block_size
+    # One MFU denominator for the whole run: the best matmul rate any actor measured, in any dtype it may
+    # compute in (where bf16 has no fast path its peak is below fp32's). Per-actor peaks differ with the core
+    # and the moment; dividing each variant by its own would make the MFU ratio differ from the throughput ratio.
+    peaks = [(dt, p, v) for v, r in training.items() for dt, p in (r.get("peak_flops") or {}).items()]
+    peak_dtype, peak, peak_from = max(peaks, key=lambda x: x[1]) if peaks else (None, None, None)
     tr_out: dict[str, dict] = {}
     for v, r in training.items():
         summary = summarize_training(r["step_times"], tokens_per_step, skip)
         gpt = GPTConfig(**r["model"])
-        # The denominator is the fastest matmul this actor measured among the dtypes it may compute in: where
-        # bf16 has no fast path (no AMX / AVX-512 BF16), its peak is below fp32's, and the model's fp32 ops run faster.
-        dtype, peak = max(r["peak_flops"].items(), key=lambda kv: kv[1])
         fpt = flops_per_token(gpt)
         tps = summary["tokens_per_s"]
+        probe_s = (r.get("auto") or {}).get("probe_s") or 0.0
         same_phase = [x for x in extra_runs if x["variant"] == v and x.get("phase") == r.get("phase")]
         tr_out[v] = {
             "status": r["status"],
@@ -255,9 +311,15 @@ def build_report(
             "phase": r.get("phase"),
             "train_s": r["train_s"],
             "stage_s": r["end"] - r["start"],
+            # What a user waits for: the `auto` probe, compile and the loop; not the wait at the start barrier
+            # for the other actor, nor the matmul peak this tool measures for MFU.
+            "work_s": probe_s + r["train_s"],
+            "work_basis": "auto probe + training loop (init, compile, steps, evals); excludes waiting for "
+            "the other actor and the MFU peak measurement",
             "stage_tokens_per_s": r["tokens"] / r["train_s"] if r["train_s"] > 0 else None,
             "tokens_per_s": tps,
-            "tokens_per_s_basis": f"steady state, steps {skip + 1}-{r['steps']}",
+            "tokens_per_s_basis": f"tokens per step / median step time, steady steps {skip + 1}-{r['steps']}",
+            "tokens_per_s_mean": summary["tokens_per_s_mean"],
             "steady_s": summary["steady_s"],
             "warmup_s": summary["warmup_s"],
             "compile_warmup_s": summary["warmup_s"]
@@ -268,11 +330,12 @@ def build_report(
                 "flops_per_token": fpt,
                 "achieved_flops": fpt * tps if fpt and tps else None,
                 "peak_flops": peak,
-                "peak_dtype": dtype,
+                "peak_dtype": peak_dtype,
+                "peak_from": peak_from,
                 "peaks_measured": r["peak_flops"],
-                "peak_basis": f"best {8192 if r.get('device') == 'cuda' else 512}^2 matmul in the actor, "
-                "fastest measured dtype "
-                f"({r['placement']['torch_threads']} threads)",
+                "peak_basis": f"best {8192 if r.get('device') == 'cuda' else 512}^2 matmul measured by any "
+                f"training actor of this run, fastest dtype ({r['placement']['torch_threads']} threads); "
+                "one denominator for every variant",
                 "formula": MFU_FORMULA,
             },
             "initial_loss": r["losses"][0] if r["losses"] else None,
@@ -304,16 +367,21 @@ def build_report(
     for v, t in tr_out.items():
         if v == "baseline" or base is None:
             continue
-        c = {
-            "vs": "baseline",
-            "speedup": median_ratio_ci(
-                _steady(base_raw, skip), _steady(training[v], skip), seed=cfg.training.seed
-            ),
-            "speedup_basis": "median baseline step time / median variant step time (steady steps), 95% bootstrap CI",
+        c = {"vs": "baseline", **speed_claim(base, t, (trials or {}).get(v), cfg.speed_trial.confidence)}
+        conc = block_bootstrap_ratio_ci(
+            _steady(base_raw, skip), _steady(training[v], skip), seed=cfg.training.seed
+        )
+        c["concurrent"] = {
+            "step_time_ratio": conc,
             "tokens_per_s_ratio": ratio(t["tokens_per_s"], base["tokens_per_s"]),
-            "stage_time_ratio": ratio(base["stage_s"], t["stage_s"]),
-            "same_data_order": t["data_order_sha256"] == base["data_order_sha256"],
+            "mfu_ratio": ratio(t["mfu"]["value"], base["mfu"]["value"]),
+            "work_time_ratio": ratio(base["work_s"], t["work_s"]),
+            "basis": "observed while both variants trained at once on different cores: median step time "
+            "baseline / variant (moving-block bootstrap CI), tokens/s and MFU from the same medians (equal "
+            "ratios by construction), work time = probe + loop. Not the speed claim: which core shares the "
+            "driver and Ray's processes, and the machine's drift, differ between the two actors.",
         }
+        c["same_data_order"] = t["data_order_sha256"] == base["data_order_sha256"]
         c.update(convergence(base["repeats"], t["repeats"], cfg.targets.val_loss_delta_pct_max))
         iso_b = [
             x
@@ -326,12 +394,12 @@ def build_report(
             if x["variant"] == v and x.get("phase") == "isolated" and x["seed"] == t["seed"]
         ]
         if iso_b and iso_v and t["phase"] == "concurrent":
-            iso = median_ratio_ci(_steady(iso_b[0], skip), _steady(iso_v[0], skip), seed=cfg.training.seed)
+            iso = block_bootstrap_ratio_ci(
+                _steady(iso_b[0], skip), _steady(iso_v[0], skip), seed=cfg.training.seed
+            )
             c["isolated_speedup"] = iso
             c["concurrent_vs_isolated_pct"] = (
-                (c["speedup"]["ratio"] / iso["ratio"] - 1) * 100
-                if iso["ratio"] and c["speedup"]["ratio"]
-                else None
+                (conc["ratio"] / iso["ratio"] - 1) * 100 if iso["ratio"] and conc["ratio"] else None
             )
         comparison[v] = c
     report = {
@@ -615,6 +683,27 @@ def _verdict(sp: dict) -> str:
     return "significantly faster" if sp["ci_low"] > 1 else "significantly SLOWER"
 
 
+def speed_explanation(r: dict, v: str) -> str:
+    """One plain sentence: what the speed trial shows for variant `v`, read from its figures and gates."""
+    c = r["comparison"][v]
+    sp, need = c["speedup"], r["config"]["targets"]["speedup_min"]
+    if c.get("noop"):
+        return f"No speedup to claim: {c['noop_reason']}."
+    if sp.get("ratio") is None:
+        return "The speed trial did not run, so no speedup was measured."
+    ci = f"[{sp['ci_low']:.3f}, {sp['ci_high']:.3f}]"
+    if sp["ci_low"] > 1 and sp["ratio"] >= need:
+        return f"{v} is faster: {sp['ratio']:.3f}x, CI {ci} above 1 and above the {need:g}x floor."
+    if sp["ci_low"] > 1:
+        return (
+            f"{v} is measurably faster ({sp['ratio']:.3f}x, CI {ci}) but by less than the {need:g}x floor: "
+            "no speedup worth claiming on this machine."
+        )
+    if sp["ci_high"] < 1:
+        return f"{v} is SLOWER than the baseline on this machine: {sp['ratio']:.3f}x, CI {ci}."
+    return f"No measurable speedup on this machine: {sp['ratio']:.3f}x, CI {ci} includes 1."
+
+
 def _speedup(r: dict) -> str:
     tr, comp = r["training"], r.get("comparison", {})
     if not comp:
@@ -623,19 +712,33 @@ def _speedup(r: dict) -> str:
     lines = []
     for v, c in comp.items():
         t, sp = tr[v], c["speedup"]
+        cc = c.get("concurrent") or {}
+        st = cc.get("step_time_ratio") or {}
+        conf = f"{(sp.get('confidence') or 0.95) * 100:g}%"
+        reps = (c.get("speed_trial") or {}).get("replicates") or []
         lines += [
             f"{v} vs baseline",
-            f"Speedup (median step time):  {_f(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "
-            f"{_f(t['step_ms']['p50'] if t['step_ms'] else None, 2)} ms   = {_f(sp['ratio'], 2, 'x')}",
-            f"  95% bootstrap CI:          [{_f(sp['ci_low'], 2)}, {_f(sp['ci_high'], 2)}] — {_verdict(sp)}",
-            f"Steady-state throughput:     {_f(b['tokens_per_s'], 0)} → {_f(t['tokens_per_s'], 0)} tok/s   "
-            f"= {_f(c['tokens_per_s_ratio'], 2, 'x')} ({_pct(b['tokens_per_s'], t['tokens_per_s'])})",
-            f"Stage wall time:             {_f(b['stage_s'], 1)} → {_f(t['stage_s'], 1)} s   "
-            f"= {_f(c['stage_time_ratio'], 2, 'x')} (baseline ÷ {v}; what a user waits for)",
-            f"  of which training loop:    {_f(b['train_s'], 1)} → {_f(t['train_s'], 1)} s"
-            + (f"; `auto` probe {_f(t['auto']['probe_s'], 1)} s" if t.get("auto") else ""),
-            f"  compile/warm-up share:     {_f(b['compile_warmup_s'], 1)} s → {_f(t['compile_warmup_s'], 1)} s "
-            f"(first steps beyond the steady median)",
+            f"Speedup (paired speed trial): {_f(sp['ratio'], 3, 'x')}   {conf} CI [{_f(sp['ci_low'], 3)}, "
+            f"{_f(sp['ci_high'], 3)}] — {_verdict(sp)}",
+            f"  {len(reps)} replicates x {sp.get('pairs', 0) // max(len(reps), 1)} ABBA pairs; replicate ratios "
+            + ", ".join(_f(x, 3) for x in sp.get("replicate_ratios", [])),
+            *textwrap.wrap(
+                speed_explanation(r, v), WIDTH - 4, initial_indent="  => ", subsequent_indent="     "
+            ),
+            "Observed during the concurrent training (descriptive; not the speed claim):",
+            f"  median step time:  {_f(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "
+            f"{_f(t['step_ms']['p50'] if t['step_ms'] else None, 2)} ms = {_f(st.get('ratio'), 3, 'x')} "
+            f"[{_f(st.get('ci_low'), 2)}, {_f(st.get('ci_high'), 2)}] (block bootstrap)",
+            f"  throughput:        {_f(b['tokens_per_s'], 0)} → {_f(t['tokens_per_s'], 0)} tok/s = "
+            f"{_f(cc.get('tokens_per_s_ratio'), 3, 'x')} (median-step basis: equals the step-time ratio)",
+            f"  work time:         {_f(b['work_s'], 1)} → {_f(t['work_s'], 1)} s = "
+            f"{_f(cc.get('work_time_ratio'), 3, 'x')} (baseline ÷ {v}; what a user waits for)",
+            f"    of which {v}: "
+            + (f"`auto` probe {_f(t['auto']['probe_s'], 1)} s, " if t.get("auto") else "")
+            + f"warm-up/compile beyond the median step {_f(t['compile_warmup_s'], 1)} s",
+            "  Why these can differ from the trial: the two actors ran on different cores next to different "
+            "processes,",
+            "  and the machine drifts; work time also pays one-time costs (probe, compile, evals).",
             f"Val loss change:             {_f(c['val_loss_delta_pct'], 3, '%')} vs tolerance "
             f"{_f(c['val_loss_tolerance_pct'], 3, '%')}",
             f"  tolerance: {c['val_loss_tolerance_basis']}",
@@ -645,7 +748,7 @@ def _speedup(r: dict) -> str:
         if "isolated_speedup" in c:
             iso = c["isolated_speedup"]
             lines.append(
-                f"Concurrent vs isolated:      {_f(sp['ratio'], 3, 'x')} concurrent, {_f(iso['ratio'], 3, 'x')} "
+                f"Concurrent vs isolated:      {_f(st.get('ratio'), 3, 'x')} concurrent, {_f(iso['ratio'], 3, 'x')} "
                 f"alone [{_f(iso['ci_low'], 2)}, {_f(iso['ci_high'], 2)}] → {_f(c['concurrent_vs_isolated_pct'], 1, '%')}"
             )
         lines.append("")

@@ -18,6 +18,7 @@ from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.speedtrial import TrialSettings, paired_trial
 from phase2_ray.core.train import STATE_META, STATE_TENSORS, TrainSettings, train
 from phase2_ray.placement import CoreAllocator, CoreRotation, pin_all_threads
 from phase2_ray.stages.nodes import assigned_device
@@ -312,3 +313,49 @@ class TrainerActor:
             "checkpoint": files,
             "checkpoint_uri": uri,
         }
+
+
+@ray.remote
+def speed_trial(
+    model_cfg: dict,
+    settings: dict,
+    baseline: dict,
+    variants: dict[str, dict],
+    train_tokens: torch.Tensor,
+    trial: dict,
+    seeds: list[int],
+    cores: list[int] | None,
+) -> dict[str, list[dict]]:
+    """Paired speed trials (core.speedtrial) of every variant's stack against the baseline's, one replicate per
+    seed, on `cores` when given. Returns {variant: [replicate result]}; each replicate builds fresh models."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+    before = sorted(os.sched_getaffinity(0)) if cores else None
+    if cores:
+        pin_all_threads(cores)
+    device = assigned_device()
+    out: dict[str, list[dict]] = {v: [] for v in variants}
+    try:
+        for seed in seeds:
+            for v, stack in variants.items():
+                r = paired_trial(
+                    GPTConfig(**model_cfg),
+                    TrainSettings(**settings),
+                    OptimizationSettings(**baseline),
+                    OptimizationSettings(**stack),
+                    train_tokens,
+                    TrialSettings(**trial, seed=seed),
+                    device=device,
+                )
+                r.update(
+                    seed=seed,
+                    cores=cores,
+                    pid=os.getpid(),
+                    node_id=ray.get_runtime_context().get_node_id(),
+                    device=device,
+                )
+                out[v].append(r)
+    finally:
+        if before:
+            pin_all_threads(before)  # this worker process may run other tasks next
+    return out

@@ -1,0 +1,122 @@
+"""The speed trial: a paired, interleaved measurement of two optimization stacks on the same cores.
+
+Why it exists: two concurrent training actors on a small VM do not see the same machine (which core shares the
+driver's, raylet's and Serve's processes changes from run to run) and the machine's speed drifts by tens of
+percent between minutes, so the ratio of two actors' step times says more about the machine than about the
+stack. Here both stacks train side by side in one process, on one set of cores, in short blocks ordered
+A B B A (or B A A B, chosen per pair from the seed): linear drift within a pair cancels, and the unit of
+replication is the pair, not the step. The statistics live in `phase2_ray.metrics.paired_speedup`."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from phase2_ray.core.model import GPTConfig
+from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.train import Trainer, TrainSettings
+
+
+@dataclass(kw_only=True)
+class TrialSettings:
+    pairs: int = 12
+    """ABBA pairs per replicate: the unit the interval is computed over."""
+    block_steps: int = 4
+    """Training steps per block (each pair has two blocks of each stack)."""
+    warmup_steps: int = 5
+    """Untimed steps per stack first (compilation, allocator and cache warm-up)."""
+    seed: int = 0
+    """Decides which stack is built first and each pair's order (ABBA or BAAB): reproducible, not chosen."""
+
+
+@dataclass
+class TrialPair:
+    index: int
+    order: str
+    """"ABBA" or "BAAB"."""
+    a_s: float
+    """Wall time of the two blocks of stack A (the reference), seconds."""
+    b_s: float
+    """Wall time of the two blocks of stack B (the candidate), seconds."""
+
+    @property
+    def ratio(self) -> float:
+        """A's time over B's: above 1 means B is faster."""
+        return self.a_s / self.b_s
+
+
+def trial_steps(t: TrialSettings) -> int:
+    """Steps each stack trains in a trial."""
+    return t.warmup_steps + t.pairs * 2 * t.block_steps
+
+
+def paired_trial(
+    model_cfg: GPTConfig,
+    settings: TrainSettings,
+    stack_a: OptimizationSettings,
+    stack_b: OptimizationSettings,
+    train_tokens: torch.Tensor,
+    trial: TrialSettings,
+    *,
+    device: str | torch.device | None = None,
+    on_block: Callable[[], None] | None = None,
+) -> dict:
+    """Trains one model per stack from the same init on the same batches, timing blocks in ABBA / BAAB order.
+
+    Returns {"pairs": [TrialPair as dict], "build_order", "warmup_s": {a, b}, "losses_equal"} where
+    `losses_equal` says the two stacks computed bit-identical losses (true for equal stacks: an A/A trial)."""
+    rng = random.Random(trial.seed)
+    steps = trial_steps(trial)
+    s = replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps))
+    # Which model is allocated first can matter (memory placement); the seed decides, so it is not always A.
+    build_order = "AB" if rng.random() < 0.5 else "BA"
+    stacks = {"A": stack_a, "B": stack_b}
+    trainers: dict[str, Trainer] = {}
+    for k in build_order:
+        trainers[k] = Trainer(model_cfg, s, stacks[k], train_tokens, device)
+    warm = {"A": 0.0, "B": 0.0}
+    for _ in range(trial.warmup_steps):
+        for k in build_order:
+            trainers[k].train_step()
+            warm[k] += trainers[k].times[-1]
+
+    def block(k: str) -> float:
+        tr = trainers[k]
+        t0 = time.perf_counter()
+        for _ in range(trial.block_steps):
+            tr.train_step()
+        dt = time.perf_counter() - t0
+        if on_block is not None:
+            on_block()
+        return dt
+
+    pairs = []
+    for i in range(trial.pairs):
+        order = "ABBA" if rng.random() < 0.5 else "BAAB"
+        spent = {"A": 0.0, "B": 0.0}
+        for k in order:
+            spent[k] += block(k)
+        pairs.append(asdict(TrialPair(i, order, spent["A"], spent["B"])))
+    return {
+        "pairs": pairs,
+        "build_order": build_order,
+        "warmup_s": {"a": warm["A"], "b": warm["B"]},
+        "steps_per_stack": steps,
+        "losses_equal": trainers["A"].losses == trainers["B"].losses,
+    }
+
+
+def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -> bool:
+    """Whether two stacks run the same code: the no-op check (a variant equal to its baseline is no speedup)."""
+    da = asdict(a) if isinstance(a, OptimizationSettings) else dict(a)
+    db = asdict(b) if isinstance(b, OptimizationSettings) else dict(b)
+    # compile_mode only matters when compiling.
+    if not da.get("compile"):
+        da.pop("compile_mode", None)
+    if not db.get("compile"):
+        db.pop("compile_mode", None)
+    return da == db
