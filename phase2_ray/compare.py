@@ -1,9 +1,17 @@
 """`phase2 compare RUN_A RUN_B`: every headline metric of two saved runs side by side, without Ray.
 
-A change is called significant only when the raw samples say so: the ratio of medians (B / A) of per-step times or
-per-request latencies gets a 95% bootstrap CI, and only a CI that excludes 1.0 counts. Figures with no samples
-behind them (a final val loss, a peak RSS) show their change but are never called significant. A significant change
-in the worse direction is a regression; the command exits 1 when there is one, so a CI job can gate on it."""
+A regression alarm that fires on an unchanged program is worse than none, so:
+- Each tested figure gets a p-value from its raw samples, and the whole table is one family: Holm-Bonferroni
+  keeps the chance of any false alarm at `alpha` however many metrics are compared.
+- The speedup is compared through the speed trial's replicates (a within-run, paired measurement, robust to
+  the machine's drift): Welch's t-test on the replicates' log ratios.
+- Absolute timings of two runs minutes apart differ with the machine's drift, not only with the code: a change
+  counts only beyond a noise threshold (criterion.rs's `noise_threshold`), `timing_noise_pct`, which should be
+  at least the run-to-run spread that A/A runs measure on the machine (benchmarks/verdict_bench.py).
+- Success rates: Fisher's exact test on the request counts. The val loss is deterministic for the same code and
+  seed: a change beyond the val-loss tolerance is a regression, no test needed.
+A significant change beyond its noise threshold in the worse direction is a regression; the command exits 1
+when there is one, so a CI job can gate on it."""
 
 from __future__ import annotations
 
@@ -12,10 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from tabulate import tabulate
 
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.metrics import median_ratio_ci
+from phase2_ray.metrics import block_bootstrap_ratio_ci, holm
+
+ALPHA = 0.05
+TIMING_NOISE_PCT = 25.0
+SPEEDUP_NOISE_PCT = 5.0
 
 
 def _load(run: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -25,51 +38,117 @@ def _load(run: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     return report, steps, req
 
 
-def _row(metric: str, who: str, a: float | None, b: float | None, better: str, samples=None) -> dict:
-    """One compared figure. `samples` = (A values, B values) when raw samples exist for a significance test."""
-    row = {"metric": metric, "variant": who, "a": a, "b": b, "better": better}
+def _row(metric: str, who: str, a: float | None, b: float | None, better: str, kind: str) -> dict:
+    row = {"metric": metric, "variant": who, "a": a, "b": b, "better": better, "kind": kind}
     row["change_pct"] = (b / a - 1) * 100 if a not in (None, 0) and b is not None else None
-    row.update(
-        ci_low=None, ci_high=None, significant=False, verdict="n/a (no samples)" if samples is None else ""
-    )
-    if samples is not None:
-        sa, sb = (np.asarray(x, dtype=float) for x in samples)
-        sa, sb = sa[np.isfinite(sa)], sb[np.isfinite(sb)]
-        ci = median_ratio_ci(sb, sa)  # median(B) / median(A)
-        row.update(ci_low=ci["ci_low"], ci_high=ci["ci_high"], significant=ci["significant"])
-        if ci["ratio"] is None:
-            row["verdict"] = "too few samples"
-        elif not ci["significant"]:
-            row["verdict"] = "no significant change"
-        else:
-            up = ci["ci_low"] > 1.0
-            worse = up if better == "lower" else not up
-            row["verdict"] = "REGRESSION" if worse else "improvement"
+    row.update(ci_low=None, ci_high=None, p_value=None, noise_pct=None, verdict="shown, not tested")
     return row
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
+def _timing_row(metric, who, a, b, better, samples_a, samples_b, noise_pct: float) -> dict:
+    """B/A ratio of medians of per-step or per-request samples, moving-block bootstrap (neighbours correlate)."""
+    row = _row(metric, who, a, b, better, "absolute timing")
+    sa = np.asarray(samples_a, dtype=float)
+    sb = np.asarray(samples_b, dtype=float)
+    ci = block_bootstrap_ratio_ci(sb[np.isfinite(sb)], sa[np.isfinite(sa)])  # median(B) / median(A)
+    if ci["ratio"] is None:
+        row["verdict"] = "too few samples"
+        return row
+    row.update(ci_low=ci["ci_low"], ci_high=ci["ci_high"], p_value=ci["p_value"], noise_pct=noise_pct)
+    return row
+
+
+def _log_ratios(c: dict) -> np.ndarray:
+    reps = ((c or {}).get("speed_trial") or {}).get("replicates") or []
+    return np.array([np.mean(np.log([p["a_s"] / p["b_s"] for p in r["pairs"]])) for r in reps if r["pairs"]])
+
+
+def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float) -> dict:
+    """B/A ratio of the paired speedups: Welch's t on the replicates' log ratios (each run's own unit)."""
+    la, lb = _log_ratios(ca), _log_ratios(cb)
+    a = (ca.get("speedup") or {}).get("ratio")
+    b = (cb.get("speedup") or {}).get("ratio")
+    row = _row("training speedup (paired trial)", v, a, b, "higher", "paired speedup")
+    if la.size < 2 or lb.size < 2:
+        row["verdict"] = "too few replicates"
+        return row
+    va, vb = la.var(ddof=1) / la.size, lb.var(ddof=1) / lb.size
+    diff, se = lb.mean() - la.mean(), float(np.sqrt(va + vb))
+    if se == 0:
+        p, half = (1.0 if diff == 0 else 0.0), 0.0
+    else:
+        df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1))
+        p = float(2 * stats.t.sf(abs(diff) / se, df))
+        half = float(stats.t.ppf(0.975, df)) * se
+    row.update(
+        ci_low=float(np.exp(diff - half)), ci_high=float(np.exp(diff + half)), p_value=p, noise_pct=noise_pct
+    )
+    return row
+
+
+def _success_row(m: str, ia: dict, ib: dict) -> dict:
+    row = _row("success rate", m, ia.get("success_rate"), ib.get("success_rate"), "higher", "count")
+    na, nb = ia.get("requests") or 0, ib.get("requests") or 0
+    if not na or not nb:
+        row["verdict"] = "no requests"
+        return row
+    oa, ob = ia.get("succeeded") or 0, ib.get("succeeded") or 0
+    p = float(stats.fisher_exact([[oa, na - oa], [ob, nb - ob]])[1]) if (oa, ob) != (na, nb) else 1.0
+    row.update(p_value=p, noise_pct=0.0)
+    return row
+
+
+def _val_loss_row(v: str, ta: dict, tb: dict, tol_pct: float) -> dict:
+    row = _row("final val loss", v, ta.get("val_loss"), tb.get("val_loss"), "lower", "threshold")
+    row["noise_pct"] = tol_pct
+    ch = row["change_pct"]
+    if ch is None:
+        row["verdict"] = "not measured"
+    elif ch > tol_pct:
+        row["verdict"] = "REGRESSION"
+    elif ch < -tol_pct:
+        row["verdict"] = "improvement"
+    else:
+        row["verdict"] = f"within the {tol_pct:g}% tolerance"
+    return row
+
+
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    *,
+    alpha: float = ALPHA,
+    timing_noise_pct: float = TIMING_NOISE_PCT,
+    speedup_noise_pct: float = SPEEDUP_NOISE_PCT,
+) -> dict:
     ra, sa, qa = _load(Path(run_a))
     rb, sb, qb = _load(Path(run_b))
     rows: list[dict] = []
     skip_a = ra["config"]["training"]["skip_steps"]
     skip_b = rb["config"]["training"]["skip_steps"]
+    tol = ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)
+    for v in [x for x in ra.get("comparison", {}) if x in rb.get("comparison", {})]:
+        rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct))
     for v in [x for x in ra.get("training", {}) if x in rb.get("training", {})]:
         ta, tb = ra["training"][v], rb["training"][v]
         steps_a = sa[(sa["variant"] == v) & (sa["step"] > skip_a)]["step_s"] * 1000 if len(sa) else []
         steps_b = sb[(sb["variant"] == v) & (sb["step"] > skip_b)]["step_s"] * 1000 if len(sb) else []
         rows.append(
-            _row(
+            _timing_row(
                 "median step time (ms)",
                 v,
                 (ta.get("step_ms") or {}).get("p50"),
                 (tb.get("step_ms") or {}).get("p50"),
                 "lower",
-                (steps_a, steps_b),
+                steps_a,
+                steps_b,
+                timing_noise_pct,
             )
         )
-        rows.append(_row("steady tokens/s", v, ta.get("tokens_per_s"), tb.get("tokens_per_s"), "higher"))
-        rows.append(_row("final val loss", v, ta.get("val_loss"), tb.get("val_loss"), "lower"))
+        rows.append(
+            _row("steady tokens/s", v, ta.get("tokens_per_s"), tb.get("tokens_per_s"), "higher", "info")
+        )
+        rows.append(_val_loss_row(v, ta, tb, tol))
     for m in [x for x in ra.get("inference", {}) if x in rb.get("inference", {})]:
         ia, ib = ra["inference"][m], rb["inference"][m]
         level = ia.get("headline_level")
@@ -78,53 +157,87 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
             if not len(q):
                 return q
             sel = (q["variant"] == m) & q["ok"].astype(bool)
+            if "warmup" in q:
+                sel &= ~q["warmup"].astype(bool)
             if lv is not None and "level" in q:
                 sel &= q["level"] == lv
-            return q[sel]
+            return q[sel].sort_values("index") if "index" in q else q[sel]
 
         xa, xb = reqs(qa), reqs(qb)
         tag = f"{m} ({level})" if level else m
-        for metric, key in (("TTFT p50 (ms)", "ttft_ms"), ("E2E p50 (ms)", "e2e_ms")):
-            rows.append(
-                _row(
-                    metric,
-                    tag,
-                    (ia.get(key) or {}).get("p50"),
-                    (ib.get(key) or {}).get("p50"),
-                    "lower",
-                    (xa.get(key, []), xb.get(key, [])),
-                )
-            )
 
         def tpot(x: pd.DataFrame):
             multi = x[x["output_tokens"] > 1] if len(x) else x
             return (multi["e2e_ms"] - multi["ttft_ms"]) / (multi["output_tokens"] - 1) if len(multi) else []
 
+        for metric, key, sample in (
+            ("TTFT p50 (ms)", "ttft_ms", lambda x: x.get("ttft_ms", [])),
+            ("TPOT p50 (ms)", "tpot_ms", tpot),
+            ("E2E p50 (ms)", "e2e_ms", lambda x: x.get("e2e_ms", [])),
+        ):
+            rows.append(
+                _timing_row(
+                    metric,
+                    tag,
+                    (ia.get(key) or {}).get("p50"),
+                    (ib.get(key) or {}).get("p50"),
+                    "lower",
+                    sample(xa),
+                    sample(xb),
+                    timing_noise_pct,
+                )
+            )
         rows.append(
             _row(
-                "TPOT p50 (ms)",
+                "output tok/s",
                 tag,
-                (ia.get("tpot_ms") or {}).get("p50"),
-                (ib.get("tpot_ms") or {}).get("p50"),
-                "lower",
-                (tpot(xa), tpot(xb)),
+                ia.get("output_tokens_per_s"),
+                ib.get("output_tokens_per_s"),
+                "higher",
+                "info",
             )
         )
         rows.append(
-            _row("output tok/s", tag, ia.get("output_tokens_per_s"), ib.get("output_tokens_per_s"), "higher")
+            _row(
+                "peak replica RSS (MB)",
+                m,
+                ia.get("peak_memory_mb"),
+                ib.get("peak_memory_mb"),
+                "lower",
+                "info",
+            )
         )
-        rows.append(
-            _row("peak replica RSS (MB)", m, ia.get("peak_memory_mb"), ib.get("peak_memory_mb"), "lower")
-        )
-        rows.append(_row("success rate", m, ia.get("success_rate"), ib.get("success_rate"), "higher"))
-    regressions = [r for r in rows if r["verdict"] == "REGRESSION"]
+        rows.append(_success_row(m, ia, ib))
+    _decide(rows, alpha)
+    tested = [r for r in rows if r["p_value"] is not None]
     return {
         "run_a": {"run_id": ra["run_id"], "path": str(run_a), "approved": ra["decision"]["approved"]},
         "run_b": {"run_id": rb["run_id"], "path": str(run_b), "approved": rb["decision"]["approved"]},
-        "basis": "B / A ratio of medians with a 95% percentile bootstrap CI over per-step or per-request samples",
+        "basis": f"{len(tested)} tested figures, Holm-Bonferroni at family-wise alpha {alpha:g}; a change also "
+        f"has to exceed its noise threshold (absolute timings {timing_noise_pct:g}%, speedup "
+        f"{speedup_noise_pct:g}%)",
+        "alpha": alpha,
+        "timing_noise_pct": timing_noise_pct,
+        "speedup_noise_pct": speedup_noise_pct,
         "rows": rows,
-        "regressions": len(regressions),
+        "regressions": sum(r["verdict"] == "REGRESSION" for r in rows),
     }
+
+
+def _decide(rows: list[dict], alpha: float) -> None:
+    """Verdicts of the tested rows: Holm over all their p-values, then the noise threshold and the direction."""
+    tested = [r for r in rows if r["p_value"] is not None]
+    for r, reject in zip(tested, holm([r["p_value"] for r in tested], alpha), strict=True):
+        r["significant"] = reject
+        if not reject:
+            r["verdict"] = "no significant change"
+            continue
+        ch = r["change_pct"]
+        if ch is None or abs(ch) < r["noise_pct"]:
+            r["verdict"] = f"within noise (< {r['noise_pct']:g}%)"
+            continue
+        worse = ch > 0 if r["better"] == "lower" else ch < 0
+        r["verdict"] = "REGRESSION" if worse else "improvement"
 
 
 def render(c: dict) -> str:
@@ -135,10 +248,11 @@ def render(c: dict) -> str:
         [
             r["metric"],
             r["variant"],
-            f(r["a"], 4 if "loss" in r["metric"] else 2),
-            f(r["b"], 4 if "loss" in r["metric"] else 2),
+            f(r["a"], 4 if "loss" in r["metric"] or "speedup" in r["metric"] else 2),
+            f(r["b"], 4 if "loss" in r["metric"] or "speedup" in r["metric"] else 2),
             "—" if r["change_pct"] is None else f"{r['change_pct']:+.2f}%",
             "—" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            "—" if r["p_value"] is None else f"{r['p_value']:.3g}",
             r["verdict"],
         ]
         for r in c["rows"]
@@ -146,10 +260,13 @@ def render(c: dict) -> str:
     head = (
         f"# Run comparison\n\nA = {c['run_a']['run_id']} ({'approved' if c['run_a']['approved'] else 'rejected'})\n"
         f"B = {c['run_b']['run_id']} ({'approved' if c['run_b']['approved'] else 'rejected'})\n\n"
-        f"Change = B vs A. CI: {c['basis']}; a change counts only when the CI excludes 1.0.\n\n"
+        f"Change = B vs A. {c['basis']}. Absolute timings of runs minutes apart move with the machine; the "
+        "speedup row compares within-run paired measurements and is the one to trust.\n\n"
     )
     body = tabulate(
-        table, headers=["metric", "variant", "A", "B", "change", "B/A 95% CI", "verdict"], tablefmt="github"
+        table,
+        headers=["metric", "variant", "A", "B", "change", "B/A 95% CI", "p", "verdict"],
+        tablefmt="github",
     )
     return head + body + f"\n\n**{c['regressions']} significant regression(s).**\n"
 

@@ -198,8 +198,10 @@ def block_bootstrap_ratio_ci(
         "ci_high": float(hi),
         "confidence": confidence,
         "significant": bool(lo > 1.0 or hi < 1.0),
+        # two-sided bootstrap p-value of "ratio 1", floored at the resolution n_boot allows
+        "p_value": max(1.0 / n_boot, min(1.0, 2 * min(np.mean(boots <= 1.0), np.mean(boots >= 1.0)))),
         "n_boot": n_boot,
-        "method": "moving-block bootstrap over steps",
+        "method": "moving-block bootstrap",
     }
 
 
