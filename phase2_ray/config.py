@@ -298,6 +298,13 @@ class ValidationConfig(_Section):
         None, gt=0, description="Also run an open-loop level with Poisson arrivals at this many requests/s."
     )
     clients: int = Field(2, ge=1, le=64, description="Load-generator actors (spread over the cluster).")
+    rounds: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Each level's requests are split into up to this many rounds; in every round each model "
+        "takes its turn in a fresh random order (seeded), so no model always gets the first minutes.",
+    )
     prompt_tokens: int = Field(32, ge=1, description="Prompt length, cut from held-out text.")
     max_tokens: int = Field(64, ge=1, description="Tokens generated per request.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")

@@ -75,8 +75,44 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
                 targets["peak_memory_mb_max"],
                 "MB",
             ),
-            Gate("success_rate", variant, inf.get("success_rate"), ">=", targets["success_rate_min"]),
+            Gate(
+                "success_rate",
+                variant,
+                inf.get("success_rate"),
+                ">=",
+                targets["success_rate_min"],
+                detail="every request sent to the model: measured, warm-up and replica sweep",
+            ),
+            Gate(
+                "model_memory_mb",
+                variant,
+                inf.get("model_memory_mb"),
+                "<=",
+                targets.get("model_memory_mb_max", float("inf")),
+                "MB",
+                detail="the model's own weights + preallocated KV cache",
+            ),
         ]
+    # Change gates between served models: a model may not be slower than the baseline model beyond the
+    # tolerance. Judged on the ratio's interval: the gate's value is its most favourable end, so it fails only
+    # when a regression beyond the tolerance is shown, not when noise alone points that way.
+    tol = targets.get("serving_regression_pct_max")
+    if tol is not None:
+        for m, ratios in (report.get("serving") or {}).get("vs_baseline", {}).items():
+            for key in ("ttft_ms", "tpot_ms"):
+                r = ratios.get(key) or {}
+                gates.append(
+                    Gate(
+                        f"{key.split('_')[0]}_p50_vs_baseline",
+                        m,
+                        r.get("ci_low"),
+                        "<=",
+                        1 + tol / 100,
+                        "x",
+                        detail=f"{r.get('metric')} {m} / baseline at {r.get('level')} = {_num(r.get('ratio'))}, "
+                        f"CI [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]; value = the CI's low end",
+                    )
+                )
     comp = report.get("serving", {}).get("compression")
     if comp:
         gates.append(

@@ -61,9 +61,20 @@ def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = No
     multi = ok[ok["output_tokens"] > 1]
     out[TPOT_MS] = describe((multi[E2E_MS] - multi[TTFT_MS]) / (multi["output_tokens"] - 1))
     out[ITL_MS] = describe(x for gaps in ok[ITL_MS] for x in gaps)
-    # Aggregate output throughput: tokens of successful requests over the measured window's wall time.
+    # The server sends several tokens per write: the gaps between writes and their sizes, beside per-token ITL.
+    if "write_gap_ms" in ok:
+        out["write_gap_ms"] = describe(x for gaps in ok["write_gap_ms"] for x in (gaps or []))
+        out["tokens_per_write"] = describe(x for sizes in ok["tokens_per_write"] for x in (sizes or []))
+    if "queue_ms" in ok and ok["queue_ms"].notna().any():
+        out["queue_ms"] = describe(ok["queue_ms"].dropna())
+    # Aggregate output throughput: tokens of successful requests over the measured window's wall time. The
+    # models take turns in rounds, so a model's window is the sum of its rounds' windows, not first to last.
     if len(ok):
-        window = float(requests["end"].max() - requests["start"].min())
+        if "round" in requests and requests["round"].notna().any():
+            per_round = requests.groupby(requests["round"].fillna(-1))
+            window = float((per_round["end"].max() - per_round["start"].min()).sum())
+        else:
+            window = float(requests["end"].max() - requests["start"].min())
         out["output_tokens"] = int(ok["output_tokens"].sum())
         out["measured_s"] = window
         out["output_tokens_per_s"] = out["output_tokens"] / window if window > 0 else None

@@ -29,6 +29,7 @@ from phase2_ray import __version__, resume
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
+from phase2_ray.loadplan import interleaved_schedule
 from phase2_ray.report import build_report, redacted_config, write_run_dir
 from phase2_ray.stages.nodes import TrainingPlacement, cluster_nodes
 from phase2_ray.storage import check_uri, get_checkpoint, join
@@ -530,7 +531,7 @@ def run_validation(
     sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
     cpus = ray.cluster_resources().get("CPU", 1)
     gpus = ray.cluster_resources().get("GPU", 0)
-    out: dict = {"records": [], "int8_of": int8_of, "models": list(models)}
+    out: dict = {"records": [], "int8_of": int8_of, "models": list(models), "seed": cfg.training.seed}
 
     # Before Serve starts, so that nothing else competes for the cores while it is timed.
     tok = Tokenizer.from_str(d.tokenizer_json)
@@ -605,25 +606,35 @@ def run_validation(
         if v.request_rate:
             levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
         out["levels"] = [name for name, _, _ in levels]
-        # One model and level at a time: concurrent load would make them measure each other.
-        for model in models:
-            for name, conc, rate in levels:
-                recs = val.run_level(
-                    clients,
-                    base_url,
-                    model,
-                    d.prompts,
-                    n=v.requests,
-                    concurrency=conc,
-                    request_rate=rate,
-                    level=name,
-                    **load,
-                )
-                for r in recs:
-                    r["level"] = name
-                out["records"] += recs
-                ok = sum(r["ok"] for r in recs)
-                log(f"2c {model} {name}: {ok}/{len(recs)} requests succeeded", t0)
+        # One model and level at a time (concurrent load would make them measure each other), the models
+        # taking turns in seeded random order, round by round (phase2_ray.loadplan).
+        schedule = interleaved_schedule(
+            list(models), [(name, conc) for name, conc, _ in levels], v.requests, v.rounds, cfg.training.seed
+        )
+        out["schedule"] = [asdict(s) for s in schedule]
+        spec = {name: (conc, rate) for name, conc, rate in levels}
+        done: dict[tuple[str, str], list[dict]] = {}
+        for slot in schedule:
+            conc, rate = spec[slot.level]
+            recs = val.run_level(
+                clients,
+                base_url,
+                slot.model,
+                d.prompts,
+                n=slot.requests,
+                concurrency=conc,
+                request_rate=rate,
+                level=slot.level,
+                first_index=slot.first_index,
+                **{**load, "warmup": load["warmup"] if slot.round == 0 else 0},
+            )
+            for r in recs:
+                r["level"], r["round"] = slot.level, slot.round
+            out["records"] += recs
+            done.setdefault((slot.model, slot.level), []).extend(recs)
+        for (model, name), recs in done.items():
+            measured = [r for r in recs if not r.get("warmup")]
+            log(f"2c {model} {name}: {sum(r['ok'] for r in measured)}/{len(measured)} requests succeeded", t0)
         expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
         out["replicas"] = replica_stats(expected)
         out["scaling"] = {"model": None, "runs": []}
@@ -646,7 +657,7 @@ def run_validation(
                     **load,
                 )
                 for r in recs:
-                    r["level"] = f"replicas{n}"
+                    r["level"], r["round"] = f"replicas{n}", 0
                 out["records"] += recs
                 stats = replica_stats(n)
                 out["scaling"]["runs"].append(

@@ -25,6 +25,7 @@ from phase2_ray.gates import Gate, evaluate_gates, pct_change_abs, ratio
 from phase2_ray.metrics import (
     block_bootstrap_ratio_ci,
     paired_speedup,
+    stratified_ratio_ci,
     summarize_requests,
     summarize_training,
 )
@@ -45,7 +46,9 @@ def step_frame(training: dict[str, dict]) -> pd.DataFrame:
 REQUEST_COLUMNS = [
     "variant",
     "level",
+    "round",
     "index",
+    "warmup",
     "ok",
     "status",
     "error_type",
@@ -56,13 +59,58 @@ REQUEST_COLUMNS = [
     "e2e_ms",
     "output_tokens",
     "prompt_tokens",
+    "completion_tokens",
+    "scheduled",
+    "queue_ms",
     "itl_ms",
+    "write_gap_ms",
+    "tokens_per_write",
     "text",
 ]
 
 
 def request_frame(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(records, columns=REQUEST_COLUMNS)
+    df = pd.DataFrame(records, columns=REQUEST_COLUMNS)
+    df["warmup"] = df["warmup"].astype("boolean").fillna(False).astype(bool)
+    for col in ("itl_ms", "write_gap_ms", "tokens_per_write"):
+        df[col] = df[col].apply(lambda x: x if isinstance(x, list) else [])
+    return df
+
+
+SERVING_RATIOS = {
+    "ttft_ms": "TTFT p50",
+    "tpot_ms": "TPOT p50",
+    "e2e_ms": "E2E p50",
+    "rate": "decode tok/s p50",
+}
+"""Between-model ratios (model / baseline) reported with a CI, over the headline level's requests."""
+
+
+def _with_derived(df: pd.DataFrame) -> pd.DataFrame:
+    multi = df["output_tokens"] > 1
+    tpot = (df["e2e_ms"] - df["ttft_ms"]) / (df["output_tokens"] - 1)
+    return df.assign(
+        tpot_ms=tpot.where(multi), rate=(df["output_tokens"] / (df["e2e_ms"] / 1000.0)).where(multi)
+    )
+
+
+def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None, seed: int = 0) -> dict:
+    """{model: {metric: ratio-with-CI}} of every model against the baseline model at `level`: medians of the
+    successful measured requests, bootstrapped within the interleaved rounds (metrics.stratified_ratio_ci)."""
+    if "baseline" not in models or level is None:
+        return {}
+    ok = _with_derived(req[req["ok"].astype(bool) & ~req["warmup"] & (req["level"] == level)])
+    base = ok[ok["variant"] == "baseline"]
+    out = {}
+    for m in models:
+        if m == "baseline":
+            continue
+        mine = ok[ok["variant"] == m]
+        out[m] = {
+            k: {**stratified_ratio_ci(base, mine, k, seed=seed), "metric": name, "level": level}
+            for k, name in SERVING_RATIOS.items()
+        }
+    return out
 
 
 def redacted_config(config: dict) -> dict:
@@ -88,11 +136,18 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     ref = validation.get("reference", {})
     inf: dict[str, dict] = {}
     for m in validation["models"]:
-        mine = req[(req["variant"] == m) & req["level"].isin(levels)]
+        everything = req[req["variant"] == m]
+        mine = everything[everything["level"].isin(levels) & ~everything["warmup"]]
         per_level = {lv: summarize_requests(mine[mine["level"] == lv], slo) for lv in levels}
-        whole = summarize_requests(mine)
+        # Every request this model was sent counts in its success rate: warm-ups and the replica sweep too.
+        whole = summarize_requests(everything)
         s = dict(per_level[levels[0]]) if levels else dict(whole)
         s.update({k: whole[k] for k in ("requests", "succeeded", "success_rate", "errors")})
+        s["requests_by_kind"] = {
+            "measured": int(len(mine)),
+            "warmup": int(everything["warmup"].sum()),
+            "replica_sweep": int(everything["level"].str.startswith("replicas").sum()),
+        }
         s["headline_level"] = levels[0] if levels else None
         s["levels"] = per_level
         if replicas:
@@ -101,6 +156,8 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
             s["uss_mb"] = max(r["uss_mb"] for r in replicas)
             own = replicas[0]["models"].get(m, {})
             s["model_bytes"] = {"weights": own.get("weight_bytes"), "kv_cache": own.get("kv_cache_bytes")}
+            if None not in s["model_bytes"].values():
+                s["model_memory_mb"] = sum(s["model_bytes"].values()) / 2**20
             s["memory_basis"] = (
                 "peak_memory_mb = peak RSS (ru_maxrss) of the replica process, the largest over replicas; the "
                 "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
@@ -131,6 +188,10 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
             s["weight_bytes"] = ref[m]["weight_bytes"]
         inf[m] = s
     serving: dict = {
+        "vs_baseline": serving_vs_baseline(
+            req, list(validation["models"]), levels[0] if levels else None, seed=validation.get("seed", 0)
+        ),
+        "schedule": validation.get("schedule", []),
         "overhead": {},
         "concurrency_scaling": {},
         # where each replica ran (node ids): provenance for multi-node runs

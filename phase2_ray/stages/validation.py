@@ -44,12 +44,21 @@ def start_clients(n: int, run_id: str) -> list:
 
 
 def run_level(
-    clients: list, base_url: str, model: str, prompts: list[str], *, n: int, concurrency: int, **kw
+    clients: list,
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    *,
+    n: int,
+    concurrency: int,
+    first_index: int = 0,
+    **kw,
 ):
-    """One load level split over the clients (each its share of requests and concurrency); merged records."""
+    """One load level split over the clients (each its share of requests and concurrency); merged records.
+    Request indices (and so their sampling seeds) start at `first_index`."""
     k = max(1, min(len(clients), concurrency, n))
     refs = []
-    first = 0
+    first = first_index
     for i in range(k):
         share_n = n // k + (i < n % k)
         share_c = concurrency // k + (i < concurrency % k)
