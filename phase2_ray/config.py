@@ -299,7 +299,7 @@ class ValidationConfig(_Section):
     )
     clients: int = Field(2, ge=1, le=64, description="Load-generator actors (spread over the cluster).")
     rounds: int = Field(
-        4,
+        8,
         ge=1,
         le=64,
         description="Each level's requests are split into up to this many rounds; in every round each model "

@@ -96,9 +96,12 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
     # Change gates between served models: a model may not be slower than the baseline model beyond the
     # tolerance. Judged on the ratio's interval: the gate's value is its most favourable end, so it fails only
     # when a regression beyond the tolerance is shown, not when noise alone points that way.
+    # Trained variants only: an int8 copy has its own quality gate, and its speed is shown with its interval.
     tol = targets.get("serving_regression_pct_max")
     if tol is not None:
         for m, ratios in (report.get("serving") or {}).get("vs_baseline", {}).items():
+            if m not in training:
+                continue
             for key in ("ttft_ms", "tpot_ms"):
                 r = ratios.get(key) or {}
                 gates.append(

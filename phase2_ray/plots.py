@@ -58,7 +58,7 @@ def step_time_distribution(steps: pd.DataFrame, skip: int, path: Path) -> Path:
 
 
 def throughput_bars(steps: pd.DataFrame, skip: int, tokens_per_step: int, path: Path) -> Path:
-    """Steady tokens/s per variant (from the median step time) with its 95% bootstrap CI as whiskers."""
+    """Steady tokens/s per variant (from the median step time) with its 95% moving-block bootstrap CI as whiskers (concurrent run: descriptive)."""
     steady = steps[steps["step"] > skip]
     names, mid, lo, hi = [], [], [], []
     for v, g in steady.groupby("variant", sort=False):
@@ -76,7 +76,9 @@ def throughput_bars(steps: pd.DataFrame, skip: int, tokens_per_step: int, path: 
     for xi, m in zip(x, mid, strict=True):
         ax.text(xi, m / 2, f"{m:,.0f}", ha="center", va="center", fontsize=10, color="white")
     ax.set_xticks(x, names)
-    ax.set(ylabel="tokens/s (steady state)", title="Training throughput, 95% bootstrap CI of the median step")
+    ax.set(
+        ylabel="tokens/s (steady state)", title="Training throughput (concurrent run), 95% block-bootstrap CI"
+    )
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

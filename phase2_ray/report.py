@@ -25,7 +25,7 @@ from phase2_ray.gates import Gate, evaluate_gates, pct_change_abs, ratio
 from phase2_ray.metrics import (
     block_bootstrap_ratio_ci,
     paired_speedup,
-    stratified_ratio_ci,
+    round_paired_ratio_ci,
     summarize_requests,
     summarize_training,
 )
@@ -94,9 +94,9 @@ def _with_derived(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None, seed: int = 0) -> dict:
+def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None) -> dict:
     """{model: {metric: ratio-with-CI}} of every model against the baseline model at `level`: medians of the
-    successful measured requests, bootstrapped within the interleaved rounds (metrics.stratified_ratio_ci)."""
+    successful measured requests, paired by interleaved round (metrics.round_paired_ratio_ci)."""
     if "baseline" not in models or level is None:
         return {}
     ok = _with_derived(req[req["ok"].astype(bool) & ~req["warmup"] & (req["level"] == level)])
@@ -107,7 +107,7 @@ def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None,
             continue
         mine = ok[ok["variant"] == m]
         out[m] = {
-            k: {**stratified_ratio_ci(base, mine, k, seed=seed), "metric": name, "level": level}
+            k: {**round_paired_ratio_ci(base, mine, k), "metric": name, "level": level}
             for k, name in SERVING_RATIOS.items()
         }
     return out
@@ -188,9 +188,7 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
             s["weight_bytes"] = ref[m]["weight_bytes"]
         inf[m] = s
     serving: dict = {
-        "vs_baseline": serving_vs_baseline(
-            req, list(validation["models"]), levels[0] if levels else None, seed=validation.get("seed", 0)
-        ),
+        "vs_baseline": serving_vs_baseline(req, list(validation["models"]), levels[0] if levels else None),
         "schedule": validation.get("schedule", []),
         "overhead": {},
         "concurrency_scaling": {},
@@ -644,6 +642,7 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         f"({r['environment'].get('cpu_count')} CPUs), torch {r['environment'].get('torch')}, "
         f"ray {r['environment'].get('ray')}.{_placement_line(r)}\n"
         "Every figure below is read from report.json in this directory.\n",
+        _at_a_glance(r),
         _charts(plots or {}),
         _training_timeline(r),
         _speedup(r),
@@ -655,6 +654,7 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         _comparative_table(r),
         _run_timeline(r),
         _checklist(r),
+        _recommendation(r),
     ]
     return "\n".join(p for p in parts if p) + "\n"
 
@@ -681,7 +681,7 @@ def _placement_line(r: dict) -> str:
 CHART_TITLES = {
     "loss": "Loss curves: train loss per step, val loss as points",
     "step_times": "Step-time distribution (steady state)",
-    "throughput": "Training throughput with 95% bootstrap CI",
+    "throughput": "Training throughput during the concurrent run, 95% block-bootstrap CI",
     "latency": "TTFT / TPOT percentiles per model and load level",
     "timeline": "Run timeline: stages and actors",
 }
@@ -1213,42 +1213,215 @@ def _dashboard(r: dict) -> str:
     return "## Phase 2 Completion Dashboard\n\n```\n" + "\n".join(lines) + "\n```\n"
 
 
+def _ci_cell(x: dict | None, better: str) -> tuple[str, str, str]:
+    """(ratio, CI, call) cells of a ratio-with-CI: a difference is called only when the CI excludes 1."""
+    if not x or x.get("ratio") is None:
+        return "n/a", "", "not measured"
+    ci = f"[{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
+    if x["ci_low"] <= 1 <= x["ci_high"]:
+        return f"{x['ratio']:.3f}", ci, "no difference shown"
+    up = x["ci_low"] > 1
+    return f"{x['ratio']:.3f}", ci, "better" if up == (better == "higher") else "WORSE"
+
+
+GATE_ADVICE = {
+    "training_speedup": "a stack at least {threshold:g}x faster than the baseline on this machine (a larger model, "
+    "where compile and bf16 pay; hardware with AMX / AVX-512 BF16, or a GPU), or a lower targets.speedup_min "
+    "if a smaller gain is worth shipping",
+    "training_speedup_ci_low": "a speedup that stands out of the trial's noise: a faster stack, or more "
+    "replicates (speed_trial.replicates) if the gain is real but small",
+    "val_loss_delta_pct": "the variant must converge to within {threshold:g}% of the baseline's val loss "
+    "(check bf16 / compile numerics, or the learning-rate schedule)",
+    "int8_val_loss_delta_pct": "int8 weights must lose at most {threshold:g}% val loss (keep more layers in fp32)",
+    "ttft_p50_ms": "TTFT p50 must come down to {threshold:g} ms (fewer requests in flight per replica, more "
+    "replicas, a smaller prompt)",
+    "output_tokens_per_s": "output throughput must reach {threshold:g} tok/s (larger batches, more replicas)",
+    "peak_memory_mb": "the replica's peak RSS must fit {threshold:g} MB (fewer models per replica, a smaller "
+    "KV cache: serve.max_batch_size)",
+    "model_memory_mb": "the model's weights + KV cache must fit {threshold:g} MB (int8 weights, a smaller "
+    "serve.max_batch_size)",
+    "success_rate": "every request must succeed: see the errors by type in report.json inference.<model>.errors",
+    "ttft_p50_vs_baseline": "this model's TTFT must not be worse than the baseline model's by more than the "
+    "tolerance (targets.serving_regression_pct_max)",
+    "tpot_p50_vs_baseline": "this model's per-token time must not be worse than the baseline model's by more "
+    "than the tolerance (targets.serving_regression_pct_max)",
+    "training_completed": "training must finish with finite loss (lower training.lr, keep grad_clip on)",
+    "failed_stages": "every stage must finish: see the stage details and the log",
+}
+
+
+def _at_a_glance(r: dict) -> str:
+    """The few lines a reader needs first: training, inference and architecture health, with intervals."""
+    tr, inf, comp, sv = r["training"], r["inference"], r.get("comparison", {}), r.get("serving") or {}
+    lines = ["Training"]
+    for v, c in comp.items():
+        sp = c["speedup"]
+        lines.append(
+            f"  speedup {v} vs baseline: {_f(sp.get('ratio'), 3, 'x')} "
+            f"[{_f(sp.get('ci_low'), 3)}, {_f(sp.get('ci_high'), 3)}] (paired trial)"
+        )
+        lines += textwrap.wrap(
+            speed_explanation(r, v), WIDTH - 4, initial_indent="    ", subsequent_indent="    "
+        )
+        lines.append(
+            f"  convergence: val loss {_f(tr['baseline']['val_loss'], 4)} → {_f(tr[v]['val_loss'], 4)}, "
+            f"|Δ| {_f(c.get('val_loss_delta_pct'), 3, '%')} (tolerance {_f(c.get('val_loss_tolerance_pct'), 2, '%')})"
+        )
+    for v, t in tr.items():
+        m = t["mfu"]["value"]
+        lines.append(
+            f"  {v}: {_f(t['tokens_per_s'], 0, ' tok/s')} (median step, concurrent run), "
+            f"MFU {_f(m * 100 if m is not None else None, 1, '%')}, {t['params']:,} params, {t['status']}"
+        )
+    lines.append("Inference" + (f" (level {next(iter(inf.values()))['headline_level']})" if inf else ""))
+    if not inf:
+        lines.append("  not measured: stage 2c did not run")
+    for m, i in inf.items():
+        ttft, itl = i.get("ttft_ms") or {}, i.get("itl_ms") or {}
+        lines.append(
+            f"  {m}: TTFT p50 {_f(ttft.get('p50'), 1, ' ms')}, ITL p50 {_f(itl.get('p50'), 2, ' ms')}/token, "
+            f"{_f(i.get('output_tokens_per_s'), 0, ' tok/s')}, {i['succeeded']}/{i['requests']} ok"
+        )
+    for m, ratios in (sv.get("vs_baseline") or {}).items():
+        t = ratios.get("ttft_ms") or {}
+        lines.append(
+            f"  {m} ÷ baseline TTFT p50: {_f(t.get('ratio'), 3)} [{_f(t.get('ci_low'), 3)}, {_f(t.get('ci_high'), 3)}]"
+            f" — {_ci_cell(t, 'lower')[2]}"
+        )
+    lines.append("Architecture health")
+    failed = [s["name"] for s in r["stages"] if s["status"] not in ("ok", "skipped", "running")]
+    lines.append(
+        f"  stages: {len(r['stages'])} run, " + (f"FAILED: {', '.join(failed)}" if failed else "all ok")
+    )
+    if inf:
+        first = next(iter(inf.values()))
+        lines.append(
+            f"  replica peak RSS {_f(first.get('peak_memory_mb'), 0, ' MB')}; model memory "
+            + ", ".join(f"{m} {_f(i.get('model_memory_mb'), 2, ' MB')}" for m, i in inf.items())
+        )
+    rsc = sv.get("replica_scaling")
+    if rsc:
+        lines.append(
+            f"  replicas {rsc['runs'][0]['replicas']} → {rsc['runs'][-1]['replicas']}: {_f(rsc['ratio'], 2, 'x')} tok/s"
+        )
+    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(lines) + "\n```\n"
+
+
+def _recommendation(r: dict) -> str:
+    """The closing verdict: approved with what was shown, or each failed gate, by how much, and what would
+    have to change for it to pass."""
+    dec = r["decision"]
+    gates = dec["gates"]
+    if dec["approved"]:
+        shown = [
+            f"- {g['name']} ({g['variant']}): {_f(g['value'], 3)} {g['op']} {g['threshold']:g} {g['unit']}".rstrip()
+            for g in gates
+            if g["name"].startswith("training_speedup")
+        ]
+        return (
+            "## Recommendation\n\n**Proceed to Phase 3 — Production Deployment.** "
+            f"All {len(gates)} gates passed; the speedup is measured, beyond the trial's noise and above its floor:\n\n"
+            + "\n".join(shown)
+            + "\n"
+        )
+    out = [
+        "## Recommendation\n",
+        "**Do not proceed to Phase 3 yet.**" + (f" The run {r['failure']}." if r.get("failure") else ""),
+    ]
+    for v, c in r.get("comparison", {}).items():
+        sp = c["speedup"]
+        if c.get("noop") or (sp.get("ratio") and sp["ci_low"] <= 1 <= sp["ci_high"]):
+            out.append(f"\nNo measurable speedup on this machine ({v}): {speed_explanation(r, v)}")
+    out.append("\nFailed gates, by how much they missed, and what would have to change:\n")
+    for g in gates:
+        if g["passed"]:
+            continue
+        miss = (
+            "not measured"
+            if g["value"] is None
+            else f"{_f(g['value'], 3)} {g['unit']} vs {g['op']} {g['threshold']:g}"
+            + (f", missed by {_f(-g['margin'], 3)}" if g["margin"] is not None and g["margin"] < 0 else "")
+            + (f" ({g['veto']})" if g.get("veto") else "")
+        )
+        advice = GATE_ADVICE.get(g["name"], "").format(threshold=g["threshold"])
+        out.append(
+            f"- **{g['name']}** ({g['variant']}): {miss}." + (f" To pass: {advice}." if advice else "")
+        )
+    return "\n".join(out) + "\n"
+
+
 def _comparative_table(r: dict) -> str:
-    tr, inf = r["training"], r["inference"]
-    variants = list(tr)
+    """Every between-variant ratio with its interval; figures measured once (no samples) are shown, never
+    called. Training rows compare variants; serving rows compare each served model with the baseline model."""
+    tr, inf, comp = r["training"], r["inference"], r.get("comparison", {})
     if "baseline" not in tr:
         return ""
-
-    def g(sec, v, *path):
-        x = sec.get(v, {})
-        for p in path:
-            x = (x or {}).get(p)
-        return x
-
-    metrics = [
-        ("Training stage wall (s)", lambda v: g(tr, v, "stage_s"), "lower"),
-        ("Training throughput, steady (tok/s)", lambda v: g(tr, v, "tokens_per_s"), "higher"),
-        ("Median step time (ms)", lambda v: g(tr, v, "step_ms", "p50"), "lower"),
-        ("Final train loss", lambda v: g(tr, v, "final_loss"), None),
-        ("Final val loss", lambda v: g(tr, v, "val_loss"), None),
-        ("Inference TTFT p50 (ms)", lambda v: g(inf, v, "ttft_ms", "p50"), "lower"),
-        ("Inference TPOT p50 (ms)", lambda v: g(inf, v, "tpot_ms", "p50"), "lower"),
-        ("Inference output throughput (tok/s)", lambda v: g(inf, v, "output_tokens_per_s"), "higher"),
-        ("Peak replica memory (MB)", lambda v: g(inf, v, "peak_memory_mb"), "lower"),
-        ("Inference success rate", lambda v: g(inf, v, "success_rate"), "higher"),
-    ]
     rows = []
-    for name, get, _better in metrics:
-        base = get("baseline")
-        row = [name] + [_f(get(v), 4 if "loss" in name else 2) for v in variants]
-        for v in variants[1:]:
-            x = get(v)
-            row.append("n/a" if x is None or base in (None, 0) else f"{x / base:.3f} ({_pct(base, x)})")
-        rows.append(row)
-    headers = ["metric"] + variants + [f"{v}/baseline" for v in variants[1:]]
+    for v, c in comp.items():
+        sp = c.get("speedup") or {}
+        cc = c.get("concurrent") or {}
+        rows.append(
+            [f"Training speedup, paired trial ({v})", *_ci_cell(sp, "higher"), "baseline ÷ variant time"]
+        )
+        st = cc.get("step_time_ratio")
+        rows.append(
+            [
+                f"Concurrent-run step-time speedup ({v})",
+                *_ci_cell(st, "higher"),
+                "descriptive; block bootstrap",
+            ]
+        )
+        rows.append(
+            [
+                f"Concurrent-run throughput ({v})",
+                _f(cc.get("tokens_per_s_ratio"), 3),
+                "as above",
+                "",
+                "median-step basis = step-time ratio",
+            ]
+        )
+        rows.append(
+            [
+                f"Work time ({v})",
+                _f(cc.get("work_time_ratio"), 3),
+                "",
+                "one measurement: not called",
+                "baseline ÷ variant, probe + loop",
+            ]
+        )
+        rows.append(
+            [
+                f"Final val loss ({v})",
+                _f(ratio(tr[v]["val_loss"], tr["baseline"]["val_loss"]), 4),
+                "",
+                "gated by tolerance",
+                f"|Δ| {_f(c.get('val_loss_delta_pct'), 3, '%')}",
+            ]
+        )
+    vs = (r.get("serving") or {}).get("vs_baseline") or {}
+    for m, ratios in vs.items():
+        for key, x in ratios.items():
+            better = "higher" if key == "rate" else "lower"
+            rows.append(
+                [f"{x['metric']} ({m} ÷ baseline, {x['level']})", *_ci_cell(x, better), "within rounds"]
+            )
+    for m, i in inf.items():
+        if m == "baseline" or "baseline" not in inf:
+            continue
+        rows.append(
+            [
+                f"Model memory ({m} ÷ baseline)",
+                _f(ratio(i.get("model_memory_mb"), inf["baseline"].get("model_memory_mb")), 3),
+                "",
+                "exact byte count",
+                "weights + KV cache",
+            ]
+        )
     return (
-        "## Comparative Summary Table\n\nRatios are variant ÷ baseline of the two values on the same row.\n\n"
-        + tabulate(rows, headers=headers, tablefmt="github")
+        "## Comparative Summary Table\n\nEach ratio with its interval; a difference is called only when the "
+        "interval excludes 1. Serving ratios are medians of the headline level's requests; their interval is "
+        "Student's t over the interleaved rounds, each round one paired ratio.\n\n"
+        + tabulate(rows, headers=["ratio", "value", "95% CI", "call", "basis"], tablefmt="github")
         + "\n"
     )
 
