@@ -1,6 +1,10 @@
 """A streaming completions client that times each request like vLLM's benchmark does. No Ray here.
 
-Errors travel inside the record (llmperf's habit): one bad request never stops the run."""
+Errors travel inside the record (llmperf's habit): one bad request never stops the run.
+
+A request counts as ok only when its stream ends with `data: [DONE]` and the token events received match the
+server's own `usage.completion_tokens`. The server packs several token events into one HTTP write, so timings
+are taken per arrival (one received chunk of the body), and an arrival's gap is spread over its tokens."""
 
 from __future__ import annotations
 
@@ -20,16 +24,58 @@ class RequestRecord:
     ok: bool = False
     status: int | None = None
     error_type: str | None = None
+    """None when ok; else http_NNN, stream_error, truncated, token_count_mismatch, empty, timeout,
+    connection or bad_response."""
     error: str | None = None
     start: float = 0.0
-    """Epoch seconds when the request was sent."""
+    """Epoch seconds when the request was actually sent."""
     end: float = 0.0
+    """Epoch seconds when the client was done with the request (ok or not)."""
     ttft_ms: float | None = None
+    """From the scheduled arrival (open loop) or the send (closed loop) to the first arrival carrying a token."""
     e2e_ms: float | None = None
+    """From the same origin as ttft_ms to the arrival of `data: [DONE]`; set only when ok."""
     output_tokens: int = 0
+    """Token events received (one SSE event with a non-empty `choices` is one token)."""
     prompt_tokens: int | None = None
     itl_ms: list[float] = field(default_factory=list)
+    """Per-token inter-token latency: each arrival after the first adds k entries of gap/k for its k tokens
+    (gap = time since the previous token-carrying arrival); the first arrival adds none, so
+    len(itl_ms) == output_tokens - tokens_per_write[0] and sum(itl_ms) == first-to-last arrival time."""
     text: str = ""
+    warmup: bool = False
+    """True for a warm-up request (negative index), which the summaries leave out; False for a measured one."""
+    completion_tokens: int | None = None
+    """`usage.completion_tokens` from the server's closing usage chunk, or None when none came."""
+    scheduled: float = 0.0
+    """Epoch seconds of the scheduled arrival (open loop); equals `start` in closed loop."""
+    queue_ms: float = 0.0
+    """Actual send time minus scheduled arrival: time spent waiting for a slot (0.0 in closed loop)."""
+    tokens_per_write: list[int] = field(default_factory=list)
+    """Token events in each token-carrying arrival (received chunk of the body), the first one included."""
+    write_gap_ms: list[float] = field(default_factory=list)
+    """Gap between consecutive token-carrying arrivals (len(tokens_per_write) - 1 entries)."""
+
+
+def _sse_events(buf: bytearray, chunk: bytes, pending: list[str]) -> list[str]:
+    """Feeds one received chunk into the line buffer `buf`; returns the data of each SSE event it completes.
+
+    `pending` holds the data lines of the event being read (an event ends at a blank line, per the SSE spec;
+    an event that never got its blank line is dropped)."""
+    buf += chunk
+    done: list[str] = []
+    while (nl := buf.find(b"\n")) >= 0:
+        line = bytes(buf[:nl]).rstrip(b"\r").decode("utf-8")
+        del buf[: nl + 1]
+        if not line:
+            if pending:
+                done.append("\n".join(pending))
+                pending.clear()
+        elif line.startswith("data:"):
+            data = line[5:]
+            pending.append(data[1:] if data.startswith(" ") else data)
+        # comments (":...") and other fields (event:, id:, retry:) carry nothing we time
+    return done
 
 
 async def stream_completion(
@@ -39,12 +85,21 @@ async def stream_completion(
     record: RequestRecord,
     timeout_s: float,
     headers: dict | None = None,
+    *,
+    scheduled: float | None = None,
 ) -> RequestRecord:
-    """POSTs one streaming completion and fills `record` with its timings; never raises."""
+    """POSTs one streaming completion and fills `record` with its timings; never raises.
+
+    `scheduled`: the request's scheduled arrival as a `time.perf_counter()` value (open loop). When given,
+    TTFT and E2E count from it rather than from the send, so time spent waiting for a slot is not hidden."""
     record.start = time.time()
-    t0 = time.perf_counter()
-    last = None
+    sent = time.perf_counter()
+    t0 = sent if scheduled is None else scheduled
+    record.queue_ms = (sent - t0) * 1000.0
+    record.scheduled = record.start - (sent - t0)
+    first = last = done_at = None
     texts: list[str] = []
+    buf, pending = bytearray(), []
     try:
         async with asyncio.timeout(timeout_s):
             async with client.stream("POST", url, json=payload, headers=headers, timeout=timeout_s) as resp:
@@ -53,43 +108,76 @@ async def stream_completion(
                     body = (await resp.aread()).decode("utf-8", "replace")[:300]
                     record.error_type, record.error = f"http_{resp.status_code}", body
                     return record
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        break
+                # Raw chunks, not lines: every token event parsed from one chunk arrived at the same time.
+                async for chunk in resp.aiter_bytes():
                     now = time.perf_counter()
-                    event = json.loads(data)
-                    if "error" in event:
-                        record.error_type, record.error = "stream_error", str(event["error"])
-                        return record
-                    if event.get("usage"):
-                        record.prompt_tokens = event["usage"].get("prompt_tokens")
-                    if not event.get("choices"):  # the closing usage-only chunk carries no token
+                    if done_at is not None:
+                        continue  # read to the end so the connection can be reused; nothing counts now
+                    k = 0
+                    for data in _sse_events(buf, chunk, pending):
+                        if data == "[DONE]":
+                            done_at = now
+                            break
+                        event = json.loads(data)
+                        if "error" in event:
+                            record.error_type, record.error = "stream_error", str(event["error"])
+                            return record
+                        if event.get("usage"):
+                            record.prompt_tokens = event["usage"].get("prompt_tokens")
+                            record.completion_tokens = event["usage"].get("completion_tokens")
+                        if not event.get("choices"):  # the closing usage-only chunk carries no token
+                            continue
+                        texts.append(event["choices"][0].get("text", ""))
+                        k += 1
+                    if k == 0:
                         continue
-                    if last is None:
+                    record.output_tokens += k
+                    record.tokens_per_write.append(k)
+                    if first is None:
+                        first = now
                         record.ttft_ms = (now - t0) * 1000.0
                     else:
-                        record.itl_ms.append((now - last) * 1000.0)
+                        gap = (now - last) * 1000.0
+                        record.write_gap_ms.append(gap)
+                        record.itl_ms.extend([gap / k] * k)
                     last = now
-                    record.output_tokens += 1
-                    texts.append(event["choices"][0].get("text", ""))
-        if record.output_tokens == 0:
-            record.error_type, record.error = "empty", "stream ended without a token"
-            return record
-        record.e2e_ms = (time.perf_counter() - t0) * 1000.0
-        record.ok = True
     except (TimeoutError, httpx.TimeoutException) as e:
-        record.error_type, record.error = "timeout", f"{type(e).__name__} after {timeout_s}s"
+        if done_at is None:  # a stall after [DONE] costs nothing: the answer was whole
+            record.error_type, record.error = "timeout", f"{type(e).__name__} after {timeout_s}s"
     except httpx.HTTPError as e:
-        record.error_type, record.error = "connection", f"{type(e).__name__}: {e}"
-    except (ValueError, KeyError, IndexError) as e:
+        if done_at is None and record.status == 200:  # the body broke off mid-stream (bad chunked read)
+            record.error_type = "truncated"
+            record.error = (
+                f"stream cut without [DONE] after {record.output_tokens} tokens: {type(e).__name__}: {e}"
+            )
+        elif done_at is None:
+            record.error_type, record.error = "connection", f"{type(e).__name__}: {e}"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         record.error_type, record.error = "bad_response", f"{type(e).__name__}: {e}"
     finally:
         record.end = time.time()
         record.text = "".join(texts)
+    if record.error_type is None:
+        _judge(record, done_at, t0)
     return record
+
+
+def _judge(record: RequestRecord, done_at: float | None, t0: float) -> None:
+    """Marks a stream that raised nothing ok, or says why it is not (vLLM counts only whole answers)."""
+    if done_at is None:
+        record.error_type = "truncated"
+        record.error = f"stream ended without [DONE] after {record.output_tokens} tokens"
+    elif record.output_tokens == 0:
+        record.error_type, record.error = "empty", "stream ended without a token"
+    elif record.completion_tokens != record.output_tokens:
+        record.error_type = "token_count_mismatch"
+        record.error = (
+            f"{record.output_tokens} token events arrived but usage.completion_tokens is "
+            f"{record.completion_tokens}"
+        )
+    else:
+        record.e2e_ms = (done_at - t0) * 1000.0
+        record.ok = True
 
 
 def run_requests(
@@ -110,10 +198,13 @@ def run_requests(
     request_rate: float | None = None,
     api_key: str | None = None,
 ) -> list[dict]:
-    """Sends `warmup` unrecorded then `n` recorded streaming requests and returns their records.
+    """Sends `warmup` then `n` streaming requests and returns their records: warm-ups first (indices -1, -2, ...,
+    `warmup: True`, kept so a failing warm-up shows), then the measured ones, each group sorted by index.
 
     Closed loop (llmperf): `concurrency` requests in flight, each sent as soon as one finishes. With
-    `request_rate`: open loop, Poisson arrivals at that mean rate (at most `concurrency` in flight)."""
+    `request_rate`: open loop, Poisson arrivals at that mean rate (at most `concurrency` in flight); each
+    request's latencies count from its scheduled arrival, so waiting for a free slot is not hidden.
+    Warm-ups always run closed loop."""
     return asyncio.run(
         _run(
             base_url,
@@ -130,6 +221,17 @@ def run_requests(
             api_key=api_key,
         )
     )
+
+
+def poisson_schedule(start: float, n: int, rate: float, seed: int) -> list[float]:
+    """`n` absolute arrival times from `start`: the first at `start`, then cumulative exponential gaps of mean
+    1/rate drawn from random.Random(seed) (vLLM's benchmark: send, then wait a gap)."""
+    rng = random.Random(seed)
+    times, t = [], start
+    for _ in range(n):
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
 
 
 async def _run(
@@ -157,9 +259,10 @@ async def _run(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits) as client:
 
-        async def one(i: int) -> RequestRecord:
+        async def one(i: int, scheduled: float | None = None) -> RequestRecord:
+            record = RequestRecord(model, i, warmup=i < 0)
             return await stream_completion(
-                client, url, payload(i), RequestRecord(model, i), timeout_s, headers
+                client, url, payload(i), record, timeout_s, headers, scheduled=scheduled
             )
 
         async def closed_loop(indices: list[int]) -> list[RequestRecord]:
@@ -173,22 +276,25 @@ async def _run(
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(indices)))))
             return out
 
-        if warmup:
-            await closed_loop([-1 - i for i in range(warmup)])
+        warm = await closed_loop([-1 - i for i in range(warmup)]) if warmup else []
         indices = list(range(first_index, first_index + n))
         if request_rate is None:
             records = await closed_loop(indices)
         else:
-            rng = random.Random(seed)
             gate = asyncio.Semaphore(concurrency)
 
-            async def timed(i: int) -> RequestRecord:
-                async with gate:
-                    return await one(i)
+            async def timed(i: int, at: float) -> RequestRecord:
+                async with gate:  # a request waiting here keeps its clock running from `at`
+                    return await one(i, at)
 
             tasks = []
-            for i in indices:
-                tasks.append(asyncio.create_task(timed(i)))
-                await asyncio.sleep(rng.expovariate(request_rate))
+            # Absolute targets, not relative sleeps: a late wake-up never pushes the later arrivals back.
+            for i, at in zip(
+                indices, poisson_schedule(time.perf_counter(), n, request_rate, seed), strict=True
+            ):
+                await asyncio.sleep(max(0.0, at - time.perf_counter()))
+                tasks.append(asyncio.create_task(timed(i, at)))
             records = list(await asyncio.gather(*tasks))
-    return [asdict(r) for r in sorted(records, key=lambda r: r.index)]
+    warm.sort(key=lambda r: r.index)
+    records.sort(key=lambda r: r.index)
+    return [asdict(r) for r in warm + records]

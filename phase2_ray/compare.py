@@ -27,7 +27,7 @@ from phase2_ray.core.atomic import write_atomic
 from phase2_ray.metrics import block_bootstrap_ratio_ci, holm
 
 ALPHA = 0.05
-TIMING_NOISE_PCT = 25.0
+TIMING_NOISE_PCT = 50.0
 SPEEDUP_NOISE_PCT = 5.0
 
 

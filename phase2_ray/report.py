@@ -543,13 +543,15 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
         out / "val.csv", pd.DataFrame(val_rows, columns=["variant", "step", "val_loss"]).to_csv(index=False)
     )
     req = request_frame(validation.get("records", []))
-    req["itl_ms"] = req["itl_ms"].map(json.dumps)
+    for col in ("itl_ms", "write_gap_ms", "tokens_per_write"):
+        req[col] = req[col].map(json.dumps)
     write_atomic(out / "requests.csv", req.to_csv(index=False))
     ref = [r for m in validation.get("reference", {}).values() for r in m["records"]]
     ref_frame = request_frame(ref).drop(
         columns=["level", "status", "error_type", "error", "prompt_tokens", "text"]
     )
-    ref_frame["itl_ms"] = ref_frame["itl_ms"].map(json.dumps)
+    for col in ("itl_ms", "write_gap_ms", "tokens_per_write"):
+        ref_frame[col] = ref_frame[col].map(json.dumps)
     write_atomic(out / "inprocess_requests.csv", ref_frame.to_csv(index=False))
     write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
     write_atomic(out / "report.json", json.dumps(report, indent=2, default=_json_default))
