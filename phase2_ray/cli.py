@@ -36,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_a", metavar="RUN_A", help="the reference run directory")
     cmp_.add_argument("run_b", metavar="RUN_B", help="the run under test")
     cmp_.add_argument("--output", help="write FILE.md and FILE.json (default: RUN_B/compare)")
+    cmp_.add_argument(
+        "--alpha", type=float, default=0.05, help="family-wise error rate over all tested figures (Holm)"
+    )
+    cmp_.add_argument(
+        "--timing-noise-pct",
+        type=float,
+        default=50.0,
+        help="absolute timings must change by more than this to count (runs minutes apart drift)",
+    )
+    cmp_.add_argument(
+        "--speedup-noise-pct", type=float, default=5.0, help="the speedup must change by more than this"
+    )
     for p_ in (run, ablate, srv):
         _run_args(p_)
     run.add_argument(
@@ -78,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(args.run_dir)
     if args.command == "compare":
-        return _compare(args.run_a, args.run_b, args.output)
+        return _compare(
+            args.run_a,
+            args.run_b,
+            args.output,
+            alpha=args.alpha,
+            timing_noise_pct=args.timing_noise_pct,
+            speedup_noise_pct=args.speedup_noise_pct,
+        )
     try:
         overrides = args.overrides + (["ablation=true"] if args.command == "ablate" else [])
         if args.command == "serve" and args.port is not None:
@@ -126,7 +145,7 @@ def _report(run_dir: str) -> int:
     return 0
 
 
-def _compare(run_a: str, run_b: str, output: str | None) -> int:
+def _compare(run_a: str, run_b: str, output: str | None, **opts: float) -> int:
     from pathlib import Path
 
     for run in (run_a, run_b):
@@ -135,7 +154,10 @@ def _compare(run_a: str, run_b: str, output: str | None) -> int:
             return EXIT_USAGE
     from phase2_ray import compare
 
-    c = compare.compare_runs(run_a, run_b)
+    if not 0 < opts.get("alpha", 0.05) < 1:
+        print(f"phase2: --alpha {opts['alpha']}: must lie between 0 and 1", file=sys.stderr)
+        return EXIT_USAGE
+    c = compare.compare_runs(run_a, run_b, **opts)
     path = compare.write(c, output or Path(run_b) / "compare")
     print(compare.render(c))
     print(path)

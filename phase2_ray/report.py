@@ -146,7 +146,9 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
         s["requests_by_kind"] = {
             "measured": int(len(mine)),
             "warmup": int(everything["warmup"].sum()),
-            "replica_sweep": int(everything["level"].str.startswith("replicas").sum()),
+            "replica_sweep": int(
+                (everything["level"].str.startswith("replicas") & ~everything["warmup"]).sum()
+            ),
         }
         s["headline_level"] = levels[0] if levels else None
         s["levels"] = per_level
@@ -1297,16 +1299,18 @@ def _at_a_glance(r: dict) -> str:
     )
     if inf:
         first = next(iter(inf.values()))
-        lines.append(
-            f"  replica peak RSS {_f(first.get('peak_memory_mb'), 0, ' MB')}; model memory "
-            + ", ".join(f"{m} {_f(i.get('model_memory_mb'), 2, ' MB')}" for m, i in inf.items())
-        )
+        lines.append(f"  replica peak RSS {_f(first.get('peak_memory_mb'), 0, ' MB')} (holds every model)")
+        lines += [
+            f"  {m}: weights + KV cache {_f(i.get('model_memory_mb'), 2, ' MB')}" for m, i in inf.items()
+        ]
     rsc = sv.get("replica_scaling")
     if rsc:
         lines.append(
             f"  replicas {rsc['runs'][0]['replicas']} → {rsc['runs'][-1]['replicas']}: {_f(rsc['ratio'], 2, 'x')} tok/s"
         )
-    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(lines) + "\n```\n"
+    # Names and numbers vary in width: wrap rather than let a long model id push a line past the terminal.
+    wrapped = [w for ln in lines for w in textwrap.wrap(ln, WIDTH, subsequent_indent="      ") or [""]]
+    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(wrapped) + "\n```\n"
 
 
 def _recommendation(r: dict) -> str:
