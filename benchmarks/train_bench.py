@@ -22,7 +22,14 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.pipeline import _cpu_model, _cpu_simd_flags, core_train_settings, prepare_data, run_training
+from phase2_ray.pipeline import (
+    _cpu_model,
+    _cpu_simd_flags,
+    core_train_settings,
+    prepare_data,
+    run_speed_trial,
+    run_training,
+)
 from phase2_ray.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +82,8 @@ def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[
         ["training.log_every=0", f"training.isolation={isolation}", f"variants={json.dumps(variants)}"],
     )
     t0 = time.time()
-    training, extra = run_training(cfg, f"bench-{name}-{'-'.join(variants)}", d, [], t0)
+    training, extra = run_training(cfg, f"bench-{name}-{'-'.join(variants)}", d, [], t0, {})
+    trials, _ = run_speed_trial(cfg, training, d, t0)
     r = build_report(
         cfg=cfg,
         run_id="bench",
@@ -84,6 +92,7 @@ def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[
         data_info={},
         stages=[],
         training=training,
+        trials=trials,
         validation={},
         failure=None,
         extra_runs=extra,
@@ -97,14 +106,15 @@ def _variant_row(t: dict, c: dict) -> dict:
         "auto": t["auto"] and {k: t["auto"][k] for k in ("chosen", "probe_s", "candidates")},
         "step_ms_p50": t["step_ms"]["p50"],
         "tokens_per_s": t["tokens_per_s"],
-        "train_s": t["stage_s"],
+        "train_s": t["work_s"],
         "mfu": t["mfu"]["value"],
         "peak_flops": t["mfu"]["peak_flops"],
         "val_loss": t["val_loss"],
         "speedup": c.get("speedup"),
+        "concurrent_speedup": (c.get("concurrent") or {}).get("step_time_ratio"),
         "isolated_speedup": c.get("isolated_speedup"),
         "concurrent_vs_isolated_pct": c.get("concurrent_vs_isolated_pct"),
-        "stage_time_ratio": c.get("stage_time_ratio"),
+        "work_time_ratio": (c.get("concurrent") or {}).get("work_time_ratio"),
         "val_loss_delta_pct": c.get("val_loss_delta_pct"),
         "rotation": t["placement"].get("core_rotation"),
     }
@@ -182,21 +192,23 @@ def main() -> int:
         )
         for v, x in m["variants"].items():
             sp, iso = x["speedup"] or {}, x["isolated_speedup"] or {}
+            conc = x["concurrent_speedup"] or {}
             if v == "control":
                 line_extra = "  <- A/A control: same stack as baseline, so any speedup is measurement bias"
             else:
                 line_extra = ""
-            line = f"{v:<10} {x['step_ms_p50']:.2f} ms/step  {x['tokens_per_s']:,.0f} tok/s  MFU {fmt(x['mfu'] and x['mfu'] * 100, '.1f')}% of {fmt(x['peak_flops'] / 1e9, '.1f')} GFLOP/s  stage {x['train_s']:.1f} s"
+            line = f"{v:<10} {x['step_ms_p50']:.2f} ms/step  {x['tokens_per_s']:,.0f} tok/s  MFU {fmt(x['mfu'] and x['mfu'] * 100, '.1f')}% of {fmt(x['peak_flops'] / 1e9, '.1f')} GFLOP/s  work {x['train_s']:.1f} s"
             print(line + line_extra)
             if sp:
                 print(
-                    f"           speedup {fmt(sp['ratio'])}x [{fmt(sp['ci_low'], '.2f')}, {fmt(sp['ci_high'], '.2f')}] concurrent; "
+                    f"           speedup {fmt(sp['ratio'])}x [{fmt(sp['ci_low'], '.3f')}, {fmt(sp['ci_high'], '.3f')}] paired trial; "
+                    f"{fmt(conc.get('ratio'))}x concurrent; "
                     + (
                         f"{fmt(iso.get('ratio'))}x alone -> concurrent vs isolated {fmt(x['concurrent_vs_isolated_pct'], '+.1f')}% (target within ±10%); "
                         if iso
                         else ""
                     )
-                    + f"stage-time ratio {fmt(x['stage_time_ratio'], '.2f')}x; |Δ val loss| {fmt(x['val_loss_delta_pct'], '.3f')}%"
+                    + f"work-time ratio {fmt(x['work_time_ratio'], '.2f')}x; |Δ val loss| {fmt(x['val_loss_delta_pct'], '.3f')}%"
                 )
             if x["auto"]:
                 cands = ", ".join(

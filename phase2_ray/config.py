@@ -187,14 +187,17 @@ class SpeedTrialConfig(_Section):
     """How the training speedup is measured: a paired, interleaved trial (phase2_ray.core.speedtrial)."""
 
     pairs: int = Field(
-        6, ge=2, le=1000, description="ABBA pairs per replicate (each pair: two blocks of each stack)."
+        4,
+        ge=2,
+        le=1000,
+        description="Pairs per replicate, half ABBA and half BAAB (each pair: two blocks of each stack).",
     )
     block_steps: int = Field(4, ge=1, le=1000, description="Training steps per timed block.")
     warmup_steps: int = Field(
         5, ge=1, le=1000, description="Untimed steps per stack first (compile, allocator, caches)."
     )
     replicates: int = Field(
-        4,
+        6,
         ge=2,
         le=64,
         description="Independent trials (fresh models, own build and block order), spread over the free "

@@ -462,8 +462,12 @@ def run_speed_trial(cfg: Config, training: dict[str, dict], d: PreparedData, t0:
         [cores[i * per : (i + 1) * per] for i in range(len(cores) // per)] if cores else [None, None]
     )
     slots = slots[: sp.replicates] or [None]
-    # Seeds decide each replicate's build order and block orders: reproducible from the config's seed.
-    seeds = [tc.seed * 1000 + i for i in range(sp.replicates)]
+    # (index, seed, A built first) per replicate: the seed shuffles the pairs' orders, reproducibly; which model
+    # is built first alternates within every core set and between them, so it is balanced over the run.
+    per_slot: list[list[tuple[int, int, bool]]] = [[] for _ in slots]
+    for i in range(sp.replicates):
+        j, m = i % len(slots), i // len(slots)
+        per_slot[j].append((i, tc.seed * 1000 + i, (m + j) % 2 == 0))
     trial = {"pairs": sp.pairs, "block_steps": sp.block_steps, "warmup_steps": sp.warmup_steps}
     settings = {**core_train_settings(cfg), "seed": tc.seed}
     model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
@@ -475,7 +479,7 @@ def run_speed_trial(cfg: Config, training: dict[str, dict], d: PreparedData, t0:
     tokens = ray.put(d.train_tokens)
     refs = [
         speed_trial.options(num_cpus=per, num_gpus=tc.gpus_per_actor).remote(
-            model_cfg, settings, base["settings"], variants, tokens, trial, seeds[i :: len(slots)], slot
+            model_cfg, settings, base["settings"], variants, tokens, trial, per_slot[i], slot
         )
         for i, slot in enumerate(slots)
     ]

@@ -30,7 +30,10 @@ from phase2_ray.metrics import (
     summarize_training,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: the speedup comes from the paired speed trial (comparison.<v>.speed_trial); training tokens/s from the
+median step; serving.vs_baseline and serving.schedule; request records with warm-ups, rounds and write sizes.
+Reports of 1.0 still render (`phase2 report`): figures they lack show as n/a."""
 WIDTH = 100  # report.md's ASCII sections fit this many columns
 
 
@@ -796,7 +799,7 @@ def _speedup(r: dict) -> str:
             f"[{_f(st.get('ci_low'), 2)}, {_f(st.get('ci_high'), 2)}] (block bootstrap)",
             f"  throughput:        {_f(b['tokens_per_s'], 0)} → {_f(t['tokens_per_s'], 0)} tok/s = "
             f"{_f(cc.get('tokens_per_s_ratio'), 3, 'x')} (median-step basis: equals the step-time ratio)",
-            f"  work time:         {_f(b['work_s'], 1)} → {_f(t['work_s'], 1)} s = "
+            f"  work time:         {_f(b.get('work_s'), 1)} → {_f(t.get('work_s'), 1)} s = "
             f"{_f(cc.get('work_time_ratio'), 3, 'x')} (baseline ÷ {v}; what a user waits for)",
             f"    of which {v}: "
             + (f"`auto` probe {_f(t['auto']['probe_s'], 1)} s, " if t.get("auto") else "")

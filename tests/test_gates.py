@@ -40,6 +40,7 @@ def report(base_tps=1000.0, opt_tps=1300.0, base_val=4.00, opt_val=4.02, ttft=50
         "output_tokens_per_s": 300.0,
         "peak_memory_mb": 300.0,
         "success_rate": ok,
+        "model_memory_mb": 2.0,
     }
     return {
         "training": {
@@ -101,3 +102,31 @@ def test_diverged_training_is_a_failed_gate():
     g = by_name(evaluate_gates(r, TARGETS))
     assert not g[("training_completed", "optimized")].passed
     assert not g[("val_loss_delta_pct", "optimized")].passed
+
+
+def test_serving_change_gates_fail_only_on_a_shown_regression():
+    """TTFT / TPOT of a trained variant against the baseline model: the gate reads the ratio's CI low end, so
+    a noisy 1.15x whose interval reaches below 1.10 passes, a 1.25x with CI [1.15, 1.35] fails; an int8 copy
+    (not a trained variant) is shown but not gated."""
+    r = report()
+    noisy = {"ratio": 1.15, "ci_low": 0.95, "ci_high": 1.4, "metric": "TTFT p50", "level": "c1"}
+    shown = {"ratio": 1.25, "ci_low": 1.15, "ci_high": 1.35, "metric": "TPOT p50", "level": "c1"}
+    r["serving"] = {
+        "vs_baseline": {
+            "optimized": {"ttft_ms": noisy, "tpot_ms": shown},
+            "optimized-int8": {"ttft_ms": shown, "tpot_ms": shown},
+        }
+    }
+    g = by_name(evaluate_gates(r, {**TARGETS, "serving_regression_pct_max": 10.0}))
+    assert g[("ttft_p50_vs_baseline", "optimized")].passed
+    tpot = g[("tpot_p50_vs_baseline", "optimized")]
+    assert not tpot.passed and tpot.value == 1.15 and tpot.threshold == pytest.approx(1.1)
+    assert "[1.150, 1.350]" in tpot.detail
+    assert ("ttft_p50_vs_baseline", "optimized-int8") not in g
+
+
+def test_model_memory_gate_reads_weights_and_kv_cache():
+    r = report()
+    r["inference"]["optimized"]["model_memory_mb"] = 300.0
+    g = by_name(evaluate_gates(r, {**TARGETS, "model_memory_mb_max": 200.0}))
+    assert g[("model_memory_mb", "baseline")].passed and not g[("model_memory_mb", "optimized")].passed

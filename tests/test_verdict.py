@@ -93,6 +93,17 @@ def test_paired_trial_on_a_tiny_model_is_reproducible_from_its_seed(tiny_corpus)
     b = paired_trial(cfg, ts, OptimizationSettings(), OptimizationSettings(), train_ids, trial)
     assert a["losses_equal"]  # an A/A trial computes the same losses in both arms
     assert len(a["pairs"]) == 5 and all(p["order"] in ("ABBA", "BAAB") for p in a["pairs"])
+    # balanced: 2 + 2 of the 4 even pairs, the fifth drawn; the build order is the caller's
+    assert 2 <= sum(p["order"] == "ABBA" for p in a["pairs"]) <= 3 and a["build_order"] == "AB"
+    c = paired_trial(
+        cfg,
+        ts,
+        OptimizationSettings(),
+        OptimizationSettings(),
+        train_ids,
+        TrialSettings(pairs=2, block_steps=1, warmup_steps=1, a_first=False),
+    )
+    assert c["build_order"] == "BA" and sorted(p["order"] for p in c["pairs"]) == ["ABBA", "BAAB"]
     assert all(p["a_s"] > 0 and p["b_s"] > 0 for p in a["pairs"])
     assert [p["order"] for p in a["pairs"]] == [p["order"] for p in b["pairs"]]
     assert a["build_order"] == b["build_order"] and a["steps_per_stack"] == trial_steps(trial) == 22
@@ -175,7 +186,16 @@ EAGER = {
 
 
 def _report(opt_settings: dict, trials: dict | None = None) -> dict:
-    cfg = load_config(None, ["training.batch_size=4", "model.block_size=16", "training.skip_steps=5"])
+    cfg = load_config(
+        None,
+        [
+            "training.batch_size=4",
+            "model.block_size=16",
+            "training.skip_steps=5",
+            "validation.prompt_tokens=4",
+            "validation.max_tokens=4",
+        ],
+    )
     training = {
         "baseline": _raw_run("baseline", 2e10, 0.010, EAGER),
         "optimized": _raw_run("optimized", 3e10, 0.008, opt_settings),

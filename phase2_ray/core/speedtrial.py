@@ -4,8 +4,10 @@ Why it exists: two concurrent training actors on a small VM do not see the same 
 driver's, raylet's and Serve's processes changes from run to run) and the machine's speed drifts by tens of
 percent between minutes, so the ratio of two actors' step times says more about the machine than about the
 stack. Here both stacks train side by side in one process, on one set of cores, in short blocks ordered
-A B B A (or B A A B, chosen per pair from the seed): linear drift within a pair cancels, and the unit of
-replication is the pair, not the step. The statistics live in `phase2_ray.metrics.paired_speedup`."""
+A B B A or B A A B: linear drift within a pair cancels. The design is balanced rather than merely random, so
+order effects cancel in every run, not only on average over runs: half the pairs of a replicate are ABBA and
+half BAAB (their sequence shuffled from the seed), and half the replicates build A's model first. The
+statistics live in `phase2_ray.metrics.paired_speedup`."""
 
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ class TrialSettings:
     warmup_steps: int = 5
     """Untimed steps per stack first (compilation, allocator and cache warm-up)."""
     seed: int = 0
-    """Decides which stack is built first and each pair's order (ABBA or BAAB): reproducible, not chosen."""
+    """Shuffles the pairs' orders: reproducible, not chosen."""
+    a_first: bool = True
+    """Build A's model first (else B's): a run's replicates alternate it, so build order is balanced."""
 
 
 @dataclass
@@ -72,8 +76,12 @@ def paired_trial(
     rng = random.Random(trial.seed)
     steps = trial_steps(trial)
     s = replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps))
-    # Which model is allocated first can matter (memory placement); the seed decides, so it is not always A.
-    build_order = "AB" if rng.random() < 0.5 else "BA"
+    # Which model is allocated first can matter (memory placement): alternate it across replicates.
+    build_order = "AB" if trial.a_first else "BA"
+    orders = ["ABBA", "BAAB"] * (trial.pairs // 2) + (
+        [rng.choice(["ABBA", "BAAB"])] if trial.pairs % 2 else []
+    )
+    rng.shuffle(orders)
     stacks = {"A": stack_a, "B": stack_b}
     trainers: dict[str, Trainer] = {}
     for k in build_order:
@@ -95,8 +103,7 @@ def paired_trial(
         return dt
 
     pairs = []
-    for i in range(trial.pairs):
-        order = "ABBA" if rng.random() < 0.5 else "BAAB"
+    for i, order in enumerate(orders):
         spent = {"A": 0.0, "B": 0.0}
         for k in order:
             spent[k] += block(k)

@@ -323,11 +323,12 @@ def speed_trial(
     variants: dict[str, dict],
     train_tokens: torch.Tensor,
     trial: dict,
-    seeds: list[int],
+    replicates: list[tuple[int, int, bool]],
     cores: list[int] | None,
 ) -> dict[str, list[dict]]:
-    """Paired speed trials (core.speedtrial) of every variant's stack against the baseline's, one replicate per
-    seed, on `cores` when given. Returns {variant: [replicate result]}; each replicate builds fresh models."""
+    """Paired speed trials (core.speedtrial) of every variant's stack against the baseline's, one per
+    (replicate index, seed, A built first), on `cores` when given. Returns {variant: [replicate result]}; each replicate
+    builds fresh models."""
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
     before = sorted(os.sched_getaffinity(0)) if cores else None
@@ -336,7 +337,7 @@ def speed_trial(
     device = assigned_device()
     out: dict[str, list[dict]] = {v: [] for v in variants}
     try:
-        for seed in seeds:
+        for index, seed, a_first in replicates:
             for v, stack in variants.items():
                 r = paired_trial(
                     GPTConfig(**model_cfg),
@@ -344,11 +345,12 @@ def speed_trial(
                     OptimizationSettings(**baseline),
                     OptimizationSettings(**stack),
                     train_tokens,
-                    TrialSettings(**trial, seed=seed),
+                    TrialSettings(**trial, seed=seed, a_first=a_first),
                     device=device,
                 )
                 r.update(
                     seed=seed,
+                    replicate=index,
                     cores=cores,
                     pid=os.getpid(),
                     node_id=ray.get_runtime_context().get_node_id(),
