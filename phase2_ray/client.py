@@ -290,7 +290,11 @@ async def _run(
             tasks = []
             # Absolute targets, not relative sleeps: a late wake-up never pushes the later arrivals back.
             for i, at in zip(
-                indices, poisson_schedule(time.perf_counter(), n, request_rate, seed), strict=True
+                # Each client and round draws its own arrivals (seeded by its first index): the same seed everywhere
+                # would send k clients' requests in bursts of k and repeat one pattern every round.
+                indices,
+                poisson_schedule(time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index),
+                strict=True,
             ):
                 await asyncio.sleep(max(0.0, at - time.perf_counter()))
                 tasks.append(asyncio.create_task(timed(i, at)))

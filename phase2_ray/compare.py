@@ -54,7 +54,13 @@ def _timing_row(metric, who, a, b, better, samples_a, samples_b, noise_pct: floa
     if ci["ratio"] is None:
         row["verdict"] = "too few samples"
         return row
-    row.update(ci_low=ci["ci_low"], ci_high=ci["ci_high"], p_value=ci["p_value"], noise_pct=noise_pct)
+    row.update(
+        ci_low=ci["ci_low"],
+        ci_high=ci["ci_high"],
+        p_value=ci["p_value"],
+        noise_pct=noise_pct,
+        effect_pct=(ci["ratio"] - 1) * 100,  # what the samples say; the noise threshold applies to it
+    )
     return row
 
 
@@ -63,7 +69,7 @@ def _log_ratios(c: dict) -> np.ndarray:
     return np.array([np.mean(np.log([p["a_s"] / p["b_s"] for p in r["pairs"]])) for r in reps if r["pairs"]])
 
 
-def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float) -> dict:
+def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = ALPHA) -> dict:
     """B/A ratio of the paired speedups: Welch's t on the replicates' log ratios (each run's own unit)."""
     la, lb = _log_ratios(ca), _log_ratios(cb)
     a = (ca.get("speedup") or {}).get("ratio")
@@ -79,9 +85,13 @@ def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float) -> dict:
     else:
         df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1))
         p = float(2 * stats.t.sf(abs(diff) / se, df))
-        half = float(stats.t.ppf(0.975, df)) * se
+        half = float(stats.t.ppf(1 - alpha / 2, df)) * se  # unadjusted: Holm acts on the p-values
     row.update(
-        ci_low=float(np.exp(diff - half)), ci_high=float(np.exp(diff + half)), p_value=p, noise_pct=noise_pct
+        ci_low=float(np.exp(diff - half)),
+        ci_high=float(np.exp(diff + half)),
+        p_value=p,
+        noise_pct=noise_pct,
+        effect_pct=float((np.exp(diff) - 1) * 100),
     )
     return row
 
@@ -128,7 +138,7 @@ def compare_runs(
     skip_b = rb["config"]["training"]["skip_steps"]
     tol = ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)
     for v in [x for x in ra.get("comparison", {}) if x in rb.get("comparison", {})]:
-        rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct))
+        rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct, alpha))
     for v in [x for x in ra.get("training", {}) if x in rb.get("training", {})]:
         ta, tb = ra["training"][v], rb["training"][v]
         steps_a = sa[(sa["variant"] == v) & (sa["step"] > skip_a)]["step_s"] * 1000 if len(sa) else []
@@ -232,7 +242,7 @@ def _decide(rows: list[dict], alpha: float) -> None:
         if not reject:
             r["verdict"] = "no significant change"
             continue
-        ch = r["change_pct"]
+        ch = r.get("effect_pct", r["change_pct"])
         if ch is None or abs(ch) < r["noise_pct"]:
             r["verdict"] = f"within noise (< {r['noise_pct']:g}%)"
             continue

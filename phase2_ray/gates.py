@@ -9,6 +9,9 @@ import math
 import operator
 from dataclasses import asdict, dataclass
 
+MIN_ROUNDS = 3
+"""Fewest interleaved rounds a serving change gate is judged on: t with 1 degree of freedom passes anything."""
+
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
 
 
@@ -104,6 +107,8 @@ def evaluate_gates(report: dict, targets: dict, baseline: str = "baseline") -> l
                 continue
             for key in ("ttft_ms", "tpot_ms"):
                 r = ratios.get(key) or {}
+                if r.get("ratio") is not None and (r.get("rounds") or 0) < MIN_ROUNDS:
+                    continue  # too few rounds to judge either way (the report shows the ratio, not called)
                 gates.append(
                     Gate(
                         f"{key.split('_')[0]}_p50_vs_baseline",

@@ -1,8 +1,8 @@
 """The order 2c measures the served models in: randomized and interleaved, reproducible from the seed.
 
 Measuring the baseline always first would hand it the machine of the first minutes; the models instead take
-turns in rounds, each round in a fresh random order, so drift and warm-up fall on all of them alike and the
-rounds pair their samples (the between-model ratios are bootstrapped within rounds)."""
+turns in rounds, each round in a fresh random order, so drift and warm-up fall on all of them alike and each
+round pairs the models moments apart (the between-model ratios take Student's t over the rounds)."""
 
 from __future__ import annotations
 

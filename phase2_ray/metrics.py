@@ -223,7 +223,8 @@ def block_bootstrap_ratio_ci(
 def round_paired_ratio_ci(
     a: pd.DataFrame, b: pd.DataFrame, column: str, *, strata: str = "round", confidence: float = 0.95
 ) -> dict:
-    """median(b[column]) / median(a[column]), with an interval over the interleaved rounds of 2c: in each round
+    """b / a for `column`: the geometric mean over the interleaved rounds of 2c of each round's ratio of medians
+    (with fewer than 2 rounds, the ratio of the pooled medians, and no interval), and an interval: in each round
     both models took their turn (in random order) moments apart, so each round gives one paired ratio of
     medians, and Student's t over the rounds' log ratios gives the interval. Requests of one round share the
     machine's moment and are not independent: resampling requests would be over-confident."""
@@ -231,7 +232,7 @@ def round_paired_ratio_ci(
     out = {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "rounds": 0}
     if len(xa) < 1 or len(xb) < 1:
         return out
-    out["ratio"] = float(np.median(xb[column]) / np.median(xa[column]))
+    out["ratio"] = out["pooled_ratio"] = float(np.median(xb[column]) / np.median(xa[column]))
     ma, mb = xa.groupby(strata)[column].median(), xb.groupby(strata)[column].median()
     both = ma.index.intersection(mb.index)
     logs = np.log((mb[both] / ma[both]).to_numpy(dtype=float))
@@ -244,6 +245,7 @@ def round_paired_ratio_ci(
     centre = float(logs.mean())
     lo, hi = np.exp(centre - t * se), np.exp(centre + t * se)
     out.update(
+        ratio=float(np.exp(centre)),  # the interval's own centre: the geometric mean of the rounds' ratios
         ci_low=float(lo),
         ci_high=float(hi),
         confidence=confidence,

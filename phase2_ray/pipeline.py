@@ -443,13 +443,16 @@ def run_training(
     return {v: primary[v] for v in cfg.variants if v in primary}, others
 
 
-def run_speed_trial(cfg: Config, training: dict[str, dict], d: PreparedData, t0: float) -> tuple[dict, Stage]:
+def run_speed_trial(
+    cfg: Config, training: dict[str, dict], d: PreparedData, t0: float, st: Stage | None = None
+) -> tuple[dict, Stage]:
     """The speedup measurement: paired, interleaved trials of each variant's stack (as trained, `auto`'s choice
-    included) against the baseline's, replicated over fresh processes-worth of models and the free cores.
-    Returns ({variant: [replicate results]}, its stage)."""
+    included) against the baseline's, replicated with fresh models over the free cores. Returns ({variant:
+    [replicate results]}, its stage); `st`, when given, is the stage to fill (already listed as running, so an
+    interrupt marks it)."""
     from phase2_ray.stages.training import speed_trial
 
-    st = Stage("speed-trial", None, start=time.time())
+    st = st or Stage("speed-trial", None, start=time.time())
     base = training.get("baseline")
     variants = {v: r["settings"] for v, r in training.items() if v != "baseline" and r["status"] == "ok"}
     if base is None or base["status"] != "ok" or not variants:
@@ -492,6 +495,10 @@ def run_speed_trial(cfg: Config, training: dict[str, dict], d: PreparedData, t0:
     except ray.exceptions.RayError as e:
         st.status, st.detail = "failed", _error_text(e)
         out = {}
+    finally:
+        if st.status != "ok":  # failed or interrupted: on a shared cluster nothing else would stop them
+            for ref in refs:
+                ray.cancel(ref, force=True)
     st.end = time.time()
     log(f"speed trial: {st.status} in {st.end - st.start:.1f}s", t0)
     return out, st
@@ -771,8 +778,9 @@ def run_pipeline(
             stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
         if len(training) < len(cfg.variants):
             failure = "training stage failed"
-        trials, trial_stage = run_speed_trial(cfg, training, d, t0)
+        trial_stage = Stage("speed-trial", None, start=time.time())
         stages.append(trial_stage)
+        trials, _ = run_speed_trial(cfg, training, d, t0, trial_stage)
         if trial_stage.status == "failed":
             failure = "speed trial failed"
         ok = {v: r for v, r in training.items() if r["status"] == "ok"}

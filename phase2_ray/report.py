@@ -229,7 +229,9 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     if sc.get("runs"):
         runs = []
         for run in sc["runs"]:
-            rs = summarize_requests(req[(req["variant"] == sc["model"]) & (req["level"] == run["level"])])
+            rs = summarize_requests(
+                req[(req["variant"] == sc["model"]) & (req["level"] == run["level"]) & ~req["warmup"]]
+            )
             runs.append(
                 {
                     "replicas": run["replicas"],
@@ -312,7 +314,10 @@ def speed_claim(base: dict, t: dict, trial: list[dict] | None, confidence: float
                 {
                     k: x.get(k)
                     for k in (
+                        "replicate",
                         "seed",
+                        "pid",
+                        "node_id",
                         "build_order",
                         "warmup_s",
                         "steps_per_stack",
@@ -382,7 +387,7 @@ def build_report(
             "the other actor and the MFU peak measurement",
             "stage_tokens_per_s": r["tokens"] / r["train_s"] if r["train_s"] > 0 else None,
             "tokens_per_s": tps,
-            "tokens_per_s_basis": f"tokens per step / median step time, steady steps {skip + 1}-{r['steps']}",
+            "tokens_per_s_basis": f"median step, steady steps {skip + 1}-{r['steps']}",
             "tokens_per_s_mean": summary["tokens_per_s_mean"],
             "steady_s": summary["steady_s"],
             "warmup_s": summary["warmup_s"],
@@ -740,7 +745,17 @@ def _training_timeline(r: dict) -> str:
             f"   {_bar(t['stage_s'], longest, 60)} {_f(t['stage_s'], 1, ' s')}",
             "",
         ]
-    return "## Training Timeline\n\n```\n" + "\n".join(lines) + "```\n"
+    return "## Training Timeline\n\n```\n" + "\n".join(_fit(lines)) + "```\n"
+
+
+def _fit(lines: list[str], width: int = WIDTH) -> list[str]:
+    """Lines of an ASCII block wrapped to `width` (continuations indented under their line's own indent): names
+    and numbers vary in width from run to run and machine to machine."""
+    out = []
+    for ln in lines:
+        indent = " " * (len(ln) - len(ln.lstrip()) + 4)
+        out += textwrap.wrap(ln, width, subsequent_indent=indent) if len(ln) > width else [ln]
+    return out
 
 
 def _verdict(sp: dict) -> str:
@@ -784,9 +799,10 @@ def _speedup(r: dict) -> str:
         st = cc.get("step_time_ratio") or {}
         conf = f"{(sp.get('confidence') or 0.95) * 100:g}%"
         reps = (c.get("speed_trial") or {}).get("replicates") or []
+        source = "paired speed trial" if "speed_trial" in c else "concurrent-run median ratio, schema 1.0"
         lines += [
             f"{v} vs baseline",
-            f"Speedup (paired speed trial): {_f(sp['ratio'], 3, 'x')}   {conf} CI [{_f(sp['ci_low'], 3)}, "
+            f"Speedup ({source}): {_f(sp['ratio'], 3, 'x')}   {conf} CI [{_f(sp['ci_low'], 3)}, "
             f"{_f(sp['ci_high'], 3)}] — {_verdict(sp)}",
             f"  {len(reps)} replicates x {sp.get('pairs', 0) // max(len(reps), 1)} ABBA pairs; replicate ratios "
             + ", ".join(_f(x, 3) for x in sp.get("replicate_ratios", [])),
@@ -836,7 +852,7 @@ def _speedup(r: dict) -> str:
         f"  peak = {first['peak_basis']}",
         *mfu_rows,
     ]
-    return "## Speedup Breakdown\n\n```\n" + "\n".join(lines) + "\n```\n" + _stack_section(r)
+    return "## Speedup Breakdown\n\n```\n" + "\n".join(_fit(lines)) + "\n```\n" + _stack_section(r)
 
 
 def _stack_section(r: dict) -> str:
@@ -1202,6 +1218,7 @@ def _dashboard(r: dict) -> str:
         "data": "Data + tokenizer",
         "2a": "Baseline training",
         "2b": "Optimized training",
+        "speed-trial": "Paired speed trial",
         "2c": "Inference validation",
         "2d": "Final reporting",
     }
@@ -1224,6 +1241,8 @@ def _ci_cell(x: dict | None, better: str) -> tuple[str, str, str]:
     """(ratio, CI, call) cells of a ratio-with-CI: a difference is called only when the CI excludes 1."""
     if not x or x.get("ratio") is None:
         return "n/a", "", "not measured"
+    if x.get("ci_low") is None:
+        return f"{x['ratio']:.3f}", "no interval", f"not called ({x.get('rounds', 0)} round(s))"
     ci = f"[{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
     if x["ci_low"] <= 1 <= x["ci_high"]:
         return f"{x['ratio']:.3f}", ci, "no difference shown"
@@ -1265,7 +1284,8 @@ def _at_a_glance(r: dict) -> str:
         sp = c["speedup"]
         lines.append(
             f"  speedup {v} vs baseline: {_f(sp.get('ratio'), 3, 'x')} "
-            f"[{_f(sp.get('ci_low'), 3)}, {_f(sp.get('ci_high'), 3)}] (paired trial)"
+            f"[{_f(sp.get('ci_low'), 3)}, {_f(sp.get('ci_high'), 3)}] "
+            + ("(paired trial)" if "speed_trial" in c else "(concurrent-run median ratio, schema 1.0)")
         )
         lines += textwrap.wrap(
             speed_explanation(r, v), WIDTH - 4, initial_indent="    ", subsequent_indent="    "
@@ -1311,9 +1331,7 @@ def _at_a_glance(r: dict) -> str:
         lines.append(
             f"  replicas {rsc['runs'][0]['replicas']} → {rsc['runs'][-1]['replicas']}: {_f(rsc['ratio'], 2, 'x')} tok/s"
         )
-    # Names and numbers vary in width: wrap rather than let a long model id push a line past the terminal.
-    wrapped = [w for ln in lines for w in textwrap.wrap(ln, WIDTH, subsequent_indent="      ") or [""]]
-    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(wrapped) + "\n```\n"
+    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(_fit(lines)) + "\n```\n"
 
 
 def _recommendation(r: dict) -> str:

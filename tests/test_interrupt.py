@@ -67,7 +67,7 @@ def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_pat
     assert rc in (0, 1)
     done = json.loads((out / "report.json").read_text())
     assert done["run_id"] == report["run_id"] and done["resumed"] is True and done["incomplete"] is False
-    assert [s["status"] for s in done["stages"]] == ["ok"] * 5
+    assert [s["status"] for s in done["stages"]] == ["ok"] * 6  # data, 2a, 2b, speed-trial, 2c, 2d
     for v in ("baseline", "optimized"):
         t = done["training"][v]
         assert t["resumed_from_step"] == saved[f"{v}:seed1337:concurrent"] and t["steps"] == 1200

@@ -31,7 +31,7 @@ def test_spread_puts_each_variant_on_its_own_node(tmp_path):
     assert res["rc"] in (0, 1), res  # approved or rejected: every stage ran
 
     report = json.loads((out / "report.json").read_text())
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 5
+    assert [s["status"] for s in report["stages"]] == ["ok"] * 6  # data, 2a, 2b, speed-trial, 2c, 2d
     assert (out / "report.md").exists() and (out / "checkpoints" / "optimized" / "meta.json").exists()
     p = report["placement"]
     assert p["policy"] == "spread" and p["strategy"] == "STRICT_SPREAD"

@@ -73,6 +73,6 @@ class RequestTelemetry:
     def record(self, records: list[dict], level: str) -> None:
         for r in records:
             tags = {"run_id": self.run_id, "variant": r["variant"], "level": level}
-            if r["ok"] and r["ttft_ms"] is not None:
+            if r["ok"] and r["ttft_ms"] is not None and not r.get("warmup"):  # cold starts stay out
                 self.ttft.observe(r["ttft_ms"] / 1000.0, tags=tags)
             self.requests.inc(1, tags={**tags, "status": "ok" if r["ok"] else (r["error_type"] or "error")})
