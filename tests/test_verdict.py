@@ -106,7 +106,7 @@ def test_paired_trial_on_a_tiny_model_is_reproducible_from_its_seed(tiny_corpus)
     assert c["build_order"] == "BA" and sorted(p["order"] for p in c["pairs"]) == ["ABBA", "BAAB"]
     assert all(p["a_s"] > 0 and p["b_s"] > 0 for p in a["pairs"])
     assert [p["order"] for p in a["pairs"]] == [p["order"] for p in b["pairs"]]
-    assert a["build_order"] == b["build_order"] and a["steps_per_stack"] == trial_steps(trial) == 22
+    assert a["build_order"] == b["build_order"] and a["steps_per_stack"] == trial_steps(trial) == 32
     orders = {
         tuple(
             p["order"]

@@ -28,7 +28,10 @@ class TrialSettings:
     pairs: int = 12
     """ABBA pairs per replicate: the unit the interval is computed over."""
     block_steps: int = 4
-    """Training steps per block (each pair has two blocks of each stack)."""
+    """Timed training steps per block (each pair has two blocks of each stack). Every block first runs one
+    untimed step: after a switch the caches hold the other model, a cost that training one model never pays,
+    and which would otherwise fall unevenly on the two stacks wherever consecutive pairs join (ABBA then BAAB
+    makes A's first block follow a B block, BAAB then ABBA does the opposite)."""
     warmup_steps: int = 5
     """Untimed steps per stack first (compilation, allocator and cache warm-up)."""
     seed: int = 0
@@ -55,7 +58,7 @@ class TrialPair:
 
 def trial_steps(t: TrialSettings) -> int:
     """Steps each stack trains in a trial."""
-    return t.warmup_steps + t.pairs * 2 * t.block_steps
+    return t.warmup_steps + t.pairs * 2 * (t.block_steps + 1)
 
 
 def paired_trial(
@@ -94,6 +97,7 @@ def paired_trial(
 
     def block(k: str) -> float:
         tr = trainers[k]
+        tr.train_step()  # untimed: re-warm the caches after the switch (see TrialSettings.block_steps)
         t0 = time.perf_counter()
         for _ in range(trial.block_steps):
             tr.train_step()
