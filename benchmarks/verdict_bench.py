@@ -40,14 +40,15 @@ from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import Trainer, TrainSettings
 from phase2_ray.pipeline import (
-    _cpu_model,
-    _cpu_simd_flags,
     core_train_settings,
     prepare_data,
     run_speed_trial,
     run_training,
 )
 from phase2_ray.report import build_report, write_run_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs/phase2.yaml"
@@ -75,18 +76,6 @@ QUICK = [
     "speed_trial.replicates=2",
     "speed_trial.warmup_steps=2",
 ]
-
-
-def machine() -> dict:
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "simd": _cpu_simd_flags(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-    }
 
 
 _data_cache: dict[str, object] = {}

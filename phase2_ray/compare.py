@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from tabulate import tabulate
 
 from phase2_ray.core.atomic import write_atomic
@@ -71,6 +70,8 @@ def _log_ratios(c: dict) -> np.ndarray:
 
 def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = ALPHA) -> dict:
     """B/A ratio of the paired speedups: Welch's t on the replicates' log ratios (each run's own unit)."""
+    from scipy import stats
+
     la, lb = _log_ratios(ca), _log_ratios(cb)
     a = (ca.get("speedup") or {}).get("ratio")
     b = (cb.get("speedup") or {}).get("ratio")
@@ -97,6 +98,8 @@ def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = AL
 
 
 def _success_row(m: str, ia: dict, ib: dict) -> dict:
+    from scipy import stats
+
     row = _row("success rate", m, ia.get("success_rate"), ib.get("success_rate"), "higher", "count")
     na, nb = ia.get("requests") or 0, ib.get("requests") or 0
     if not na or not nb:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 TTFT_MS = "ttft_ms"
 TPOT_MS = "tpot_ms"
@@ -95,36 +94,12 @@ def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = No
     return out
 
 
-def median_ratio_ci(
-    baseline: np.ndarray | list[float],
-    variant: np.ndarray | list[float],
-    *,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict:
-    """Speedup = median(baseline step times) / median(variant step times), with a percentile bootstrap CI.
-
-    Each side is resampled independently (the steps are two samples, not pairs). `significant` means the
-    interval excludes 1.0: the variant is faster (or slower) beyond what step-time noise explains."""
-    b = np.asarray(baseline, dtype=float)
-    v = np.asarray(variant, dtype=float)
-    if b.size < 2 or v.size < 2:
-        return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "n_boot": 0}
-    rng = np.random.default_rng(seed)
-    bi = rng.integers(0, b.size, (n_boot, b.size))
-    vi = rng.integers(0, v.size, (n_boot, v.size))
-    boots = np.median(b[bi], axis=1) / np.median(v[vi], axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    return {
-        "ratio": float(np.median(b) / np.median(v)),
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "confidence": confidence,
-        "significant": bool(lo > 1.0 or hi < 1.0),
-        "n_boot": n_boot,
-    }
+def _block_indices(rng: np.random.Generator, n: int, n_boot: int, block: int | None = None) -> np.ndarray:
+    """(n_boot, n) indices of a moving-block bootstrap: blocks of ~sqrt(n) consecutive positions, since
+    neighbouring steps or requests share the machine's state and are not independent draws."""
+    k = block or max(2, int(round(np.sqrt(n))))
+    starts = rng.integers(0, n - k + 1, (n_boot, -(-n // k)))
+    return (starts[:, :, None] + np.arange(k)).reshape(n_boot, -1)[:, :n]
 
 
 def median_ci(
@@ -136,10 +111,7 @@ def median_ci(
     if x.size < 4:
         m = float(np.median(x)) if x.size else None
         return {"median": m, "ci_low": m, "ci_high": m, "n": int(x.size)}
-    k = max(2, int(round(np.sqrt(x.size))))
-    starts = np.random.default_rng(seed).integers(0, x.size - k + 1, (n_boot, -(-x.size // k)))
-    idx = (starts[:, :, None] + np.arange(k)).reshape(n_boot, -1)[:, : x.size]
-    boots = np.median(x[idx], axis=1)
+    boots = np.median(x[_block_indices(np.random.default_rng(seed), x.size, n_boot)], axis=1)
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(boots, [alpha, 1 - alpha])
     return {"median": float(np.median(x)), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}
@@ -160,6 +132,8 @@ def paired_speedup(replicates: list[list[dict]], *, confidence: float = 0.95) ->
         return {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "replicates": 0}
     centre = float(means.mean())
     se = float(means.std(ddof=1) / np.sqrt(means.size))
+    from scipy import stats  # here, not at import: gpu_check.py runs this module where only torch is sure
+
     t = float(stats.t.ppf(0.5 + confidence / 2, means.size - 1))
     p = float(2 * stats.t.sf(abs(centre) / se, means.size - 1)) if se > 0 else float(centre == 0)
     lo, hi = np.exp(centre - t * se), np.exp(centre + t * se)
@@ -199,10 +173,7 @@ def block_bootstrap_ratio_ci(
     rng = np.random.default_rng(seed)
 
     def resample(x: np.ndarray) -> np.ndarray:
-        k = block or max(2, int(round(np.sqrt(x.size))))
-        starts = rng.integers(0, x.size - k + 1, (n_boot, -(-x.size // k)))
-        idx = (starts[:, :, None] + np.arange(k)).reshape(n_boot, -1)[:, : x.size]
-        return np.median(x[idx], axis=1)
+        return np.median(x[_block_indices(rng, x.size, n_boot, block)], axis=1)
 
     boots = resample(b) / resample(v)
     alpha = (1 - confidence) / 2
@@ -241,6 +212,8 @@ def round_paired_ratio_ci(
     if logs.size < 2:
         return out  # one round: a ratio without an interval, never called a difference
     se = float(logs.std(ddof=1) / np.sqrt(logs.size))
+    from scipy import stats
+
     t = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1))
     centre = float(logs.mean())
     lo, hi = np.exp(centre - t * se), np.exp(centre + t * se)

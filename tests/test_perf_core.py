@@ -1,4 +1,4 @@
-"""Measurement building blocks of issue 3: bootstrap CI, MFU formula, core split, auto selection, run plan."""
+"""Measurement building blocks of issue 3: block-bootstrap CI, MFU formula, core split, auto selection, run plan."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from phase2_ray.core.autotune import REFERENCE, ProbeResult, candidate_stacks, p
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embedding_params
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import TrainSettings
-from phase2_ray.metrics import median_ratio_ci
+from phase2_ray.metrics import block_bootstrap_ratio_ci
 from phase2_ray.placement import CoreAllocator
 from phase2_ray.report import convergence
 
@@ -19,14 +19,14 @@ def test_bootstrap_ci_separates_real_speedups_from_noise():
     base = rng.normal(50.0, 2.0, 300)
     faster = rng.normal(40.0, 2.0, 300)
     same = rng.normal(50.0, 2.0, 300)
-    sp = median_ratio_ci(base, faster)
+    sp = block_bootstrap_ratio_ci(base, faster)
     assert sp["ratio"] == pytest.approx(np.median(base) / np.median(faster))
     assert 1.2 < sp["ci_low"] <= sp["ratio"] <= sp["ci_high"] < 1.3 and sp["significant"]
-    noise = median_ratio_ci(base, same)
+    noise = block_bootstrap_ratio_ci(base, same)
     assert noise["ci_low"] < 1.0 < noise["ci_high"] and not noise["significant"]
-    slower = median_ratio_ci(faster, base)
+    slower = block_bootstrap_ratio_ci(faster, base)
     assert slower["significant"] and slower["ci_high"] < 1.0
-    assert median_ratio_ci([1.0], [1.0])["ratio"] is None
+    assert block_bootstrap_ratio_ci([1.0, 1.0], [1.0, 1.0])["ratio"] is None  # too few to resample blocks
 
 
 def test_flops_per_token_matches_a_hand_count():
