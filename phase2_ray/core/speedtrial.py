@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -25,8 +24,8 @@ from phase2_ray.core.train import Trainer, TrainSettings
 
 @dataclass(kw_only=True)
 class TrialSettings:
-    pairs: int = 12
-    """ABBA pairs per replicate: the unit the interval is computed over."""
+    pairs: int = 4
+    """Pairs per replicate, half ABBA and half BAAB."""
     block_steps: int = 4
     """Timed training steps per block (each pair has two blocks of each stack). Every block first runs one
     untimed step: after a switch the caches hold the other model, a cost that training one model never pays,
@@ -48,12 +47,7 @@ class TrialPair:
     a_s: float
     """Wall time of the two blocks of stack A (the reference), seconds."""
     b_s: float
-    """Wall time of the two blocks of stack B (the candidate), seconds."""
-
-    @property
-    def ratio(self) -> float:
-        """A's time over B's: above 1 means B is faster."""
-        return self.a_s / self.b_s
+    """Wall time of the two blocks of stack B (the candidate), seconds. a_s / b_s above 1: B is faster."""
 
 
 def trial_steps(t: TrialSettings) -> int:
@@ -70,7 +64,6 @@ def paired_trial(
     trial: TrialSettings,
     *,
     device: str | torch.device | None = None,
-    on_block: Callable[[], None] | None = None,
 ) -> dict:
     """Trains one model per stack from the same init on the same batches, timing blocks in ABBA / BAAB order.
 
@@ -101,10 +94,7 @@ def paired_trial(
         t0 = time.perf_counter()
         for _ in range(trial.block_steps):
             tr.train_step()
-        dt = time.perf_counter() - t0
-        if on_block is not None:
-            on_block()
-        return dt
+        return time.perf_counter() - t0
 
     pairs = []
     for i, order in enumerate(orders):
@@ -123,11 +113,11 @@ def paired_trial(
 
 def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -> bool:
     """Whether two stacks run the same code: the no-op check (a variant equal to its baseline is no speedup)."""
-    da = asdict(a) if isinstance(a, OptimizationSettings) else dict(a)
-    db = asdict(b) if isinstance(b, OptimizationSettings) else dict(b)
-    # compile_mode only matters when compiling.
-    if not da.get("compile"):
-        da.pop("compile_mode", None)
-    if not db.get("compile"):
-        db.pop("compile_mode", None)
-    return da == db
+
+    def effective(x: OptimizationSettings | dict) -> dict:
+        d = asdict(x) if isinstance(x, OptimizationSettings) else dict(x)
+        if not d.get("compile"):
+            d.pop("compile_mode", None)  # only matters when compiling
+        return d
+
+    return effective(a) == effective(b)
