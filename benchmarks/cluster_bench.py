@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from phase2_ray.pipeline import _cpu_model
+from phase2_ray.provenance import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -136,7 +136,7 @@ def main() -> int:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     machine = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],

@@ -28,11 +28,12 @@ from train_bench import machine  # noqa: E402
 from phase2_ray.config import load_config  # noqa: E402
 from phase2_ray.core.checkpoint import checkpoint_files  # noqa: E402
 from phase2_ray.core.model import GPT, GPTConfig  # noqa: E402
+from phase2_ray.dataprep import prepare_data  # noqa: E402
+from phase2_ray.loadtest.actors import run_level, start_clients  # noqa: E402
+from phase2_ray.loadtest.reference import inprocess_reference  # noqa: E402
 from phase2_ray.metrics import summarize_requests  # noqa: E402
-from phase2_ray.pipeline import prepare_data  # noqa: E402
 from phase2_ray.report import request_frame  # noqa: E402
-from phase2_ray.stages import validation as val  # noqa: E402
-from phase2_ray.stages.inference import APP_NAME, build_app, replica_stats  # noqa: E402
+from phase2_ray.serving.build import APP_NAME, build_app, replica_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 8321
@@ -92,7 +93,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     models = {"default": {"checkpoint": files}}
     ref = ray.get(
-        val.inprocess_reference.remote(
+        inprocess_reference.remote(
             models,
             [tok.encode(x).ids for x in d.prompts],
             {"tokens": d.val_tokens[:4096], "offsets": torch.tensor([0]), "batch_size": 1},
@@ -109,10 +110,10 @@ def main() -> None:
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(http_options={"host": "127.0.0.1", "port": PORT}, logging_config=quiet)
     base = f"http://127.0.0.1:{PORT}"
-    clients = val.start_clients(v.clients)
+    clients = start_clients(v.clients, "serve-bench")
 
     def records(model: str, conc: int, n: int, url: str = base) -> list[dict]:
-        return val.run_level(clients, url, model, d.prompts, n=n, concurrency=conc, request_rate=None, **load)
+        return run_level(clients, url, model, d.prompts, n=n, concurrency=conc, request_rate=None, **load)
 
     # The floor and the engine side by side: c1 requests alternate between them in blocks, so this VM's drift
     # (+-20% between minutes) hits both alike.

@@ -21,16 +21,12 @@ from phase2_ray.config import load_config
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.train import TrainSettings, train
-from phase2_ray.pipeline import (
-    _cpu_model,
-    _cpu_simd_flags,
-    core_train_settings,
-    prepare_data,
-    run_speed_trial,
-    run_training,
-)
-from phase2_ray.report import build_report
+from phase2_ray.core.train import train
+from phase2_ray.dataprep import prepare_data
+from phase2_ray.pipeline import RunState, gather, train_and_trial
+from phase2_ray.provenance import cpu_model, cpu_simd_flags
+from phase2_ray.runlog import RunLog
+from phase2_ray.training.actors import loop_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/bench.yaml"}
@@ -38,9 +34,9 @@ CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/ben
 
 def machine() -> dict:
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "simd": _cpu_simd_flags(),
+        "simd": cpu_simd_flags(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -54,11 +50,11 @@ def plain_loop(cfg, d, skip: int) -> dict:
     before = proc.cpu_affinity()
     proc.cpu_affinity([before[0]])
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.training.cpus_per_actor)
+    torch.set_num_threads(cfg.training.placement.cpus_per_actor)
     try:
         res = train(
             GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size}),
-            TrainSettings(**core_train_settings(cfg)),
+            loop_settings(cfg.training, cfg.training.seed),
             OptimizationSettings(**cfg.variants["baseline"].model_dump(exclude={"auto", "auto_compile"})),
             d.train_tokens,
             d.val_tokens,
@@ -79,25 +75,15 @@ def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[
     """Baseline and one other variant trained together (and alone when isolation is `both`)."""
     cfg = load_config(
         CONFIGS[name],
-        ["training.log_every=0", f"training.isolation={isolation}", f"variants={json.dumps(variants)}"],
+        [
+            "training.log_every=0",
+            f"training.measurement.isolation={isolation}",
+            f"variants={json.dumps(variants)}",
+        ],
     )
-    t0 = time.time()
-    training, extra = run_training(cfg, f"bench-{name}-{'-'.join(variants)}", d, [], t0, {})
-    trials, _ = run_speed_trial(cfg, training, d, t0)
-    r = build_report(
-        cfg=cfg,
-        run_id="bench",
-        started_at=t0,
-        environment={},
-        data_info={},
-        stages=[],
-        training=training,
-        trials=trials,
-        validation={},
-        failure=None,
-        extra_runs=extra,
-    )
-    return training, extra, r
+    run = RunState(cfg, f"bench-{name}-{'-'.join(variants)}", None, RunLog("quiet"), d)
+    train_and_trial(run)
+    return run.training_dicts(), [r.to_dict() for r in run.extra_runs], gather(run)
 
 
 def _variant_row(t: dict, c: dict) -> dict:
@@ -126,7 +112,7 @@ def bench_model(name: str, with_auto: bool) -> dict:
     bias), and optionally `auto` allowed to compile."""
     cfg = load_config(CONFIGS[name])
     d = prepare_data(cfg)
-    skip = cfg.training.skip_steps
+    skip = cfg.training.measurement.skip_steps
     base = cfg.variants["baseline"].model_dump()
     plain_before = plain_loop(cfg, d, skip)
     pairs = {"optimized": (cfg.variants["optimized"].model_dump(), "both"), "control": (base, "concurrent")}

@@ -1,7 +1,7 @@
 """Verdict benchmark: is the approval decision calibrated, powerful and stable on this machine?
 
 Runs the verdict's own code path many times in one Ray session — the concurrent training actors (2a/2b), the
-paired speed trial and the report's gates (pipeline.run_training, run_speed_trial, report.build_report) — and
+paired speed trial and the report's gates (pipeline.train_and_trial, pipeline.gather) — and
 prints:
 - A/A: the default config with both variants eager fp32: how many speedup CIs contain 1.0, how many runs the
   speedup gate passes (false approvals);
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +35,16 @@ import psutil
 import ray
 import torch
 
-from phase2_ray import compare, pipeline
+from phase2_ray import compare
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.train import Trainer, TrainSettings
-from phase2_ray.pipeline import (
-    core_train_settings,
-    prepare_data,
-    run_speed_trial,
-    run_training,
-)
-from phase2_ray.report import build_report, write_run_dir
+from phase2_ray.core.train import Trainer
+from phase2_ray.dataprep import prepare_data
+from phase2_ray.pipeline import RunState, gather, train_and_trial
+from phase2_ray.report import write_run_dir
+from phase2_ray.runlog import RunLog
+from phase2_ray.training.actors import loop_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)
@@ -70,7 +69,7 @@ QUICK = [
     "training.steps=30",
     "training.eval_interval=0",
     "training.warmup_steps=5",
-    "training.skip_steps=5",
+    "training.measurement.skip_steps=5",
     "data.max_chars=200000",
     "speed_trial.pairs=2",
     "speed_trial.replicates=2",
@@ -88,26 +87,14 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
     if key not in _data_cache:
         _data_cache[key] = prepare_data(cfg)
     d = _data_cache[key]
-    t0 = time.time()
     run_id = label
-    training, extra = run_training(cfg, run_id, d, [], t0, {})
-    trials, _ = run_speed_trial(cfg, training, d, t0)
-    report = build_report(
-        cfg=cfg,
-        run_id=run_id,
-        started_at=t0,
-        environment={},
-        data_info={},
-        stages=[],
-        training=training,
-        trials=trials,
-        extra_runs=extra,
-        validation={},
-        failure=None,
-    )
+    run = RunState(cfg, run_id, None, RunLog("quiet"), d)
+    train_and_trial(run)
+    report = gather(run)
+    t0 = run.log.t0
     run_dir = out_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_dir(run_dir, report, training, {})
+    write_run_dir(run_dir, report, run.training_dicts(), {})
     c = report["comparison"]["optimized"]
     gates = {
         g["name"]: g["passed"]
@@ -140,7 +127,7 @@ def margin_alone(overrides: list[str], steps: int, rounds: int) -> dict:
     cfg = load_config(DEFAULT, overrides)
     d = prepare_data(cfg)
     gpt = GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size})
-    ts = TrainSettings(**{**core_train_settings(cfg), "steps": steps})
+    ts = replace(loop_settings(cfg.training, cfg.training.seed), steps=steps)
     proc = psutil.Process()
     before = proc.cpu_affinity()
     proc.cpu_affinity([before[-1]])
@@ -229,7 +216,6 @@ def main() -> int:
     args = ap.parse_args()
     extra = QUICK if args.quick else []
     n_aa, n_pow, n_pow_aa, n_def = (2, 1, 1, 1) if args.quick else (args.aa, args.power, 3, args.default)
-    pipeline.LOG["mode"] = "quiet"
     print(json.dumps(machine()), flush=True)
     t_start = time.time()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace="verdict-bench", log_to_driver=False)

@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_config(args.config or "configs/phase2.yaml", overrides)
         # Ray and torch are imported only once the config is good.
-        from phase2_ray.pipeline import run_pipeline, serve_checkpoints
-
         if args.command == "serve":
+            from phase2_ray.serving.command import serve_checkpoints
+
             serve_checkpoints(cfg, args.checkpoints, address=args.address)
             return 0
+        from phase2_ray.pipeline import run_pipeline
+
         mode = "quiet" if args.quiet else "json" if args.json_logs else "text"
         code, md = run_pipeline(
             cfg, output=resume_dir or args.output, address=args.address, log_mode=mode, resume_id=resume_id

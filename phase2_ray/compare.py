@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from phase2_ray.config import stored_skip_steps
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.metrics import block_bootstrap_ratio_ci, holm
 
@@ -137,8 +138,8 @@ def compare_runs(
     ra, sa, qa = _load(Path(run_a))
     rb, sb, qb = _load(Path(run_b))
     rows: list[dict] = []
-    skip_a = ra["config"]["training"]["skip_steps"]
-    skip_b = rb["config"]["training"]["skip_steps"]
+    skip_a = stored_skip_steps(ra["config"])
+    skip_b = stored_skip_steps(rb["config"])
     tol = ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)
     for v in [x for x in ra.get("comparison", {}) if x in rb.get("comparison", {})]:
         rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct, alpha))

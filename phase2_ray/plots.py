@@ -8,6 +8,8 @@ from pathlib import Path
 import matplotlib
 import matplotlib.ticker
 
+from phase2_ray.config import stored_skip_steps
+
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -135,7 +137,7 @@ def write_plots(out: Path, report: dict, steps: pd.DataFrame, val: pd.DataFrame)
     """Every chart the data allows, under out/plots/; returns {chart: path relative to out}."""
     plots = out / "plots"
     made: dict[str, Path] = {}
-    skip = report["config"]["training"]["skip_steps"]
+    skip = stored_skip_steps(report["config"])
     tokens_per_step = report["config"]["training"]["batch_size"] * report["config"]["model"]["block_size"]
     if len(steps):
         made["loss"] = loss_curves(steps, val, plots / "loss.png")

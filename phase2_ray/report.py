@@ -355,7 +355,7 @@ def build_report(
     """report.json's content. `training` and `validation` are the raw stage results gathered by the driver;
     `extra_runs` are further seeds and isolated re-runs (no checkpoints); `placement` the policy and nodes;
     `trials` the speed trial's replicates per variant (the basis of the speedup)."""
-    skip = cfg.training.skip_steps
+    skip = cfg.training.measurement.skip_steps
     tokens_per_step = cfg.training.batch_size * cfg.model.block_size
     # One MFU denominator for the whole run: the best matmul rate any actor measured, in any dtype it may
     # compute in (where bf16 has no fast path its peak is below fp32's). Per-actor peaks differ with the core

@@ -28,10 +28,18 @@ CASES = [
     ("vocab below the byte alphabet", ["--set", "data.vocab_size=100"], "data.vocab_size"),
     ("zero learning rate", ["--set", "training.lr=0"], "training.lr"),
     ("min_lr above lr", ["--set", "training.min_lr=1"], "min_lr=1.0 must not exceed lr"),
-    ("nothing left to measure", ["--set", "training.skip_steps=60"], "skip_steps=60 must be below steps=60"),
+    (
+        "nothing left to measure",
+        ["--set", "training.measurement.skip_steps=60"],
+        "skip_steps=60 must be below steps=60",
+    ),
     ("no baseline", ["--set", "variants={{fast: {{}}}}"], "variants must hold 'baseline'"),
     ("bad variant name", ["--set", "variants.Fast.compile=true"], "variant names ['Fast']"),
-    ("unknown isolation", ["--set", "training.isolation=parallel"], "training.isolation"),
+    (
+        "unknown isolation",
+        ["--set", "training.measurement.isolation=parallel"],
+        "training.measurement.isolation",
+    ),
     ("prompt + output beyond context", ["--set", "validation.max_tokens=100"], "must fit model.block_size"),
     ("zero concurrency", ["--set", "validation.concurrency=[0]"], "every value must be >= 1"),
     ("port zero", ["--set", "serve.port=0"], "serve.port"),
@@ -43,13 +51,21 @@ CASES = [
     ("unreadable corpus path", ["--set", "data.paths=[{tmp}/none/*.txt]"], "data.paths"),
     ("output under a file", ["--output", "{tmp}/afile/run"], "is a file, not a directory"),
     ("port in use", ["--set", "serve.port={busy_port}"], "serve.port={busy_port}: cannot listen"),
-    ("more CPUs than the machine", ["--set", "training.cpus_per_actor=4096"], "training.cpus_per_actor=4096"),
+    (
+        "more CPUs than the machine",
+        ["--set", "training.placement.cpus_per_actor=4096"],
+        "training.placement.cpus_per_actor=4096",
+    ),
     (
         "replica bigger than the machine",
         ["--set", "serve.cpus_per_replica=4096"],
         "serve.cpus_per_replica=4096",
     ),
-    ("a GPU this machine lacks", ["--set", "training.gpus_per_actor=1"], "training.gpus_per_actor=1 exceeds"),
+    (
+        "a GPU this machine lacks",
+        ["--set", "training.placement.gpus_per_actor=1"],
+        "training.placement.gpus_per_actor=1 exceeds",
+    ),
 ]
 
 HARNESS = r"""

@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from phase2_ray.client import RequestRecord, _sse_events, poisson_schedule, run_requests, stream_completion
+from phase2_ray.loadtest.client import _sse_events, poisson_schedule, run_requests, stream_completion
+from phase2_ray.records import RequestRecord
 
 GAP = 0.3  # seconds between the test server's writes: long enough that two writes never share a read
 

@@ -15,7 +15,9 @@ def test_shipped_configs_are_valid():
         assert list(cfg.variants)[0] == "baseline" and len(cfg.variants) >= 2
     gpu = load_config(ROOT / "configs" / "gpu.yaml")
     assert (
-        gpu.training.gpus_per_actor > 0 and gpu.serve.gpus_per_replica > 0 and gpu.variants["optimized"].bf16
+        gpu.training.placement.gpus_per_actor > 0
+        and gpu.serve.gpus_per_replica > 0
+        and gpu.variants["optimized"].bf16
     )
 
 
@@ -56,7 +58,7 @@ def test_override_can_add_a_variant():
     [
         ("training.steps=-1", "training.steps: Input should be greater than or equal to 1"),
         ("training.steps=ten", "training.steps: Input should be a valid integer"),
-        ("training.stepz=5", "training.stepz: unknown key (allowed here: auto_probe_steps"),
+        ("training.stepz=5", "training.stepz: unknown key (allowed here: auto, batch_size"),
         ("model.n_head=5", "d_model=48 must be divisible by n_head=5"),
         ("variants.optimized.compiled=true", "variants.optimized.compiled: unknown key"),
         ("variants={}", "variants must hold 'baseline'"),
@@ -138,3 +140,28 @@ def test_cli_bad_data_path_exits_2(tmp_path):
     )
     assert out.returncode == 2, out.stderr
     assert "data.paths" in out.stderr and "matches no readable file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "override, new",
+    [
+        ("training.cpus_per_actor=2", "training.placement.cpus_per_actor"),
+        ("training.placement_timeout_s=3", "training.placement.timeout_s"),
+        ("training.placement=spread", "training.placement.policy: spread"),
+        ("training.checkpoint_every=10", "training.fault_tolerance.checkpoint_every"),
+        ("training.repeats=2", "training.measurement.repeats"),
+        ("training.auto_probe_steps=4", "training.auto.probe_steps"),
+    ],
+)
+def test_keys_moved_into_training_sub_sections_are_refused_naming_the_new_key(override, new):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert new in str(e.value)
+
+
+def test_a_stored_config_of_either_layout_gives_its_skip_steps():
+    from phase2_ray.config import stored_skip_steps
+
+    new = load_config(None, ["training.measurement.skip_steps=7"]).model_dump(mode="json")
+    assert stored_skip_steps(new) == 7
+    assert stored_skip_steps({"training": {"skip_steps": 9}}) == 9

@@ -10,11 +10,11 @@ import httpx
 import pytest
 import torch
 
-from phase2_ray.client import run_requests
 from phase2_ray.config import ServeConfig, TargetsConfig
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.gates import evaluate_gates
+from phase2_ray.loadtest.client import run_requests
 from phase2_ray.metrics import summarize_requests
 from phase2_ray.report import request_frame
 from tests.conftest import free_port
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.ray
 def served(ray_cluster, tiny_corpus):
     from ray import serve
 
-    from phase2_ray.stages.inference import APP_NAME, build_app
+    from phase2_ray.serving.build import APP_NAME, build_app
 
     _, tok, *_ = tiny_corpus
     cfg = dict(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=1, n_head=2, d_model=16, dropout=0.0)
@@ -41,7 +41,7 @@ def served(ray_cluster, tiny_corpus):
 
 
 def test_replica_killed_under_load(served):
-    from phase2_ray.stages.inference import replica_stats
+    from phase2_ray.serving.build import replica_stats
 
     before = replica_stats(1)[0]
     out: dict = {}
@@ -93,7 +93,7 @@ def test_soak_2000_requests_at_c16(served):
     start. Bounds: RSS growth <= 10% after warm-up; p50 and p90 of TTFT and E2E in the last quarter within 1.5x
     of the first quarter's within 2x (this shared 2-core VM's speed drifts, measured up to 1.5x within one run;
     a leak or a growing queue shows as a climb well past that)."""
-    from phase2_ray.stages.inference import replica_stats
+    from phase2_ray.serving.build import replica_stats
 
     args = dict(warmup=0, concurrency=16, max_tokens=8, temperature=0.8, top_k=20, seed=0, timeout_s=30)
     prompts = ["def f(x):", "import os", "class A:", "return"]

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.ray
 
-SETS = ["training.steps=1200", "training.checkpoint_every=100", "training.eval_interval=1000"]
+SETS = ["training.steps=1200", "training.fault_tolerance.checkpoint_every=100", "training.eval_interval=1000"]
 FAST_2C = ["validation.replica_sweep=[]", "validation.concurrency=[1]", "validation.requests=4"]
 
 
@@ -34,15 +34,14 @@ def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_pat
         cmd += ["--set", s]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        events = []
-        # The driver logs the saved steps every 5 s while training: interrupt once both runs have saved one.
+        # The driver logs the saved steps every 5 s while training (a named event a program can match):
+        # interrupt once both runs have saved one.
         for line in proc.stdout:
-            events.append(json.loads(line)["event"] if line.startswith("{") else line)
-            if (
-                "training states saved at" in events[-1]
-                and "baseline" in events[-1]
-                and "optimized" in events[-1]
-            ):
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "train.saved" and {k.split(":")[0] for k in event["steps"]} == {
+                "baseline",
+                "optimized",
+            }:
                 break
         proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=120)

@@ -103,12 +103,12 @@ def test_live_training_gauges_are_exported_while_the_actor_runs(ray_cluster):
     import httpx
     import ray
 
-    from phase2_ray.stages.telemetry import TrainTelemetry
+    from phase2_ray.telemetry import TrainTelemetry
 
     @ray.remote(num_cpus=0)
     class Trainer:
         def steps(self, n: int) -> None:
-            t = TrainTelemetry("gauge-test", "v", "v", n, 1024, bar=False)
+            t = TrainTelemetry("gauge-test", "v", "v", n, 1024)
             for i in range(n):
                 t.step(i + 1, 4.0 - 0.1 * i, 0.02)
 

@@ -17,7 +17,7 @@ def test_spread_puts_each_variant_on_its_own_node(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "multinode_driver.py"), str(out), str(free_port())]
-        + ["--set", "training.placement=spread", "--set", "validation.replica_sweep=[2]"]
+        + ["--set", "training.placement.policy=spread", "--set", "validation.replica_sweep=[2]"]
         + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"],
         cwd=ROOT,
         capture_output=True,
@@ -54,11 +54,11 @@ def test_spread_without_enough_nodes_is_a_config_error(ray_cluster, tmp_path, ca
     """One node cannot hold two STRICT_SPREAD bundles: exit 2 naming the field, the need and the nodes."""
     rc = main(
         ["run", "-c", str(ROOT / "configs" / "smoke.yaml"), "--output", str(tmp_path / "r"), "--quiet"]
-        + ["--set", "training.placement=spread", "--set", "training.placement_timeout_s=3"]
+        + ["--set", "training.placement.policy=spread", "--set", "training.placement.timeout_s=3"]
     )
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "training.placement=spread" in err and "STRICT_SPREAD" in err and "CPU=2" in err
+    assert "training.placement.policy=spread" in err and "STRICT_SPREAD" in err and "CPU=2" in err
     assert "placement=pack" in err
     assert not (tmp_path / "r" / "report.json").exists()
 
@@ -71,4 +71,4 @@ def test_gpu_config_on_a_cpu_only_cluster_is_a_config_error(ray_cluster, tmp_pat
     )
     err = capsys.readouterr().err
     assert rc == 2, err
-    assert "training.gpus_per_actor=0.5 exceeds the cluster's 0 GPUs" in err
+    assert "training.placement.gpus_per_actor=0.5 exceeds the cluster's 0 GPUs" in err

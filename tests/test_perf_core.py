@@ -10,8 +10,8 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embed
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.metrics import block_bootstrap_ratio_ci
-from phase2_ray.placement import CoreAllocator
 from phase2_ray.report import convergence
+from phase2_ray.training.placement import CoreAllocator
 
 
 def test_bootstrap_ci_separates_real_speedups_from_noise():
@@ -101,9 +101,11 @@ def test_convergence_tolerance_from_seed_variance():
 
 
 def test_run_plan_for_isolation_and_repeats():
-    from phase2_ray.pipeline import plan_training
+    from phase2_ray.training.run import plan_training
 
-    together, alone = plan_training(load_config(None, ["training.isolation=both", "training.repeats=2"]))
+    together, alone = plan_training(
+        load_config(None, ["training.measurement.isolation=both", "training.measurement.repeats=2"])
+    )
     assert [(j.variant, j.seed, j.primary) for j in together] == [
         ("baseline", 1337, True),
         ("optimized", 1337, True),
@@ -114,7 +116,7 @@ def test_run_plan_for_isolation_and_repeats():
         ("baseline", "isolated", False),
         ("optimized", "isolated", False),
     ]
-    together, alone = plan_training(load_config(None, ["training.isolation=sequential"]))
+    together, alone = plan_training(load_config(None, ["training.measurement.isolation=sequential"]))
     assert not together and [j.stage_name() for j in alone] == ["2a", "2b"]
 
 
@@ -125,7 +127,7 @@ def test_ablation_expands_variants():
 
 
 def test_core_rotation_moves_all_actors_together():
-    from phase2_ray.placement import CoreRotation
+    from phase2_ray.training.placement import CoreRotation
 
     slots = [[0], [1]]
     a, b = CoreRotation(slots, 0, 5.0), CoreRotation(slots, 1, 5.0)
@@ -135,7 +137,7 @@ def test_core_rotation_moves_all_actors_together():
 
 
 def test_core_rotation_books_time_per_core(monkeypatch):
-    import phase2_ray.placement as placement
+    import phase2_ray.training.placement as placement
 
     pinned = []
     monkeypatch.setattr(placement, "pin_all_threads", pinned.append)
@@ -147,7 +149,7 @@ def test_core_rotation_books_time_per_core(monkeypatch):
 
 
 def test_rotation_plan_only_when_all_jobs_fit():
-    from phase2_ray.pipeline import rotation_plan
+    from phase2_ray.training.placement import rotation_plan
 
     plan = rotation_plan([0, 1, 2, 3], 2, 2, 5.0)
     assert [p["slots"] for p in plan] == [[[0, 1], [2, 3]]] * 2 and [p["index"] for p in plan] == [0, 1]

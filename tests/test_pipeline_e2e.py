@@ -283,11 +283,11 @@ def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, cap
             "--output",
             str(tmp_path),
             "--set",
-            "training.cpus_per_actor=64",
+            "training.placement.cpus_per_actor=64",
         ]
     )
     assert rc == 2
-    assert "training.cpus_per_actor=64 exceeds the cluster's 2 CPUs" in capsys.readouterr().err
+    assert "training.placement.cpus_per_actor=64 exceeds the cluster's 2 CPUs" in capsys.readouterr().err
     assert not (tmp_path / "report.json").exists()
 
 
@@ -296,11 +296,11 @@ def perf_run(ray_cluster, tmp_path_factory):
     """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, an `auto` variant."""
     out = tmp_path_factory.mktemp("perf")
     overrides = [
-        "training.isolation=both",
-        "training.repeats=2",
+        "training.measurement.isolation=both",
+        "training.measurement.repeats=2",
         "variants.auto.auto=true",
         "variants.auto.auto_compile=false",
-        "training.auto_probe_steps=4",
+        "training.auto.probe_steps=4",
         "validation.requests=4",
         "validation.concurrency=1",
         "validation.replica_sweep=[]",
@@ -349,8 +349,8 @@ def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):
     from ray import serve
 
     from phase2_ray.config import load_config
-    from phase2_ray.pipeline import serve_checkpoints
-    from phase2_ray.stages.inference import app
+    from phase2_ray.serving.build import app
+    from phase2_ray.serving.command import serve_checkpoints
 
     _, out, _, _ = smoke
     port = free_port()
@@ -506,14 +506,15 @@ def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
 def test_json_logs_and_actor_names(smoke):
     _, _, stdout, r = smoke
     assert "[phase2" in stdout  # text mode by default: progress lines
-    from phase2_ray.pipeline import LOG, log
+    from phase2_ray.runlog import RunLog
 
-    LOG["mode"] = "json"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        log("2c: serving", 0.0)
-    LOG["mode"] = "text"
-    assert json.loads(buf.getvalue())["event"] == "2c: serving"
+        RunLog("json").event("serve.ready", "2c: serving", models=["baseline"])
+        RunLog("quiet").event("serve.ready", "not shown")
+    RunLog("text")
+    line = json.loads(buf.getvalue())
+    assert (line["event"], line["message"], line["models"]) == ("serve.ready", "2c: serving", ["baseline"])
 
 
 def test_every_ratio_line_in_report_md_recomputes_from_report_json(smoke):

@@ -42,26 +42,30 @@ def test_resumed_core_run_is_bit_identical(tiny_corpus, optim):
 def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
     import ray
 
-    from phase2_ray import pipeline
+    from phase2_ray.dataprep import prepare_data
+    from phase2_ray.runlog import RunLog
+    from phase2_ray.training.run import TrainingStage
+
+    def train(run_id: str) -> dict:
+        primary, _ = TrainingStage(cfg, run_id, d, RunLog("quiet")).run()
+        return {v: r.to_dict() for v, r in primary.items()}
 
     cfg = load_config(
         ROOT / "configs" / "smoke.yaml",
         [
             "training.steps=400",
-            "training.checkpoint_every=40",
+            "training.fault_tolerance.checkpoint_every=40",
             "training.eval_interval=200",
             "training.log_every=0",
         ],
     )
-    d = pipeline.prepare_data(cfg)
-    clean, _ = pipeline.run_training(cfg, "resume-clean", d, [], time.time(), {})
+    d = prepare_data(cfg)
+    clean = train("resume-clean")
     assert clean["baseline"]["restarts"] == 0 and clean["baseline"]["resumed_from_step"] is None
 
     run_id, key = "resume-killed", "baseline:seed1337:concurrent"
     out: dict = {}
-    worker = threading.Thread(
-        target=lambda: out.update(res=pipeline.run_training(cfg, run_id, d, [], time.time(), {})[0])
-    )
+    worker = threading.Thread(target=lambda: out.update(res=train(run_id)))
     worker.start()
     kill_after = random.Random().choice([40, 80, 120, 160, 200])
     killed = None

@@ -74,7 +74,7 @@ def test_names_that_end_up_in_paths_cannot_escape(override):
 
 
 def test_exposed_bind_addresses_warn(capsys):
-    from phase2_ray.pipeline import _warn_if_exposed
+    from phase2_ray.preflight import warn_if_exposed as _warn_if_exposed
 
     _warn_if_exposed("the Serve HTTP proxy (serve.host)", "127.0.0.1")
     assert capsys.readouterr().err == ""
@@ -87,7 +87,7 @@ def test_embedded_ray_has_token_auth_and_a_loopback_dashboard():
     script = """
 import json, ray
 from phase2_ray.config import load_config
-from phase2_ray.pipeline import _connect
+from phase2_ray.session import connect as _connect
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
 cfg = load_config("configs/smoke.yaml", ["ray.dashboard=true"])
 _connect(cfg, None)

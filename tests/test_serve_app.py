@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ray
 def base_url(ray_cluster, tiny_corpus):
     from ray import serve
 
-    from phase2_ray.stages.inference import APP_NAME, build_app
+    from phase2_ray.serving.build import APP_NAME, build_app
 
     _, tok, *_ = tiny_corpus
     cfg = {
@@ -126,7 +126,7 @@ def test_malformed_bodies_get_4xx_and_server_stays_healthy(base_url, content, ct
 
 def load(base_url: str, model: str, prompts: list[str], *, n: int, max_tokens: int, **kw) -> list[dict]:
     """`n` streaming requests, all in flight at once unless `concurrency` says otherwise, no warm-up."""
-    from phase2_ray.client import run_requests
+    from phase2_ray.loadtest.client import run_requests
 
     args = dict(warmup=0, concurrency=n, temperature=0.8, top_k=20, seed=0, timeout_s=60) | kw
     return run_requests(base_url, model, prompts, n=n, max_tokens=max_tokens, **args)
@@ -134,7 +134,7 @@ def load(base_url: str, model: str, prompts: list[str], *, n: int, max_tokens: i
 
 def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster):
     """12 streams at once on a 4-slot engine that lets 8 wait: all finish, and steps held >1 sequence."""
-    from phase2_ray.stages.inference import replica_stats
+    from phase2_ray.serving.build import replica_stats
 
     records = load(base_url, "tiny2", ["def f(x):", "import sys"], n=12, max_tokens=12)
     assert [r["ok"] for r in records] == [True] * 12
@@ -156,7 +156,7 @@ def test_overload_gets_429_json_and_the_rest_complete(base_url):
 
 
 def test_int8_model_is_served_and_smaller(base_url):
-    from phase2_ray.stages.inference import replica_stats
+    from phase2_ray.serving.build import replica_stats
 
     r = httpx.post(
         f"{base_url}/v1/completions", json={**POST, "model": "tiny-int8", "max_tokens": 4}, timeout=30
@@ -184,7 +184,7 @@ def test_openai_client_streams_and_lists_models(base_url):
 def test_api_key_is_required_when_configured(base_url, tiny_corpus):
     from ray import serve
 
-    from phase2_ray.stages.inference import build_app
+    from phase2_ray.serving.build import build_app
 
     _, tok, *_ = tiny_corpus
     cfg = {"vocab_size": tok.get_vocab_size(), "block_size": 32, "n_layer": 1, "n_head": 2, "d_model": 16}
@@ -218,7 +218,7 @@ def test_poisson_arrivals_are_spread_and_all_complete(base_url):
 
 def test_engine_options_carry_replicas_autoscaling_and_backpressure():
     from phase2_ray.config import AutoscalingConfig
-    from phase2_ray.stages.inference import engine_options
+    from phase2_ray.serving.build import engine_options
 
     fixed = engine_options(ServeConfig(num_replicas=3, max_ongoing_requests=7, max_queued_requests=9))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed

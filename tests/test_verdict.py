@@ -14,7 +14,7 @@ from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial, same_stack, trial_steps
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.gates import Gate, evaluate_gates
-from phase2_ray.loadplan import interleaved_schedule, rounds_for
+from phase2_ray.loadtest.plan import interleaved_schedule, rounds_for
 from phase2_ray.metrics import holm, paired_speedup, round_paired_ratio_ci
 from phase2_ray.report import build_report, render_markdown
 
@@ -191,7 +191,7 @@ def _report(opt_settings: dict, trials: dict | None = None) -> dict:
         [
             "training.batch_size=4",
             "model.block_size=16",
-            "training.skip_steps=5",
+            "training.measurement.skip_steps=5",
             "validation.prompt_tokens=4",
             "validation.max_tokens=4",
         ],

@@ -1,0 +1,65 @@
+"""The run's data, prepared on the driver before Ray starts (a bad corpus is a config error, not a failed stage):
+corpus, a tokenizer trained on the train split only, token ids, and validation prompts cut from held-out text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from phase2_ray.config import Config, ConfigError
+from phase2_ray.core import data as corpus_data
+from phase2_ray.records import Stage
+
+
+@dataclass
+class PreparedData:
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    tokenizer_json: str
+    vocab_size: int
+    prompts: list[str]
+    files: list[str]
+    chars: int
+    stage: Stage
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input."""
+    st = Stage("data", None, start=time.time())
+    try:
+        files = corpus_data.resolve_paths(cfg.data.paths) if cfg.data.paths else corpus_data.stdlib_files()
+        corpus = corpus_data.load_corpus(files, cfg.data.max_chars, cfg.data.val_fraction)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"data.paths: {e}") from e
+    tok = corpus_data.train_tokenizer(corpus.train_text, cfg.data.vocab_size)
+    train_ids = corpus_data.encode(tok, corpus.train_text)
+    val_ids = corpus_data.encode(tok, corpus.val_text)
+    need = cfg.model.block_size + 2
+    for name, ids in (("train", train_ids), ("val", val_ids)):
+        if len(ids) < need:
+            raise ConfigError(
+                f"data: the {name} split has {len(ids)} tokens, fewer than model.block_size + 2 = {need}; "
+                "give more text (data.max_chars, data.paths) or lower data.val_fraction"
+            )
+    prompts = validation_prompts(tok, val_ids, cfg.validation.prompt_tokens, 16)
+    st.status, st.end = "ok", time.time()
+    st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
+    return PreparedData(
+        train_ids, val_ids, tok.to_str(), tok.get_vocab_size(), prompts, corpus.files, corpus.chars, st
+    )
+
+
+def validation_prompts(tok, val_ids: torch.Tensor, prompt_tokens: int, count: int) -> list[str]:
+    """Held-out text cut into prompts; kept only if they re-encode within `prompt_tokens` tokens."""
+    span = len(val_ids) - prompt_tokens
+    prompts = []
+    for i in range(count):
+        off = span * i // count
+        text = tok.decode(val_ids[off : off + prompt_tokens].tolist())
+        if 0 < len(tok.encode(text).ids) <= prompt_tokens and text.strip():
+            prompts.append(text)
+    if not prompts:
+        raise ConfigError("validation.prompt_tokens: no usable prompt could be cut from the val split")
+    return prompts

@@ -1,0 +1,1 @@
+"""Stage 2c's load: the streaming client, load-generator actors, the round schedule, the in-process reference."""

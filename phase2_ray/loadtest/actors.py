@@ -1,0 +1,69 @@
+"""Load-generator actors: each runs the streaming client (loadtest.client) against the Serve endpoint and
+reports its requests as records, and each level's TTFTs and counts to Ray's metrics."""
+
+from __future__ import annotations
+
+import ray
+
+from phase2_ray.loadtest.client import run_requests
+from phase2_ray.telemetry import RequestTelemetry
+
+
+@ray.remote(num_cpus=0)
+class LoadClient:
+    """Runs on any node (num_cpus=0: it waits on sockets); records travel back to the driver as results, and
+    each level's TTFTs and request counts also go to Ray's metrics."""
+
+    def __init__(self, run_id: str) -> None:
+        self.telemetry = RequestTelemetry(run_id)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, base_url: str, model: str, prompts: list[str], level: str = "", **kwargs) -> list[dict]:
+        records = run_requests(base_url, model, prompts, **kwargs)
+        self.telemetry.record(records, level)
+        return records
+
+
+def start_clients(n: int, run_id: str) -> list:
+    """`n` load-generator actors named `<run_id>:2c:client<i>`, spread over the cluster's nodes."""
+    return [
+        LoadClient.options(name=f"{run_id}:2c:client{i}", scheduling_strategy="SPREAD").remote(run_id)
+        for i in range(n)
+    ]
+
+
+def run_level(
+    clients: list,
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    *,
+    n: int,
+    concurrency: int,
+    first_index: int = 0,
+    **kw,
+):
+    """One load level split over the clients (each its share of requests and concurrency); merged records.
+    Request indices (and so their sampling seeds) start at `first_index`."""
+    k = max(1, min(len(clients), concurrency, n))
+    refs = []
+    first = first_index
+    for i in range(k):
+        share_n = n // k + (i < n % k)
+        share_c = concurrency // k + (i < concurrency % k)
+        rate = kw.get("request_rate")
+        refs.append(
+            clients[i].run.remote(
+                base_url,
+                model,
+                prompts,
+                n=share_n,
+                concurrency=share_c,
+                first_index=first,
+                **{**kw, "request_rate": rate / k if rate else None},
+            )
+        )
+        first += share_n
+    return [r for part in ray.get(refs) for r in part]

@@ -1,0 +1,78 @@
+"""The in-process reference: the served models driven by the same engine with no Serve and no HTTP, one request
+at a time, so the report can say what Serve and HTTP add. Also each model's val loss and weight bytes, so the
+int8 copy's quality loss is measured on the same windows as its source's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+
+import ray
+import torch
+
+from phase2_ray.core.compress import load_for_serving, weight_bytes
+from phase2_ray.core.engine import AsyncBatchEngine
+from phase2_ray.core.generate import SamplingParams
+from phase2_ray.core.train import evaluate
+from phase2_ray.devices import assigned_device
+from phase2_ray.records import RequestRecord
+from phase2_ray.storage import materialize
+
+
+@ray.remote(num_cpus=1)
+def inprocess_reference(
+    models: dict[str, dict],
+    token_prompts: list[list[int]],
+    val: dict,
+    *,
+    threads: int,
+    max_batch: int,
+    sampling: dict,
+    n: int,
+    warmup: int,
+) -> dict:
+    """The served models, driven by the same engine in this process with no Serve and no HTTP: one request at a
+    time, timed from submission to each token's arrival. Also the val loss and weight bytes of each model, so
+    the int8 copy's quality loss is measured on the same windows as its source's."""
+    torch.set_num_threads(threads)
+    device = assigned_device()
+    out: dict = {}
+    for model_id, spec in models.items():
+        model, _, _ = load_for_serving(materialize(spec), device)
+        with torch.inference_mode():
+            val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
+        engine = AsyncBatchEngine(model, max_batch, max_waiting=max(1, n))
+        records = asyncio.run(_sequential(engine, model_id, token_prompts, sampling, n, warmup))
+        engine.close()
+        out[model_id] = {"records": records, "val_loss": val_loss, "weight_bytes": weight_bytes(model)}
+    return out
+
+
+async def _sequential(engine, model_id, token_prompts, sampling, n, warmup) -> list[dict]:
+    records = []
+    for i in range(-warmup, n):
+        params = SamplingParams(
+            seed=sampling["seed"] + i, **{k: v for k, v in sampling.items() if k != "seed"}
+        )
+        start = time.time()
+        t0 = last = time.perf_counter()
+        ttft, itl, count, per_yield, gaps = None, [], 0, [], []
+        async for tokens in engine.generate(token_prompts[i % len(token_prompts)], params):
+            now = time.perf_counter()
+            if per_yield:
+                gaps.append((now - last) * 1000.0)
+            per_yield.append(len(tokens))
+            for j, _ in enumerate(tokens):  # tokens that arrive together are 0 ms apart, as at an HTTP client
+                if ttft is None:
+                    ttft = (now - t0) * 1000.0
+                else:
+                    itl.append((now - last) * 1000.0 if j == 0 else 0.0)
+                count += 1
+            last = now
+        if i >= 0:
+            rec = RequestRecord(model_id, i, ok=True, start=start, end=time.time(), scheduled=start)
+            rec.ttft_ms, rec.e2e_ms, rec.output_tokens, rec.itl_ms = ttft, (last - t0) * 1000.0, count, itl
+            rec.tokens_per_write, rec.write_gap_ms = per_yield, gaps
+            records.append(asdict(rec))
+    return records

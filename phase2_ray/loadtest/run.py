@@ -1,0 +1,239 @@
+"""Stage 2c on the driver: the in-process reference, then every model served over HTTP at each load level in
+interleaved rounds, then the replica sweep. Returns the raw records (each tagged with its model, level and round),
+replica stats and the reference, for the report to summarise."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+import ray
+from ray import serve
+from tokenizers import Tokenizer
+
+from phase2_ray.config import Config
+from phase2_ray.core import data as corpus_data
+from phase2_ray.dataprep import PreparedData
+from phase2_ray.loadtest.actors import run_level, start_clients
+from phase2_ray.loadtest.plan import interleaved_schedule
+from phase2_ray.loadtest.reference import inprocess_reference
+from phase2_ray.preflight import warn_if_exposed
+from phase2_ray.runlog import RunLog
+from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats
+
+# Access logs of every request would drown the progress lines; warnings and errors still show.
+QUIET_SERVE = {"log_level": "WARNING", "enable_access_log": False}
+
+
+class ValidationStage:
+    """One use: `run()` returns 2c's raw results. Variants in `uris` reach the replicas as their storage URI,
+    the others as bytes through the object store."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        checkpoints: dict[str, dict[str, bytes]],
+        d: PreparedData,
+        log: RunLog,
+        run_id: str,
+        uris: dict[str, str] | None = None,
+    ) -> None:
+        self.cfg, self.checkpoints, self.d, self.log, self.run_id, self.uris = (
+            cfg,
+            checkpoints,
+            d,
+            log,
+            run_id,
+            uris,
+        )
+        sc, v = cfg.serve, cfg.validation
+        self.int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
+        self.models = model_specs(checkpoints, self.int8_of, uris)
+        self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
+        self.base_url = f"http://{sc.host}:{sc.port}"
+        self.out: dict = {
+            "records": [],
+            "int8_of": self.int8_of,
+            "models": list(self.models),
+            "seed": cfg.training.seed,
+        }
+
+    def run(self, own_cluster: bool) -> dict:
+        out, v = self.out, self.cfg.validation
+        self._reference()  # before Serve starts, so that nothing else competes for the cores while it is timed
+        if not self.log.text:
+            # --quiet / --json-logs promise a parseable stream: Serve's driver-side INFO lines would break it.
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        sc = self.cfg.serve
+        warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+        serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=QUIET_SERVE)
+        try:
+            t_deploy = time.time()
+            self._deploy(None)
+            out["deploy_s"] = time.time() - t_deploy
+            self.log.event(
+                "serve.ready",
+                f"2c: serving {', '.join(self.models)} at {self.base_url}/v1/completions "
+                f"({out['deploy_s']:.1f}s to deploy)",
+            )
+            self.clients = start_clients(v.clients, self.run_id)
+            out["clients"] = [
+                {"name": f"{self.run_id}:2c:client{i}", "node_id": n}
+                for i, n in enumerate(ray.get([c.node_id.remote() for c in self.clients]))
+            ]
+            self._levels()
+            expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
+            out["replicas"] = replica_stats(expected)
+            self._replica_sweep()
+            for c in self.clients:
+                ray.kill(c)
+            return out
+        finally:
+            # A cluster this run started goes down whole with ray.shutdown(); a shared one keeps running, minus Serve.
+            if not own_cluster:
+                serve.shutdown()
+
+    def _reference(self) -> None:
+        cfg, v, sc, d = self.cfg, self.cfg.validation, self.cfg.serve, self.d
+        tok = Tokenizer.from_str(d.tokenizer_json)
+        cpus = ray.cluster_resources().get("CPU", 1)
+        start = time.time()
+        val = {
+            "tokens": d.val_tokens,
+            "offsets": corpus_data.val_offsets(
+                len(d.val_tokens), cfg.model.block_size, cfg.training.eval_windows
+            ),
+            "batch_size": cfg.training.batch_size,
+        }
+        task = inprocess_reference.options(
+            num_cpus=min(sc.cpus_per_replica, cpus), num_gpus=sc.gpus_per_replica
+        )
+        self.out["reference"] = ray.get(
+            task.remote(
+                self.models,
+                [tok.encode(p).ids for p in d.prompts],
+                val,
+                threads=sc.threads_per_replica,
+                max_batch=sc.max_batch_size,
+                sampling={**self.sampling, "seed": cfg.training.seed},
+                n=v.requests if v.inprocess_reference else 0,
+                warmup=v.warmup_requests if v.inprocess_reference else 0,
+            )
+        )
+        self.out["reference_s"] = time.time() - start
+        self.log.event(
+            "serve.reference",
+            f"2c: in-process reference and val loss of {', '.join(self.models)} in {self.out['reference_s']:.1f}s",
+        )
+
+    def _deploy(self, replicas: int | None) -> None:
+        sc = self.cfg.serve
+        n = replicas or (sc.autoscaling.min_replicas if sc.autoscaling else sc.num_replicas) or 1
+        total = ray.cluster_resources()
+        # Every replica must fit at once: shrink their logical CPU (and GPU) share if the cluster is smaller.
+        app = build_app(
+            self.checkpoints,
+            sc,
+            int8_of=self.int8_of,
+            cpus_per_replica=min(sc.cpus_per_replica, total.get("CPU", 1) / n),
+            gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
+            uris=self.uris,
+            num_replicas=replicas,
+        )
+        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
+
+    def _load(
+        self,
+        model: str,
+        level: str,
+        rnd: int,
+        n: int,
+        concurrency: int,
+        rate: float | None,
+        first: int,
+        warm: bool,
+    ) -> list[dict]:
+        """One model at one level: the requests split over the clients; records tagged with level and round."""
+        v = self.cfg.validation
+        recs = run_level(
+            self.clients,
+            self.base_url,
+            model,
+            self.d.prompts,
+            n=n,
+            concurrency=concurrency,
+            request_rate=rate,
+            level=level,
+            first_index=first,
+            warmup=v.warmup_requests if warm else 0,
+            seed=self.cfg.training.seed,
+            timeout_s=v.timeout_s,
+            api_key=self.cfg.serve.resolved_api_key(),
+            **self.sampling,
+        )
+        for r in recs:
+            r["level"], r["round"] = level, rnd
+        self.out["records"] += recs
+        return recs
+
+    def _levels(self) -> None:
+        """One model and level at a time (concurrent load would make them measure each other), the models taking
+        turns in seeded random order, round by round (loadtest.plan)."""
+        v = self.cfg.validation
+        levels = [(f"c{c}", c, None) for c in v.concurrency]
+        if v.request_rate:
+            levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
+        self.out["levels"] = [name for name, _, _ in levels]
+        schedule = interleaved_schedule(
+            list(self.models),
+            [(name, c) for name, c, _ in levels],
+            v.requests,
+            v.rounds,
+            self.cfg.training.seed,
+        )
+        self.out["schedule"] = [asdict(s) for s in schedule]
+        spec = {name: (c, rate) for name, c, rate in levels}
+        done: dict[tuple[str, str], list[dict]] = {}
+        for slot in schedule:
+            conc, rate = spec[slot.level]
+            recs = self._load(
+                slot.model,
+                slot.level,
+                slot.round,
+                slot.requests,
+                conc,
+                rate,
+                slot.first_index,
+                slot.round == 0,
+            )
+            done.setdefault((slot.model, slot.level), []).extend(recs)
+        for (model, name), recs in done.items():
+            measured = [r for r in recs if not r.get("warmup")]
+            ok = sum(r["ok"] for r in measured)
+            self.log.event(
+                "load.level",
+                f"2c {model} {name}: {ok}/{len(measured)} requests succeeded",
+                model=model,
+                level=name,
+            )
+
+    def _replica_sweep(self) -> None:
+        v = self.cfg.validation
+        target = self.int8_of or next(iter(self.checkpoints))
+        self.out["scaling"] = {"model": target if v.replica_sweep else None, "runs": []}
+        self.out["scaling_concurrency"] = v.scaling_concurrency
+        for n in v.replica_sweep:
+            self._deploy(n)
+            start = time.time()
+            recs = self._load(
+                target, f"replicas{n}", 0, v.scaling_requests, v.scaling_concurrency, None, 0, True
+            )
+            self.out["scaling"]["runs"].append(
+                {"replicas": n, "level": f"replicas{n}", "stats": replica_stats(n), "start": start}
+            )
+            ok = sum(r["ok"] for r in recs)
+            self.log.event(
+                "load.sweep",
+                f"2c {target} with {n} replica(s) at c{v.scaling_concurrency}: {ok}/{len(recs)} succeeded",
+            )

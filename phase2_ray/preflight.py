@@ -1,0 +1,92 @@
+"""Everything that can be wrong is found before anything is written or started: a config error exits 2 and
+leaves no trace. What only a running cluster can tell (its resources) is checked right after connecting."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import ray
+import torch
+
+from phase2_ray.config import Config, ConfigError
+from phase2_ray.storage import check_uri
+
+
+def check_writable(out_dir: Path) -> None:
+    """--output must be a directory this process can write into, or creatable in one; nothing is created here."""
+    p = out_dir.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"--output {out_dir}: {p} is a file, not a directory")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {out_dir}: {p} is not writable by this user")
+
+
+def check_before_start(cfg: Config, address: str | None) -> None:
+    """What can be checked before Ray starts, raised as ConfigError (exit 2, nothing started): the storage URI,
+    and for an embedded Ray, which runs on this machine, its resources and the Serve port."""
+    if cfg.storage.uri:
+        try:
+            check_uri(cfg.storage.uri)
+        except ValueError as e:
+            raise ConfigError(f"storage.uri: {e}") from e
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return  # a joined cluster's resources and ports are checked once connected, or by Serve itself
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    _require(
+        [
+            ("training.placement.cpus_per_actor", cfg.training.placement.cpus_per_actor),
+            ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
+        ],
+        cpus,
+        f"the {cpus} CPUs of the embedded Ray on this machine",
+    )
+    gpus = torch.cuda.device_count()
+    _require(_gpu_fields(cfg), gpus, f"the {gpus} GPUs of this machine")
+    sc = cfg.serve
+    with socket.socket(socket.AF_INET6 if ":" in sc.host else socket.AF_INET) as s:
+        # SO_REUSEADDR: a port left in TIME_WAIT by an earlier run is free; one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((sc.host, sc.port))
+        except OSError as e:
+            raise ConfigError(
+                f"serve.port={sc.port}: cannot listen on {sc.host}:{sc.port} ({e.strerror}); "
+                "another server holds it: pick a free port with --set serve.port=N"
+            ) from None
+
+
+def check_cluster(cfg: Config) -> None:
+    """Fails fast (as a config error) when no node can host one training actor: Ray would wait forever.
+    (Replica CPUs are not checked here: 2c shrinks each replica's share to what the cluster has.)"""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    _require(
+        [("training.placement.cpus_per_actor", cfg.training.placement.cpus_per_actor)],
+        cpus,
+        f"the cluster's {cpus:g} CPUs",
+    )
+    _require(_gpu_fields(cfg), gpus, f"the cluster's {gpus:g} GPUs")
+
+
+def _gpu_fields(cfg: Config) -> list[tuple[str, float]]:
+    return [
+        ("training.placement.gpus_per_actor", cfg.training.placement.gpus_per_actor),
+        ("serve.gpus_per_replica", cfg.serve.gpus_per_replica),
+    ]
+
+
+def _require(fields: list[tuple[str, float]], have: float, what: str) -> None:
+    """ConfigError naming the first field that asks for more than `have` (described by `what`)."""
+    for field, need in fields:
+        if need > have:
+            raise ConfigError(f"{field}={need:g} exceeds {what}")
+
+
+def warn_if_exposed(what: str, host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"phase2: WARNING: {what} binds {host}: reachable from other machines", file=sys.stderr)

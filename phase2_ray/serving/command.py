@@ -1,0 +1,49 @@
+"""`phase2 serve`: a finished run's checkpoints behind the OpenAI-compatible endpoint until interrupted."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from phase2_ray.config import Config, ConfigError
+from phase2_ray.core import checkpoint as ckpt
+from phase2_ray.preflight import warn_if_exposed
+from phase2_ray.serving.build import APP_NAME, build_app, checkpoints_of, model_specs
+from phase2_ray.session import connect
+
+
+def serve_checkpoints(
+    cfg: Config, run_dir: str | Path, *, address: str | None = None, block: bool = True
+) -> str:
+    """Serves RUN_DIR's checkpoints; returns the base URL (at once when not `block`, else when interrupted).
+
+    Raises ConfigError (exit 2) before Ray starts when RUN_DIR holds no checkpoint."""
+    try:
+        checkpoints, int8_of = checkpoints_of(run_dir)
+    except (FileNotFoundError, ckpt.ChecksumError) as e:
+        raise ConfigError(f"--checkpoints: {e}") from e
+    started = connect(cfg, address)
+    sc = cfg.serve
+    warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+    serve.start(http_options={"host": sc.host, "port": sc.port})
+    int8 = int8_of if sc.int8 else None
+    serve.run(build_app(checkpoints, sc, int8_of=int8), name=APP_NAME, route_prefix="/")
+    url = f"http://{sc.host}:{sc.port}"
+    models = sorted(model_specs(checkpoints, int8))
+    print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
+    if not block:
+        return url
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("phase2: stopping Serve", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+    return url

@@ -1,0 +1,57 @@
+"""One command's hold on Ray: join RAY_ADDRESS / --address or start an embedded local Ray, and make SIGTERM
+(ray job stop, a CI timeout, kill) interrupt the driver as Ctrl-C does, so that it cleans up and reports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+import ray
+
+from phase2_ray.config import Config
+from phase2_ray.preflight import warn_if_exposed
+
+NAMESPACE = "phase2"
+
+
+def connect(cfg: Config, address: str | None, text_log: bool = True) -> str | None:
+    """Joins RAY_ADDRESS / --address ("joined"), or starts an embedded local Ray ("embedded"); None when this
+    process was connected already. Whoever connects disconnects; only an embedded cluster may be torn down."""
+    if ray.is_initialized():
+        return None
+    target = address or os.environ.get("RAY_ADDRESS")
+    # Actor output (progress bars, per-step lines) reaches the terminal only in text mode.
+    kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": text_log}
+    if not text_log:
+        kwargs["logging_level"] = logging.WARNING  # Ray's own INFO lines would break a parseable stream
+    if target:
+        kwargs["address"] = target
+    else:
+        if cfg.ray.dashboard:
+            warn_if_exposed("the Ray dashboard (ray.dashboard_host)", cfg.ray.dashboard_host)
+        kwargs.update(
+            include_dashboard=cfg.ray.dashboard,
+            dashboard_host=cfg.ray.dashboard_host,
+            num_cpus=cfg.ray.num_cpus,
+        )
+    ray.init(**kwargs)
+    return "joined" if target else "embedded"
+
+
+def raise_on_sigterm():
+    """SIGTERM (ray job stop, a CI timeout, kill) interrupts the driver like Ctrl-C does, so that it cleans up and
+    reports; returns the previous handler. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def restore_sigterm(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)

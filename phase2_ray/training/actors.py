@@ -1,0 +1,343 @@
+"""Stages 2a/2b on Ray: one actor per training run drives the pure-PyTorch loop (core.train) and returns a
+TrainResult with its checkpoint. Everything returned from `train` belongs to the driver's object store, so it
+outlives the actor; the helpers here (core pool, start barrier, state store) cost no CPU of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import ray
+import torch
+
+from phase2_ray.config import ModelConfig, TrainingConfig, VariantConfig
+from phase2_ray.core.autotune import candidate_stacks, probe, select_stack
+from phase2_ray.core.checkpoint import checkpoint_files
+from phase2_ray.core.flops import measure_peak_flops
+from phase2_ray.core.model import GPTConfig
+from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.train import STATE_META, STATE_TENSORS, TrainSettings, train
+from phase2_ray.devices import assigned_device
+from phase2_ray.records import TrainJob, TrainResult
+from phase2_ray.storage import get_checkpoint, join, put_checkpoint
+from phase2_ray.telemetry import TrainTelemetry
+from phase2_ray.training.placement import CoreAllocator, CoreRotation, pin_all_threads
+
+# Holds the node's free cores for the run; costs no CPU of its own.
+CorePool = ray.remote(num_cpus=0)(CoreAllocator)
+
+
+@ray.remote(num_cpus=0)
+class StartBarrier:
+    """Holds every concurrent actor until all have finished preparing (an `auto` probe, measuring the matmul peak), so
+    their timed training loops run at the same time: a loop that starts later measures a different machine."""
+
+    def __init__(self, parties: int, timeout_s: float = 900.0) -> None:
+        self.timeout_s = timeout_s
+        self.arrived = 0
+        self.parties = parties
+        self.all_in = asyncio.Event()
+
+    async def wait(self) -> float:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self.all_in.set()
+        try:
+            # A backstop: an actor that died before arriving must not hold the others forever.
+            await asyncio.wait_for(self.all_in.wait(), timeout=self.timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return time.time()
+
+
+@ray.remote(num_cpus=0)
+class TrainStateStore:
+    """The latest saved training state of every run, in an actor the driver owns: it outlives a training actor's
+    process, so the restarted actor (Ray retries its `train` call) resumes from there. With storage.uri only the
+    state's URI is kept here."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, dict] = {}
+        self.attempts: dict[str, list[dict]] = {}
+
+    def begin(self, key: str, pid: int) -> tuple[int, float]:
+        """Registers an attempt of run `key`; returns (attempt number from 1, start time of the first)."""
+        self.attempts.setdefault(key, []).append({"pid": pid, "start": time.time()})
+        return len(self.attempts[key]), self.attempts[key][0]["start"]
+
+    def put(self, key: str, step: int, state: dict, info: dict) -> None:
+        self.latest[key] = {"step": step, "state": state, "info": info}
+
+    def get(self, key: str) -> dict | None:
+        return self.latest.get(key)
+
+    def export(self) -> dict[str, dict]:
+        """Every run's latest state: what the driver writes to the run directory for `--resume`."""
+        return self.latest
+
+    def status(self) -> dict:
+        """{run key: {"step": last saved step, "attempts": n, "pid": pid of the latest attempt}}."""
+        return {
+            k: {"step": self.latest.get(k, {}).get("step"), "attempts": len(a), "pid": a[-1]["pid"]}
+            for k, a in self.attempts.items()
+        }
+
+
+def loop_settings(training: TrainingConfig, seed: int) -> TrainSettings:
+    """The core loop's settings: the training section's own fields (its sub-sections are not the loop's)."""
+    names = {f.name for f in fields(TrainSettings)}
+    return TrainSettings(**{**training.model_dump(include=names), "seed": seed})
+
+
+@dataclass
+class TrainSpec:
+    """What a training actor is asked to do: one job, with the config's own sections (not rebuilt dicts)."""
+
+    run_id: str
+    job: TrainJob
+    model: ModelConfig
+    vocab_size: int
+    training: TrainingConfig
+    stack: VariantConfig
+    tokenizer_json: str
+    config_json: dict[str, Any]
+    """The run's redacted config, kept in the checkpoint's metadata."""
+    progress: str = "off"
+    """bar (a person at a terminal), lines (a plain line per interval: CI logs, `ray job logs`) or off."""
+    storage_uri: str | None = None
+    """Set when checkpoints and saved states go to storage instead of the object store."""
+
+
+@dataclass
+class TrainHandles:
+    """The driver's helper actors a training run uses, each optional."""
+
+    core_pool: Any = None
+    state_store: Any = None
+    barrier: Any = None
+    rotation: dict | None = None
+    """{"slots", "index", "period_s"}: this run's place in a shared core rotation."""
+
+
+@ray.remote
+class TrainerActor:
+    def __init__(self) -> None:
+        # A reused worker keeps its old torch thread count: set it from what Ray actually assigned.
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        self.threads = max(1, int(assigned.get("CPU", 1)))
+        torch.set_num_threads(self.threads)
+        self.placement = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "torch_threads": torch.get_num_threads(),
+            "assigned_resources": assigned,
+            "cpu_affinity": None,
+        }
+        self.barrier_passed = False
+
+    def train(
+        self, spec: TrainSpec, handles: TrainHandles, train_tokens: torch.Tensor, val_tokens: torch.Tensor
+    ) -> TrainResult:
+        start = time.time()
+        # Logical CPUs do not isolate; affinity does, so concurrent actors never share a core. Either all
+        # concurrent actors rotate through the cores together (crossover), or each holds cores from the pool.
+        rot = handles.rotation
+        rotation = CoreRotation(rot["slots"], rot["index"], rot["period_s"]) if rot else None
+        pool = None if rotation else handles.core_pool
+        key, store = spec.job.key, handles.state_store
+        # A restarted actor (its process died) finds its own cores, attempt count and saved state again.
+        cores = ray.get(pool.acquire.remote(self.threads, key)) if pool is not None else None
+        attempt, first_start = ray.get(store.begin.remote(key, os.getpid())) if store else (1, start)
+        saved = ray.get(store.get.remote(key)) if store else None
+        try:
+            if rotation:
+                rotation.tick(time.time())
+            elif cores:
+                pin_all_threads(cores)
+            # A rotating actor has no fixed cores: its placement is its slot index in the shared rotation.
+            self.placement["cpu_affinity"] = None if rotation else cores
+            self.barrier_passed = False
+            try:
+                out = self._train(spec, handles, train_tokens, val_tokens, first_start, rotation, saved)
+            except BaseException:
+                if handles.barrier is not None and not self.barrier_passed:
+                    handles.barrier.wait.remote()  # arrive anyway, so the others start instead of waiting
+                raise
+            if rotation:
+                rotation.tick(time.time())
+                out.placement["core_rotation"] = {
+                    "slots": rotation.slots,
+                    "index": rotation.index,
+                    "period_s": rotation.period_s,
+                    "switches": rotation.switches,
+                    "seconds_on": rotation.seconds_on,
+                }
+            out.restarts = attempt - 1
+            out.phase = spec.job.phase
+            return out
+        finally:
+            if cores:
+                pool.release.remote(key)
+
+    def _choose_stack(self, spec: TrainSpec, gpt_cfg, settings, train_tokens, rotation, saved, label):
+        """(stack as a dict, auto's probe record, state to resume from): a resumed run continues as its first
+        attempt chose (no second probe); `auto` probes the candidates on this hardware; else the config's."""
+        stack = spec.stack.model_dump(exclude={"auto", "auto_compile"})
+        if saved is not None:
+            state = saved["state"]
+            resume = get_checkpoint(state["uri"], (STATE_TENSORS, STATE_META)) if "uri" in state else state
+            print(
+                f"[{label}] resuming from step {saved['step']} (a previous attempt's saved state)", flush=True
+            )
+            return dict(saved["info"]["optim"]), saved["info"]["auto"], resume
+        if not spec.stack.auto:
+            return stack, None, None
+        ac = spec.training.auto
+        t0 = time.perf_counter()
+        results = probe(
+            gpt_cfg,
+            settings,
+            candidate_stacks(include_compile=spec.stack.auto_compile),
+            train_tokens,
+            ac.probe_steps,
+            # Keep rotating with the other actors while probing, or this actor would squat on their core.
+            on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
+            device=assigned_device(),
+        )
+        chosen = select_stack(results, ac.tolerance_pct)
+        probe_info = {
+            "chosen": chosen.name,
+            "probe_s": time.perf_counter() - t0,
+            "steps": ac.probe_steps,
+            "tolerance_pct": ac.tolerance_pct,
+            "candidates": [r.to_dict() for r in results],
+        }
+        print(f"[{label}] auto chose {chosen.name} ({chosen.median_step_ms:.1f} ms/step)", flush=True)
+        return dict(chosen.settings), probe_info, None
+
+    def _wait_for_start(self, barrier, rotation) -> float:
+        """Seconds spent at the start barrier: the concurrent runs' timed loops start together."""
+        if barrier is None:
+            return 0.0
+        t_wait = time.perf_counter()
+        ray.get(barrier.wait.remote())
+        self.barrier_passed = True
+        if rotation is not None:
+            rotation.tick(time.time())
+        return time.perf_counter() - t_wait
+
+    def _train(
+        self, spec: TrainSpec, handles: TrainHandles, train_tokens, val_tokens, start, rotation, saved
+    ):
+        job, tc = spec.job, spec.training
+        label = f"{job.variant} seed {job.seed}"
+        model_cfg = {**spec.model.model_dump(), "vocab_size": spec.vocab_size}
+        gpt_cfg = GPTConfig(**model_cfg)
+        settings = loop_settings(tc, job.seed)
+        tele = TrainTelemetry(
+            spec.run_id,
+            job.variant,
+            label,
+            settings.steps,
+            settings.batch_size * gpt_cfg.block_size,
+            spec.progress,
+            tc.log_every,
+        )
+
+        def on_step(step: int, loss: float, dt: float) -> None:
+            if rotation is not None:
+                rotation.tick(time.time())
+            tele.step(step, loss, dt)
+
+        device = assigned_device()
+        optim, probe_info, resume = self._choose_stack(
+            spec, gpt_cfg, settings, train_tokens, rotation, saved, label
+        )
+        stack = OptimizationSettings(**optim)
+        # The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses.
+        if rotation is not None:
+            rotation.tick(time.time())
+        peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
+        if stack.bf16:
+            peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+        waited = self._wait_for_start(handles.barrier, rotation)
+        store = handles.state_store
+        info = {"optim": optim, "auto": probe_info}
+
+        def save_state(step: int, files: dict[str, bytes]) -> None:
+            # Waits until the store has it: a process killed right after must not lose a state it announced.
+            state: dict = files
+            if spec.storage_uri:
+                where = join(spec.storage_uri, "train-state", job.key)
+                state = {"uri": put_checkpoint(files, where, last=STATE_META)}
+            ray.get(store.put.remote(job.key, step, state, info))
+
+        try:
+            res = train(
+                gpt_cfg,
+                settings,
+                stack,
+                train_tokens,
+                val_tokens,
+                on_step=on_step,
+                device=device,
+                resume=resume,
+                checkpoint_every=tc.fault_tolerance.checkpoint_every if store else 0,
+                on_checkpoint=save_state,
+            )
+        finally:
+            tele.close()
+        files, uri = self._checkpoint(spec, res, model_cfg)
+        return TrainResult(
+            variant=job.variant,
+            seed=job.seed,
+            start=start,
+            end=time.time(),
+            placement=dict(self.placement),
+            params=res.params,
+            model=model_cfg,
+            steps=res.steps,
+            tokens=res.tokens,
+            status=res.status,
+            error=res.error,
+            losses=res.losses,
+            step_times=res.step_times,
+            val_curve=res.val_curve,
+            applied=res.applied,
+            settings=asdict(stack),
+            auto=probe_info,
+            start_barrier_wait_s=waited,
+            peak_flops=peaks,
+            device=device,
+            gpu=torch.cuda.get_device_name() if device == "cuda" else None,
+            cuda_max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+            train_s=res.train_s,
+            data_order_sha256=res.data_order_sha256,
+            resumed_from_step=res.resumed_from,
+            checkpoint=files,
+            checkpoint_uri=uri,
+        )
+
+    @staticmethod
+    def _checkpoint(spec: TrainSpec, res, model_cfg: dict) -> tuple[dict[str, bytes] | None, str | None]:
+        """(files through the object store, or their storage URI): only a variant's primary run keeps one."""
+        if not spec.job.primary:
+            return None, None  # a further seed or an isolated re-run: only its metrics matter
+        meta = {
+            "run_id": spec.run_id,
+            "config": spec.config_json,
+            "variant": spec.job.variant,
+            "step": res.steps,
+            "model": model_cfg,
+            "optimizations": res.applied,
+        }
+        files = checkpoint_files(res.model, meta, spec.tokenizer_json)
+        if spec.storage_uri:
+            # Too large for the object store (the user says): the weights go to storage, only the URI travels.
+            return None, put_checkpoint(files, join(spec.storage_uri, spec.job.variant))
+        return files, None
