@@ -1,0 +1,55 @@
+"""One typed config tree (pydantic), loaded from YAML with dotted `--set` overrides.
+
+base.py: the section base class and ConfigError; training.py: `training` (loop + placement, fault_tolerance,
+measurement, auto), `speed_trial`, variants; serving.py: `serve` and `validation`; schema.py: the root and the
+small sections; loading.py: YAML, overrides and error messages."""
+
+from phase2_ray.config.base import ConfigError
+from phase2_ray.config.loading import apply_override, format_errors, load_config, parse_yaml, yaml_error
+from phase2_ray.config.schema import (
+    ABLATION_PARTS,
+    Config,
+    DataConfig,
+    ModelConfig,
+    RayConfig,
+    StorageConfig,
+    TargetsConfig,
+)
+from phase2_ray.config.serving import AutoscalingConfig, ServeConfig, ValidationConfig
+from phase2_ray.config.training import (
+    AutoConfig,
+    FaultToleranceConfig,
+    MeasurementConfig,
+    PlacementConfig,
+    SpeedTrialConfig,
+    TrainingConfig,
+    VariantConfig,
+    stored_skip_steps,
+)
+
+__all__ = [
+    "ABLATION_PARTS",
+    "AutoConfig",
+    "AutoscalingConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FaultToleranceConfig",
+    "MeasurementConfig",
+    "ModelConfig",
+    "PlacementConfig",
+    "RayConfig",
+    "ServeConfig",
+    "SpeedTrialConfig",
+    "StorageConfig",
+    "TargetsConfig",
+    "TrainingConfig",
+    "ValidationConfig",
+    "VariantConfig",
+    "apply_override",
+    "format_errors",
+    "load_config",
+    "parse_yaml",
+    "stored_skip_steps",
+    "yaml_error",
+]

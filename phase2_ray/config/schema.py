@@ -1,0 +1,166 @@
+"""The root of the config tree and its small sections: ray, storage, data, model, targets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from pydantic import Field, model_validator
+
+from phase2_ray.config.base import Section
+from phase2_ray.config.serving import ServeConfig, ValidationConfig
+from phase2_ray.config.training import SpeedTrialConfig, TrainingConfig, VariantConfig
+
+VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+
+
+class RayConfig(Section):
+    dashboard: bool = Field(True, description="Start the Ray dashboard with an embedded local Ray.")
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Dashboard bind address; anything but loopback exposes it."
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs of an embedded local Ray (default: all cores)."
+    )
+
+
+class StorageConfig(Section):
+    uri: str | None = Field(
+        None,
+        pattern=r"^(file|s3|gs)://\S+$",
+        description="Where training writes checkpoints and Serve replicas read them (file:///path, "
+        "s3://bucket/prefix, gs://bucket/prefix), for checkpoints too large for Ray's object store; unset: "
+        "they travel through the object store (no shared filesystem needed either way).",
+    )
+
+
+class DataConfig(Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Files, folders or globs of UTF-8 text; empty = the Python standard library's source.",
+    )
+    max_chars: int = Field(2_000_000, ge=10_000, le=500_000_000, description="Characters of text to read.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation loss."
+    )
+    vocab_size: int = Field(
+        2048, ge=300, le=65536, description="BPE vocabulary size (256 byte tokens + merges)."
+    )
+
+
+class ModelConfig(Section):
+    block_size: int = Field(128, ge=8, le=8192, description="Context length in tokens.")
+    n_layer: int = Field(2, ge=1, le=64, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
+    d_model: int = Field(48, ge=8, le=8192, description="Residual stream width.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        return self
+
+
+class TargetsConfig(Section):
+    ttft_p50_ms_max: float = Field(120.0, gt=0, description="TTFT p50 must be at most this.")
+    output_tokens_per_s_min: float = Field(25.0, ge=0, description="Output throughput floor.")
+    peak_memory_mb_max: float = Field(500.0, gt=0, description="Peak replica RSS ceiling.")
+    success_rate_min: float = Field(1.0, ge=0, le=1, description="Share of requests that succeed.")
+    speedup_min: float = Field(
+        1.05,
+        gt=0,
+        description="Training speedup floor (paired speed trial: baseline step time / variant step time); "
+        "also the noise threshold: a smaller gain is not called faster, whatever its interval.",
+    )
+    val_loss_delta_pct_max: float = Field(
+        1.0,
+        ge=0,
+        description="Largest |final val loss change| vs baseline, in percent (with training.repeats >= 2 "
+        "the tolerance comes from seed-to-seed variance instead).",
+    )
+    int8_val_loss_delta_pct_max: float = Field(
+        2.0, ge=0, description="Largest val-loss increase of the int8 model over its fp32 source, in percent."
+    )
+    speedup_significant: bool = Field(
+        True, description="Also require the speedup's confidence interval to lie above 1.0."
+    )
+    serving_regression_pct_max: float = Field(
+        10.0,
+        ge=0,
+        description="A served model may be at most this much worse than the baseline model (TTFT p50, TPOT "
+        "p50) before its change gate fails; judged on the ratio's interval (a regression must be shown).",
+    )
+    model_memory_mb_max: float = Field(
+        200.0, gt=0, description="Ceiling on each served model's own memory: weights + preallocated KV cache."
+    )
+
+
+# One optimization alone per variant, then all together: each part's contribution to speed and loss.
+ABLATION_PARTS = {
+    "compile": VariantConfig(compile=True),
+    "fused_adamw": VariantConfig(fused_adamw=True),
+    "bf16": VariantConfig(bf16=True),
+    "sdpa_math": VariantConfig(sdpa_backend="math"),
+    "all": VariantConfig(compile=True, fused_adamw=True, bf16=True, sdpa_backend="math"),
+}
+
+
+def _default_variants() -> dict[str, VariantConfig]:
+    return {
+        "baseline": VariantConfig(),
+        "optimized": VariantConfig(auto=True, auto_compile=False),
+    }
+
+
+class Config(Section):
+    run_name: str = Field("phase2", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Prefix of the run id.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Embedded Ray settings.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenizer.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="GPT shape.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stages 2a/2b.")
+    speed_trial: SpeedTrialConfig = Field(
+        default_factory=SpeedTrialConfig, description="How the training speedup is measured."
+    )
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=_default_variants,
+        description="Variant name -> optimization stack; one concurrent training actor each.",
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Checkpoint storage.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Stage 2c load.")
+    targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
+    ablation: bool = Field(
+        False,
+        description="Replace the optimized variants with each optimization alone and all together "
+        "(baseline kept), trained concurrently.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.ablation:
+            self.variants = {"baseline": self.variants.get("baseline", VariantConfig()), **ABLATION_PARTS}
+        bad = [v for v in self.variants if not re.match(VARIANT_NAME, v)]
+        if bad:
+            raise ValueError(f"variant names {bad} must match {VARIANT_NAME}")
+        if "baseline" not in self.variants or len(self.variants) < 2:
+            raise ValueError(
+                "variants must hold 'baseline' and at least one other variant to compare "
+                f"(got {sorted(self.variants)})"
+            )
+        v = self.validation
+        if v.prompt_tokens + v.max_tokens > self.model.block_size:
+            raise ValueError(
+                f"validation.prompt_tokens ({v.prompt_tokens}) + validation.max_tokens "
+                f"({v.max_tokens}) must fit model.block_size ({self.model.block_size})"
+            )
+        if self.data.vocab_size > 65536:
+            raise ValueError("data.vocab_size must fit int32 token ids")
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of the resolved config: equal hashes, equal settings."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]

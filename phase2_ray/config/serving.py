@@ -1,0 +1,121 @@
+"""The `serve` (stage 2c's server) and `validation` (its load) sections."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, field_validator, model_validator
+
+from phase2_ray.config.base import Section
+
+
+class AutoscalingConfig(Section):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 scales to zero when idle).")
+    max_replicas: int = Field(2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="Requests in flight per replica to aim at.")
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    cpus_per_replica: float = Field(1.0, ge=0, description="Logical CPUs per model replica.")
+    threads_per_replica: int = Field(1, ge=1, description="torch threads in each model replica.")
+    gpus_per_replica: float = Field(
+        0, ge=0, description="GPUs per model replica (> 0: the models run on CUDA; 0.5 puts two on one GPU)."
+    )
+    num_replicas: int = Field(
+        1, ge=1, le=1024, description="Replicas of the engine (ignored with autoscaling)."
+    )
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Serve autoscaling instead of a fixed num_replicas."
+    )
+    max_batch_size: int = Field(
+        16, ge=1, le=1024, description="Sequences decoded together per replica and model (KV-cache slots)."
+    )
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests a replica takes at once; more wait in Serve's queue."
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="Requests Serve queues when replicas are full; beyond, HTTP 503 (-1 = no cap).",
+    )
+    max_waiting: int = Field(
+        64, ge=1, description="Requests a model's engine holds waiting for a cache slot; beyond, HTTP 429."
+    )
+    max_prompt_chars: int = Field(16_384, ge=1, description="Longest prompt string accepted.")
+    stream_batch_tokens: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="After the first token (sent at once: it is the TTFT), send tokens this many per write; "
+        "each write costs Serve ~1 ms of CPU here whatever its size (1 = a write per token).",
+    )
+    stream_interval_ms: float = Field(
+        50.0,
+        ge=0,
+        le=10_000,
+        description="...or sooner, once the oldest unsent token has waited this long (bounds the bursts).",
+    )
+    api_key: str | None = Field(
+        None,
+        description="Require `Authorization: Bearer <key>` on /v1/*. Unset: the PHASE2_API_KEY environment "
+        "variable if set, else no key.",
+    )
+    int8: bool = Field(
+        True, description="Also serve an int8 weight-only copy of the optimized variant as `<variant>-int8`."
+    )
+
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or os.environ.get("PHASE2_API_KEY") or None
+
+
+class ValidationConfig(Section):
+    requests: int = Field(48, ge=1, description="Measured requests per model and load level.")
+    warmup_requests: int = Field(4, ge=0, description="Requests per model and level sent before measuring.")
+    concurrency: list[int] = Field(
+        [1, 4, 16], min_length=1, description="Closed-loop levels: requests kept in flight per model."
+    )
+    request_rate: float | None = Field(
+        None, gt=0, description="Also run an open-loop level with Poisson arrivals at this many requests/s."
+    )
+    clients: int = Field(2, ge=1, le=64, description="Load-generator actors (spread over the cluster).")
+    rounds: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Each level's requests are split into up to this many rounds; in every round each model "
+        "takes its turn in a fresh random order (seeded), so no model always gets the first minutes.",
+    )
+    prompt_tokens: int = Field(32, ge=1, description="Prompt length, cut from held-out text.")
+    max_tokens: int = Field(64, ge=1, description="Tokens generated per request.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
+    top_k: int | None = Field(50, ge=1, description="Sample from the k most likely tokens.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    inprocess_reference: bool = Field(
+        True, description="Generate the same prompts in-process (no Serve) to measure Serve + HTTP overhead."
+    )
+    replica_sweep: list[int] = Field(
+        [1, 2], description="num_replicas values measured at saturation (empty: no scaling sweep)."
+    )
+    scaling_concurrency: int = Field(32, ge=1, description="Requests in flight during the replica sweep.")
+    scaling_requests: int = Field(96, ge=1, description="Measured requests per replica count.")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _one_level(cls, v):
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("concurrency", "replica_sweep")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every value must be >= 1, got {v}")
+        return v
