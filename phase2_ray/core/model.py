@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,9 +24,6 @@ class GPTConfig:
     """Residual stream width."""
     dropout: float = 0.0
     """Dropout in attention and MLP (0 keeps both variants' numerics comparable)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class CausalSelfAttention(nn.Module):

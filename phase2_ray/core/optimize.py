@@ -73,7 +73,3 @@ class KernelOptimizer:
                 raise ValueError(f"sdpa_backend {backend!r} is not one of default, {', '.join(kinds)}")
             stack.enter_context(sdpa_kernel(kinds[backend]))
         return stack
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.settings.bf16 else torch.float32
