@@ -3,8 +3,8 @@ in-process reference both drive `BatchDecoder`, so the serving overhead they are
 
 Why a lean decode step instead of the model's forward: for a model this small each decoded token is ~50 tiny
 ops, so dispatch is the cost. Writing keys/values into a preallocated cache (no `torch.cat` per step), 2-D rows
-and `torch.mm` on transposed weight views roughly halve the time per token (0.9 -> 0.45 ms here). The modules are called, not their
-weights read, so a compressed model (int8 `nn.Module`s with the same call signature) decodes through this too."""
+and `torch.mm` on transposed weight views cut the time per token (benchmarks/RESULTS.md). The modules are
+called, not their weights read, so a compressed model (int8 `nn.Module`s with the same call signature) decodes through this too."""
 
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -
         # Keep tokens while the mass *before* them is below top_p (the first token is always kept).
         probs = probs * ((torch.cumsum(probs, 0) - probs) < params.top_p)
     # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i / sum(p) (the exponential race):
-    # one pass, and ~3x cheaper here than torch.multinomial.
+    # one pass, cheaper than torch.multinomial's setup for one draw.
     choice = int((probs / torch.empty_like(probs).exponential_(generator=gen)).argmax())
     return choice if ids is None else int(ids[choice])
 

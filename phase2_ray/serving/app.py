@@ -1,9 +1,9 @@
 """Stage 2c's Serve deployment: InferenceScalingEngine, an OpenAI-compatible completions server.
 
 One deployment, FastAPI ingress, every model id loaded in each replica. Why not one deployment per variant behind
-a router: each Serve hop costs ~6 ms here (a handle call measured 9 ms against 3 ms for a plain actor call), and
-the proxy cannot route on the `model` field of a JSON body (Serve multiplexing routes on a header, which OpenAI
-clients do not send). The models are small, so holding all of them costs less than a hop; each model's own bytes
+a router: each Serve hop costs milliseconds (a handle call is several times a plain actor call), and the proxy
+cannot route on the `model` field of a JSON body (Serve multiplexing routes on a header, which OpenAI clients do
+not send). The models are small, so holding all of them costs less than a hop; each model's own bytes
 (weights + KV cache) are reported separately from the replica's RSS.
 
 Run it alone with `phase2 serve -c CONFIG --checkpoints RUN_DIR`, or

@@ -61,8 +61,8 @@ def pin_all_threads(cores: list[int]) -> None:
 class CoreRotation:
     """Rotates concurrent actors through the same core slots on a shared wall-clock period (a crossover design).
 
-    Cores of one machine are not equal (measured here: one core's matmul peak ~8% above the other's), so an actor
-    pinned to one core for the whole run would carry that core's bias into the speedup. Every actor computes its
+    Cores of one machine are not equal (benchmarks/RESULTS.md: one core's matmul peak above the other's), so an
+    actor pinned to one core for the whole run would carry that core's bias into the speedup. Every actor computes its
     slot as (index + floor(now / period)) mod slots, so all actors move at the same moments and each spends about
     the same time on every core."""
 
