@@ -467,7 +467,8 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     assert cli.main(["compare", str(out), str(b), "--output", str(tmp_path / "cmp")]) == 1
     c = json.loads((tmp_path / "cmp.json").read_text())
     verdict = {(x["metric"], x["variant"]): x["verdict"] for x in c["rows"]}
-    assert verdict[("median step time (ms)", "baseline")] == "within noise (< 50%)"
+    # Not a regression either way: significant but under the threshold, or not significant on a noisy machine.
+    assert verdict[("median step time (ms)", "baseline")] in ("within noise (< 50%)", "no significant change")
     assert verdict[("median step time (ms)", "optimized")] == "REGRESSION"
     assert verdict[("TTFT p50 (ms)", "baseline (c1)")] == "REGRESSION"
     # the E2E samples did not change: not called a regression

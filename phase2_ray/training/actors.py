@@ -259,23 +259,12 @@ class TrainerActor:
             spec, gpt_cfg, settings, train_tokens, rotation, saved, label
         )
         stack = OptimizationSettings(**optim)
-        # The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses.
         if rotation is not None:
             rotation.tick(time.time())
-        peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
-        if stack.bf16:
-            peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+        peaks = _peak_flops(stack, device)
         waited = self._wait_for_start(handles.barrier, rotation)
         store = handles.state_store
-        info = {"optim": optim, "auto": probe_info}
-
-        def save_state(step: int, files: dict[str, bytes]) -> None:
-            # Waits until the store has it: a process killed right after must not lose a state it announced.
-            state: dict = files
-            if spec.storage_uri:
-                where = join(spec.storage_uri, "train-state", job.key)
-                state = {"uri": put_checkpoint(files, where, last=STATE_META)}
-            ray.get(store.put.remote(job.key, step, state, info))
+        save_state = _state_saver(spec, store, {"optim": optim, "auto": probe_info})
 
         try:
             res = train(
@@ -313,14 +302,12 @@ class TrainerActor:
             auto=probe_info,
             start_barrier_wait_s=waited,
             peak_flops=peaks,
-            device=device,
-            gpu=torch.cuda.get_device_name() if device == "cuda" else None,
-            cuda_max_allocated_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
             train_s=res.train_s,
             data_order_sha256=res.data_order_sha256,
             resumed_from_step=res.resumed_from,
             checkpoint=files,
             checkpoint_uri=uri,
+            **_device_fields(device),
         )
 
     @staticmethod
@@ -341,3 +328,34 @@ class TrainerActor:
             # Too large for the object store (the user says): the weights go to storage, only the URI travels.
             return None, put_checkpoint(files, join(spec.storage_uri, spec.job.variant))
         return files, None
+
+
+def _peak_flops(stack: OptimizationSettings, device: str) -> dict[str, float]:
+    """The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses."""
+    peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
+    if stack.bf16:
+        peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+    return peaks
+
+
+def _device_fields(device: str) -> dict[str, Any]:
+    cuda = device == "cuda"
+    return {
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    }
+
+
+def _state_saver(spec: TrainSpec, store, info: dict):
+    """on_checkpoint for the core loop: the state into the driver's store (or storage.uri, its URI in the store)."""
+
+    def save_state(step: int, files: dict[str, bytes]) -> None:
+        # Waits until the store has it: a process killed right after must not lose a state it announced.
+        state: dict = files
+        if spec.storage_uri:
+            where = join(spec.storage_uri, "train-state", spec.job.key)
+            state = {"uri": put_checkpoint(files, where, last=STATE_META)}
+        ray.get(store.put.remote(spec.job.key, step, state, info))
+
+    return save_state
