@@ -34,7 +34,7 @@ import psutil
 import ray
 import torch
 
-from phase2_ray import compare, pipeline
+from phase2_ray import pipeline
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
@@ -45,7 +45,7 @@ from phase2_ray.pipeline import (
     run_speed_trial,
     run_training,
 )
-from phase2_ray.report import build_report, write_run_dir
+from phase2_ray.report import build_report, compare, write_run_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)

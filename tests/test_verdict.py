@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phase2_ray.compare import _decide, _speedup_row
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial, same_stack, trial_steps
 from phase2_ray.core.train import TrainSettings
-from phase2_ray.gates import Gate, evaluate_gates
 from phase2_ray.loadplan import interleaved_schedule, rounds_for
-from phase2_ray.metrics import holm, paired_speedup, round_paired_ratio_ci
-from phase2_ray.report import build_report, render_markdown
+from phase2_ray.report.compare import _decide, _speedup_row
+from phase2_ray.report.gates import Gate, evaluate_gates
+from phase2_ray.report.markdown import build_report, render_markdown
+from phase2_ray.report.stats import holm, paired_speedup, round_paired_ratio_ci
 
 TARGETS = load_config(None).targets.model_dump()
 

@@ -21,8 +21,8 @@ from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.flops import MFU_FORMULA, flops_per_token
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.speedtrial import same_stack
-from phase2_ray.gates import Gate, evaluate_gates, pct_change_abs, ratio
-from phase2_ray.metrics import (
+from phase2_ray.report.gates import Gate, evaluate_gates, pct_change_abs, ratio
+from phase2_ray.report.stats import (
     block_bootstrap_ratio_ci,
     paired_speedup,
     round_paired_ratio_ci,
@@ -571,7 +571,7 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
 def render_run_dir(out: str | Path) -> Path:
     """Draws plots/*.png, report.md and a self-contained report.html from report.json and the CSVs alone (no
     Ray): what `phase2 report RUN_DIR` runs. report.md is written last, so its presence means a whole report."""
-    from phase2_ray.plots import write_plots  # matplotlib only when drawing
+    from phase2_ray.report.plots import write_plots  # matplotlib only when drawing
 
     out = Path(out)
     report = json.loads((out / "report.json").read_text())

@@ -23,7 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.metrics import block_bootstrap_ratio_ci, holm
+from phase2_ray.report.stats import block_bootstrap_ratio_ci, holm
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
