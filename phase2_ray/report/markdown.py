@@ -21,10 +21,12 @@ from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.flops import MFU_FORMULA, flops_per_token
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.speedtrial import same_stack
-from phase2_ray.report.gates import Gate, evaluate_gates, pct_change_abs, ratio
+from phase2_ray.report.gates import Gate, evaluate_gates
 from phase2_ray.report.stats import (
     block_bootstrap_ratio_ci,
     paired_speedup,
+    pct_change_abs,
+    ratio,
     round_paired_ratio_ci,
     summarize_requests,
     summarize_training,
