@@ -29,7 +29,7 @@ from phase2_ray.config import load_config  # noqa: E402
 from phase2_ray.core.checkpoint import checkpoint_files  # noqa: E402
 from phase2_ray.core.model import GPT, GPTConfig  # noqa: E402
 from phase2_ray.pipeline import prepare_data  # noqa: E402
-from phase2_ray.report.markdown import request_frame  # noqa: E402
+from phase2_ray.report.serving import request_frame  # noqa: E402
 from phase2_ray.report.stats import summarize_requests  # noqa: E402
 from phase2_ray.stages import validation as val  # noqa: E402
 from phase2_ray.stages.inference import APP_NAME, build_app, replica_stats  # noqa: E402

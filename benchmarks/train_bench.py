@@ -30,7 +30,7 @@ from phase2_ray.pipeline import (
     run_speed_trial,
     run_training,
 )
-from phase2_ray.report import build_report
+from phase2_ray.report import MetricsOrchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/bench.yaml"}
@@ -84,7 +84,7 @@ def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[
     t0 = time.time()
     training, extra = run_training(cfg, f"bench-{name}-{'-'.join(variants)}", d, [], t0, {})
     trials, _ = run_speed_trial(cfg, training, d, t0)
-    r = build_report(
+    r = MetricsOrchestrator(
         cfg=cfg,
         run_id="bench",
         started_at=t0,
@@ -96,7 +96,7 @@ def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[
         validation={},
         failure=None,
         extra_runs=extra,
-    )
+    ).build()
     return training, extra, r
 
 

@@ -1,7 +1,7 @@
 """Verdict benchmark: is the approval decision calibrated, powerful and stable on this machine?
 
 Runs the verdict's own code path many times in one Ray session — the concurrent training actors (2a/2b), the
-paired speed trial and the report's gates (pipeline.run_training, run_speed_trial, report.build_report) — and
+paired speed trial and the report's gates (pipeline.run_training, run_speed_trial, report.MetricsOrchestrator) — and
 prints:
 - A/A: the default config with both variants eager fp32: how many speedup CIs contain 1.0, how many runs the
   speedup gate passes (false approvals);
@@ -45,7 +45,7 @@ from phase2_ray.pipeline import (
     run_speed_trial,
     run_training,
 )
-from phase2_ray.report import build_report, compare, write_run_dir
+from phase2_ray.report import MetricsOrchestrator, compare, write_run_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)
@@ -92,7 +92,7 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
     run_id = label
     training, extra = run_training(cfg, run_id, d, [], t0, {})
     trials, _ = run_speed_trial(cfg, training, d, t0)
-    report = build_report(
+    report = MetricsOrchestrator(
         cfg=cfg,
         run_id=run_id,
         started_at=t0,
@@ -104,7 +104,7 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
         extra_runs=extra,
         validation={},
         failure=None,
-    )
+    ).build()
     run_dir = out_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_dir(run_dir, report, training, {})

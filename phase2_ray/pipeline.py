@@ -30,7 +30,7 @@ from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.core import data as corpus_data
 from phase2_ray.loadplan import interleaved_schedule
-from phase2_ray.report import build_report, redacted_config, write_run_dir
+from phase2_ray.report import MetricsOrchestrator, redacted_config, write_run_dir
 from phase2_ray.stages.nodes import TrainingPlacement, cluster_nodes
 from phase2_ray.storage import check_uri, get_checkpoint, join
 
@@ -819,7 +819,7 @@ def run_pipeline(
         _restore_sigterm(previous)
     st = Stage("2d", None, start=time.time())
     stages.append(st)
-    report = build_report(
+    report = MetricsOrchestrator(
         cfg=cfg,
         run_id=run_id,
         started_at=t0,
@@ -837,7 +837,7 @@ def run_pipeline(
         validation=validation,
         failure=failure,
         placement=placement,
-    )
+    ).build()
     st.status, st.end = "ok", time.time()
     report["stages"][-1].update(status=st.status, end=st.end)
     report["finished_at"] = st.end

@@ -10,8 +10,8 @@ from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embed
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.placement import CoreAllocator
-from phase2_ray.report.markdown import convergence
 from phase2_ray.report.stats import block_bootstrap_ratio_ci
+from phase2_ray.report.training import convergence
 
 
 def test_bootstrap_ci_separates_real_speedups_from_noise():
