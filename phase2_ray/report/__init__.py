@@ -18,8 +18,8 @@ import importlib
 _PUBLIC = {
     "MetricsOrchestrator": "orchestrator",
     "redacted_config": "orchestrator",
-    "write_run_dir": "markdown",
-    "render_run_dir": "markdown",
+    "write_run_dir": "artifacts",
+    "render_run_dir": "artifacts",
 }
 __all__ = list(_PUBLIC)
 
