@@ -23,7 +23,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.report.stats import block_bootstrap_ratio_ci, holm
+from phase2_ray.report.serving import SERVING_HEADLINE
+from phase2_ray.report.stats import block_bootstrap_ratio_ci, holm, with_per_request
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
@@ -176,27 +177,20 @@ def compare_runs(
                 sel &= q["level"] == lv
             return q[sel].sort_values("index") if "index" in q else q[sel]
 
-        xa, xb = reqs(qa), reqs(qb)
+        xa, xb = (with_per_request(x) if len(x) else x for x in (reqs(qa), reqs(qb)))
         tag = f"{m} ({level})" if level else m
-
-        def tpot(x: pd.DataFrame):
-            multi = x[x["output_tokens"] > 1] if len(x) else x
-            return (multi["e2e_ms"] - multi["ttft_ms"]) / (multi["output_tokens"] - 1) if len(multi) else []
-
-        for metric, key, sample in (
-            ("TTFT p50 (ms)", "ttft_ms", lambda x: x.get("ttft_ms", [])),
-            ("TPOT p50 (ms)", "tpot_ms", tpot),
-            ("E2E p50 (ms)", "e2e_ms", lambda x: x.get("e2e_ms", [])),
-        ):
+        for key, h in SERVING_HEADLINE.items():
+            if h.unit != "ms":
+                continue  # the latencies; the summary has no p50 of the decode rate to put beside them
             rows.append(
                 _timing_row(
-                    metric,
+                    f"{h.name} ({h.unit})",
                     tag,
                     (ia.get(key) or {}).get("p50"),
                     (ib.get(key) or {}).get("p50"),
-                    "lower",
-                    sample(xa),
-                    sample(xb),
+                    h.better,
+                    xa.get(key, []),
+                    xb.get(key, []),
                     timing_noise_pct,
                 )
             )
