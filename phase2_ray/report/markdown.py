@@ -20,6 +20,7 @@ from phase2_ray.report.markdown_decision import (
 from phase2_ray.report.markdown_serving import inference_vs_targets, serving_section
 from phase2_ray.report.markdown_training import (
     loss_chart,
+    mfu_cell,
     speed_explanation,
     speedup_breakdown,
     training_timeline,
@@ -125,12 +126,11 @@ def _glance_training(r: dict) -> list[str]:
             f"  convergence: val loss {fmt(tr['baseline']['val_loss'], 4)} → {fmt(tr[v]['val_loss'], 4)}, "
             f"|Δ| {fmt(c.get('val_loss_delta_pct'), 3, '%')} (tolerance {fmt(c.get('val_loss_tolerance_pct'), 2, '%')})"
         )
-    for v, t in tr.items():
-        m = t["mfu"]["value"]
-        lines.append(
-            f"  {v}: {fmt(t['tokens_per_s'], 0, ' tok/s')} (median step, concurrent run), "
-            f"MFU {fmt(m * 100 if m is not None else None, 1, '%')}, {t['params']:,} params, {t['status']}"
-        )
+    lines += [
+        f"  {v}: {fmt(t['tokens_per_s'], 0, ' tok/s')} (median step, concurrent run), "
+        f"MFU {mfu_cell(t['mfu']['value'])}, {t['params']:,} params, {t['status']}"
+        for v, t in tr.items()
+    ]
     return lines
 
 
