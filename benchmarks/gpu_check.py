@@ -32,7 +32,7 @@ from phase2_ray.core.generate import SamplingParams  # noqa: E402
 from phase2_ray.core.model import GPTConfig  # noqa: E402
 from phase2_ray.core.optimize import OptimizationSettings  # noqa: E402
 from phase2_ray.core.train import TrainSettings, train  # noqa: E402
-from phase2_ray.metrics import block_bootstrap_ratio_ci, describe  # noqa: E402
+from phase2_ray.report.stats import block_bootstrap_ratio_ci, describe  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendor's datasheets (FLOP/s), by a substring of the device name. A
 # reference, printed beside the peak this script measures itself; unknown devices get the measured one only.

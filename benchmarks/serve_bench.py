@@ -31,8 +31,8 @@ from phase2_ray.core.model import GPT, GPTConfig  # noqa: E402
 from phase2_ray.dataprep import prepare_data  # noqa: E402
 from phase2_ray.loadtest.actors import run_level, start_clients  # noqa: E402
 from phase2_ray.loadtest.reference import inprocess_reference  # noqa: E402
-from phase2_ray.metrics import summarize_requests  # noqa: E402
-from phase2_ray.report import request_frame  # noqa: E402
+from phase2_ray.report.serving import request_frame  # noqa: E402
+from phase2_ray.report.stats import summarize_requests  # noqa: E402
 from phase2_ray.serving.build import APP_NAME, build_app, replica_stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

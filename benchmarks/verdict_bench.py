@@ -35,14 +35,13 @@ import psutil
 import ray
 import torch
 
-from phase2_ray import compare
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import Trainer
 from phase2_ray.dataprep import prepare_data
 from phase2_ray.pipeline import RunState, gather, train_and_trial
-from phase2_ray.report import write_run_dir
+from phase2_ray.report import compare, write_run_dir
 from phase2_ray.runlog import RunLog
 from phase2_ray.training.actors import loop_settings
 

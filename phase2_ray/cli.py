@@ -154,7 +154,7 @@ def _compare(run_a: str, run_b: str, output: str | None, **opts: float) -> int:
         if not (Path(run) / "report.json").is_file():
             print(f"phase2: {run}: no report.json (pass the directory of a finished run)", file=sys.stderr)
             return EXIT_USAGE
-    from phase2_ray import compare
+    from phase2_ray.report import compare
 
     if not 0 < opts.get("alpha", 0.05) < 1:
         print(f"phase2: --alpha {opts['alpha']}: must lie between 0 and 1", file=sys.stderr)

@@ -18,7 +18,7 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.dataprep import PreparedData, prepare_data
 from phase2_ray.provenance import cluster_nodes, environment
 from phase2_ray.records import Stage, TrainResult
-from phase2_ray.report import build_report, redacted_config, write_run_dir
+from phase2_ray.report import MetricsOrchestrator, redacted_config, write_run_dir
 from phase2_ray.runlog import RunLog
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm
 from phase2_ray.storage import get_checkpoint
@@ -109,7 +109,7 @@ def train_and_trial(run: RunState, preload: dict | None = None) -> None:
 def gather(run: RunState) -> dict:
     """Every stage's results, from the object store into report.json's shape, with the decision."""
     d = run.data
-    return build_report(
+    return MetricsOrchestrator(
         cfg=run.cfg,
         run_id=run.run_id,
         started_at=run.log.t0,
@@ -127,7 +127,7 @@ def gather(run: RunState) -> dict:
         validation=run.validation,
         failure=run.failure,
         placement=run.placement,
-    )
+    ).build()
 
 
 def _train(run: RunState, preload: dict) -> None:

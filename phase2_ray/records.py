@@ -88,8 +88,12 @@ class TrainResult:
 
 @dataclass
 class RequestRecord:
+    """One request as the client timed it. The fields' order is requests.csv's column order."""
+
     variant: str
     index: int
+    warmup: bool = False
+    """True for a warm-up request (negative index), which the summaries leave out; False for a measured one."""
     ok: bool = False
     status: int | None = None
     error_type: str | None = None
@@ -107,23 +111,21 @@ class RequestRecord:
     output_tokens: int = 0
     """Token events received (one SSE event with a non-empty `choices` is one token)."""
     prompt_tokens: int | None = None
-    itl_ms: list[float] = field(default_factory=list)
-    """Per-token inter-token latency: each arrival after the first adds k entries of gap/k for its k tokens
-    (gap = time since the previous token-carrying arrival); the first arrival adds none, so
-    len(itl_ms) == output_tokens - tokens_per_write[0] and sum(itl_ms) == first-to-last arrival time."""
-    text: str = ""
-    warmup: bool = False
-    """True for a warm-up request (negative index), which the summaries leave out; False for a measured one."""
     completion_tokens: int | None = None
     """`usage.completion_tokens` from the server's closing usage chunk, or None when none came."""
     scheduled: float = 0.0
     """Epoch seconds of the scheduled arrival (open loop); equals `start` in closed loop."""
     queue_ms: float = 0.0
     """Actual send time minus scheduled arrival: time spent waiting for a slot (0.0 in closed loop)."""
-    tokens_per_write: list[int] = field(default_factory=list)
-    """Token events in each token-carrying arrival (received chunk of the body), the first one included."""
+    itl_ms: list[float] = field(default_factory=list)
+    """Per-token inter-token latency: each arrival after the first adds k entries of gap/k for its k tokens
+    (gap = time since the previous token-carrying arrival); the first arrival adds none, so
+    len(itl_ms) == output_tokens - tokens_per_write[0] and sum(itl_ms) == first-to-last arrival time."""
     write_gap_ms: list[float] = field(default_factory=list)
     """Gap between consecutive token-carrying arrivals (len(tokens_per_write) - 1 entries)."""
+    tokens_per_write: list[int] = field(default_factory=list)
+    """Token events in each token-carrying arrival (received chunk of the body), the first one included."""
+    text: str = ""
 
 
 @dataclass

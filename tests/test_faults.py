@@ -13,10 +13,10 @@ import torch
 from phase2_ray.config import ServeConfig, TargetsConfig
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.model import GPT, GPTConfig
-from phase2_ray.gates import evaluate_gates
 from phase2_ray.loadtest.client import run_requests
-from phase2_ray.metrics import summarize_requests
-from phase2_ray.report import request_frame
+from phase2_ray.report.gates import evaluate_gates
+from phase2_ray.report.serving import request_frame
+from phase2_ray.report.stats import summarize_requests
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.ray

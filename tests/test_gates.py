@@ -1,6 +1,6 @@
 import pytest
 
-from phase2_ray.gates import Gate, evaluate_gates
+from phase2_ray.report.gates import Gate, evaluate_gates
 
 TARGETS = {
     "speedup_significant": True,

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from phase2_ray.metrics import describe, summarize_requests, summarize_training
+from phase2_ray.report.stats import describe, summarize_requests, summarize_training
 
 
 def rec(ok=True, ttft=10.0, e2e=40.0, n=4, start=0.0, end=1.0, err=None):

@@ -9,8 +9,8 @@ from phase2_ray.core.autotune import REFERENCE, ProbeResult, candidate_stacks, p
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embedding_params
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import TrainSettings
-from phase2_ray.metrics import block_bootstrap_ratio_ci
-from phase2_ray.report import convergence
+from phase2_ray.report.stats import block_bootstrap_ratio_ci
+from phase2_ray.report.training import convergence
 from phase2_ray.training.placement import CoreAllocator
 
 

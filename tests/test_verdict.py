@@ -7,16 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phase2_ray.compare import _decide, _speedup_row
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial, same_stack, trial_steps
 from phase2_ray.core.train import TrainSettings
-from phase2_ray.gates import Gate, evaluate_gates
 from phase2_ray.loadtest.plan import interleaved_schedule, rounds_for
-from phase2_ray.metrics import holm, paired_speedup, round_paired_ratio_ci
-from phase2_ray.report import build_report, render_markdown
+from phase2_ray.report.compare import _decide, _speedup_row
+from phase2_ray.report.gates import Gate, evaluate_gates
+from phase2_ray.report.markdown import render_markdown
+from phase2_ray.report.orchestrator import MetricsOrchestrator
+from phase2_ray.report.stats import holm, paired_speedup, round_paired_ratio_ci
 
 TARGETS = load_config(None).targets.model_dump()
 
@@ -200,7 +201,7 @@ def _report(opt_settings: dict, trials: dict | None = None) -> dict:
         "baseline": _raw_run("baseline", 2e10, 0.010, EAGER),
         "optimized": _raw_run("optimized", 3e10, 0.008, opt_settings),
     }
-    return build_report(
+    return MetricsOrchestrator(
         cfg=cfg,
         run_id="t",
         started_at=0.0,
@@ -211,7 +212,7 @@ def _report(opt_settings: dict, trials: dict | None = None) -> dict:
         trials=trials,
         validation={},
         failure=None,
-    )
+    ).build()
 
 
 def test_the_mfu_denominator_is_shared_so_mfu_ratio_equals_throughput_ratio():

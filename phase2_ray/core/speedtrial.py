@@ -7,7 +7,7 @@ stack. Here both stacks train side by side in one process, on one set of cores, 
 A B B A or B A A B: linear drift within a pair cancels. The design is balanced rather than merely random, so
 order effects cancel in every run, not only on average over runs: half the pairs of a replicate are ABBA and
 half BAAB (their sequence shuffled from the seed), and half the replicates build A's model first. The
-statistics live in `phase2_ray.metrics.paired_speedup`."""
+statistics live in `phase2_ray.report.stats.paired_speedup`."""
 
 from __future__ import annotations
 

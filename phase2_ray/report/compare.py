@@ -24,7 +24,8 @@ from tabulate import tabulate
 
 from phase2_ray.config import stored_skip_steps
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.metrics import block_bootstrap_ratio_ci, holm
+from phase2_ray.report.serving import SERVING_HEADLINE
+from phase2_ray.report.stats import block_bootstrap_ratio_ci, holm, with_per_request
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
@@ -138,90 +139,12 @@ def compare_runs(
     ra, sa, qa = _load(Path(run_a))
     rb, sb, qb = _load(Path(run_b))
     rows: list[dict] = []
-    skip_a = stored_skip_steps(ra["config"])
-    skip_b = stored_skip_steps(rb["config"])
-    tol = ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)
     for v in [x for x in ra.get("comparison", {}) if x in rb.get("comparison", {})]:
         rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct, alpha))
     for v in [x for x in ra.get("training", {}) if x in rb.get("training", {})]:
-        ta, tb = ra["training"][v], rb["training"][v]
-        steps_a = sa[(sa["variant"] == v) & (sa["step"] > skip_a)]["step_s"] * 1000 if len(sa) else []
-        steps_b = sb[(sb["variant"] == v) & (sb["step"] > skip_b)]["step_s"] * 1000 if len(sb) else []
-        rows.append(
-            _timing_row(
-                "median step time (ms)",
-                v,
-                (ta.get("step_ms") or {}).get("p50"),
-                (tb.get("step_ms") or {}).get("p50"),
-                "lower",
-                steps_a,
-                steps_b,
-                timing_noise_pct,
-            )
-        )
-        rows.append(
-            _row("steady tokens/s", v, ta.get("tokens_per_s"), tb.get("tokens_per_s"), "higher", "info")
-        )
-        rows.append(_val_loss_row(v, ta, tb, tol))
+        rows += _training_rows(v, (ra, sa), (rb, sb), timing_noise_pct)
     for m in [x for x in ra.get("inference", {}) if x in rb.get("inference", {})]:
-        ia, ib = ra["inference"][m], rb["inference"][m]
-        level = ia.get("headline_level")
-
-        def reqs(q: pd.DataFrame, lv=level, m=m) -> pd.DataFrame:
-            if not len(q):
-                return q
-            sel = (q["variant"] == m) & q["ok"].astype(bool)
-            if "warmup" in q:
-                sel &= ~q["warmup"].astype(bool)
-            if lv is not None and "level" in q:
-                sel &= q["level"] == lv
-            return q[sel].sort_values("index") if "index" in q else q[sel]
-
-        xa, xb = reqs(qa), reqs(qb)
-        tag = f"{m} ({level})" if level else m
-
-        def tpot(x: pd.DataFrame):
-            multi = x[x["output_tokens"] > 1] if len(x) else x
-            return (multi["e2e_ms"] - multi["ttft_ms"]) / (multi["output_tokens"] - 1) if len(multi) else []
-
-        for metric, key, sample in (
-            ("TTFT p50 (ms)", "ttft_ms", lambda x: x.get("ttft_ms", [])),
-            ("TPOT p50 (ms)", "tpot_ms", tpot),
-            ("E2E p50 (ms)", "e2e_ms", lambda x: x.get("e2e_ms", [])),
-        ):
-            rows.append(
-                _timing_row(
-                    metric,
-                    tag,
-                    (ia.get(key) or {}).get("p50"),
-                    (ib.get(key) or {}).get("p50"),
-                    "lower",
-                    sample(xa),
-                    sample(xb),
-                    timing_noise_pct,
-                )
-            )
-        rows.append(
-            _row(
-                "output tok/s",
-                tag,
-                ia.get("output_tokens_per_s"),
-                ib.get("output_tokens_per_s"),
-                "higher",
-                "info",
-            )
-        )
-        rows.append(
-            _row(
-                "peak replica RSS (MB)",
-                m,
-                ia.get("peak_memory_mb"),
-                ib.get("peak_memory_mb"),
-                "lower",
-                "info",
-            )
-        )
-        rows.append(_success_row(m, ia, ib))
+        rows += _inference_rows(m, ra["inference"][m], rb["inference"][m], qa, qb, timing_noise_pct)
     _decide(rows, alpha)
     tested = [r for r in rows if r["p_value"] is not None]
     return {
@@ -236,6 +159,80 @@ def compare_runs(
         "rows": rows,
         "regressions": sum(r["verdict"] == "REGRESSION" for r in rows),
     }
+
+
+def _training_rows(
+    v: str, a: tuple[dict, pd.DataFrame], b: tuple[dict, pd.DataFrame], noise_pct: float
+) -> list[dict]:
+    """Variant `v` in runs A and B: median step time (tested on the steady steps), tokens/s, val loss."""
+    (ra, sa), (rb, sb) = a, b
+    ta, tb = ra["training"][v], rb["training"][v]
+
+    def steady_ms(report: dict, steps: pd.DataFrame):
+        skip = stored_skip_steps(report["config"])
+        return steps[(steps["variant"] == v) & (steps["step"] > skip)]["step_s"] * 1000 if len(steps) else []
+
+    return [
+        _timing_row(
+            "median step time (ms)",
+            v,
+            (ta.get("step_ms") or {}).get("p50"),
+            (tb.get("step_ms") or {}).get("p50"),
+            "lower",
+            steady_ms(ra, sa),
+            steady_ms(rb, sb),
+            noise_pct,
+        ),
+        _row("steady tokens/s", v, ta.get("tokens_per_s"), tb.get("tokens_per_s"), "higher", "info"),
+        _val_loss_row(v, ta, tb, ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)),
+    ]
+
+
+def _inference_rows(
+    m: str, ia: dict, ib: dict, qa: pd.DataFrame, qb: pd.DataFrame, noise_pct: float
+) -> list[dict]:
+    """Model `m` in runs A and B at A's headline level: latencies (tested on the requests), output tok/s,
+    peak RSS, success rate."""
+    level = ia.get("headline_level")
+
+    def reqs(q: pd.DataFrame) -> pd.DataFrame:
+        if not len(q):
+            return q
+        sel = (q["variant"] == m) & q["ok"].astype(bool)
+        if "warmup" in q:
+            sel &= ~q["warmup"].astype(bool)
+        if level is not None and "level" in q:
+            sel &= q["level"] == level
+        return q[sel].sort_values("index") if "index" in q else q[sel]
+
+    xa, xb = (with_per_request(x) if len(x) else x for x in (reqs(qa), reqs(qb)))
+    tag = f"{m} ({level})" if level else m
+    rows = [
+        _timing_row(
+            f"{h.name} ({h.unit})",
+            tag,
+            (ia.get(key) or {}).get("p50"),
+            (ib.get(key) or {}).get("p50"),
+            h.better,
+            xa.get(key, []),
+            xb.get(key, []),
+            noise_pct,
+        )
+        for key, h in SERVING_HEADLINE.items()
+        if h.unit == "ms"  # the latencies; the summary has no p50 of the decode rate to put beside them
+    ]
+    return rows + [
+        _row(
+            "output tok/s",
+            tag,
+            ia.get("output_tokens_per_s"),
+            ib.get("output_tokens_per_s"),
+            "higher",
+            "info",
+        ),
+        _row("peak replica RSS (MB)", m, ia.get("peak_memory_mb"), ib.get("peak_memory_mb"), "lower", "info"),
+        _success_row(m, ia, ib),
+    ]
 
 
 def _decide(rows: list[dict], alpha: float) -> None:

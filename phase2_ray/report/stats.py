@@ -5,6 +5,8 @@ TPOT = (E2E - TTFT) / (output_tokens - 1); ITL = gaps between chunks; failed req
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -12,7 +14,6 @@ TTFT_MS = "ttft_ms"
 TPOT_MS = "tpot_ms"
 ITL_MS = "itl_ms"
 E2E_MS = "e2e_ms"
-LATENCY_METRICS = (TTFT_MS, TPOT_MS, ITL_MS, E2E_MS)
 PERCENTILES = (50, 90, 99)
 
 
@@ -26,6 +27,23 @@ def describe(values) -> dict[str, float] | None:
     out["mean"] = float(arr.mean())
     out["n"] = int(arr.size)
     return out
+
+
+def tpot_ms(requests: pd.DataFrame) -> pd.Series:
+    """Each request's time per output token after the first: (E2E - TTFT) / (output_tokens - 1). A request of
+    one token has none; it divides by 1 here, and the summaries that report TPOT keep requests of 2+ tokens."""
+    return (requests[E2E_MS] - requests[TTFT_MS]) / (requests["output_tokens"] - 1).clip(lower=1)
+
+
+def decode_rate(requests: pd.DataFrame) -> pd.Series:
+    """Each request's output tokens per second of its E2E time."""
+    return requests["output_tokens"] / (requests[E2E_MS] / 1000.0)
+
+
+def with_per_request(requests: pd.DataFrame) -> pd.DataFrame:
+    """`requests` with columns `tpot_ms` and `rate` (decode_rate), set where a request has 2+ output tokens."""
+    multi = requests["output_tokens"] > 1
+    return requests.assign(tpot_ms=tpot_ms(requests).where(multi), rate=decode_rate(requests).where(multi))
 
 
 def summarize_training(step_times: list[float], tokens_per_step: int, skip_steps: int) -> dict:
@@ -58,7 +76,7 @@ def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = No
     out[TTFT_MS] = describe(ok[TTFT_MS])
     out[E2E_MS] = describe(ok[E2E_MS])
     multi = ok[ok["output_tokens"] > 1]
-    out[TPOT_MS] = describe((multi[E2E_MS] - multi[TTFT_MS]) / (multi["output_tokens"] - 1))
+    out[TPOT_MS] = describe(tpot_ms(multi))
     out[ITL_MS] = describe(x for gaps in ok[ITL_MS] for x in gaps)
     # The server sends several tokens per write: the gaps between writes and their sizes, beside per-token ITL.
     if "write_gap_ms" in ok:
@@ -78,12 +96,11 @@ def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = No
         out["measured_s"] = window
         out["output_tokens_per_s"] = out["output_tokens"] / window if window > 0 else None
         out["requests_per_s"] = len(ok) / window if window > 0 else None
-        out["request_tokens_per_s"] = describe(multi["output_tokens"] / (multi[E2E_MS] / 1000.0))
+        out["request_tokens_per_s"] = describe(decode_rate(multi))
     else:
         out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None, requests_per_s=None)
     if slo is not None:
-        tpot = (ok[E2E_MS] - ok[TTFT_MS]) / (ok["output_tokens"] - 1).clip(lower=1)
-        good = int(((ok[TTFT_MS] <= slo["ttft_ms"]) & (tpot <= slo["tpot_ms"])).sum())
+        good = int(((ok[TTFT_MS] <= slo["ttft_ms"]) & (tpot_ms(ok) <= slo["tpot_ms"])).sum())
         window = out.get("measured_s")
         out["goodput"] = {
             "slo": dict(slo),
@@ -227,6 +244,18 @@ def round_paired_ratio_ci(
         method="Student-t over rounds of per-round ratios of medians (log scale)",
     )
     return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def pct_change_abs(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return abs(a - b) / abs(b) * 100.0
 
 
 def holm(p_values: list[float], alpha: float = 0.05) -> list[bool]:

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from phase2_ray.core.atomic import write_atomic  # noqa: E402
-from phase2_ray.metrics import median_ci  # noqa: E402
+from phase2_ray.report.stats import median_ci  # noqa: E402
 
 DPI = 110
 

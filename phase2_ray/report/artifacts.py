@@ -1,0 +1,60 @@
+"""A run directory's files: the CSVs and report.json from the raw results and the report, then plots/*.png,
+report.md and report.html from report.json and the CSVs alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from phase2_ray.core.atomic import write_atomic
+from phase2_ray.report.html import render_html
+from phase2_ray.report.markdown import render_markdown
+from phase2_ray.report.serving import LIST_COLUMNS, request_frame
+from phase2_ray.report.training import step_frame
+
+VAL_COLUMNS = ["variant", "step", "val_loss"]
+INPROCESS_DROPPED = ["level", "status", "error_type", "error", "prompt_tokens", "text"]
+"""requests.csv's columns that in-process reference records never have."""
+
+
+def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation: dict) -> Path:
+    """Writes CSVs, report.json and report.md atomically; report.md last, so its presence means a whole report."""
+    write_atomic(out / "steps.csv", step_frame(training).to_csv(index=False))
+    val_rows = [
+        {"variant": v, "step": s, "val_loss": x}
+        for v, t in report["training"].items()
+        for s, x in t["val_curve"]
+    ]
+    write_atomic(out / "val.csv", pd.DataFrame(val_rows, columns=VAL_COLUMNS).to_csv(index=False))
+    write_atomic(out / "requests.csv", _requests_csv(request_frame(validation.get("records", []))))
+    ref = [r for m in validation.get("reference", {}).values() for r in m["records"]]
+    write_atomic(
+        out / "inprocess_requests.csv", _requests_csv(request_frame(ref).drop(columns=INPROCESS_DROPPED))
+    )
+    write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    return render_run_dir(out)
+
+
+def _requests_csv(frame: pd.DataFrame) -> str:
+    for col in LIST_COLUMNS:
+        frame[col] = frame[col].map(json.dumps)
+    return frame.to_csv(index=False)
+
+
+def render_run_dir(out: str | Path) -> Path:
+    """Draws plots/*.png, report.md and a self-contained report.html from report.json and the CSVs alone (no
+    Ray): what `phase2 report RUN_DIR` runs. report.md is written last, so its presence means a whole report."""
+    from phase2_ray.report.plots import write_plots  # matplotlib only when drawing
+
+    out = Path(out)
+    report = json.loads((out / "report.json").read_text())
+    steps = pd.read_csv(out / "steps.csv") if (out / "steps.csv").exists() else step_frame({})
+    val_path = out / "val.csv"
+    val = pd.read_csv(val_path) if val_path.exists() else pd.DataFrame(columns=VAL_COLUMNS)
+    plots = write_plots(out, report, steps, val)
+    md = render_markdown(report, plots)
+    write_atomic(out / "report.html", render_html(md, out, report["run_id"]))
+    return write_atomic(out / "report.md", md)

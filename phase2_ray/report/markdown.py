@@ -1,0 +1,260 @@
+"""report.md from the report dict alone: the header, the summary sections, and the order of every section.
+
+Every figure is read from report.json (the summaries and the decision's gates); the sections of one topic live
+in markdown_training, markdown_serving and markdown_decision."""
+
+from __future__ import annotations
+
+import textwrap
+
+from tabulate import tabulate
+
+from phase2_ray.report.ascii import WIDTH, fit, fmt
+from phase2_ray.report.markdown_decision import (
+    checklist,
+    dashboard,
+    gates_table,
+    recommendation,
+    run_timeline,
+)
+from phase2_ray.report.markdown_serving import inference_vs_targets, serving_section
+from phase2_ray.report.markdown_training import (
+    loss_chart,
+    mfu_cell,
+    speed_explanation,
+    speedup_breakdown,
+    training_timeline,
+)
+from phase2_ray.report.serving import SERVING_HEADLINE
+from phase2_ray.report.stats import ratio
+
+CHART_TITLES = {
+    "loss": "Loss curves: train loss per step, val loss as points",
+    "step_times": "Step-time distribution (steady state)",
+    "throughput": "Training throughput during the concurrent run, 95% block-bootstrap CI",
+    "latency": "TTFT / TPOT percentiles per model and load level",
+    "timeline": "Run timeline: stages and actors",
+}
+
+
+def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
+    parts = [
+        _header(r),
+        _at_a_glance(r),
+        _charts(plots or {}),
+        training_timeline(r),
+        speedup_breakdown(r),
+        loss_chart(r),
+        inference_vs_targets(r),
+        serving_section(r),
+        gates_table(r),
+        dashboard(r),
+        _comparative_table(r),
+        run_timeline(r),
+        checklist(r),
+        recommendation(r),
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _header(r: dict) -> str:
+    dec, env = r["decision"], r["environment"]
+    return (
+        f"# Phase 2 completion report — {r['run_id']}"
+        + (" (INCOMPLETE)" if r.get("incomplete") else "")
+        + "\n\n"
+        + f"**Decision: {'APPROVED' if dec['approved'] else 'REJECTED'}** "
+        f"({sum(g['passed'] for g in dec['gates'])}/{len(dec['gates'])} gates passed)"
+        + (f" — {r['failure']}" if r.get("failure") else "")
+        + "\n"
+        + f"\nRun wall time {fmt(r['wall_s'], 1, ' s')} on {env.get('cpu_model', '?')} "
+        f"({env.get('cpu_count')} CPUs), torch {env.get('torch')}, "
+        f"ray {env.get('ray')}.{_placement_line(r)}\n"
+        "Every figure below is read from report.json in this directory.\n"
+    )
+
+
+def _placement_line(r: dict) -> str:
+    """One sentence on where things ran, only when the cluster had more than one node."""
+    p = r.get("placement") or {}
+    nodes = p.get("nodes") or []
+    if len(nodes) < 2:
+        return ""
+    short = {n["node_id"]: f"node{i}" + (" (head)" if n["is_head"] else "") for i, n in enumerate(nodes)}
+
+    def names(ids: list[str]) -> str:
+        return ", ".join(sorted({short.get(i, i[:8]) for i in ids})) or "n/a"
+
+    train = "; ".join(f"{v} on {short.get(n, n[:8])}" for v, n in p.get("training", {}).items())
+    return (
+        f"\nPlacement over {len(nodes)} nodes, policy {p.get('policy')}"
+        f" ({p.get('strategy') or 'no placement group'}): {train}; Serve replicas on {names(p['replicas'])}; "
+        f"load clients on {names(p['load_clients'])} (node ids in report.json `placement`)."
+    )
+
+
+def _charts(plots: dict[str, str]) -> str:
+    if not plots:
+        return ""
+    return (
+        "## Charts\n\n"
+        + "\n\n".join(f"![{CHART_TITLES.get(k, k)}]({path})" for k, path in plots.items())
+        + "\n"
+    )
+
+
+def _at_a_glance(r: dict) -> str:
+    """The few lines a reader needs first: training, inference and architecture health, with intervals."""
+    lines = _glance_training(r) + _glance_inference(r) + _glance_health(r)
+    return "## Key Metrics at a Glance\n\n```\n" + "\n".join(fit(lines)) + "\n```\n"
+
+
+def _glance_training(r: dict) -> list[str]:
+    tr = r["training"]
+    lines = ["Training"]
+    for v, c in r.get("comparison", {}).items():
+        sp = c["speedup"]
+        lines.append(
+            f"  speedup {v} vs baseline: {fmt(sp.get('ratio'), 3, 'x')} "
+            f"[{fmt(sp.get('ci_low'), 3)}, {fmt(sp.get('ci_high'), 3)}] "
+            + ("(paired trial)" if "speed_trial" in c else "(concurrent-run median ratio, schema 1.0)")
+        )
+        lines += textwrap.wrap(
+            speed_explanation(r, v), WIDTH - 4, initial_indent="    ", subsequent_indent="    "
+        )
+        lines.append(
+            f"  convergence: val loss {fmt(tr['baseline']['val_loss'], 4)} → {fmt(tr[v]['val_loss'], 4)}, "
+            f"|Δ| {fmt(c.get('val_loss_delta_pct'), 3, '%')} (tolerance {fmt(c.get('val_loss_tolerance_pct'), 2, '%')})"
+        )
+    lines += [
+        f"  {v}: {fmt(t['tokens_per_s'], 0, ' tok/s')} (median step, concurrent run), "
+        f"MFU {mfu_cell(t['mfu']['value'])}, {t['params']:,} params, {t['status']}"
+        for v, t in tr.items()
+    ]
+    return lines
+
+
+def _glance_inference(r: dict) -> list[str]:
+    inf = r["inference"]
+    lines = ["Inference" + (f" (level {next(iter(inf.values()))['headline_level']})" if inf else "")]
+    if not inf:
+        lines.append("  not measured: stage 2c did not run")
+    for m, i in inf.items():
+        ttft, itl = i.get("ttft_ms") or {}, i.get("itl_ms") or {}
+        lines.append(
+            f"  {m}: TTFT p50 {fmt(ttft.get('p50'), 1, ' ms')}, ITL p50 {fmt(itl.get('p50'), 2, ' ms')}/token, "
+            f"{fmt(i.get('output_tokens_per_s'), 0, ' tok/s')}, {i['succeeded']}/{i['requests']} ok"
+        )
+    for m, ratios in ((r.get("serving") or {}).get("vs_baseline") or {}).items():
+        t = ratios.get("ttft_ms") or {}
+        lines.append(
+            f"  {m} ÷ baseline TTFT p50: {fmt(t.get('ratio'), 3)} [{fmt(t.get('ci_low'), 3)}, {fmt(t.get('ci_high'), 3)}]"
+            f" — {_ci_cell(t, SERVING_HEADLINE['ttft_ms'].better)[2]}"
+        )
+    return lines
+
+
+def _glance_health(r: dict) -> list[str]:
+    inf = r["inference"]
+    failed = [s["name"] for s in r["stages"] if s["status"] not in ("ok", "skipped", "running")]
+    lines = [
+        "Architecture health",
+        f"  stages: {len(r['stages'])} run, " + (f"FAILED: {', '.join(failed)}" if failed else "all ok"),
+    ]
+    if inf:
+        first = next(iter(inf.values()))
+        lines.append(f"  replica peak RSS {fmt(first.get('peak_memory_mb'), 0, ' MB')} (holds every model)")
+        lines += [
+            f"  {m}: weights + KV cache {fmt(i.get('model_memory_mb'), 2, ' MB')}" for m, i in inf.items()
+        ]
+    rsc = (r.get("serving") or {}).get("replica_scaling")
+    if rsc:
+        lines.append(
+            f"  replicas {rsc['runs'][0]['replicas']} → {rsc['runs'][-1]['replicas']}: {fmt(rsc['ratio'], 2, 'x')} tok/s"
+        )
+    return lines
+
+
+def _ci_cell(x: dict | None, better: str) -> tuple[str, str, str]:
+    """(ratio, CI, call) cells of a ratio-with-CI: a difference is called only when the CI excludes 1."""
+    if not x or x.get("ratio") is None:
+        return "n/a", "", "not measured"
+    if x.get("ci_low") is None:
+        return f"{x['ratio']:.3f}", "no interval", f"not called ({x.get('rounds', 0)} round(s))"
+    ci = f"[{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
+    if x["ci_low"] <= 1 <= x["ci_high"]:
+        return f"{x['ratio']:.3f}", ci, "no difference shown"
+    up = x["ci_low"] > 1
+    return f"{x['ratio']:.3f}", ci, "better" if up == (better == "higher") else "WORSE"
+
+
+def _comparative_table(r: dict) -> str:
+    """Every between-variant ratio with its interval; figures measured once (no samples) are shown, never
+    called. Training rows compare variants; serving rows compare each served model with the baseline model."""
+    tr, inf = r["training"], r["inference"]
+    if "baseline" not in tr:
+        return ""
+    rows = []
+    for v, c in r.get("comparison", {}).items():
+        rows += _training_ratio_rows(v, c, tr)
+    for m, ratios in ((r.get("serving") or {}).get("vs_baseline") or {}).items():
+        for key, x in ratios.items():
+            rows.append(
+                [
+                    f"{x['metric']} ({m} ÷ baseline, {x['level']})",
+                    *_ci_cell(x, SERVING_HEADLINE[key].better),
+                    "within rounds",
+                ]
+            )
+    for m, i in inf.items():
+        if m == "baseline" or "baseline" not in inf:
+            continue
+        rows.append(
+            [
+                f"Model memory ({m} ÷ baseline)",
+                fmt(ratio(i.get("model_memory_mb"), inf["baseline"].get("model_memory_mb")), 3),
+                "",
+                "exact byte count",
+                "weights + KV cache",
+            ]
+        )
+    return (
+        "## Comparative Summary Table\n\nEach ratio with its interval; a difference is called only when the "
+        "interval excludes 1. Serving ratios are medians of the headline level's requests; their interval is "
+        "Student's t over the interleaved rounds, each round one paired ratio.\n\n"
+        + tabulate(rows, headers=["ratio", "value", "95% CI", "call", "basis"], tablefmt="github")
+        + "\n"
+    )
+
+
+def _training_ratio_rows(v: str, c: dict, tr: dict) -> list[list]:
+    sp, cc = c.get("speedup") or {}, c.get("concurrent") or {}
+    return [
+        [f"Training speedup, paired trial ({v})", *_ci_cell(sp, "higher"), "baseline ÷ variant time"],
+        [
+            f"Concurrent-run step-time speedup ({v})",
+            *_ci_cell(cc.get("step_time_ratio"), "higher"),
+            "descriptive; block bootstrap",
+        ],
+        [
+            f"Concurrent-run throughput ({v})",
+            fmt(cc.get("tokens_per_s_ratio"), 3),
+            "as above",
+            "",
+            "median-step basis = step-time ratio",
+        ],
+        [
+            f"Work time ({v})",
+            fmt(cc.get("work_time_ratio"), 3),
+            "",
+            "one measurement: not called",
+            "baseline ÷ variant, probe + loop",
+        ],
+        [
+            f"Final val loss ({v})",
+            fmt(ratio(tr[v]["val_loss"], tr["baseline"]["val_loss"]), 4),
+            "",
+            "gated by tolerance",
+            f"|Δ| {fmt(c.get('val_loss_delta_pct'), 3, '%')}",
+        ],
+    ]

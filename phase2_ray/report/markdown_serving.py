@@ -1,0 +1,227 @@
+"""report.md's inference sections: the headline figures against their targets (pass/fail from the decision's
+gates), latency percentiles, load levels, Serve + HTTP overhead, scaling, memory and compression."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from phase2_ray.report.ascii import bar, fmt
+from phase2_ray.report.gates import find_gate
+
+TARGET_ROWS = (
+    # title, gate, inference key, percentile, unit, targets key, bound
+    ("TTFT p50", "ttft_p50_ms", "ttft_ms", "p50", "ms", "ttft_p50_ms_max", "max"),
+    (
+        "Output throughput",
+        "output_tokens_per_s",
+        "output_tokens_per_s",
+        None,
+        "tok/s",
+        "output_tokens_per_s_min",
+        "min",
+    ),
+    (
+        "Peak replica memory (RSS)",
+        "peak_memory_mb",
+        "peak_memory_mb",
+        None,
+        "MB",
+        "peak_memory_mb_max",
+        "max",
+    ),
+)
+LEVEL_HEADERS = [
+    "model",
+    "level",
+    "TTFT p50",
+    "TTFT p99",
+    "TPOT p50",
+    "ITL p99",
+    "E2E p50",
+    "out tok/s",
+    "req/s",
+    "goodput %",
+    "ok",
+]
+OVERHEAD_HEADERS = [
+    "model",
+    "HTTP level",
+    "TTFT p50 in-proc",
+    "TTFT p50 HTTP",
+    "overhead ms",
+    "TPOT p50 in-proc",
+    "TPOT p50 HTTP",
+    "overhead ms/token",
+]
+MEMORY_HEADERS = ["model", "replica peak RSS MB", "RSS now MB", "USS MB", "weight bytes", "KV-cache bytes"]
+
+
+def inference_vs_targets(r: dict) -> str:
+    inf = r["inference"]
+    if not inf:
+        return "## Inference Performance vs Targets\n\nStage 2c did not run: nothing measured.\n"
+    lines = []
+    for row in TARGET_ROWS:
+        lines += _target_bars(r, row)
+    lat = []
+    for v, i in inf.items():
+        for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            d = i.get(m) or {}
+            lat.append(
+                [
+                    v,
+                    m,
+                    fmt(d.get("p50")),
+                    fmt(d.get("p90")),
+                    fmt(d.get("p99")),
+                    fmt(d.get("mean")),
+                    d.get("n", 0),
+                ]
+            )
+    succ = "\n".join(
+        f"  {v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
+    )
+    return (
+        "## Inference Performance vs Targets\n\n```\n"
+        + "\n".join(lines)
+        + f"Success rate:\n{succ}\n```\n\nLatency percentiles (ms; TTFT and ITL measured at the client over HTTP):\n\n"
+        + tabulate(lat, headers=["variant", "metric", "p50", "p90", "p99", "mean", "n"], tablefmt="github")
+        + "\n"
+    )
+
+
+def _target_bars(r: dict, row: tuple) -> list[str]:
+    """One figure of every model as a bar beside its target's, each marked by its gate's verdict."""
+    title, gate, key, sub, unit, target_key, kind = row
+    inf, target = r["inference"], r["config"]["targets"][target_key]
+    w = max(12, *(len(v) + 1 for v in inf))
+    vals = {v: (i.get(key) or {}).get(sub) if sub else i.get(key) for v, i in inf.items()}
+    scale = max([target] + [x for x in vals.values() if x is not None])
+    lines = [
+        f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})",
+        f"  {'target':<{w}} {bar(target, scale, 40, '█'):<40} {target:g} {unit}",
+    ]
+    for v, x in vals.items():
+        if x is None:
+            lines.append(f"  {v:<{w}} not measured")
+            continue
+        head = (target / x if kind == "max" else x / target) if x else float("inf")
+        g = find_gate(r["decision"]["gates"], gate, v)
+        side = "within" if g and g["passed"] else "MISSES"
+        lines.append(
+            f"  {v:<{w}} {bar(x, scale, 40):<40} {fmt(x, 2)} {unit} ({side}; "
+            f"{'target/value' if kind == 'max' else 'value/target'} {head:.2f})"
+        )
+    return lines + [""]
+
+
+def serving_section(r: dict) -> str:
+    inf, sv = r["inference"], r.get("serving") or {}
+    if not inf:
+        return ""
+    out = [
+        "## Serving: Load Levels, Overhead, Scaling, Compression\n",
+        "Closed-loop levels (cN = N requests in flight), measured at the client over HTTP; warm-up excluded. "
+        "Output tok/s = all output tokens of successful requests / the level's wall window. Goodput = requests "
+        "meeting both SLOs (TTFT ≤ the TTFT target, TPOT ≤ 1000 / the tok/s target), as vLLM's benchmark counts.\n",
+        tabulate(_level_rows(inf), headers=LEVEL_HEADERS, tablefmt="github"),
+    ]
+    cs = sv.get("concurrency_scaling") or {}
+    if cs:
+        out.append("\nAggregate throughput from the first to the last level (batching at work):\n")
+        out += [
+            f"- {m}: {fmt(c['output_tokens_per_s_to'], 0)} tok/s at {c['to']} / {fmt(c['output_tokens_per_s_from'], 0)}"
+            f" at {c['from']} = **{fmt(c['ratio'])}x**"
+            for m, c in cs.items()
+        ]
+    out += _overhead(sv.get("overhead") or {})
+    rsc = sv.get("replica_scaling")
+    if rsc:
+        out.append(f"\nReplica scaling ({rsc['model']}, {rsc['concurrency']} requests in flight):\n")
+        out += [
+            f"- {x['replicas']} replica(s): {fmt(x['output_tokens_per_s'], 0)} tok/s, {fmt(x['requests_per_s'], 1)} "
+            f"req/s, {x['requests'] and round(x['success_rate'] * x['requests'])}/{x['requests']} ok, peak RSS "
+            f"{', '.join(fmt(p, 0) for p in x['peak_rss_mb'])} MB"
+            for x in rsc["runs"]
+        ]
+        out.append(f"- ratio: **{fmt(rsc['ratio'])}x** ({rsc['ratio_basis']})")
+    out.append("\nMemory (one replica holds every model; MB = 2^20 bytes):\n")
+    out.append(tabulate(_memory_rows(inf), headers=MEMORY_HEADERS, tablefmt="github"))
+    comp = sv.get("compression")
+    if comp:
+        out.append(_compression(comp))
+    return "\n".join(out) + "\n"
+
+
+def _level_rows(inf: dict) -> list[list]:
+    rows = []
+    for m, i in inf.items():
+        for lv, s in i.get("levels", {}).items():
+
+            def g(k: str, q: str = "p50", s=s):
+                return (s.get(k) or {}).get(q)
+
+            rows.append(
+                [
+                    m,
+                    lv,
+                    fmt(g("ttft_ms")),
+                    fmt(g("ttft_ms", "p99")),
+                    fmt(g("tpot_ms")),
+                    fmt(g("itl_ms", "p99")),
+                    fmt(g("e2e_ms")),
+                    fmt(s.get("output_tokens_per_s"), 0),
+                    fmt(s.get("requests_per_s"), 1),
+                    fmt((s.get("goodput") or {}).get("fraction", 0) * 100, 1),
+                    f"{s['succeeded']}/{s['requests']}",
+                ]
+            )
+    return rows
+
+
+def _overhead(ov: dict) -> list[str]:
+    if not any(o["ttft_p50_ms_inprocess"] is not None for o in ov.values()):
+        return []
+    rows = [
+        [
+            m,
+            o["level"],
+            fmt(o["ttft_p50_ms_inprocess"]),
+            fmt(o["ttft_p50_ms_http"]),
+            fmt(o["ttft_p50_overhead_ms"]),
+            fmt(o["tpot_p50_ms_inprocess"], 3),
+            fmt(o["tpot_p50_ms_http"], 3),
+            fmt(o["tpot_p50_overhead_ms"], 3),
+        ]
+        for m, o in ov.items()
+    ]
+    return [
+        "\nServe + HTTP overhead: the same prompts and sampling through the same engine in-process (no Serve, "
+        "no HTTP), one at a time, against the HTTP level above:\n",
+        tabulate(rows, headers=OVERHEAD_HEADERS, tablefmt="github"),
+    ]
+
+
+def _memory_rows(inf: dict) -> list[list]:
+    return [
+        [
+            m,
+            fmt(i.get("peak_memory_mb"), 1),
+            fmt(i.get("rss_mb"), 1),
+            fmt(i.get("uss_mb"), 1),
+            fmt((i.get("model_bytes") or {}).get("weights"), 0),
+            fmt((i.get("model_bytes") or {}).get("kv_cache"), 0),
+        ]
+        for m, i in inf.items()
+    ]
+
+
+def _compression(comp: dict) -> str:
+    sp = comp["inprocess_request_tokens_per_s_p50"]
+    return (
+        f"\nCompression ({comp['method']}): val loss {fmt(comp['val_loss_source'], 4)} → "
+        f"{fmt(comp['val_loss_int8'], 4)} ({comp['val_loss_delta_pct']:+.3f}%, gate ≤ {comp['threshold_pct']:g}%); "
+        f"weights {fmt(comp['weight_bytes_source'], 0)} → {fmt(comp['weight_bytes_int8'], 0)} bytes "
+        f"({fmt(comp['weight_bytes_ratio'], 3)}x); in-process decode p50 {fmt(sp[comp['source']], 0)} → "
+        f"{fmt(sp[comp['model']], 0)} tok/s per request."
+    )

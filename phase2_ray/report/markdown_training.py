@@ -1,0 +1,262 @@
+"""report.md's training sections: each variant's timeline, the speedup breakdown with MFU, the stacks `auto`
+probed, seeds and ablation contributions, and the loss curves as an ASCII chart."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+from tabulate import tabulate
+
+from phase2_ray.report.ascii import WIDTH, bar, fit, fmt, line_chart, pct
+from phase2_ray.report.gates import find_gate
+
+
+def mfu_cell(value: float | None) -> str:
+    return fmt(value * 100 if value is not None else None, 1, "%")
+
+
+def training_timeline(r: dict) -> str:
+    tr = r["training"]
+    if not tr:
+        return "## Training Timeline\n\nNo variant finished training.\n"
+    longest = max(t["stage_s"] for t in tr.values())
+    lines = []
+    for v, t in tr.items():
+        stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
+        # Only the parts switched on (all off: eager fp32), so the line fits 100 columns.
+        on = [f"{k}={val}" for k, val in t["optimizations"].items() if val not in (False, None, "default")]
+        opt = ", ".join(on) or "none (eager fp32)"
+        if t.get("auto"):
+            opt = f"auto → {t['auto']['chosen']}: {opt}"
+        lines += [
+            f"{v.upper()} TRAINING (Stage {stage})",
+            f"├─ Duration: {fmt(t['stage_s'], 1, ' s')} stage wall; training loop {fmt(t['train_s'], 1, ' s')}, "
+            f"of which warm-up/compile steps {fmt(t['warmup_s'], 1, ' s')}",
+            f"├─ Loss: {fmt(t['initial_loss'], 4)} ──► {fmt(t['final_loss'], 4)} "
+            f"(train, {pct(t['initial_loss'], t['final_loss'])}); val {fmt(t['initial_val_loss'], 4)} ──► {fmt(t['val_loss'], 4)}",
+            f"├─ Throughput: {fmt(t['tokens_per_s'], 0, ' tok/s')} ({t['tokens_per_s_basis']}); "
+            f"{fmt(t['stage_tokens_per_s'], 0, ' tok/s')} whole stage",
+            f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens",
+            f"├─ Optimizations: {opt}",
+            *(
+                [
+                    f"├─ Restarts: {t['restarts']} (its process died; resumed from the state saved at step "
+                    f"{t['resumed_from_step']})"
+                ]
+                if t.get("restarts")
+                else []
+            ),
+            f"└─ Status: {t['status'].upper()}" + (f" — {t['error']}" if t["error"] else ""),
+            "",
+            f"   {bar(t['stage_s'], longest, 60)} {fmt(t['stage_s'], 1, ' s')}",
+            "",
+        ]
+    return "## Training Timeline\n\n```\n" + "\n".join(fit(lines)) + "```\n"
+
+
+def _verdict(sp: dict) -> str:
+    if sp.get("ratio") is None:
+        return "not measured"
+    if not sp["significant"]:
+        return "not significant: the CI includes 1.00x"
+    return "significantly faster" if sp["ci_low"] > 1 else "significantly SLOWER"
+
+
+def speed_explanation(r: dict, v: str) -> str:
+    """One plain sentence: what the speed trial shows for variant `v`, read from its figures and its
+    training_speedup gate (the floor)."""
+    c = r["comparison"][v]
+    sp, need = c["speedup"], r["config"]["targets"]["speedup_min"]
+    if c.get("noop"):
+        return f"No speedup to claim: {c['noop_reason']}."
+    if sp.get("ratio") is None:
+        return "The speed trial did not run, so no speedup was measured."
+    ci = f"[{sp['ci_low']:.3f}, {sp['ci_high']:.3f}]"
+    floor = find_gate(r["decision"]["gates"], "training_speedup", v)
+    if sp["ci_low"] > 1 and floor and floor["passed"]:
+        return f"{v} is faster: {sp['ratio']:.3f}x, CI {ci} above 1 and above the {need:g}x floor."
+    if sp["ci_low"] > 1:
+        return (
+            f"{v} is measurably faster ({sp['ratio']:.3f}x, CI {ci}) but by less than the {need:g}x floor: "
+            "no speedup worth claiming on this machine."
+        )
+    if sp["ci_high"] < 1:
+        return f"{v} is SLOWER than the baseline on this machine: {sp['ratio']:.3f}x, CI {ci}."
+    return f"No measurable speedup on this machine: {sp['ratio']:.3f}x, CI {ci} includes 1."
+
+
+def speedup_breakdown(r: dict) -> str:
+    tr, comp = r["training"], r.get("comparison", {})
+    if not comp:
+        return ""
+    lines = []
+    for v, c in comp.items():
+        lines += _variant_speed_lines(r, v, c) + [""]
+    return (
+        "## Speedup Breakdown\n\n```\n"
+        + "\n".join(fit(lines + _mfu_lines(tr)))
+        + "\n```\n"
+        + _stack_section(r)
+    )
+
+
+def _variant_speed_lines(r: dict, v: str, c: dict) -> list[str]:
+    """The speed claim of variant `v`, then what the concurrent run observed, convergence and data order."""
+    b, t, sp = r["training"]["baseline"], r["training"][v], c["speedup"]
+    cc = c.get("concurrent") or {}
+    st = cc.get("step_time_ratio") or {}
+    conf = f"{(sp.get('confidence') or 0.95) * 100:g}%"
+    reps = (c.get("speed_trial") or {}).get("replicates") or []
+    source = "paired speed trial" if "speed_trial" in c else "concurrent-run median ratio, schema 1.0"
+    lines = [
+        f"{v} vs baseline",
+        f"Speedup ({source}): {fmt(sp['ratio'], 3, 'x')}   {conf} CI [{fmt(sp['ci_low'], 3)}, "
+        f"{fmt(sp['ci_high'], 3)}] — {_verdict(sp)}",
+        f"  {len(reps)} replicates x {sp.get('pairs', 0) // max(len(reps), 1)} ABBA pairs; replicate ratios "
+        + ", ".join(fmt(x, 3) for x in sp.get("replicate_ratios", [])),
+        *textwrap.wrap(speed_explanation(r, v), WIDTH - 4, initial_indent="  => ", subsequent_indent="     "),
+        "Observed during the concurrent training (descriptive; not the speed claim):",
+        f"  median step time:  {fmt(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "
+        f"{fmt(t['step_ms']['p50'] if t['step_ms'] else None, 2)} ms = {fmt(st.get('ratio'), 3, 'x')} "
+        f"[{fmt(st.get('ci_low'), 2)}, {fmt(st.get('ci_high'), 2)}] (block bootstrap)",
+        f"  throughput:        {fmt(b['tokens_per_s'], 0)} → {fmt(t['tokens_per_s'], 0)} tok/s = "
+        f"{fmt(cc.get('tokens_per_s_ratio'), 3, 'x')} (median-step basis: equals the step-time ratio)",
+        f"  work time:         {fmt(b.get('work_s'), 1)} → {fmt(t.get('work_s'), 1)} s = "
+        f"{fmt(cc.get('work_time_ratio'), 3, 'x')} (baseline ÷ {v}; what a user waits for)",
+        f"    of which {v}: "
+        + (f"`auto` probe {fmt(t['auto']['probe_s'], 1)} s, " if t.get("auto") else "")
+        + f"warm-up/compile beyond the median step {fmt(t['compile_warmup_s'], 1)} s",
+        "  Why these can differ from the trial: the two actors ran on different cores next to different "
+        "processes,",
+        "  and the machine drifts; work time also pays one-time costs (probe, compile, evals).",
+        f"Val loss change:             {fmt(c['val_loss_delta_pct'], 3, '%')} vs tolerance "
+        f"{fmt(c['val_loss_tolerance_pct'], 3, '%')}",
+        f"  tolerance: {c['val_loss_tolerance_basis']}",
+        f"Same data order:             {'yes' if c['same_data_order'] else 'NO'} (batch schedule sha256 "
+        f"{t['data_order_sha256']})",
+    ]
+    if "isolated_speedup" in c:
+        iso = c["isolated_speedup"]
+        lines.append(
+            f"Concurrent vs isolated:      {fmt(st.get('ratio'), 3, 'x')} concurrent, {fmt(iso['ratio'], 3, 'x')} "
+            f"alone [{fmt(iso['ci_low'], 2)}, {fmt(iso['ci_high'], 2)}] → {fmt(c['concurrent_vs_isolated_pct'], 1, '%')}"
+        )
+    return lines
+
+
+def _mfu_lines(tr: dict) -> list[str]:
+    first = next(iter(tr.values()))["mfu"]
+    lines = [
+        "MFU (model FLOPs utilisation, steady state)",
+        *(f"  {part.strip()}" for part in first["formula"].split(";", 1)),
+        f"  flops/token = {first['flops_per_token']:,}",
+        f"  peak = {first['peak_basis']}",
+    ]
+    for v, t in tr.items():
+        m = t["mfu"]
+        lines.append(
+            f"  {v:<12} {mfu_cell(m['value']):>8}  = "
+            f"{fmt((m['achieved_flops'] or 0) / 1e9, 2)} GFLOP/s ÷ {fmt((m['peak_flops'] or 0) / 1e9, 2)} GFLOP/s "
+            f"({m['peak_dtype']} peak)"
+        )
+    return lines
+
+
+def _stack_section(r: dict) -> str:
+    """What each variant ran with: for `auto` variants, every probed candidate and why the winner won; every
+    seed's run; with more than two variants, each one's contribution."""
+    out = [_auto_table(v, t["auto"]) for v, t in r["training"].items() if t.get("auto")]
+    if any(len(t["repeats"]) > 1 for t in r["training"].values()):
+        out.append(_seeds_table(r["training"]))
+    if len(r["training"]) > 2:
+        out.append(_contributions_table(r))
+    return "".join(out)
+
+
+def _auto_table(v: str, a: dict) -> str:
+    rows = [
+        [
+            c["name"],
+            fmt(c["median_step_ms"], 2),
+            fmt(c["first_step_s"], 2),
+            fmt(c["mean_loss"], 4),
+            fmt(c["loss_delta_pct"], 3),
+            "yes" if c["accepted"] else "no",
+            "<-" if c["name"] == a["chosen"] else "",
+        ]
+        for c in a["candidates"]
+    ]
+    headers = ["stack", "median ms/step", "first step s", "mean loss", "Δ loss %", "accepted", "chosen"]
+    return (
+        f"\n`{v}` is `auto`: {len(rows)} candidate stacks probed for {a['steps']} steps each "
+        f"({fmt(a['probe_s'], 1, ' s')}); kept the fastest whose loss is within {a['tolerance_pct']}% of eager fp32.\n\n"
+        + tabulate(rows, headers=headers, tablefmt="github")
+        + "\n"
+    )
+
+
+def _seeds_table(tr: dict) -> str:
+    rows = [
+        [v, x["seed"], x["phase"], fmt(x["val_loss"], 4), fmt(x["step_ms_p50"], 2), fmt(x["tokens_per_s"], 0)]
+        for v, t in tr.items()
+        for x in t["repeats"]
+    ]
+    return (
+        "\n### Seeds\n\nEvery variant trained once per seed; the val-loss gate compares seed means and takes its "
+        "tolerance from the baseline's seed-to-seed spread.\n\n"
+        + tabulate(
+            rows, headers=["variant", "seed", "run", "val loss", "median ms/step", "tok/s"], tablefmt="github"
+        )
+        + "\n"
+    )
+
+
+def _contributions_table(r: dict) -> str:
+    rows = []
+    for v, t in r["training"].items():
+        c = r["comparison"].get(v)
+        opts = ", ".join(f"{k}={x}" for k, x in t["settings"].items() if x not in (False, "default"))
+        rows.append(
+            [
+                v,
+                opts or "(none)",
+                fmt(c["speedup"]["ratio"], 3, "x") if c else "1 (reference)",
+                f"[{fmt(c['speedup']['ci_low'], 2)}, {fmt(c['speedup']['ci_high'], 2)}]" if c else "",
+                _verdict(c["speedup"]) if c else "",
+                fmt(c["val_loss_delta_pct"], 3, "%") if c else "",
+                mfu_cell(t["mfu"]["value"]),
+            ]
+        )
+    return (
+        "\n### Each optimization's contribution\n\n"
+        + tabulate(
+            rows,
+            headers=["variant", "settings", "speedup", "95% CI", "verdict", "Δ val loss", "MFU"],
+            tablefmt="github",
+        )
+        + "\n"
+    )
+
+
+def loss_chart(r: dict, width: int = 72, height: int = 14) -> str:
+    curves = {v: [p[1] for p in t["loss_curve"]] for v, t in r["training"].items() if t["loss_curve"]}
+    curves = {v: c for v, c in curves.items() if all(math.isfinite(x) for x in c)}
+    if not curves:
+        return ""
+    lines, legend = line_chart(curves, width, height)
+    vals = [f"{v}: final val loss {fmt(t['val_loss'], 4)}" for v, t in r["training"].items()]
+    verdict = "".join(
+        f"\n{v} vs baseline: |Δ val loss| = {fmt(c['val_loss_delta_pct'], 3, '%')}"
+        for v, c in r.get("comparison", {}).items()
+    )
+    return (
+        "## Loss Convergence Comparison\n\n```\nTraining loss (per-step, column-averaged)   "
+        + legend
+        + "\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(vals)
+        + verdict
+        + "\n```\n"
+    )

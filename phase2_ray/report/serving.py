@@ -1,0 +1,237 @@
+"""report.json's `inference` and `serving` sections from stage 2c's raw results: the load clients' request
+records, the Serve replicas' stats, the in-process reference, the replica sweep and the int8 copy."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import NamedTuple
+
+import pandas as pd
+
+from phase2_ray.records import RequestRecord
+from phase2_ray.report.stats import ratio, round_paired_ratio_ci, summarize_requests, with_per_request
+
+_RECORD = [f.name for f in fields(RequestRecord)]
+REQUEST_COLUMNS = [_RECORD[0], "level", "round", *_RECORD[1:]]
+"""requests.csv's columns: a RequestRecord's fields, with the load level and interleaved round the driver sets
+on each record next to the model's name."""
+LIST_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.default_factory is list)
+
+
+class Headline(NamedTuple):
+    name: str
+    unit: str
+    better: str
+
+
+SERVING_HEADLINE = {
+    "ttft_ms": Headline("TTFT p50", "ms", "lower"),
+    "tpot_ms": Headline("TPOT p50", "ms", "lower"),
+    "e2e_ms": Headline("E2E p50", "ms", "lower"),
+    "rate": Headline("decode tok/s p50", "tok/s", "higher"),
+}
+"""The per-request serving metrics (columns of stats.with_per_request) compared between models: in a run, each
+model / the baseline model with a CI (`serving.vs_baseline`); between two runs by `phase2 compare`."""
+
+
+def request_frame(records: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(records, columns=REQUEST_COLUMNS)
+    df["warmup"] = df["warmup"].astype("boolean").fillna(False).astype(bool)
+    for col in LIST_COLUMNS:
+        df[col] = df[col].apply(lambda x: x if isinstance(x, list) else [])
+    return df
+
+
+def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None) -> dict:
+    """{model: {metric: ratio-with-CI}} of every model against the baseline model at `level`: medians of the
+    successful measured requests, paired by interleaved round (stats.round_paired_ratio_ci)."""
+    if "baseline" not in models or level is None:
+        return {}
+    ok = with_per_request(req[req["ok"].astype(bool) & ~req["warmup"] & (req["level"] == level)])
+    base = ok[ok["variant"] == "baseline"]
+    out = {}
+    for m in models:
+        if m == "baseline":
+            continue
+        mine = ok[ok["variant"] == m]
+        out[m] = {
+            k: {**round_paired_ratio_ci(base, mine, k), "metric": h.name, "level": level}
+            for k, h in SERVING_HEADLINE.items()
+        }
+    return out
+
+
+def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
+    """(`inference` per model id, `serving` cross-model results) from 2c's raw records and replica stats."""
+    if not validation:
+        return {}, {}
+    req = request_frame(validation["records"])
+    levels = validation.get("levels", [])
+    # Goodput SLOs from the targets: TTFT within the TTFT target, and a per-request pace (TPOT) at least as fast
+    # as the throughput target asks of one stream.
+    slo = {"ttft_ms": targets.ttft_p50_ms_max, "tpot_ms": 1000.0 / max(targets.output_tokens_per_s_min, 1e-9)}
+    inf = {m: _model_summary(m, req, validation, slo) for m in validation["models"]}
+    serving: dict = {
+        "vs_baseline": serving_vs_baseline(req, list(validation["models"]), levels[0] if levels else None),
+        "schedule": validation.get("schedule", []),
+        "overhead": {m: _overhead(s) for m, s in inf.items()},
+        "concurrency_scaling": {m: _concurrency_scaling(s, levels) for m, s in inf.items()}
+        if len(levels) > 1
+        else {},
+        # where each replica ran (node ids): provenance for multi-node runs
+        "replicas": [
+            {k: r.get(k) for k in ("replica_id", "node_id", "pid", "device", "checkpoint_sources")}
+            for r in validation.get("replicas", [])
+        ],
+    }
+    sc = validation.get("scaling") or {}
+    if sc.get("runs"):
+        serving["replica_scaling"] = _replica_scaling(req, sc, validation.get("scaling_concurrency"))
+    src = validation.get("int8_of")
+    if src and src + "-int8" in inf and "val_loss" in inf[src + "-int8"]:
+        serving["compression"] = _compression(inf, src, targets.int8_val_loss_delta_pct_max)
+    return inf, serving
+
+
+def _model_summary(m: str, req: pd.DataFrame, validation: dict, slo: dict) -> dict:
+    """One model's `inference` entry. Its headline figures are those of the first load level (concurrency 1 by
+    default: what one user sees); its success rate counts every request of every level; `levels` holds each
+    level's summary."""
+    levels = validation.get("levels", [])
+    everything = req[req["variant"] == m]
+    mine = everything[everything["level"].isin(levels) & ~everything["warmup"]]
+    per_level = {lv: summarize_requests(mine[mine["level"] == lv], slo) for lv in levels}
+    # Every request this model was sent counts in its success rate: warm-ups and the replica sweep too.
+    whole = summarize_requests(everything)
+    s = dict(per_level[levels[0]]) if levels else dict(whole)
+    s.update({k: whole[k] for k in ("requests", "succeeded", "success_rate", "errors")})
+    s["requests_by_kind"] = {
+        "measured": int(len(mine)),
+        "warmup": int(everything["warmup"].sum()),
+        "replica_sweep": int((everything["level"].str.startswith("replicas") & ~everything["warmup"]).sum()),
+    }
+    s["headline_level"] = levels[0] if levels else None
+    s["levels"] = per_level
+    if validation.get("replicas"):
+        s.update(_memory(m, validation["replicas"]))
+    ref = (validation.get("reference") or {}).get(m)
+    if ref:
+        s.update(_inprocess(ref))
+    return s
+
+
+def _memory(m: str, replicas: list[dict]) -> dict:
+    """Model `m`'s memory figures from the replicas' stats (every replica holds every served model)."""
+    out = {
+        "peak_memory_mb": max(r["peak_rss_mb"] for r in replicas),
+        "rss_mb": max(r["rss_mb"] for r in replicas),
+        "uss_mb": max(r["uss_mb"] for r in replicas),
+    }
+    own = replicas[0]["models"].get(m, {})
+    out["model_bytes"] = {"weights": own.get("weight_bytes"), "kv_cache": own.get("kv_cache_bytes")}
+    if None not in out["model_bytes"].values():
+        out["model_memory_mb"] = sum(out["model_bytes"].values()) / 2**20
+    out["memory_basis"] = (
+        "peak_memory_mb = peak RSS (ru_maxrss) of the replica process, the largest over replicas; the "
+        "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
+        "this model's own weights and preallocated KV cache."
+    )
+    cuda = [r["cuda_max_allocated_mb"] for r in replicas if r.get("cuda_max_allocated_mb") is not None]
+    if cuda:
+        # On a GPU the models live in device memory, and the host RSS is mostly the CUDA context.
+        out["peak_rss_mb"] = out["peak_memory_mb"]
+        out["peak_memory_mb"] = max(cuda)
+        out["memory_basis"] = (
+            "peak_memory_mb = torch.cuda.max_memory_allocated() of the replica (the models run on CUDA), "
+            "the largest over replicas; peak_rss_mb = the replica process's host peak RSS. "
+            "model_bytes = this model's own weights and preallocated KV cache."
+        )
+    return out
+
+
+def _inprocess(ref: dict) -> dict:
+    """The same engine without Serve or HTTP (stage 2c's in-process reference): latencies, val loss, weights."""
+    rs = summarize_requests(request_frame(ref["records"]).assign(ok=True)) if ref["records"] else {}
+    return {
+        "inprocess": {
+            k: rs.get(k) for k in ("ttft_ms", "tpot_ms", "e2e_ms", "request_tokens_per_s", "requests")
+        },
+        "val_loss": ref["val_loss"],
+        "weight_bytes": ref["weight_bytes"],
+    }
+
+
+def _overhead(s: dict) -> dict:
+    """What Serve + HTTP add to TTFT and TPOT p50 over the in-process reference, at the headline level."""
+    ip = s.get("inprocess") or {}
+    http_ttft, ip_ttft = (s.get("ttft_ms") or {}).get("p50"), (ip.get("ttft_ms") or {}).get("p50")
+    http_tpot, ip_tpot = (s.get("tpot_ms") or {}).get("p50"), (ip.get("tpot_ms") or {}).get("p50")
+    return {
+        "level": s["headline_level"],
+        "ttft_p50_ms_http": http_ttft,
+        "ttft_p50_ms_inprocess": ip_ttft,
+        "ttft_p50_overhead_ms": None if None in (http_ttft, ip_ttft) else http_ttft - ip_ttft,
+        "tpot_p50_ms_http": http_tpot,
+        "tpot_p50_ms_inprocess": ip_tpot,
+        "tpot_p50_overhead_ms": None if None in (http_tpot, ip_tpot) else http_tpot - ip_tpot,
+    }
+
+
+def _concurrency_scaling(s: dict, levels: list[str]) -> dict:
+    lo, hi = s["levels"][levels[0]], s["levels"][levels[-1]]
+    return {
+        "from": levels[0],
+        "to": levels[-1],
+        "output_tokens_per_s_from": lo.get("output_tokens_per_s"),
+        "output_tokens_per_s_to": hi.get("output_tokens_per_s"),
+        "ratio": ratio(hi.get("output_tokens_per_s"), lo.get("output_tokens_per_s")),
+    }
+
+
+def _replica_scaling(req: pd.DataFrame, sc: dict, concurrency: int | None) -> dict:
+    """Throughput of one model as the replica sweep grew its deployment."""
+    runs = []
+    for run in sc["runs"]:
+        rs = summarize_requests(
+            req[(req["variant"] == sc["model"]) & (req["level"] == run["level"]) & ~req["warmup"]]
+        )
+        runs.append(
+            {
+                "replicas": run["replicas"],
+                "level": run["level"],
+                "output_tokens_per_s": rs.get("output_tokens_per_s"),
+                "requests_per_s": rs.get("requests_per_s"),
+                "success_rate": rs["success_rate"],
+                "requests": rs["requests"],
+                "peak_rss_mb": [x["peak_rss_mb"] for x in run["stats"]],
+            }
+        )
+    return {
+        "model": sc["model"],
+        "concurrency": concurrency,
+        "runs": runs,
+        "ratio": ratio(runs[-1]["output_tokens_per_s"], runs[0]["output_tokens_per_s"]),
+        "ratio_basis": f"output tok/s with {runs[-1]['replicas']} replicas / with {runs[0]['replicas']}",
+    }
+
+
+def _compression(inf: dict, src: str, threshold_pct: float) -> dict:
+    """The int8 copy of model `src` against its source: quality, size, speed."""
+    a, b = inf[src], inf[src + "-int8"]
+    return {
+        "method": "weight-only int8, symmetric per output row (SemanticCompressor)",
+        "source": src,
+        "model": src + "-int8",
+        "val_loss_source": a["val_loss"],
+        "val_loss_int8": b["val_loss"],
+        "val_loss_delta_pct": (b["val_loss"] - a["val_loss"]) / a["val_loss"] * 100.0,
+        "threshold_pct": threshold_pct,
+        "weight_bytes_source": a["weight_bytes"],
+        "weight_bytes_int8": b["weight_bytes"],
+        "weight_bytes_ratio": ratio(b["weight_bytes"], a["weight_bytes"]),
+        "inprocess_request_tokens_per_s_p50": {
+            m: ((inf[m].get("inprocess") or {}).get("request_tokens_per_s") or {}).get("p50")
+            for m in (src, src + "-int8")
+        },
+        "http_output_tokens_per_s": {m: inf[m].get("output_tokens_per_s") for m in (src, src + "-int8")},
+    }
