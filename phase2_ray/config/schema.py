@@ -77,7 +77,7 @@ class TargetsConfig(Section):
     val_loss_delta_pct_max: float = Field(
         1.0,
         ge=0,
-        description="Largest |final val loss change| vs baseline, in percent (with training.repeats >= 2 "
+        description="Largest |final val loss change| vs baseline, in percent (with training.measurement.repeats >= 2 "
         "the tolerance comes from seed-to-seed variance instead).",
     )
     int8_val_loss_delta_pct_max: float = Field(
