@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"phase2: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # before any stage started (data preparation): nothing to report
-        print("phase2: interrupted before training started; no report was written", file=sys.stderr)
+    except KeyboardInterrupt:  # before any stage started (data preparation, Ray start-up): nothing to report
+        if args.command == "serve":
+            print("phase2: interrupted while Ray was starting; nothing was served", file=sys.stderr)
+        else:
+            print("phase2: interrupted before training started; no report was written", file=sys.stderr)
         return 3
     print(md)
     return code

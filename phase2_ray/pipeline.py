@@ -20,7 +20,7 @@ from phase2_ray.provenance import cluster_nodes, environment
 from phase2_ray.records import Stage, TrainResult
 from phase2_ray.report import MetricsOrchestrator, redacted_config, write_run_dir
 from phase2_ray.runlog import RunLog
-from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm
+from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
 from phase2_ray.storage import get_checkpoint
 
 EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
@@ -91,11 +91,14 @@ def run_pipeline(
     except KeyboardInterrupt:
         _mark_interrupted(run)
     finally:
-        if ray.is_initialized():
-            run.environment = environment(cfg)
-            run.placement["nodes"] = cluster_nodes()
-        if started:
-            ray.shutdown()
+        with signals_held("stopping Ray"):
+            try:
+                if ray.is_initialized():
+                    run.environment = environment(cfg)
+                    run.placement["nodes"] = cluster_nodes()
+            finally:
+                if started:
+                    ray.shutdown()
         restore_sigterm(previous)
     return _report(run, resumed=bool(resume_id))
 

@@ -79,7 +79,10 @@ class RunLog:
         where no terminal is attached (CI logs, `ray job logs`), nothing when the stream must stay parseable."""
         if self.mode != "text":
             return "off"
-        return "bar" if sys.stdout.isatty() else "lines"
+        try:
+            return "bar" if sys.stdout.isatty() else "lines"
+        except (AttributeError, ValueError):  # no stdout, or a closed one
+            return "lines"
 
 
 def error_text(e: BaseException, limit: int = 600) -> str:

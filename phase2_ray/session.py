@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 
 import ray
@@ -32,6 +34,9 @@ def connect(cfg: Config, address: str | None, text_log: bool = True) -> str | No
         if cfg.ray.dashboard:
             warn_if_exposed("the Ray dashboard (ray.dashboard_host)", cfg.ray.dashboard_host)
         kwargs.update(
+            # Not None: ray.init() would join a `ray start` cluster running on this machine (anyone's), and this
+            # run would take it for its own embedded one.
+            address="local",
             include_dashboard=cfg.ray.dashboard,
             dashboard_host=cfg.ray.dashboard_host,
             num_cpus=cfg.ray.num_cpus,
@@ -42,7 +47,14 @@ def connect(cfg: Config, address: str | None, text_log: bool = True) -> str | No
 
 def raise_on_sigterm():
     """SIGTERM (ray job stop, a CI timeout, kill) interrupts the driver like Ctrl-C does, so that it cleans up and
-    reports; returns the previous handler. Only the main thread can set handlers."""
+    reports; returns the previous handler. Only the main thread can set handlers.
+
+    Call it after ray.init(): the driver's core worker puts abseil's failure handler on SIGTERM at the C level,
+    which arms a 3 s alarm that abort()s the process ("Aborted"). Stopping Serve and Ray takes longer than
+    that, so the driver died before ray.shutdown(); the kernel then SIGKILLed the raylet and GCS it started
+    (PR_SET_PDEATHSIG), and the raylet's DashboardAgent and RuntimeEnvAgent, finding no "SIGTERM" in the
+    raylet's log, blocked for a minute or more reporting its death to the dead GCS, orphaned. Setting a
+    Python handler replaces the C-level one, alarm included."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
@@ -55,3 +67,23 @@ def raise_on_sigterm():
 def restore_sigterm(previous) -> None:
     if previous is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held(doing: str):
+    """Ctrl-C and SIGTERM are noted, not raised, inside: one that cut ray.shutdown() short would leave the Ray
+    processes this driver started without a parent. (SIGKILL still works for whoever must stop it now.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum, frame):
+        print(f"phase2: {doing}; signal {signum} ignored until that is done", file=sys.stderr, flush=True)
+
+    held = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in held.items():
+            # None: a handler set outside Python, which cannot be put back; the default still stops the process.
+            signal.signal(s, signal.SIG_DFL if h is None else h)

@@ -1,4 +1,4 @@
-"""What a run shows while it runs: progress bars from the actors and metrics on Ray's metrics endpoint.
+"""What a run shows while it runs: the actors' progress (bars or lines) and metrics on Ray's metrics endpoint.
 
 Metrics go through `ray.util.metrics`, so they reach the node's Prometheus endpoint and the dashboard's Metrics
 view as `ray_phase2_*`, tagged with the run id and the variant (or model id)."""
@@ -9,14 +9,16 @@ import time
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+PROGRESS_MODES = ("bar", "lines", "off")
 TAGS = ("run_id", "variant")
 STEP_BOUNDARIES = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 TTFT_BOUNDARIES = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
 
 
 class TrainTelemetry:
-    """Per training actor: loss and tokens/s gauges, a step-time histogram, and progress for whoever watches:
-    a bar at a terminal, plain lines otherwise, nothing when the driver's output must stay parseable."""
+    """Per training actor: loss and tokens/s gauges, a step-time histogram and progress, one of PROGRESS_MODES:
+    "bar" (a tqdm bar, for a terminal), "lines" (a plain line every `interval_s` and at the last step, for logs
+    that keep every redraw: CI, `ray job logs`) or "off"."""
 
     def __init__(
         self,
@@ -26,9 +28,10 @@ class TrainTelemetry:
         steps: int,
         tokens_per_step: int,
         progress: str = "off",
-        log_every: int = 0,
-        line_interval_s: float = 10.0,
+        interval_s: float = 10.0,
     ) -> None:
+        if progress not in PROGRESS_MODES:
+            raise ValueError(f"progress={progress!r}: expected one of {PROGRESS_MODES}")
         tags = {"run_id": run_id, "variant": variant}
         self.loss = Gauge("phase2_train_loss", "Training loss of the latest step.", tag_keys=TAGS)
         self.tokens_per_s = Gauge("phase2_train_tokens_per_s", "Tokens/s of the latest step.", tag_keys=TAGS)
@@ -41,9 +44,11 @@ class TrainTelemetry:
         for m in (self.loss, self.tokens_per_s, self.step_s):
             m.set_default_tags(tags)
         self.tokens_per_step = tokens_per_step
-        self.label, self.steps = label, steps
-        self.progress, self.log_every, self.line_interval_s = progress, log_every, line_interval_s
-        self.last_line = time.monotonic()
+        self.label = label
+        self.steps = steps
+        self.lines = progress == "lines"
+        self.interval_s = interval_s
+        self.last_line: tuple[float, int] | None = None  # (time, step) of the last line printed
         self.bar = None
         if progress == "bar":
             from ray.experimental.tqdm_ray import tqdm  # draws on the driver, whichever node the actor is on
@@ -55,25 +60,24 @@ class TrainTelemetry:
         self.loss.set(loss)
         self.tokens_per_s.set(tps)
         self.step_s.observe(dt)
-        if self.progress == "off":
-            return
         if self.bar is not None:
             self.bar.update(1)
             if step % 10 == 0:
                 self.bar.set_description(f"{self.label} loss {loss:.3f} {tps:,.0f} tok/s")
+        if self.lines:
+            self._line(step, loss, dt)
+
+    def _line(self, step: int, loss: float, dt: float) -> None:
         now = time.monotonic()
-        due = bool(self.log_every) and step % self.log_every == 0
-        # Where no terminal is attached (CI logs, `ray job logs`) a bar's redraws would fill the log with
-        # partial bars: one plain line per interval instead, and the last step's.
-        if self.bar is None and (now - self.last_line >= self.line_interval_s or step == self.steps):
-            due = True
-        if due:
-            self.last_line = now
-            print(
-                f"[{self.label}] step {step}/{self.steps} loss {loss:.4f} step {dt * 1000:.1f} ms "
-                f"{tps:,.0f} tok/s",
-                flush=True,
-            )
+        if self.last_line is None:  # the interval counts from the first step (a resumed run starts past 1)
+            self.last_line = (now - dt, step - 1)
+        t_last, step_last = self.last_line
+        if step != self.steps and now - t_last < self.interval_s:
+            return
+        # Throughput over the interval (evaluations and checkpoints included), not the latest step's.
+        tps = (step - step_last) * self.tokens_per_step / max(now - t_last, 1e-9)
+        print(f"[{self.label}] step {step}/{self.steps} loss {loss:.4f} {tps:,.0f} tok/s", flush=True)
+        self.last_line = (now, step)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -108,7 +108,7 @@ def test_live_training_gauges_are_exported_while_the_actor_runs(ray_cluster):
     @ray.remote(num_cpus=0)
     class Trainer:
         def steps(self, n: int) -> None:
-            t = TrainTelemetry("gauge-test", "v", "v", n, 1024)
+            t = TrainTelemetry("gauge-test", "v", "v", n, 1024, progress="off")
             for i in range(n):
                 t.step(i + 1, 4.0 - 0.1 * i, 0.02)
 
@@ -127,3 +127,27 @@ def test_live_training_gauges_are_exported_while_the_actor_runs(ray_cluster):
         time.sleep(2)
     ray.kill(actor)
     assert found == {"ray_phase2_train_loss", "ray_phase2_train_tokens_per_s"}
+
+
+def test_progress_lines_come_every_interval_and_at_the_last_step(monkeypatch, capsys):
+    """In "lines" mode (stdout not a terminal): one line per interval, throughput over that interval, no bar."""
+    from types import SimpleNamespace
+
+    from phase2_ray import telemetry
+
+    clock = iter([100.0, 101.0, 105.0, 110.5, 112.0, 113.0])  # time.monotonic() at steps 1..6
+    monkeypatch.setattr(telemetry, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    t = telemetry.TrainTelemetry(
+        "lines-test", "v", "baseline seed 1", 6, 1000, progress="lines", interval_s=10
+    )
+    for step in range(1, 7):
+        t.step(step, 5.0 - step / 10, 0.5)
+    t.close()
+    assert t.bar is None
+    # The interval counts from the start of step 1 (99.5 s): 4 steps in 11 s, then 2 steps in 2.5 s.
+    assert capsys.readouterr().out.splitlines() == [
+        "[baseline seed 1] step 4/6 loss 4.6000 364 tok/s",
+        "[baseline seed 1] step 6/6 loss 4.4000 800 tok/s",
+    ]
+    with pytest.raises(ValueError, match="progress="):
+        telemetry.TrainTelemetry("lines-test", "v", "v", 6, 1000, progress="yes")

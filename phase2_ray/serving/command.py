@@ -13,7 +13,7 @@ from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.serving.build import APP_NAME, build_app, checkpoints_of, model_specs
-from phase2_ray.session import connect
+from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
 
 
 def serve_checkpoints(
@@ -27,23 +27,31 @@ def serve_checkpoints(
     except (FileNotFoundError, ckpt.ChecksumError) as e:
         raise ConfigError(f"--checkpoints: {e}") from e
     started = connect(cfg, address)
+    previous = raise_on_sigterm() if block else None
     sc = cfg.serve
-    warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
-    serve.start(http_options={"host": sc.host, "port": sc.port})
-    int8 = int8_of if sc.int8 else None
-    serve.run(build_app(checkpoints, sc, int8_of=int8), name=APP_NAME, route_prefix="/")
     url = f"http://{sc.host}:{sc.port}"
-    models = sorted(model_specs(checkpoints, int8))
-    print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
-    if not block:
-        return url
+    stop = True
     try:
+        warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+        serve.start(http_options={"host": sc.host, "port": sc.port})
+        int8 = int8_of if sc.int8 else None
+        serve.run(build_app(checkpoints, sc, int8_of=int8), name=APP_NAME, route_prefix="/")
+        models = sorted(model_specs(checkpoints, int8))
+        print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
+        if not block:
+            stop = False  # the caller stops Serve (and Ray) when it is done with them
+            return url
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        print("phase2: stopping Serve", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, while deploying or serving
+        print("phase2: stopping Serve", file=sys.stderr, flush=True)
     finally:
-        serve.shutdown()
-        if started:
-            ray.shutdown()
+        if stop:
+            with signals_held("stopping Serve and Ray"):
+                try:
+                    serve.shutdown()
+                finally:
+                    if started:
+                        ray.shutdown()
+        restore_sigterm(previous)
     return url
