@@ -59,7 +59,7 @@ def test_spread_without_enough_nodes_is_a_config_error(ray_cluster, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "training.placement.policy=spread" in err and "STRICT_SPREAD" in err and "CPU=2" in err
-    assert "placement=pack" in err
+    assert "training.placement.policy=pack" in err
     assert not (tmp_path / "r" / "report.json").exists()
 
 

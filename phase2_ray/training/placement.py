@@ -132,7 +132,7 @@ class TrainingPlacement:
                 for n in cluster_nodes()
             )
             raise ConfigError(
-                f"training.placement={policy}: no room for {len(bundles)} x {bundle} ({strategy}, a bundle per "
+                f"training.placement.policy={policy}: no room for {len(bundles)} x {bundle} ({strategy}, a bundle per "
                 f"variant) after waiting training.placement.timeout_s={timeout_s:g}s; the cluster's nodes: "
                 f"{nodes}. Add nodes, lower training.placement.cpus_per_actor / training.measurement.repeats, or use training.placement.policy=pack."
             ) from None
