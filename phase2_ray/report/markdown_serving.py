@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from phase2_ray.report.ascii import bar, fmt
+from phase2_ray.report.ascii import bar, fit, fmt
 from phase2_ray.report.gates import find_gate
 
 TARGET_ROWS = (
@@ -83,7 +83,8 @@ def inference_vs_targets(r: dict) -> str:
     )
     return (
         "## Inference Performance vs Targets\n\n```\n"
-        + "\n".join(lines)
+        # The bars' labels carry the measured figures, whose width varies with the machine: wrap, never overflow.
+        + "\n".join(fit(lines))
         + f"Success rate:\n{succ}\n```\n\nLatency percentiles (ms; TTFT and ITL measured at the client over HTTP):\n\n"
         + tabulate(lat, headers=["variant", "metric", "p50", "p90", "p99", "mean", "n"], tablefmt="github")
         + "\n"
