@@ -57,16 +57,3 @@ def test_gpu_check_runs_on_the_core_alone(tmp_path):
     assert [g["concurrency"] for g in res["generation"]] == [1, 4]
     assert all(g["ttft_ms"]["n"] == 6 and g["tokens_per_s"] > 0 for g in res["generation"])
     assert "speedup" in proc.stdout and "TTFT p50" in proc.stdout
-
-
-def test_gpu_check_names_missing_keys(tmp_path):
-    cfg = tmp_path / "partial.yaml"
-    cfg.write_text("model: {block_size: 64}\nvariants: {baseline: {}}\n")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "model.n_layer" in proc.stderr and "training.lr" in proc.stderr
