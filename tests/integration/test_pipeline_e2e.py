@@ -5,6 +5,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -293,9 +294,15 @@ def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def perf_run(ray_cluster, tmp_path_factory):
-    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, an `auto` variant."""
+    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, an `auto` variant; and its
+    checkpoints at a storage URI (once a run of its own: the same smoke pipeline with 2c at c1, no sweep). The
+    speed trial is at its minimum (2 replicates x 2 pairs): nothing here reads it, the smoke run checks its design."""
     out = tmp_path_factory.mktemp("perf")
+    store = tmp_path_factory.mktemp("perf-store") / "store"
     overrides = [
+        f"storage.uri=file://{store}",
+        "speed_trial.replicates=2",
+        "speed_trial.pairs=2",
         "training.isolation=both",
         "training.repeats=2",
         "variants.auto.auto=true",
@@ -309,11 +316,11 @@ def perf_run(ray_cluster, tmp_path_factory):
     args = ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
     with contextlib.redirect_stdout(io.StringIO()):
         rc = cli.main(args + [x for o in overrides for x in ("--set", o)])
-    return rc, out, json.loads((out / "report.json").read_text())
+    return rc, out, json.loads((out / "report.json").read_text()), store
 
 
 def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
-    rc, out, r = perf_run
+    rc, out, r, _ = perf_run
     assert rc in (0, 1) and list(r["training"]) == ["baseline", "optimized", "auto"]
     for v, t in r["training"].items():
         assert [x["seed"] for x in t["repeats"]] == [1337, 1338], v
@@ -342,6 +349,26 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     assert max(len(line) for b in md.split("```")[1::2] for line in b.splitlines()) <= 100
     assert set(r["inference"]) == {"baseline", "optimized", "auto", "optimized-int8"}
     assert "replica_scaling" not in r["serving"]
+
+
+def test_pipeline_with_a_storage_uri(perf_run):
+    """With storage.uri set, training writes the checkpoints there, the replicas and the driver read from there, and
+    only the URI crosses the object store (a further seed or an isolated re-run keeps no checkpoint)."""
+    rc, out, report, store = perf_run
+    assert rc in (0, 1)
+    run_id = report["run_id"]
+    for v in ("baseline", "optimized"):
+        uri = report["training"][v]["checkpoint_uri"]
+        assert uri == f"file://{store}/{run_id}/{v}"
+        at_uri = Path(store / run_id / v)
+        # The run directory's copy is the stored one, byte for byte.
+        for name in ("model.safetensors", "meta.json", "tokenizer.json"):
+            assert (at_uri / name).read_bytes() == (out / "checkpoints" / v / name).read_bytes()
+    # Each replica loaded its models from the URI, not from bytes sent through the object store.
+    sources = report["serving"]["replicas"][0]["checkpoint_sources"]
+    assert sources["baseline"] == report["training"]["baseline"]["checkpoint_uri"]
+    assert sources["optimized-int8"] == report["training"]["optimized"]["checkpoint_uri"]
+    assert all(report["inference"][m]["success_rate"] == 1.0 for m in sources)
 
 
 def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):

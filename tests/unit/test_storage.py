@@ -1,5 +1,5 @@
 """Checkpoints at a storage URI: the pyarrow.fs round trip (file:// and a loopback S3) and bad URIs, without Ray.
-The smoke pipeline with storage.uri set is tests/integration/test_storage.py."""
+The pipeline with storage.uri set is tests/integration/test_pipeline_e2e.py (test_pipeline_with_a_storage_uri)."""
 
 import pytest
 
