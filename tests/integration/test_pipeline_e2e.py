@@ -517,7 +517,7 @@ def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
             if not any(ln.startswith(k + "{") and run in ln and v in ln for ln in lines)
         }
         if missing:
-            time.sleep(3)
+            time.sleep(1)
     assert not missing, f"not exported: {sorted(missing)}"
 
 
