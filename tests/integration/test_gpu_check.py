@@ -2,6 +2,7 @@
 imports blocked, on a tiny config, so that the core it drives is proven free of them and the script works."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,8 @@ def test_gpu_check_runs_on_the_core_alone(tmp_path):
         text=True,
         timeout=300,
         cwd=tmp_path,
+        # one torch thread, as the suite's own process (conftest): two spin against the Ray actors' busy cores
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("GPU_CHECK_JSON "))
