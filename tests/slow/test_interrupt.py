@@ -16,6 +16,8 @@ pytestmark = pytest.mark.ray
 
 SETS = ["training.steps=1200", "training.checkpoint_every=100", "training.eval_interval=1000"]
 FAST_2C = ["validation.replica_sweep=[]", "validation.concurrency=[1]", "validation.requests=4"]
+# the speed trial at its minimum (it must still run and end ok after the resume; its design is checked elsewhere)
+FAST_TRIAL = ["speed_trial.replicates=2", "speed_trial.pairs=2"]
 
 
 def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_path):
@@ -31,7 +33,7 @@ def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_pat
         str(out),
         "--json-logs",
     ]
-    for s in [*SETS, *FAST_2C, f"serve.port={free_port()}"]:
+    for s in [*SETS, *FAST_2C, *FAST_TRIAL, f"serve.port={free_port()}"]:
         cmd += ["--set", s]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -18,7 +18,9 @@ def test_spread_puts_each_variant_on_its_own_node(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "slow" / "multinode_driver.py"), str(out), str(free_port())]
         + ["--set", "training.placement=spread", "--set", "validation.replica_sweep=[2]"]
-        + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"],
+        + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"]
+        # the speed trial at its minimum: placement is what is checked here
+        + ["--set", "speed_trial.replicates=2", "--set", "speed_trial.pairs=2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
