@@ -1,9 +1,21 @@
+"""Shared fixtures and the suite's three tiers:
+
+- tests/unit/: no Ray cluster, seconds (`./dev test tests/unit`);
+- tests/integration/: the session's Ray cluster, the pipeline, Serve (marker `integration`);
+- tests/slow/: soak, faults, job submission, multi-node, interrupt (marker `slow`).
+
+Every test gets its tier's marker from its folder, so `./dev test -m "not slow"` leaves the slow tier out; the
+tiers run in that order (unit first), whatever paths are given."""
+
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "slow")
 
 
 def free_port() -> int:
@@ -11,6 +23,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tier(item: pytest.Item) -> str | None:
+    try:
+        rel = Path(item.fspath).resolve().relative_to(TESTS)
+    except ValueError:
+        return None
+    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in TIERS else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The test process's own torch work is tiny models (the unit tier, the driver's side of a run) on a machine
+    # whose cores the Ray actors also use: one intra-op thread, as each training actor has. Two threads spinning
+    # against busy cores made a 16-wide model's step 20-50x slower (measured: 10 ms -> 200-600 ms under load).
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier(item)
+        if tier in ("integration", "slow"):
+            item.add_marker(tier)
+        if tier == "unit" and "ray_cluster" in item.fixturenames:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a unit test may not use the Ray cluster (move it to integration)"
+            )
+    # unit first, then integration, then slow; within a tier the collected (file) order is kept
+    items.sort(key=lambda it: TIERS.index(_tier(it)) if _tier(it) else 0)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request: pytest.FixtureRequest):
+    """A unit test that starts Ray in this process fails: it belongs in tests/integration."""
+    yield
+    if _tier(request.node) == "unit" and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        pytest.fail("this unit test started Ray in the test process: move it to tests/integration")
 
 
 @pytest.fixture(scope="session")

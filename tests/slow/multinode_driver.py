@@ -2,7 +2,7 @@
 nodes, each with its own custom resource) and prints, as the last line, JSON with the exit code and which node id
 carries which custom resource. Its own process, because a process joins one Ray cluster at most.
 
-usage: python tests/multinode_driver.py OUTPUT_DIR SERVE_PORT [--set KEY=VALUE ...]"""
+usage: python tests/slow/multinode_driver.py OUTPUT_DIR SERVE_PORT [--set KEY=VALUE ...]"""
 
 import json
 import socket

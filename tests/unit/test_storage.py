@@ -1,8 +1,5 @@
-"""Checkpoints at a storage URI: the pyarrow.fs round trip, bad URIs, and the smoke pipeline with storage.uri set
-(training writes there, the replicas and the driver read from there, only the URI crosses the object store)."""
-
-import json
-from pathlib import Path
+"""Checkpoints at a storage URI: the pyarrow.fs round trip (file:// and a loopback S3) and bad URIs, without Ray.
+The pipeline with storage.uri set is tests/integration/test_pipeline_e2e.py (test_pipeline_with_a_storage_uri)."""
 
 import pytest
 
@@ -52,32 +49,6 @@ def test_bad_uris_are_named(uri, message):
 def test_config_rejects_a_non_uri(tmp_path, capsys):
     rc = main(["run", "-c", str(ROOT / "configs" / "smoke.yaml"), "--set", "storage.uri=/plain/path"])
     assert rc == 2 and "storage.uri" in capsys.readouterr().err
-
-
-@pytest.mark.ray
-def test_pipeline_with_a_storage_uri(ray_cluster, tmp_path):
-    store = tmp_path / "store"
-    out = tmp_path / "run"
-    rc = main(
-        ["run", "-c", str(ROOT / "configs" / "smoke.yaml"), "--output", str(out), "--quiet"]
-        + ["--set", f"storage.uri=file://{store}", "--set", f"serve.port={free_port()}"]
-        + ["--set", "validation.replica_sweep=[]", "--set", "validation.concurrency=[1]"]
-    )
-    assert rc in (0, 1)
-    report = json.loads((out / "report.json").read_text())
-    run_id = report["run_id"]
-    for v in ("baseline", "optimized"):
-        uri = report["training"][v]["checkpoint_uri"]
-        assert uri == f"file://{store}/{run_id}/{v}"
-        at_uri = Path(store / run_id / v)
-        # The run directory's copy is the stored one, byte for byte.
-        for name in ("model.safetensors", "meta.json", "tokenizer.json"):
-            assert (at_uri / name).read_bytes() == (out / "checkpoints" / v / name).read_bytes()
-    # Each replica loaded its models from the URI, not from bytes sent through the object store.
-    sources = report["serving"]["replicas"][0]["checkpoint_sources"]
-    assert sources["baseline"] == report["training"]["baseline"]["checkpoint_uri"]
-    assert sources["optimized-int8"] == report["training"]["optimized"]["checkpoint_uri"]
-    assert all(report["inference"][m]["success_rate"] == 1.0 for m in sources)
 
 
 @pytest.fixture
