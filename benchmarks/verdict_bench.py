@@ -65,14 +65,16 @@ POWER = [
 ]
 POWER_AA = [x for x in POWER if "fused" not in x]
 QUICK = [
-    "training.steps=30",
+    "training.steps=20",
     "training.eval_interval=0",
     "training.warmup_steps=5",
     "training.measurement.skip_steps=5",
-    "data.max_chars=200000",
+    "training.auto.probe_steps=4",
+    "data.max_chars=100000",
     "speed_trial.pairs=2",
     "speed_trial.replicates=2",
     "speed_trial.warmup_steps=2",
+    "speed_trial.block_steps=2",
 ]
 
 
