@@ -29,6 +29,7 @@ class TrainTelemetry:
         tokens_per_step: int,
         progress: str = "off",
         interval_s: float = 10.0,
+        log_every: int = 0,
     ) -> None:
         if progress not in PROGRESS_MODES:
             raise ValueError(f"progress={progress!r}: expected one of {PROGRESS_MODES}")
@@ -48,6 +49,8 @@ class TrainTelemetry:
         self.steps = steps
         self.lines = progress == "lines"
         self.interval_s = interval_s
+        # training.log_every: a line with the step's own time every N steps, wherever progress is shown.
+        self.log_every = log_every if progress != "off" else 0
         self.last_line: tuple[float, int] | None = None  # (time, step) of the last line printed
         self.bar = None
         if progress == "bar":
@@ -66,6 +69,10 @@ class TrainTelemetry:
                 self.bar.set_description(f"{self.label} loss {loss:.3f} {tps:,.0f} tok/s")
         if self.lines:
             self._line(step, loss, dt)
+        if self.log_every and (step % self.log_every == 0 or step == self.steps):
+            print(
+                f"[{self.label}] step {step}/{self.steps} loss {loss:.4f} step {dt * 1000:.1f} ms", flush=True
+            )
 
     def _line(self, step: int, loss: float, dt: float) -> None:
         now = time.monotonic()

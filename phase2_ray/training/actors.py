@@ -246,18 +246,13 @@ class TrainerActor:
             settings.steps,
             settings.batch_size * gpt_cfg.block_size,
             spec.progress,
+            log_every=tc.log_every,
         )
-        log_every = tc.log_every if spec.progress != "off" else 0
 
         def on_step(step: int, loss: float, dt: float) -> None:
             if rotation is not None:
                 rotation.tick(time.time())
             tele.step(step, loss, dt)
-            if log_every and (step % log_every == 0 or step == settings.steps):
-                print(
-                    f"[{label}] step {step}/{settings.steps} loss {loss:.4f} step {dt * 1000:.1f} ms",
-                    flush=True,
-                )
 
         device = assigned_device()
         optim, probe_info, resume = self._choose_stack(

@@ -13,6 +13,7 @@ from phase2_ray import resume
 from phase2_ray.config import Config
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.records import Stage, TrainJob, TrainResult
+from phase2_ray.report.orchestrator import redacted_config
 from phase2_ray.runlog import RunLog, error_text
 from phase2_ray.storage import get_checkpoint, join
 from phase2_ray.training.actors import (
@@ -73,6 +74,8 @@ class TrainingStage:
             pc.timeout_s,
         )
         self.placement_info = self.placement.describe()
+        # Every checkpoint's metadata carries the run's config, secrets redacted: once for all jobs.
+        self.config_json = redacted_config(cfg.model_dump(mode="json"))
         self.stages: list[Stage] = []
         self.primary: dict[str, TrainResult] = {}
         self.others: list[TrainResult] = []
@@ -131,8 +134,6 @@ class TrainingStage:
         return store
 
     def _spec(self, job: TrainJob) -> TrainSpec:
-        from phase2_ray.report import redacted_config
-
         cfg = self.cfg
         return TrainSpec(
             run_id=self.run_id,
@@ -142,7 +143,7 @@ class TrainingStage:
             training=cfg.training,
             stack=cfg.variants[job.variant],
             tokenizer_json=self.d.tokenizer_json,
-            config_json=redacted_config(cfg.model_dump(mode="json")),
+            config_json=self.config_json,
             progress=self.log.progress,
             storage_uri=join(cfg.storage.uri, self.run_id) if cfg.storage.uri else None,
         )

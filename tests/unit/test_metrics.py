@@ -118,3 +118,17 @@ def test_progress_lines_come_every_interval_and_at_the_last_step(monkeypatch, ca
     ]
     with pytest.raises(ValueError, match="progress="):
         telemetry.TrainTelemetry("lines-test", "v", "v", 6, 1000, progress="yes")
+
+
+def test_log_every_prints_each_nth_step_unless_progress_is_off(capsys):
+    from phase2_ray import telemetry
+
+    for progress, want in (("lines", 2), ("off", 0)):
+        t = telemetry.TrainTelemetry(
+            "every-test", "v", "b", 4, 100, progress=progress, log_every=2, interval_s=1e9
+        )
+        for step in range(1, 5):
+            t.step(step, 1.0, 0.01)
+        out = [ln for ln in capsys.readouterr().out.splitlines() if "ms" in ln]
+        assert len(out) == want, out
+        assert all(ln.startswith("[b] step ") and ln.endswith("step 10.0 ms") for ln in out)
