@@ -68,7 +68,15 @@ def ray_cluster():
     """One local Ray cluster for the whole test session (start-up costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="phase2", log_to_driver=False)
+    # Metrics reach the node's Prometheus endpoint every second instead of every 10 s: the metrics tests wait
+    # for an export (what they check is unchanged).
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="phase2",
+        log_to_driver=False,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     yield ray
     from ray import serve
 
