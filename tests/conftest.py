@@ -58,8 +58,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _unit_tests_start_no_ray(request: pytest.FixtureRequest):
     """A unit test that starts Ray in this process fails: it belongs in tests/integration."""
+
+    def ray_up() -> bool:
+        return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    before = ray_up()
     yield
-    if _tier(request.node) == "unit" and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+    if _tier(request.node) == "unit" and ray_up() and not before:
         pytest.fail("this unit test started Ray in the test process: move it to tests/integration")
 
 
