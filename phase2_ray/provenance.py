@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import ray
-import torch
 
 from phase2_ray import __version__
 from phase2_ray.config import Config
 
 
 def environment(cfg: Config) -> dict:
+    # torch here, not at the top: placement (and so the torch-free helper actors) imports this module.
+    import torch
+
     env = {
         "phase2_ray": __version__,
         "python": sys.version.split()[0],

@@ -119,6 +119,13 @@ class TrainingConfig(Section):
         "(0 = only when it becomes NaN/inf).",
     )
     log_every: int = Field(100, ge=0, description="Print a progress line every N steps (0 = off).")
+    progress_interval_s: float = Field(
+        10.0,
+        gt=0.0,
+        le=3600.0,
+        description="Seconds between the plain progress lines of a run whose output is not a terminal, and "
+        "between the driver's saved-step lines.",
+    )
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Actors, cores, nodes.")
     fault_tolerance: FaultToleranceConfig = Field(
         default_factory=FaultToleranceConfig, description="Saved states and restarts."

@@ -4,7 +4,6 @@ outlives the actor; the helpers here (core pool, start barrier, state store) cos
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -25,66 +24,7 @@ from phase2_ray.devices import assigned_device
 from phase2_ray.records import TrainJob, TrainResult
 from phase2_ray.storage import get_checkpoint, join, put_checkpoint
 from phase2_ray.telemetry import TrainTelemetry
-from phase2_ray.training.placement import CoreAllocator, CoreRotation, pin_all_threads
-
-# Holds the node's free cores for the run; costs no CPU of its own.
-CorePool = ray.remote(num_cpus=0)(CoreAllocator)
-
-
-@ray.remote(num_cpus=0)
-class StartBarrier:
-    """Holds every concurrent actor until all have finished preparing (an `auto` probe, measuring the matmul peak), so
-    their timed training loops run at the same time: a loop that starts later measures a different machine."""
-
-    def __init__(self, parties: int, timeout_s: float = 900.0) -> None:
-        self.timeout_s = timeout_s
-        self.arrived = 0
-        self.parties = parties
-        self.all_in = asyncio.Event()
-
-    async def wait(self) -> float:
-        self.arrived += 1
-        if self.arrived >= self.parties:
-            self.all_in.set()
-        try:
-            # A backstop: an actor that died before arriving must not hold the others forever.
-            await asyncio.wait_for(self.all_in.wait(), timeout=self.timeout_s)
-        except asyncio.TimeoutError:
-            pass
-        return time.time()
-
-
-@ray.remote(num_cpus=0)
-class TrainStateStore:
-    """The latest saved training state of every run, in an actor the driver owns: it outlives a training actor's
-    process, so the restarted actor (Ray retries its `train` call) resumes from there. With storage.uri only the
-    state's URI is kept here."""
-
-    def __init__(self) -> None:
-        self.latest: dict[str, dict] = {}
-        self.attempts: dict[str, list[dict]] = {}
-
-    def begin(self, key: str, pid: int) -> tuple[int, float]:
-        """Registers an attempt of run `key`; returns (attempt number from 1, start time of the first)."""
-        self.attempts.setdefault(key, []).append({"pid": pid, "start": time.time()})
-        return len(self.attempts[key]), self.attempts[key][0]["start"]
-
-    def put(self, key: str, step: int, state: dict, info: dict) -> None:
-        self.latest[key] = {"step": step, "state": state, "info": info}
-
-    def get(self, key: str) -> dict | None:
-        return self.latest.get(key)
-
-    def export(self) -> dict[str, dict]:
-        """Every run's latest state: what the driver writes to the run directory for `--resume`."""
-        return self.latest
-
-    def status(self) -> dict:
-        """{run key: {"step": last saved step, "attempts": n, "pid": pid of the latest attempt}}."""
-        return {
-            k: {"step": self.latest.get(k, {}).get("step"), "attempts": len(a), "pid": a[-1]["pid"]}
-            for k, a in self.attempts.items()
-        }
+from phase2_ray.training.placement import CoreRotation, pin_all_threads
 
 
 def loop_settings(training: TrainingConfig, seed: int) -> TrainSettings:
@@ -246,6 +186,7 @@ class TrainerActor:
             settings.steps,
             settings.batch_size * gpt_cfg.block_size,
             spec.progress,
+            interval_s=tc.progress_interval_s,
             log_every=tc.log_every,
         )
 

@@ -16,14 +16,8 @@ from phase2_ray.records import Stage, TrainJob, TrainResult
 from phase2_ray.report.orchestrator import redacted_config
 from phase2_ray.runlog import RunLog, error_text
 from phase2_ray.storage import get_checkpoint, join
-from phase2_ray.training.actors import (
-    CorePool,
-    StartBarrier,
-    TrainerActor,
-    TrainHandles,
-    TrainSpec,
-    TrainStateStore,
-)
+from phase2_ray.training.actors import TrainerActor, TrainHandles, TrainSpec
+from phase2_ray.training.coordination import CorePool, StartBarrier, TrainStateStore
 from phase2_ray.training.placement import TrainingPlacement, node_cores, rotation_plan
 
 
@@ -180,7 +174,7 @@ class TrainingStage:
             started[ref] = (job, actor)
         pending, last_saved = list(started), {}
         while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+            done, pending = ray.wait(pending, num_returns=1, timeout=tc.progress_interval_s)
             if done:
                 job, actor = started[done[0]]
                 self._collect(job, actor, done[0])

@@ -1,57 +1,63 @@
-"""Interruption: SIGTERM on the driver mid-training stops everything, writes a partial report marked INCOMPLETE and
-the training states, exits 3; `phase2 run --resume RUN_DIR` then finishes the same run from those states. What --resume refuses is
-tests/unit/test_interrupt.py."""
+"""Interruption: SIGTERM on `phase2 run` mid-training stops everything and leaves no Ray process behind, writes a
+partial report marked INCOMPLETE and the training states, exits 3; `phase2 run --resume RUN_DIR` then finishes the
+same run from those states. Its output is not a terminal, so progress comes as plain lines, never as bars. What
+--resume refuses is tests/unit/test_interrupt.py.
+
+Slow: the interrupted run starts its own Ray in a subprocess, in a session of its own (tests/slow/procs.py); the
+resume runs on the session's cluster."""
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from phase2_ray.cli import main
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port
+from tests.slow.procs import BAR_FRAGMENTS, Phase2, assert_nothing_left, assert_ray_was_there, describe
 
 pytestmark = pytest.mark.ray
 
-SETS = ["training.steps=1200", "training.fault_tolerance.checkpoint_every=100", "training.eval_interval=1000"]
+STEPS = 400  # far more than the test waits for: the signal lands while both actors train
+SETS = [
+    f"training.steps={STEPS}",
+    "training.fault_tolerance.checkpoint_every=20",
+    "training.eval_interval=0",
+    # a plain progress line and a saved-step line every second, not every 10 s
+    "training.progress_interval_s=1",
+]
 FAST_2C = ["validation.replica_sweep=[]", "validation.concurrency=[1]", "validation.requests=4"]
 # the speed trial at its minimum (it must still run and end ok after the resume; its design is checked elsewhere)
 FAST_TRIAL = ["speed_trial.replicates=2", "speed_trial.pairs=2"]
 
 
-def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_path):
+def test_sigterm_mid_training_leaves_nothing_running_and_resume_finishes_the_run(tmp_path, ray_cluster):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "phase2_ray",
-        "run",
-        "-c",
-        "configs/smoke.yaml",
-        "--output",
-        str(out),
-        "--json-logs",
-    ]
-    for s in [*SETS, *FAST_2C, *FAST_TRIAL, f"serve.port={free_port()}"]:
-        cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sets = [*SETS, *FAST_2C, *FAST_TRIAL, f"serve.port={free_port()}"]
+    run = Phase2(
+        "run", "-c", "configs/smoke.yaml", "--output", str(out), *(a for s in sets for a in ("--set", s))
+    )
     try:
-        # The driver logs the saved steps every 5 s while training (a named event a program can match):
-        # interrupt once both runs have saved one.
-        for line in proc.stdout:
-            event = json.loads(line) if line.startswith("{") else {}
-            if event.get("event") == "train.saved" and {k.split(":")[0] for k in event["steps"]} == {
-                "baseline",
-                "optimized",
-            }:
-                break
-        proc.send_signal(signal.SIGTERM)
-        rest, err = proc.communicate(timeout=120)
+        # Once both runs have saved a state (the driver's saved-step line, every progress interval), they are
+        # mid-training: that is when the signal lands.
+        run.wait_for(
+            r"training states saved at (?=.*baseline\S* step \d+)(?=.*optimized\S* step \d+)", timeout=300
+        )
+        tree = run.tree()
+        assert_ray_was_there(run, tree, dashboard=False)
+        assert any(p.name().startswith("ray::TrainerActor") for p in tree), describe(tree)
+        rc = run.stop(signal.SIGTERM)
+        text = run.output()
+        assert rc == 3, text[-3000:]
+        assert "interrupted: stopping actors and Serve" in text and "SIGTERM received" not in text
+        assert "resume with: phase2 run --resume" in text
+        # the actors' progress, as plain lines
+        assert run.wait_for(
+            rf"\[(baseline|optimized) seed 1337\] step \d+/{STEPS} loss \d+\.\d+ [\d,]+ tok/s", 0
+        )
+        assert not [f for f in BAR_FRAGMENTS if f in text], text[-3000:]
+        assert_nothing_left(run, tree)
     finally:
-        proc.kill()
-    assert proc.returncode == 3, err[-3000:]
-    assert "resume with: phase2 run --resume" in rest
+        run.kill()
 
     report = json.loads((out / "report.json").read_text())
     assert report["incomplete"] is True and "interrupted" in report["failure"]
@@ -63,7 +69,7 @@ def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_pat
         for p in out.glob("resume/*/info.json")
     }
     assert set(saved) == {"baseline:seed1337:concurrent", "optimized:seed1337:concurrent"}
-    assert all(0 < s < 1200 for s in saved.values()), saved
+    assert all(0 < s < STEPS for s in saved.values()), saved
 
     rc = main(["run", "--resume", str(out), "--quiet", "--set", f"serve.port={free_port()}"])
     assert rc in (0, 1)
@@ -72,7 +78,7 @@ def test_sigterm_leaves_an_incomplete_report_and_resume_finishes_the_run(tmp_pat
     assert [s["status"] for s in done["stages"]] == ["ok"] * 6  # data, 2a, 2b, speed-trial, 2c, 2d
     for v in ("baseline", "optimized"):
         t = done["training"][v]
-        assert t["resumed_from_step"] == saved[f"{v}:seed1337:concurrent"] and t["steps"] == 1200
-        assert len(t["loss_curve"]) == 1200
+        assert t["resumed_from_step"] == saved[f"{v}:seed1337:concurrent"] and t["steps"] == STEPS
+        assert len(t["loss_curve"]) == STEPS
     assert not (out / "resume").exists()  # a whole run keeps its checkpoints, not its training states
     assert (out / "checkpoints" / "optimized" / "meta.json").exists()

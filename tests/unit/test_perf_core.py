@@ -155,3 +155,14 @@ def test_rotation_plan_only_when_all_jobs_fit():
     assert [p["slots"] for p in plan] == [[[0, 1], [2, 3]]] * 2 and [p["index"] for p in plan] == [0, 1]
     assert rotation_plan([0, 1], 1, 3, 5.0) is None  # three actors on two cores: the pool pins them instead
     assert rotation_plan([0, 1], 1, 2, 0.0) is None  # rotation off
+
+
+def test_the_helper_actors_module_imports_no_torch():
+    """The core pool, start barrier and state store each run in a process of their own: importing torch there
+    costs every run seconds of CPU on the cores the training actors measure on."""
+    import subprocess
+    import sys
+
+    code = "import sys, phase2_ray.training.coordination; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
