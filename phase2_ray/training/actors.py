@@ -1,6 +1,7 @@
 """Stages 2a/2b on Ray: one actor per training run drives the pure-PyTorch loop (core.train) and returns a
 TrainResult with its checkpoint. Everything returned from `train` belongs to the driver's object store, so it
-outlives the actor; the helpers here (core pool, start barrier, state store) cost no CPU of their own."""
+outlives the actor. The driver's helper actors it talks to (core pool, start barrier, state store) are
+training/coordination.py."""
 
 from __future__ import annotations
 
