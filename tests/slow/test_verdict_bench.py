@@ -1,23 +1,25 @@
 """benchmarks/verdict_bench.py --quick: the benchmark is code, so a refactor of the verdict path cannot break it
-silently. It starts its own Ray in a subprocess and runs every series once or twice on tiny runs."""
+silently. It runs in this process on the session's Ray cluster, every series once or twice on tiny runs."""
 
 import json
-import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.ray
 
-def test_verdict_bench_quick_runs_every_series(tmp_path):
+
+def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import verdict_bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     out = tmp_path / "verdict.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "verdict_bench.py"), "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert verdict_bench.main(["--quick", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
     res = json.loads(out.read_text())
     s = res["summary"]
     assert s["aa_runs"] == 2 and s["power_runs"] == 1 and s["default_runs"] == 1
@@ -27,4 +29,5 @@ def test_verdict_bench_quick_runs_every_series(tmp_path):
         # an A/A run is a no-op: whatever the trial measured, the speedup gate does not pass
         assert not r["speedup_approved"] and "eager fp32" in str(r["stack"])
         assert r["ci"][0] <= r["ratio"] <= r["ci"][1]
-    assert "A/A:" in proc.stdout and "compare:" in proc.stdout
+    assert "A/A:" in stdout and "compare:" in stdout
+    assert ray_cluster.is_initialized()  # the bench left the session's cluster running
