@@ -1,5 +1,5 @@
 """Placement requests the session's one-node cluster cannot give fail as config errors (the simulated three-node
-cluster is tests/slow/test_multinode.py)."""
+cluster is tests/slow/test_cluster_job.py)."""
 
 import pytest
 
