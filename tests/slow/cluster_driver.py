@@ -53,7 +53,11 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
     )
     try:
         for name in ("node_a", "node_b"):
-            cluster.add_node(num_cpus=NODES[name], resources={name: 1})
+            # Nodes of a real cluster unpack the job's working directory on disks of their own: here they share
+            # one session directory, and a node re-extracting the package under the driver's feet lost it modules.
+            cluster.add_node(
+                num_cpus=NODES[name], resources={name: 1}, runtime_env_dir_name=f"runtime_env_{name}"
+            )
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         names = {
