@@ -58,6 +58,7 @@ class ValidationStage:
             "models": list(self.models),
             "seed": cfg.training.seed,
         }
+        self.deployed: int | None = None  # replicas of the running application, when a fixed number
 
     def run(self, own_cluster: bool) -> dict:
         out, v = self.out, self.cfg.validation
@@ -130,6 +131,12 @@ class ValidationStage:
     def _deploy(self, replicas: int | None) -> None:
         sc = self.cfg.serve
         n = replicas or (sc.autoscaling.min_replicas if sc.autoscaling else sc.num_replicas) or 1
+        fixed = n if replicas or not sc.autoscaling else None
+        if fixed is not None and fixed == self.deployed:
+            # The same application at the same size is running: Serve would replace its replicas all the same
+            # (a new deployment version), which costs a replica start-up and measures nothing more.
+            return
+        self.deployed = fixed
         total = ray.cluster_resources()
         # Every replica must fit at once: shrink their logical CPU (and GPU) share if the cluster is smaller.
         app = build_app(

@@ -294,8 +294,8 @@ def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def perf_run(ray_cluster, tmp_path_factory):
-    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, an `auto` variant; and its
-    checkpoints at a storage URI (once a run of its own: the same smoke pipeline with 2c at c1, no sweep). The
+    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, `optimized` as an `auto`
+    variant; and its checkpoints at a storage URI (once a run of its own: the same smoke pipeline with 2c at c1, no sweep). The
     speed trial is at its minimum (2 replicates x 2 pairs): nothing here reads it, the smoke run checks its design."""
     out = tmp_path_factory.mktemp("perf")
     store = tmp_path_factory.mktemp("perf-store") / "store"
@@ -305,8 +305,8 @@ def perf_run(ray_cluster, tmp_path_factory):
         "speed_trial.pairs=2",
         "training.measurement.isolation=both",
         "training.measurement.repeats=2",
-        "variants.auto.auto=true",
-        "variants.auto.auto_compile=false",
+        "variants.optimized.auto=true",
+        "variants.optimized.auto_compile=false",
         "training.auto.probe_steps=4",
         "validation.requests=4",
         "validation.concurrency=1",
@@ -321,7 +321,7 @@ def perf_run(ray_cluster, tmp_path_factory):
 
 def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     rc, out, r, _ = perf_run
-    assert rc in (0, 1) and list(r["training"]) == ["baseline", "optimized", "auto"]
+    assert rc in (0, 1) and list(r["training"]) == ["baseline", "optimized"]
     for v, t in r["training"].items():
         assert [x["seed"] for x in t["repeats"]] == [1337, 1338], v
     for c in r["comparison"].values():
@@ -331,7 +331,7 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
             (c["concurrent"]["step_time_ratio"]["ratio"] / iso["ratio"] - 1) * 100
         )
         assert c["val_loss_seeds"] == 2 and "seed-to-seed" in c["val_loss_tolerance_basis"]
-    auto = r["training"]["auto"]["auto"]
+    auto = r["training"]["optimized"]["auto"]
     names = [x["name"] for x in auto["candidates"]]
     assert names[0] == "eager-fp32" and auto["chosen"] in names
     chosen = next(x for x in auto["candidates"] if x["name"] == auto["chosen"])
@@ -339,15 +339,15 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
         x["median_step_ms"] for x in auto["candidates"] if x["accepted"]
     )
     isolated = [s for s in r["stages"] if s["name"].endswith(":isolated")]
-    assert len(isolated) == 3 and all(s["status"] == "ok" for s in isolated)
+    assert len(isolated) == 2 and all(s["status"] == "ok" for s in isolated)
     # isolated runs do not overlap each other
     isolated.sort(key=lambda s: s["start"])
     assert all(a["end"] <= b["start"] for a, b in zip(isolated, isolated[1:], strict=False))
     md = (out / "report.md").read_text()
     assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
-    # an `auto` variant, four served models and isolated re-runs still fit a 100-column terminal
+    # an `auto` variant, its choice and isolated re-runs still fit a 100-column terminal
     assert max(len(line) for b in md.split("```")[1::2] for line in b.splitlines()) <= 100
-    assert set(r["inference"]) == {"baseline", "optimized", "auto", "optimized-int8"}
+    assert set(r["inference"]) == {"baseline", "optimized", "optimized-int8"}
     assert "replica_scaling" not in r["serving"]
 
 
