@@ -25,6 +25,7 @@ SETS = [
     # a plain progress line and a saved-step line every second, not every 10 s
     "training.progress_interval_s=1",
 ]
+PROGRESS = rf"\[(baseline|optimized) seed 1337\] step \d+/{STEPS} loss \d+\.\d+ [\d,]+ tok/s"
 FAST_2C = ["validation.replica_sweep=[]", "validation.concurrency=[1]", "validation.requests=4"]
 # the speed trial at its minimum (it must still run and end ok after the resume; its design is checked elsewhere)
 FAST_TRIAL = ["speed_trial.replicates=2", "speed_trial.pairs=2"]
@@ -37,10 +38,12 @@ def test_sigterm_mid_training_leaves_nothing_running_and_resume_finishes_the_run
         "run", "-c", "configs/smoke.yaml", "--output", str(out), *(a for s in sets for a in ("--set", s))
     )
     try:
-        # Once both runs have saved a state (the driver's saved-step line, every progress interval), they are
-        # mid-training: that is when the signal lands.
+        # The actors' progress, as plain lines (forwarded to the driver's output with a lag: wait for one here,
+        # a signal right after the actor printed it could cut it off). Then, once both runs have saved a state
+        # (the driver's saved-step line, every progress interval), they are mid-training: the signal lands.
+        run.wait_for(PROGRESS, timeout=300)
         run.wait_for(
-            r"training states saved at (?=.*baseline\S* step \d+)(?=.*optimized\S* step \d+)", timeout=300
+            r"training states saved at (?=.*baseline\S* step \d+)(?=.*optimized\S* step \d+)", timeout=120
         )
         tree = run.tree()
         assert_ray_was_there(run, tree, dashboard=False)
