@@ -43,33 +43,28 @@ CONTRACT_INFERENCE = {
 
 @pytest.fixture(scope="module")
 def smoke(ray_cluster, tmp_path_factory):
+    """The smoke config through the CLI, its checkpoints at a storage URI (one pipeline run for all these tests)."""
     out = tmp_path_factory.mktemp("smoke")
+    store = tmp_path_factory.mktemp("smoke-store") / "store"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli.main(
-            [
-                "run",
-                "-c",
-                str(ROOT / "configs/smoke.yaml"),
-                "--output",
-                str(out),
-                "--set",
-                f"serve.port={free_port()}",
-            ]
+            ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
+            + ["--set", f"storage.uri=file://{store}", "--set", f"serve.port={free_port()}"]
         )
     report = json.loads((out / "report.json").read_text())
-    return rc, out, buf.getvalue(), report
+    return rc, out, buf.getvalue(), report, store
 
 
 def test_exit_code_matches_decision_and_last_line_is_report_path(smoke):
-    rc, out, stdout, report = smoke
+    rc, out, stdout, report, _ = smoke
     assert rc in (0, 1), stdout[-2000:]
     assert (rc == 0) == report["decision"]["approved"]
     assert stdout.strip().splitlines()[-1] == str(out / "report.md")
 
 
 def test_report_json_carries_the_contract(smoke):
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     for key in (
         "schema_version",
         "run_id",
@@ -96,7 +91,7 @@ def test_report_json_carries_the_contract(smoke):
 
 
 def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     st = {s["name"]: s for s in r["stages"]}
     a, b = st["2a"], st["2b"]
     assert a["variant"] == "baseline" and b["variant"] == "optimized"
@@ -114,7 +109,7 @@ def test_training_actors_ran_concurrently_on_their_own_cores(smoke):
 
 
 def test_inference_measured_for_every_model_and_level(smoke):
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     assert list(r["inference"]) == ["baseline", "optimized", "optimized-int8"]
     for v, i in r["inference"].items():
         assert CONTRACT_INFERENCE <= set(i), v
@@ -141,7 +136,7 @@ def test_inference_measured_for_every_model_and_level(smoke):
 
 
 def test_serving_overhead_scaling_and_compression_recompute(smoke):
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     inf, sv = r["inference"], r["serving"]
     for m, o in sv["overhead"].items():
         assert o["ttft_p50_overhead_ms"] == pytest.approx(
@@ -173,7 +168,7 @@ def test_serving_overhead_scaling_and_compression_recompute(smoke):
 
 
 def test_decision_is_consistent_with_gates(smoke):
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     gates = r["decision"]["gates"]
     names = {(g["name"], g["variant"]) for g in gates}
     assert {
@@ -211,7 +206,7 @@ def test_decision_is_consistent_with_gates(smoke):
 
 
 def test_markdown_ratios_recompute_from_report_json(smoke):
-    _, out, _, r = smoke
+    _, out, _, r, _ = smoke
     md = (out / "report.md").read_text()
     tr, c = r["training"], r["comparison"]["optimized"]
     throughput = tr["optimized"]["tokens_per_s"] / tr["baseline"]["tokens_per_s"]
@@ -244,7 +239,7 @@ def test_markdown_ratios_recompute_from_report_json(smoke):
 
 
 def test_csvs_and_checkpoints_are_written(smoke):
-    _, out, _, r = smoke
+    _, out, _, r, _ = smoke
     steps = pd.read_csv(out / "steps.csv")
     assert len(steps) == 120 and set(steps["variant"]) == {"baseline", "optimized"}
     req = pd.read_csv(out / "requests.csv")
@@ -294,34 +289,40 @@ def test_impossible_resources_exit_2_before_any_actor(ray_cluster, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def perf_run(ray_cluster, tmp_path_factory):
-    """Smoke pipeline with every measurement option on: isolated re-runs, two seeds, `optimized` as an `auto`
-    variant; and its checkpoints at a storage URI (once a run of its own: the same smoke pipeline with 2c at c1, no sweep). The
-    speed trial is at its minimum (2 replicates x 2 pairs): nothing here reads it, the smoke run checks its design."""
+    """The smoke config with every training measurement option on: isolated re-runs, two seeds, `optimized` as an
+    `auto` variant. Training, the speed trial (at its minimum: the smoke run checks its design) and the report, as
+    the pipeline runs them, without serving (the smoke run serves): what these options change is 2a/2b and 2d."""
+    from phase2_ray.config import load_config
+    from phase2_ray.dataprep import prepare_data
+    from phase2_ray.pipeline import RunState, gather, train_and_trial
+    from phase2_ray.provenance import environment
+    from phase2_ray.report import write_run_dir
+    from phase2_ray.runlog import RunLog
+
     out = tmp_path_factory.mktemp("perf")
-    store = tmp_path_factory.mktemp("perf-store") / "store"
-    overrides = [
-        f"storage.uri=file://{store}",
-        "speed_trial.replicates=2",
-        "speed_trial.pairs=2",
-        "training.measurement.isolation=both",
-        "training.measurement.repeats=2",
-        "variants.optimized.auto=true",
-        "variants.optimized.auto_compile=false",
-        "training.auto.probe_steps=4",
-        "validation.requests=4",
-        "validation.concurrency=1",
-        "validation.replica_sweep=[]",
-        f"serve.port={free_port()}",
-    ]
-    args = ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = cli.main(args + [x for o in overrides for x in ("--set", o)])
-    return rc, out, json.loads((out / "report.json").read_text()), store
+    cfg = load_config(
+        ROOT / "configs/smoke.yaml",
+        [
+            "speed_trial.replicates=2",
+            "speed_trial.pairs=2",
+            "training.measurement.isolation=both",
+            "training.measurement.repeats=2",
+            "variants.optimized.auto=true",
+            "variants.optimized.auto_compile=false",
+            "training.auto.probe_steps=4",
+        ],
+    )
+    run = RunState(cfg, "perf-run", None, RunLog("quiet"), prepare_data(cfg))
+    run.environment = environment(cfg)
+    train_and_trial(run)
+    report = gather(run)
+    write_run_dir(out, report, run.training_dicts(), {})
+    return out, json.loads((out / "report.json").read_text())
 
 
 def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
-    rc, out, r, _ = perf_run
-    assert rc in (0, 1) and list(r["training"]) == ["baseline", "optimized"]
+    out, r = perf_run
+    assert list(r["training"]) == ["baseline", "optimized"]
     for v, t in r["training"].items():
         assert [x["seed"] for x in t["repeats"]] == [1337, 1338], v
     for c in r["comparison"].values():
@@ -347,14 +348,12 @@ def test_isolated_reruns_repeats_and_auto_are_reported(perf_run):
     assert "### Seeds" in md and "is `auto`" in md and "Concurrent vs isolated" in md
     # an `auto` variant, its choice and isolated re-runs still fit a 100-column terminal
     assert max(len(line) for b in md.split("```")[1::2] for line in b.splitlines()) <= 100
-    assert set(r["inference"]) == {"baseline", "optimized", "optimized-int8"}
-    assert "replica_scaling" not in r["serving"]
 
 
-def test_pipeline_with_a_storage_uri(perf_run):
+def test_pipeline_with_a_storage_uri(smoke):
     """With storage.uri set, training writes the checkpoints there, the replicas and the driver read from there, and
-    only the URI crosses the object store (a further seed or an isolated re-run keeps no checkpoint)."""
-    rc, out, report, store = perf_run
+    only the URI crosses the object store."""
+    rc, out, _, report, store = smoke
     assert rc in (0, 1)
     run_id = report["run_id"]
     for v in ("baseline", "optimized"):
@@ -371,36 +370,11 @@ def test_pipeline_with_a_storage_uri(perf_run):
     assert all(report["inference"][m]["success_rate"] == 1.0 for m in sources)
 
 
-def test_phase2_serve_serves_a_finished_run(smoke, ray_cluster):
-    """`phase2 serve`'s code path (and the `serve run` builder) on the smoke run's saved checkpoints."""
-    from ray import serve
-
-    from phase2_ray.config import load_config
-    from phase2_ray.serving.build import app
-    from phase2_ray.serving.command import serve_checkpoints
-
-    _, out, _, _ = smoke
-    port = free_port()
-    cfg = load_config(ROOT / "configs/smoke.yaml", [f"serve.port={port}"])
-    assert app({"config": str(ROOT / "configs/smoke.yaml"), "checkpoints": str(out)}) is not None
-    url = serve_checkpoints(cfg, out, block=False)
-    try:
-        models = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
-        assert models == ["baseline", "optimized", "optimized-int8"]
-        body = {"model": "baseline", "prompt": "def", "max_tokens": 3}
-        assert (
-            httpx.post(f"{url}/v1/completions", json=body, timeout=30).json()["usage"]["completion_tokens"]
-            == 3
-        )
-    finally:
-        serve.shutdown()
-
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_charts_and_self_contained_html_are_written(smoke):
-    _, out, _, _ = smoke
+    _, out, _, _, _ = smoke
     names = {"loss", "step_times", "throughput", "latency", "timeline"}
     for n in names:
         data = (out / "plots" / f"{n}.png").read_bytes()
@@ -421,7 +395,7 @@ def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
     import subprocess
     import sys
 
-    _, out, _, _ = smoke
+    _, out, _, _, _ = smoke
     copy = tmp_path / "run"
     copy.mkdir()
     for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv"):
@@ -450,7 +424,7 @@ def _copy_run(src, dst):
 
 
 def test_compare_a_run_with_itself_finds_no_change(smoke, tmp_path, capsys):
-    _, out, _, _ = smoke
+    _, out, _, _, _ = smoke
     b = _copy_run(out, tmp_path / "b")
     assert cli.main(["compare", str(out), str(b)]) == 0
     c = json.loads((b / "compare.json").read_text())
@@ -467,7 +441,7 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     A is the smoke run with each variant's step times made steady first (its median step, +0-4% in a fixed
     pattern): the 30% and 2x changes are then significant whatever this machine's noise was. On the run's own
     60 steps, a loaded machine's noise hid both (measured: 1.3x with CI [0.73, 2.32], 2x with [0.74, 5.36])."""
-    _, out, _, r = smoke
+    _, out, _, r, _ = smoke
     a = _copy_run(out, tmp_path / "a")
     steps = pd.read_csv(a / "steps.csv")
     for _, g in steps.groupby("variant"):
@@ -500,7 +474,7 @@ def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
     their actor exits, so after the run only the histograms and counters remain to be checked."""
     import time
 
-    _, _, _, r = smoke
+    _, _, _, r, _ = smoke
     port = ray_cluster.nodes()[0]["MetricsExportPort"]
     run = f'run_id="{r["run_id"]}"'
     want = {
@@ -523,7 +497,7 @@ def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
 
 
 def test_json_logs_and_actor_names(smoke):
-    _, _, stdout, r = smoke
+    _, _, stdout, r, _ = smoke
     assert "[phase2" in stdout  # text mode by default: progress lines
     from phase2_ray.runlog import RunLog
 
@@ -538,7 +512,7 @@ def test_json_logs_and_actor_names(smoke):
 
 def test_every_ratio_line_in_report_md_recomputes_from_report_json(smoke):
     """Each `= N.NNx` in report.md equals, within its rounding, the ratio of the raw figures in report.json."""
-    _, out, _, r = smoke
+    _, out, _, r, _ = smoke
     md = (out / "report.md").read_text()
     tr, sv = r["training"], r["serving"]
     b, o = tr["baseline"], tr["optimized"]

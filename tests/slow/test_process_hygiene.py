@@ -1,5 +1,6 @@
-"""Stopping `phase2 serve` with SIGTERM leaves no process behind; the embedded Ray it started had token
-authentication on and its dashboard on 127.0.0.1 (the code scans are tests/unit/test_security.py). `phase2 run`
+"""`phase2 serve` serves a run directory's checkpoints (and `serve run`'s builder takes the same directory);
+stopping it with SIGTERM leaves no process behind; the embedded Ray it started had token authentication on and its
+dashboard on 127.0.0.1 (the code scans are tests/unit/test_security.py). `phase2 run`
 stopped mid-training is tests/slow/test_interrupt.py.
 
 Slow: the command starts its own Ray (dashboard on) in a subprocess, in a session of its own (tests/slow/procs.py)."""
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 from tests.slow.procs import Phase2, assert_nothing_left, assert_ray_was_there
 
 pytestmark = pytest.mark.ray
@@ -37,7 +38,14 @@ def run_dir(tmp_path_factory, tiny_corpus):
     return out
 
 
-def test_sigterm_stops_phase2_serve_and_every_ray_process(run_dir):
+def test_serve_run_builder_takes_a_run_directory(run_dir):
+    """`serve run phase2_ray.serving.build:app config=... checkpoints=RUN_DIR` builds the same application."""
+    from phase2_ray.serving.build import app
+
+    assert app({"config": str(ROOT / "configs" / "smoke.yaml"), "checkpoints": str(run_dir)}) is not None
+
+
+def test_phase2_serve_serves_and_sigterm_stops_every_ray_process(run_dir):
     """With the dashboard on: Ray's SIGTERM handler used to abort the driver 3 s in, mid-shutdown. The environment
     is bare (no RAY_AUTH_MODE, no RAY_ADDRESS): token authentication is what the embedded cluster turns on."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
@@ -54,7 +62,12 @@ def test_sigterm_stops_phase2_serve_and_every_ray_process(run_dir):
         env=env,
     )
     try:
-        serve.wait_for(r"^serving .* at http://127\.0\.0\.1:\d+/v1", timeout=300)
+        url = serve.wait_for(r"^serving .* at (http://127\.0\.0\.1:\d+)/v1", timeout=300).group(1)
+        models = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
+        assert models == ["baseline", "optimized", "optimized-int8"]
+        body = {"model": "baseline", "prompt": "def", "max_tokens": 3}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        assert r.json()["usage"]["completion_tokens"] == 3
         tree = serve.tree()
         assert_ray_was_there(serve, tree, dashboard=True)
         (dash,) = [p for p in tree if "dashboard/dashboard.py" in " ".join(p.cmdline())]
