@@ -1,6 +1,6 @@
-"""`phase2 serve` serves a run directory's checkpoints (and `serve run`'s builder takes the same directory);
-stopping it with SIGTERM leaves no process behind; the embedded Ray it started had token authentication on and its
-dashboard on 127.0.0.1 (the code scans are tests/unit/test_security.py). `phase2 run`
+"""`phase2 serve` serves a run directory's checkpoints behind the API key from PHASE2_API_KEY (and `serve run`'s
+builder takes the same directory); stopping it with SIGTERM leaves no process behind; the embedded Ray it started had
+token authentication on and its dashboard on 127.0.0.1 (the code scans are tests/unit/test_security.py). `phase2 run`
 stopped mid-training is tests/slow/test_interrupt.py.
 
 Slow: the command starts its own Ray (dashboard on) in a subprocess, in a session of its own (tests/slow/procs.py)."""
@@ -48,7 +48,8 @@ def test_serve_run_builder_takes_a_run_directory(run_dir):
 def test_phase2_serve_serves_and_sigterm_stops_every_ray_process(run_dir):
     """With the dashboard on: Ray's SIGTERM handler used to abort the driver 3 s in, mid-shutdown. The environment
     is bare (no RAY_AUTH_MODE, no RAY_ADDRESS): token authentication is what the embedded cluster turns on."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    # The API key comes from the environment, as a secret would (never the config file).
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PHASE2_API_KEY": "s3cret"}
     serve = Phase2(
         "serve",
         "-c",
@@ -63,10 +64,16 @@ def test_phase2_serve_serves_and_sigterm_stops_every_ray_process(run_dir):
     )
     try:
         url = serve.wait_for(r"^serving .* at (http://127\.0\.0\.1:\d+)/v1", timeout=300).group(1)
-        models = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
-        assert models == ["baseline", "optimized", "optimized-int8"]
         body = {"model": "baseline", "prompt": "def", "max_tokens": 3}
-        r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert httpx.get(f"{url}/v1/models", headers=headers, timeout=30).status_code == 401
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200  # probes need no key
+        key = {"Authorization": "Bearer s3cret"}
+        models = [m["id"] for m in httpx.get(f"{url}/v1/models", headers=key, timeout=30).json()["data"]]
+        assert models == ["baseline", "optimized", "optimized-int8"]
+        r = httpx.post(f"{url}/v1/completions", json=body, headers=key, timeout=30)
         assert r.json()["usage"]["completion_tokens"] == 3
         tree = serve.tree()
         assert_ray_was_there(serve, tree, dashboard=True)

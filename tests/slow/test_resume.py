@@ -29,9 +29,9 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
     cfg = load_config(
         ROOT / "configs" / "smoke.yaml",
         [
-            "training.steps=240",
+            "training.steps=160",
             "training.fault_tolerance.checkpoint_every=20",
-            "training.eval_interval=120",
+            "training.eval_interval=80",
             "training.log_every=0",
         ],
     )
@@ -43,7 +43,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(res=train(run_id)))
     worker.start()
-    kill_after = random.Random().choice([20, 40, 60, 80, 100, 120])
+    kill_after = random.Random().choice([20, 40, 60, 80])
     killed = None
     deadline = time.time() + 120
     while worker.is_alive() and time.time() < deadline:
