@@ -9,6 +9,7 @@ usage: python tests/slow/cluster_driver.py OUTPUT_DIR SERVE_PORT [--set KEY=VALU
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,13 +83,22 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
         for o in overrides:
             submit += ["--set", o]
         t = time.time()
+        driver_connect_retries = 0
         for _ in range(60):
             done = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=ROOT)
             logs = done.stdout + done.stderr
             # The dashboard answers a little before the head's job agent does.
-            if "No available agent to submit job" not in logs:
-                break
-            time.sleep(1)
+            if "No available agent to submit job" in logs:
+                time.sleep(1)
+                continue
+            # A job's driver finds "its" node by grepping this machine's raylet processes: here three nodes and
+            # the test session's own cluster share one host, and once in a few runs its ray.init() failed before
+            # the pipeline began (no node on a real cluster has neighbours). Once more, counted in the result.
+            if "Failed to connect to Ray cluster" in logs and driver_connect_retries < 2:
+                driver_connect_retries += 1
+                shutil.rmtree(out, ignore_errors=True)
+                continue
+            break
         job_s = time.time() - t
         refused = subprocess.run(
             [RAY, "job", "list", "--address", address],
@@ -105,6 +115,7 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             "refused_text": (refused.stdout + refused.stderr)[-3000:],
             "cluster_up_s": up_s,
             "job_s": job_s,
+            "driver_connect_retries": driver_connect_retries,
         }
     finally:
         cluster.shutdown()

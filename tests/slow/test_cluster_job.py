@@ -49,7 +49,7 @@ def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(tm
 
     # The job ran the pipeline; its status carries the gate (`phase2 run` exits 1 on REJECTED, so the job and
     # `ray job submit` fail), and its logs name the decision and the report.
-    assert (out / "report.json").is_file(), logs[-3000:]
+    assert (out / "report.json").is_file(), logs[-12000:]
     report = json.loads((out / "report.json").read_text())
     decision = "APPROVED" if report["decision"]["approved"] else "REJECTED"
     assert (res["rc"] == 0) == report["decision"]["approved"], logs[-3000:]
