@@ -3,12 +3,13 @@ and two worker nodes, one CPU and one custom resource each), token authenticatio
 server on 127.0.0.1. Submits the smoke pipeline as a Ray job (`ray job submit --working-dir`), checks that a wrong
 token is refused, and prints, as its last line, JSON: which node id carries which custom resource, the job's exit
 code and logs, and the refused call's. Its own process: a process joins one Ray cluster at most, and the cluster's
-processes inherit its environment (RAY_AUTH_MODE, RAY_AUTH_TOKEN and PATH come from the test).
+processes inherit its environment, which turns token authentication on (a fresh token) before anything starts.
 
 usage: python tests/slow/cluster_driver.py OUTPUT_DIR SERVE_PORT [--set KEY=VALUE ...]"""
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,9 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import ray
-from ray.cluster_utils import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -31,7 +29,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def token_environment() -> None:
+    """This process's environment, which every process of the cluster inherits: token authentication on with a
+    fresh token, no RAY_ADDRESS to join, and this environment's `python` first on the PATH (the job's entrypoint
+    runs with the cluster's PATH)."""
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.pop("RAY_ADDRESS", None)
+
+
 def run(out: str, serve_port: int, overrides: list[str]) -> dict:
+    token_environment()
+    # Ray only after that: it reads the token when it is imported, for this process's own calls.
+    import ray
+    from ray.cluster_utils import Cluster
+
     # short: Ray's Unix sockets live under it, and socket paths are limited to ~107 bytes
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     dash = free_port()
