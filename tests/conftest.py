@@ -92,6 +92,18 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def serve_url(ray_cluster) -> str:
+    """One Serve instance for the session (a start costs seconds), as on a long-lived cluster: pipeline runs
+    deploy their application into it and delete only that application at the end; fixtures that deploy an
+    application of their own delete it when done. Its proxy's port is a free one."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus():
     """Real text (stdlib source), a small tokenizer and token ids, shared by the core tests."""
     from phase2_ray.core import data

@@ -20,7 +20,7 @@ from phase2_ray.loadtest.plan import interleaved_schedule
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.runlog import RunLog
-from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats
+from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
 
 # Access logs of every request would drown the progress lines; warnings and errors still show.
 QUIET_SERVE = {"log_level": "WARNING", "enable_access_log": False}
@@ -67,8 +67,20 @@ class ValidationStage:
             # --quiet / --json-logs promise a parseable stream: Serve's driver-side INFO lines would break it.
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
         sc = self.cfg.serve
-        warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
-        serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=QUIET_SERVE)
+        running = running_serve()
+        if running is None:
+            warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+            serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=QUIET_SERVE)
+        else:
+            # Serve keeps the HTTP options it started with: requests go where its proxies listen.
+            host, port = running
+            if (host, port) != (sc.host, sc.port):
+                self.log.event(
+                    "serve.shared",
+                    f"2c: Serve already runs on this cluster at {host}:{port}: the application goes there "
+                    f"(serve.host/serve.port {sc.host}:{sc.port} apply only where this run starts Serve)",
+                )
+            self.base_url = f"http://{host}:{port}"
         try:
             t_deploy = time.time()
             self._deploy(None)
@@ -91,8 +103,12 @@ class ValidationStage:
                 ray.kill(c)
             return out
         finally:
-            # A cluster this run started goes down whole with ray.shutdown(); a shared one keeps running, minus Serve.
-            if not own_cluster:
+            # The cluster is left as this run found it. One this run started goes down whole with ray.shutdown();
+            # on a shared one, Serve stops if this run started it, and otherwise loses only this application
+            # (other applications on a long-lived cluster keep serving).
+            if running is not None:
+                serve.delete(APP_NAME)
+            elif not own_cluster:
                 serve.shutdown()
 
     def _reference(self) -> None:
@@ -147,6 +163,8 @@ class ValidationStage:
             gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
             uris=self.uris,
             num_replicas=replicas,
+            # one version for the whole stage: the replica sweep adds replicas instead of replacing them all
+            version=self.run_id,
         )
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
 

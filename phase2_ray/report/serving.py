@@ -204,6 +204,8 @@ def _replica_scaling(req: pd.DataFrame, sc: dict, concurrency: int | None) -> di
                 "success_rate": rs["success_rate"],
                 "requests": rs["requests"],
                 "peak_rss_mb": [x["peak_rss_mb"] for x in run["stats"]],
+                # which replicas served: a sweep step adds replicas to the running ones (same version)
+                "replica_ids": [x["replica_id"] for x in run["stats"]],
             }
         )
     return {

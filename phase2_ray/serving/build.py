@@ -60,8 +60,13 @@ def build_app(
     gpus_per_replica: float | None = None,
     num_replicas: int | None = None,
     uris: dict[str, str] | None = None,
+    version: str | None = None,
 ) -> serve.Application:
-    """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked."""
+    """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked.
+
+    `version` names the replicas' code and models (one run's stage 2c passes its run id): `serve.run` of the same
+    version with another replica count then only starts or stops the difference, as a config-file redeploy does,
+    instead of replacing every replica. Without it Serve draws a new version on each `serve.run`."""
     models = model_specs(checkpoints, int8_of, uris)
     # The key is read from the driver's environment (PHASE2_API_KEY); a replica's process may not have it.
     replica_cfg = serve_cfg.model_copy(update={"api_key": serve_cfg.resolved_api_key()})
@@ -69,7 +74,12 @@ def build_app(
     if num_replicas is not None:
         opts.pop("autoscaling_config", None)
         opts["num_replicas"] = num_replicas
-    return InferenceScalingEngine.options(**opts).bind(models, replica_cfg)
+    deployment = InferenceScalingEngine.options(**opts)
+    if version is not None:
+        # Serve sets versions itself since `version` left the public options; `_internal` is how its own config
+        # path sets one (tests/integration/test_pipeline_e2e.py checks that a sweep keeps the first replica).
+        deployment = deployment.options(version=version, _internal=True)
+    return deployment.bind(models, replica_cfg)
 
 
 def app(args: dict) -> serve.Application:
@@ -90,6 +100,18 @@ def checkpoints_of(run_dir: str | Path) -> tuple[dict[str, dict[str, bytes]], st
     if not found:
         raise FileNotFoundError(f"no checkpoint (meta.json) under {root}")
     return found, ("optimized" if "optimized" in found else None)
+
+
+def running_serve() -> tuple[str, int] | None:
+    """The host and port of the Serve instance already running on the connected cluster, or None."""
+    # Serve has no public "is it running" call (serve.status() starts nothing but raises without a controller);
+    # this is the lookup serve.status() itself makes, told not to raise.
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    return client.http_config.host, client.http_config.port
 
 
 def replica_stats(expected: int, tries: int = 64) -> list[dict]:

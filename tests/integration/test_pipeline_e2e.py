@@ -13,7 +13,7 @@ import pytest
 
 from phase2_ray import cli
 from phase2_ray.core import checkpoint as ckpt
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray
 
@@ -42,15 +42,16 @@ CONTRACT_INFERENCE = {
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_cluster, tmp_path_factory):
-    """The smoke config through the CLI, its checkpoints at a storage URI (one pipeline run for all these tests)."""
+def smoke(serve_url, tmp_path_factory):
+    """The smoke config through the CLI, its checkpoints at a storage URI (one pipeline run for all these tests).
+    It deploys into the session's running Serve instance, as on a long-lived cluster."""
     out = tmp_path_factory.mktemp("smoke")
     store = tmp_path_factory.mktemp("smoke-store") / "store"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = cli.main(
             ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
-            + ["--set", f"storage.uri=file://{store}", "--set", f"serve.port={free_port()}"]
+            + ["--set", f"storage.uri=file://{store}"]
         )
     report = json.loads((out / "report.json").read_text())
     return rc, out, buf.getvalue(), report, store
@@ -61,6 +62,18 @@ def test_exit_code_matches_decision_and_last_line_is_report_path(smoke):
     assert rc in (0, 1), stdout[-2000:]
     assert (rc == 0) == report["decision"]["approved"]
     assert stdout.strip().splitlines()[-1] == str(out / "report.md")
+
+
+def test_a_running_serve_instance_is_used_and_left_running(smoke, serve_url):
+    """On a cluster where Serve already runs (a long-lived one), 2c deploys there, says where, and at the end
+    deletes only its own application: the instance, and any other application, keep running."""
+    from ray import serve
+
+    _, _, stdout, _, _ = smoke
+    assert f"2c: Serve already runs on this cluster at {serve_url.removeprefix('http://')}" in stdout
+    assert f"at {serve_url}/v1/completions" in stdout
+    assert "phase2" not in serve.status().applications
+    assert httpx.get(f"{serve_url}/-/healthz", timeout=10).status_code == 200
 
 
 def test_report_json_carries_the_contract(smoke):
@@ -153,6 +166,9 @@ def test_serving_overhead_scaling_and_compression_recompute(smoke):
     rs = sv["replica_scaling"]
     assert rs["model"] == "optimized" and [x["replicas"] for x in rs["runs"]] == [1, 2]
     assert [len(x["peak_rss_mb"]) for x in rs["runs"]] == [1, 2]  # both replicas of the second run answered
+    # the sweep's one replica is the main deployment's, and growing to two kept it (no replacement)
+    assert rs["runs"][0]["replica_ids"] == [x["replica_id"] for x in sv["replicas"]]
+    assert set(rs["runs"][0]["replica_ids"]) < set(rs["runs"][1]["replica_ids"])
     assert all(x["success_rate"] == 1.0 and x["requests"] == 16 for x in rs["runs"])
     assert rs["ratio"] == pytest.approx(
         rs["runs"][1]["output_tokens_per_s"] / rs["runs"][0]["output_tokens_per_s"]

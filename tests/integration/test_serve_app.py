@@ -10,13 +10,12 @@ import torch
 from phase2_ray.config import ServeConfig
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.model import GPT, GPTConfig
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_cluster, tiny_corpus):
+def base_url(serve_url, tiny_corpus):
     from ray import serve
 
     from phase2_ray.serving.build import APP_NAME, build_app
@@ -32,14 +31,12 @@ def base_url(ray_cluster, tiny_corpus):
     }
     torch.manual_seed(0)
     files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
-    port = free_port()
     serve_cfg = ServeConfig(cpus_per_replica=0, max_batch_size=4, max_waiting=8, api_key=None)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
         build_app({"tiny": files, "tiny2": files}, serve_cfg, int8_of="tiny"), name=APP_NAME, route_prefix="/"
     )
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    yield serve_url
+    serve.delete(APP_NAME)
 
 
 def sse_events(resp: httpx.Response) -> list:

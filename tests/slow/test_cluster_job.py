@@ -20,6 +20,8 @@ def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(tm
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "slow" / "cluster_driver.py"), str(out), str(free_port())]
         + ["--set", "training.placement.policy=spread", "--set", "validation.replica_sweep=[2]"]
+        # two replicas from the start: the sweep finds them running instead of scaling up
+        + ["--set", "serve.num_replicas=2"]
         + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"]
         # the speed trial at its minimum: placement and the job are what is checked here
         + ["--set", "speed_trial.replicates=2", "--set", "speed_trial.pairs=2"],

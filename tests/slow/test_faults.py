@@ -24,7 +24,7 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tiny_corpus):
+def served(serve_url, tiny_corpus):
     """One application for the module (a Serve start costs seconds): the soak runs first, on a fresh replica,
     then the kill test, which ends with the replaced replica serving again."""
     from ray import serve
@@ -35,12 +35,10 @@ def served(ray_cluster, tiny_corpus):
     cfg = dict(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=1, n_head=2, d_model=16, dropout=0.0)
     torch.manual_seed(0)
     files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     sc = ServeConfig(cpus_per_replica=0, max_batch_size=16, max_waiting=64, int8=False)
     serve.run(build_app({"tiny": files}, sc), name=APP_NAME, route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    yield serve_url
+    serve.delete(APP_NAME)
 
 
 def test_soak_1000_requests_at_c16(served):
