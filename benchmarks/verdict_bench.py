@@ -106,7 +106,7 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
     t0 = run.log.t0
     run_dir = out_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_dir(run_dir, report, run.training_dicts(), {})
+    write_run_dir(run_dir, report, run.training_dicts(), {}, render=False)  # compare reads the data only
     c = report["comparison"]["optimized"]
     gates = {
         g["name"]: g["passed"]

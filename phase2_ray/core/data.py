@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,11 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests"
 def stdlib_files() -> list[Path]:
     """The Python standard library's own .py files: real text that every machine with Python has."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if not _STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        # pruned, not filtered afterwards: the base Python's site-packages can hold thousands of files
+        subfolders[:] = [d for d in subfolders if d not in _STDLIB_SKIP]
+        files += [Path(folder) / n for n in names if n.endswith(".py")]
     # Hash order mixes modules from the whole library instead of the alphabet's first letters,
     # and stays the same on every machine with the same stdlib.
     return sorted(files, key=lambda p: hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest())

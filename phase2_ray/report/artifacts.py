@@ -19,8 +19,12 @@ INPROCESS_DROPPED = ["level", "status", "error_type", "error", "prompt_tokens", 
 """requests.csv's columns that in-process reference records never have."""
 
 
-def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation: dict) -> Path:
-    """Writes CSVs, report.json and report.md atomically; report.md last, so its presence means a whole report."""
+def write_run_dir(
+    out: Path, report: dict, training: dict[str, dict], validation: dict, *, render: bool = True
+) -> Path:
+    """Writes CSVs, report.json and report.md atomically; report.md last, so its presence means a whole report.
+    `render=False` stops at the data (report.json and the CSVs, what `phase2 compare` reads): for the verdict
+    benchmark's hundreds of runs, whose charts nobody opens; `phase2 report RUN_DIR` draws them later."""
     write_atomic(out / "steps.csv", step_frame(training).to_csv(index=False))
     val_rows = [
         {"variant": v, "step": s, "val_loss": x}
@@ -34,8 +38,8 @@ def write_run_dir(out: Path, report: dict, training: dict[str, dict], validation
         out / "inprocess_requests.csv", _requests_csv(request_frame(ref).drop(columns=INPROCESS_DROPPED))
     )
     write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
-    return render_run_dir(out)
+    path = write_atomic(out / "report.json", json.dumps(report, indent=2))
+    return render_run_dir(out) if render else path
 
 
 def _requests_csv(frame: pd.DataFrame) -> str:
