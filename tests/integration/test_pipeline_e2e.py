@@ -326,6 +326,9 @@ def perf_run(ray_cluster, tmp_path_factory):
             "variants.optimized.auto=true",
             "variants.optimized.auto_compile=false",
             "training.auto.probe_steps=4",
+            # what these options change does not need the smoke run's length or its mid-run evaluations
+            "training.steps=30",
+            "training.eval_interval=0",
         ],
     )
     run = RunState(cfg, "perf-run", None, RunLog("quiet"), prepare_data(cfg))
