@@ -95,10 +95,12 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
         for o in overrides:
             submit += ["--set", o]
         t = time.time()
-        driver_connect_retries = 0
+        driver_connect_retries, attempts = 0, []
         for _ in range(60):
+            t_try = time.time()
             done = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=ROOT)
             logs = done.stdout + done.stderr
+            attempts.append({"s": round(time.time() - t_try, 1), "rc": done.returncode, "tail": logs[-1500:]})
             # The dashboard answers a little before the head's job agent does.
             if "No available agent to submit job" in logs:
                 time.sleep(1)
@@ -128,6 +130,7 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             "cluster_up_s": up_s,
             "job_s": job_s,
             "driver_connect_retries": driver_connect_retries,
+            "attempts": attempts[:-1],  # the ones that were tried again
         }
     finally:
         cluster.shutdown()
