@@ -25,7 +25,13 @@ from tabulate import tabulate
 from phase2_ray.config import stored_skip_steps
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.report.serving import SERVING_HEADLINE
-from phase2_ray.report.stats import block_bootstrap_ratio_ci, holm, with_per_request
+from phase2_ray.report.stats import (
+    block_bootstrap_ratio_ci,
+    holm,
+    t_quantile,
+    t_two_sided_p,
+    with_per_request,
+)
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
@@ -72,8 +78,6 @@ def _log_ratios(c: dict) -> np.ndarray:
 
 def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = ALPHA) -> dict:
     """B/A ratio of the paired speedups: Welch's t on the replicates' log ratios (each run's own unit)."""
-    from scipy import stats
-
     la, lb = _log_ratios(ca), _log_ratios(cb)
     a = (ca.get("speedup") or {}).get("ratio")
     b = (cb.get("speedup") or {}).get("ratio")
@@ -87,8 +91,8 @@ def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = AL
         p, half = (1.0 if diff == 0 else 0.0), 0.0
     else:
         df = (va + vb) ** 2 / (va**2 / (la.size - 1) + vb**2 / (lb.size - 1))
-        p = float(2 * stats.t.sf(abs(diff) / se, df))
-        half = float(stats.t.ppf(1 - alpha / 2, df)) * se  # unadjusted: Holm acts on the p-values
+        p = t_two_sided_p(diff / se, df)
+        half = t_quantile(1 - alpha / 2, df) * se  # unadjusted: Holm acts on the p-values
     row.update(
         ci_low=float(np.exp(diff - half)),
         ci_high=float(np.exp(diff + half)),
