@@ -120,6 +120,7 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
         "dir": str(run_dir),
         "stack": c.get("noop_reason") or report["training"]["optimized"]["settings"],
         "auto_chose": (report["training"]["optimized"].get("auto") or {}).get("chosen"),
+        "auto": report["training"]["optimized"].get("auto"),  # the probe's record: every candidate's time
         "ratio": sp["ratio"],
         "ci": [sp["ci_low"], sp["ci_high"]],
         "contains_1": sp["ci_low"] <= 1 <= sp["ci_high"],

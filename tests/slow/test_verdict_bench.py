@@ -29,5 +29,15 @@ def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
         # an A/A run is a no-op: whatever the trial measured, the speedup gate does not pass
         assert not r["speedup_approved"] and "eager fp32" in str(r["stack"])
         assert r["ci"][0] <= r["ratio"] <= r["ci"][1]
+    # the default series runs `optimized` as `auto`: its probe record is in the report, and it chose the fastest
+    # candidate it accepted, eager fp32 first
+    auto = res["default"][0]["auto"]
+    names = [x["name"] for x in auto["candidates"]]
+    assert names[0] == "eager-fp32" and auto["chosen"] in names
+    assert auto["chosen"] == res["default"][0]["auto_chose"]
+    chosen = next(x for x in auto["candidates"] if x["name"] == auto["chosen"])
+    assert chosen["accepted"] and chosen["median_step_ms"] == min(
+        x["median_step_ms"] for x in auto["candidates"] if x["accepted"]
+    )
     assert "A/A:" in stdout and "compare:" in stdout
     assert ray_cluster.is_initialized()  # the bench left the session's cluster running
