@@ -23,8 +23,18 @@ def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(tm
         # two replicas from the start: the sweep finds them running instead of scaling up
         + ["--set", "serve.num_replicas=2"]
         + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"]
-        # the speed trial at its minimum: placement and the job are what is checked here
-        + ["--set", "speed_trial.replicates=2", "--set", "speed_trial.pairs=2"],
+        # the speed trial at its minimum, and no more training, data or serving than placement needs: placement
+        # and the job are what is checked here (the smoke run checks what these leave out)
+        + ["--set", "speed_trial.replicates=2", "--set", "speed_trial.pairs=2"]
+        + [
+            "--set",
+            "training.steps=30",
+            "--set",
+            "training.eval_interval=0",
+            "--set",
+            "data.max_chars=100000",
+        ]
+        + ["--set", "serve.int8=false", "--set", "validation.inprocess_reference=false"],
         cwd=ROOT,
         capture_output=True,
         text=True,
