@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
+from phase2_ray.core.specs import GPTConfig
 
-from phase2_ray.core.model import GPTConfig
+if TYPE_CHECKING:
+    import torch
 
 MFU_FORMULA = (
     "flops/token = 6*N + 12*L*H*Q*T; N = params without position embeddings, Q = d_model/H, T = block_size"
@@ -27,12 +29,15 @@ def flops_per_token(cfg: GPTConfig) -> int:
 
 
 def measure_peak_flops(
-    dtype: torch.dtype = torch.float32, size: int | None = None, repeats: int = 20, device: str = "cpu"
+    dtype: torch.dtype | None = None, size: int | None = None, repeats: int = 20, device: str = "cpu"
 ) -> float:
     """Best observed matmul FLOP/s with the current torch thread count: the denominator of MFU.
 
     512 x 512 on a CPU (seconds of 8192 x 8192 would steal the run's time); 8192 x 8192 on a GPU, where a small
     matmul measures kernel-launch latency, not the tensor cores."""
+    import torch  # here: the report computes MFU from the formulas above in processes without torch
+
+    dtype = dtype or torch.float32
     size = size or (8192 if device == "cuda" else 512)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(kw_only=True)
-class GPTConfig:
-    vocab_size: int
-    """Tokenizer vocabulary size; the embedding and tied LM head have this many rows."""
-    block_size: int = 128
-    """Longest sequence (prompt + generated tokens) the model sees; sizes the position table."""
-    n_layer: int = 2
-    """Transformer blocks."""
-    n_head: int = 4
-    """Attention heads per block; must divide d_model."""
-    d_model: int = 48
-    """Residual stream width."""
-    dropout: float = 0.0
-    """Dropout in attention and MLP (0 keeps both variants' numerics comparable)."""
+from phase2_ray.core.specs import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(kw_only=True)
-class OptimizationSettings:
-    compile: bool = False
-    """Wrap the model in torch.compile (inductor)."""
-    compile_mode: str = "default"
-    """torch.compile mode: default, reduce-overhead or max-autotune."""
-    fused_adamw: bool = False
-    """Use AdamW's fused kernel (one kernel over all parameters) instead of the per-tensor loop."""
-    bf16: bool = False
-    """bfloat16 autocast for the forward pass (AMX on CPU, tensor cores on GPU); loss stays fp32."""
-    sdpa_backend: str = "default"
-    """Attention kernel: default (PyTorch picks), math, flash or efficient."""
+from phase2_ray.core.specs import OptimizationSettings
 
 
 class KernelOptimizer:

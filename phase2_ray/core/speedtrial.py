@@ -109,15 +109,3 @@ def paired_trial(
         "steps_per_stack": steps,
         "losses_equal": trainers["A"].losses == trainers["B"].losses,
     }
-
-
-def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -> bool:
-    """Whether two stacks run the same code: the no-op check (a variant equal to its baseline is no speedup)."""
-
-    def effective(x: OptimizationSettings | dict) -> dict:
-        d = asdict(x) if isinstance(x, OptimizationSettings) else dict(x)
-        if not d.get("compile"):
-            d.pop("compile_mode", None)  # only matters when compiling
-        return d
-
-    return effective(a) == effective(b)

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from phase2_ray.core.flops import MFU_FORMULA, flops_per_token, mfu
-from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.speedtrial import same_stack
+from phase2_ray.core.specs import GPTConfig, same_stack
 from phase2_ray.report.stats import (
     block_bootstrap_ratio_ci,
     paired_speedup,

@@ -399,7 +399,7 @@ def test_charts_and_self_contained_html_are_written(smoke):
 
 def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
     """A copy of the run directory (report.json + CSVs only) is redrawn by `phase2 report` in a fresh process
-    that never imports Ray, and gives the same report.md."""
+    that never imports Ray or torch, and gives the same report.md."""
     import shutil
     import subprocess
     import sys
@@ -411,7 +411,8 @@ def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
         shutil.copy(out / f, copy / f)
     code = (
         "import sys; from phase2_ray import cli; rc = cli.main(['report', sys.argv[1]]); "
-        "assert 'ray' not in sys.modules, 'ray was imported'; sys.exit(rc)"
+        "assert 'ray' not in sys.modules, 'ray was imported'; "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(copy)], capture_output=True, text=True, timeout=300

@@ -10,7 +10,8 @@ import pytest
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.speedtrial import TrialSettings, paired_trial, same_stack, trial_steps
+from phase2_ray.core.specs import same_stack
+from phase2_ray.core.speedtrial import TrialSettings, paired_trial, trial_steps
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.loadtest.plan import interleaved_schedule, rounds_for
 from phase2_ray.report.compare import _decide, _speedup_row
