@@ -74,15 +74,16 @@ def ray_cluster():
     import ray
 
     # Metrics reach the node's Prometheus endpoint every second instead of every 10 s: the metrics tests wait
-    # for an export (what they check is unchanged). An idle worker process is kept for 60 s instead of 1 s, so
-    # the next test's tasks and actors start in a worker that has imported torch already (seconds of CPU each,
-    # on a machine whose two cores every test shares); each task and actor still sets its own threads and cores.
+    # for an export (what they check is unchanged). An idle worker process is kept for 10 minutes instead of 1 s,
+    # so a later test's tasks (speed trials, references) start in a worker that has imported torch already
+    # (seconds of CPU each, on a machine whose two cores every test shares; Ray keeps at most as many idle workers
+    # as there are free CPUs); each task and actor still sets its own threads and cores.
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         namespace="phase2",
         log_to_driver=False,
-        _system_config={"metrics_report_interval_ms": 1000, "idle_worker_killing_time_threshold_ms": 60_000},
+        _system_config={"metrics_report_interval_ms": 1000, "idle_worker_killing_time_threshold_ms": 600_000},
     )
     yield ray
     from ray import serve
