@@ -100,7 +100,9 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             t_try = time.time()
             done = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=ROOT)
             logs = done.stdout + done.stderr
-            attempts.append({"s": round(time.time() - t_try, 1), "rc": done.returncode, "tail": done.stdout[-2500:]})
+            attempts.append(
+                {"s": round(time.time() - t_try, 1), "rc": done.returncode, "tail": done.stdout[-2500:]}
+            )
             # The dashboard answers a little before the head's job agent does.
             if "No available agent to submit job" in logs:
                 time.sleep(1)
