@@ -101,7 +101,7 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             done = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=ROOT)
             logs = done.stdout + done.stderr
             attempts.append(
-                {"s": round(time.time() - t_try, 1), "rc": done.returncode, "tail": done.stdout[-2500:]}
+                {"s": round(time.time() - t_try, 1), "rc": done.returncode, "tail": done.stdout[-8000:]}
             )
             # The dashboard answers a little before the head's job agent does.
             if "No available agent to submit job" in logs:
@@ -132,6 +132,8 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             "cluster_up_s": up_s,
             "job_s": job_s,
             "driver_connect_retries": driver_connect_retries,
+            # to compare with the address a failed driver names ("Failed to connect to Ray cluster at ...")
+            "gcs_address": cluster.address,
             "attempts": attempts[:-1],  # the ones that were tried again
         }
     finally:
