@@ -42,8 +42,8 @@ def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(tm
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    # shown with -s, or with the failure: how long the cluster and the job took, and any attempt tried again
-    print({k: res[k] for k in ("cluster_up_s", "job_s", "driver_connect_retries", "attempts")})
+    # shown with -s, or with the failure: how long the cluster and the job took, and where the job belonged
+    print({k: res[k] for k in ("cluster_up_s", "job_s", "gcs_address")})
     logs = res["logs"]
     names = res["node_names"]  # node id -> the custom resource only that node has
     assert sorted(names.values()) == ["head_node", "node_a", "node_b"]
