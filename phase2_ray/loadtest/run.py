@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import asdict
 
 import ray
@@ -59,6 +60,9 @@ class ValidationStage:
             "seed": cfg.training.seed,
         }
         self.deployed: int | None = None  # replicas of the running application, when a fixed number
+        # Unique per stage, not the run id: a resumed run keeps its id, and Serve would keep replicas of an earlier
+        # attempt's application holding that attempt's models if one were still deployed under the same version.
+        self.version = f"{run_id}:{uuid.uuid4().hex[:8]}"
 
     def run(self, own_cluster: bool) -> dict:
         out, v = self.out, self.cfg.validation
@@ -164,7 +168,7 @@ class ValidationStage:
             uris=self.uris,
             num_replicas=replicas,
             # one version for the whole stage: the replica sweep adds replicas instead of replacing them all
-            version=self.run_id,
+            version=self.version,
         )
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
 
