@@ -79,6 +79,9 @@ def ray_cluster():
     # (seconds of CPU each, on a machine whose two cores every test shares; Ray keeps at most as many idle workers
     # as there are free CPUs); each task and actor still sets its own threads and cores.
     ray.init(
+        # not None: ray.init() would join the cluster last recorded in /tmp/ray/ray_current_cluster (the cluster
+        # job's, which starts first: `cluster_job` below)
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         namespace="phase2",
@@ -90,6 +93,25 @@ def ray_cluster():
 
     serve.shutdown()
     ray.shutdown()
+
+
+CLUSTER_JOB = "tests/slow/test_cluster_job.py::"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The job on a simulated three-node cluster (tests/slow/test_cluster_job.py), started when the session starts
+    if that test is selected; the test waits for it. It runs in processes of its own, on a cluster of its own, for
+    about a minute, most of it start-ups; started first, it overlaps the unit tier, which keeps one of the two
+    cores busy, instead of adding its time at the end."""
+    if not any(item.nodeid.startswith(CLUSTER_JOB) for item in request.session.items):
+        yield None
+        return
+    from tests.slow.test_cluster_job import start
+
+    job = start(tmp_path_factory.mktemp("cluster_job"))
+    yield job
+    job.stop()
 
 
 @pytest.fixture(scope="session")

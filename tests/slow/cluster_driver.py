@@ -68,7 +68,11 @@ def run(out: str, serve_port: int, overrides: list[str]) -> dict:
             # Nodes of a real cluster unpack the job's working directory on disks of their own: here they share
             # one session directory, and a node re-extracting the package under the driver's feet lost it modules.
             cluster.add_node(
-                num_cpus=NODES[name], resources={name: 1}, runtime_env_dir_name=f"runtime_env_{name}"
+                num_cpus=NODES[name],
+                resources={name: 1},
+                runtime_env_dir_name=f"runtime_env_{name}",
+                # and none of this cluster's nodes takes a fixed default port the test session's cluster wants
+                dashboard_agent_listen_port=free_port(),
             )
         cluster.wait_for_nodes()
         # A job's driver gets RAY_ADDRESS from its supervisor, which reads <temp_dir>/ray_current_cluster, the

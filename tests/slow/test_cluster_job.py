@@ -5,8 +5,11 @@ and a wrong token refused. A spread placement the session's one-node cluster can
 is tests/integration/test_multinode.py."""
 
 import json
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -15,33 +18,65 @@ from tests.conftest import ROOT, free_port
 pytestmark = pytest.mark.ray
 
 
-def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "slow" / "cluster_driver.py"), str(out), str(free_port())]
-        + ["--set", "training.placement.policy=spread", "--set", "validation.replica_sweep=[2]"]
-        # two replicas from the start: the sweep finds them running instead of scaling up
-        + ["--set", "serve.num_replicas=2"]
-        + ["--set", "validation.concurrency=[1]", "--set", "validation.requests=4"]
-        # the speed trial at its minimum, and no more training, data or serving than placement needs: placement
-        # and the job are what is checked here (the smoke run checks what these leave out)
-        + ["--set", "speed_trial.replicates=2", "--set", "speed_trial.pairs=2"]
-        + [
-            "--set",
-            "training.steps=30",
-            "--set",
-            "training.eval_interval=0",
-            "--set",
-            "data.max_chars=100000",
-        ]
-        + ["--set", "serve.int8=false", "--set", "validation.inprocess_reference=false"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+# the smoke pipeline with spread placement, two replicas from the start (the sweep finds them running instead of
+# scaling up), the speed trial at its minimum, and no more training, data or serving than placement needs:
+# placement and the job are what is checked here (the smoke run checks what these leave out)
+SETS = ["training.placement.policy=spread", "validation.replica_sweep=[2]", "serve.num_replicas=2"]
+SETS += [
+    "validation.concurrency=[1]",
+    "validation.requests=4",
+    "speed_trial.replicates=2",
+    "speed_trial.pairs=2",
+]
+SETS += ["training.steps=30", "training.eval_interval=0", "data.max_chars=100000"]
+SETS += ["serve.int8=false", "validation.inprocess_reference=false"]
+
+
+@dataclass
+class ClusterJob:
+    """tests/slow/cluster_driver.py running in a process of its own (its output goes to files: nobody reads a
+    pipe while it runs)."""
+
+    out: Path
+    proc: subprocess.Popen
+    stdout: Path
+    stderr: Path
+
+    def result(self, timeout: float = 600) -> tuple[int, dict | None, str]:
+        rc = self.proc.wait(timeout=timeout)
+        lines = self.stdout.read_text().strip().splitlines()
+        res = json.loads(lines[-1]) if rc == 0 and lines else None
+        return rc, res, self.stderr.read_text()[-3000:]
+
+    def stop(self) -> None:
+        """SIGINT first: the driver's `finally` shuts its cluster down; a kill would leave the nodes running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start(tmp: Path) -> ClusterJob:
+    stdout, stderr = tmp / "driver.out", tmp / "driver.err"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "slow" / "cluster_driver.py"),
+        str(tmp / "run"),
+        str(free_port()),
+    ]
+    cmd += [a for s in SETS for a in ("--set", s)]
+    with stdout.open("w") as o, stderr.open("w") as e:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=o, stderr=e, text=True)
+    return ClusterJob(tmp / "run", proc, stdout, stderr)
+
+
+def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(cluster_job):
+    # started with the session (tests/conftest.py): it runs on a cluster of its own while the other tiers run
+    out = cluster_job.out
+    rc, res, err = cluster_job.result()
+    assert rc == 0 and res is not None, err
     # shown with -s, or with the failure: how long the cluster and the job took, and where the job belonged
     print({k: res[k] for k in ("cluster_up_s", "job_s", "gcs_address")})
     logs = res["logs"]
