@@ -98,7 +98,7 @@ class RequestRecord:
     status: int | None = None
     error_type: str | None = None
     """None when ok; else http_NNN, stream_error, truncated, token_count_mismatch, empty, timeout,
-    connection or bad_response."""
+    connection, bad_response or not_sent (a capacity level stopped at over-saturation)."""
     error: str | None = None
     start: float = 0.0
     """Epoch seconds when the request was actually sent."""
@@ -117,6 +117,9 @@ class RequestRecord:
     """Epoch seconds of the scheduled arrival (open loop); equals `start` in closed loop."""
     queue_ms: float = 0.0
     """Actual send time minus scheduled arrival: time spent waiting for a slot (0.0 in closed loop)."""
+    send_lag_ms: float = 0.0
+    """Open loop: how late the load generator itself was for the scheduled arrival (its event loop woke up late),
+    before any wait for a slot: the generator's lag, not the server's."""
     itl_ms: list[float] = field(default_factory=list)
     """Per-token inter-token latency: each arrival after the first adds k entries of gap/k for its k tokens
     (gap = time since the previous token-carrying arrival); the first arrival adds none, so

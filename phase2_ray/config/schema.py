@@ -95,6 +95,18 @@ class TargetsConfig(Section):
     model_memory_mb_max: float = Field(
         200.0, gt=0, description="Ceiling on each served model's own memory: weights + preallocated KV cache."
     )
+    capacity_rps_min: float | None = Field(
+        None,
+        gt=0,
+        description="Capacity under the SLO (validation.capacity) at the first replica count must be at least "
+        "this many requests/s (off when unset).",
+    )
+    capacity_vs_baseline_min: float | None = Field(
+        None,
+        gt=0,
+        description="The searched model's capacity / the baseline model's, at the first replica count, must be "
+        "at least this (off when unset; turns on validation.capacity.baseline).",
+    )
 
 
 # One optimization alone per variant, then all together: each part's contribution to speed and loss.
@@ -155,9 +167,22 @@ class Config(Section):
                 f"validation.prompt_tokens ({v.prompt_tokens}) + validation.max_tokens "
                 f"({v.max_tokens}) must fit model.block_size ({self.model.block_size})"
             )
+        cap, t = self.validation.capacity, self.targets
+        if (t.capacity_rps_min or t.capacity_vs_baseline_min) and not cap.enabled:
+            raise ValueError(
+                "targets.capacity_rps_min / capacity_vs_baseline_min need validation.capacity.enabled: true"
+            )
+        if t.capacity_vs_baseline_min:
+            cap.baseline = True
         if self.data.vocab_size > 65536:
             raise ValueError("data.vocab_size must fit int32 token ids")
         return self
+
+    def capacity_slo(self) -> tuple[float, float]:
+        """The capacity search's SLO (TTFT ms, TPOT ms): as configured, else from the Phase 1 targets."""
+        cap, t = self.validation.capacity, self.targets
+        tpot = cap.slo_tpot_ms or (1000.0 / t.output_tokens_per_s_min if t.output_tokens_per_s_min else 1e9)
+        return cap.slo_ttft_ms or t.ttft_p50_ms_max, tpot
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the resolved config: equal hashes, equal settings."""

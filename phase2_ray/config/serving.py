@@ -68,12 +68,63 @@ class ServeConfig(Section):
         description="Require `Authorization: Bearer <key>` on /v1/*. Unset: the PHASE2_API_KEY environment "
         "variable if set, else no key.",
     )
+    min_step_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="Each decode step takes at least this long (0: as fast as it runs): a slower model "
+        "simulated with a known service time, e.g. to check what capacity a slower device would have.",
+    )
     int8: bool = Field(
         True, description="Also serve an int8 weight-only copy of the optimized variant as `<variant>-int8`."
     )
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get("PHASE2_API_KEY") or None
+
+
+class CapacityConfig(Section):
+    """Capacity under the SLO: open-loop Poisson levels at rising rates, then bisection, per replica count."""
+
+    enabled: bool = Field(True, description="Search each replica count's capacity under the SLO.")
+    model: str | None = Field(
+        None, description="The model searched (default: the replica sweep's, the int8 copy when served)."
+    )
+    baseline: bool = Field(
+        False, description="Also search the baseline model at the first replica count (a relative gate needs it)."
+    )
+    slo_ttft_ms: float | None = Field(
+        None, gt=0, description="TTFT SLO from the scheduled arrival (default: targets.ttft_p50_ms_max)."
+    )
+    slo_tpot_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Time-per-output-token SLO after the first (default: 1000 / targets.output_tokens_per_s_min).",
+    )
+    goodput_min: float = Field(
+        0.95, gt=0, le=1, description="Share of a level's requests that must meet the SLO for it to pass."
+    )
+    start_rps: float = Field(4.0, gt=0, description="First offered rate; doubled while levels pass.")
+    max_rps: float = Field(2000.0, gt=0, description="Highest rate offered (a capacity above it is reported as >=).")
+    level_s: float = Field(3.0, gt=0, description="Seconds of arrivals per level (a confirmation level: twice).")
+    min_requests: int = Field(24, ge=8, description="Fewest requests per level, whatever its rate.")
+    max_levels: int = Field(10, ge=2, le=64, description="Most levels per search.")
+    rel_tol: float = Field(
+        0.15, gt=0, lt=1, description="Bisection stops when the bracket's ends are this close (relative)."
+    )
+    max_s: float = Field(45.0, gt=0, description="Wall-clock budget per search; it stops after the level running.")
+    max_inflight: int = Field(
+        64,
+        ge=1,
+        description="Over-saturation: a level stops sending once this many requests are in flight (the queue "
+        "only grows from there); the requests not sent count as missed.",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> CapacityConfig:
+        if self.max_rps < self.start_rps:
+            raise ValueError(f"max_rps ({self.max_rps}) < start_rps ({self.start_rps})")
+        return self
 
 
 class ValidationConfig(Section):
@@ -107,6 +158,7 @@ class ValidationConfig(Section):
     )
     scaling_concurrency: int = Field(32, ge=1, description="Requests in flight during the replica sweep.")
     scaling_requests: int = Field(96, ge=1, description="Measured requests per replica count.")
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
 
     @field_validator("concurrency", mode="before")
     @classmethod

@@ -42,9 +42,12 @@ class AsyncBatchEngine:
     loop, a step (~0.5 ms) runs between I/O callbacks, and `await asyncio.sleep(0)` after each step lets new
     requests in and finished chunks out."""
 
-    def __init__(self, model: GPT, max_batch: int, max_waiting: int) -> None:
+    def __init__(self, model: GPT, max_batch: int, max_waiting: int, min_step_ms: float = 0.0) -> None:
         self.decoder = BatchDecoder(model, max_batch)
         self.max_waiting = max_waiting
+        self.min_step_s = min_step_ms / 1000.0
+        """Each decode step takes at least this long (it waits out the rest without holding the loop): a
+        slower model simulated with a known service time, so a capacity search has a known answer."""
         self._waiting: collections.deque[_Request] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -135,6 +138,7 @@ class AsyncBatchEngine:
             for seq in [s for s in dec.active if s.tag.cancelled]:
                 dec.release(seq)
             if dec.active:
+                started = time.perf_counter()
                 n = len(dec.active)
                 try:
                     stepped = dec.step()
@@ -150,6 +154,9 @@ class AsyncBatchEngine:
                     seq.tag.queue.put_nowait(seq.tokens[-1])
                     if seq.done:
                         seq.tag.queue.put_nowait(_END)
+                if self.min_step_s:
+                    # paced from the step's own start: the compute is part of the step's time, not added to it
+                    await asyncio.sleep(max(0.0, started + self.min_step_s - time.perf_counter()))
             await asyncio.sleep(0)
 
 

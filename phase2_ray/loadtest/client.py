@@ -159,6 +159,7 @@ def run_requests(
     first_index: int = 0,
     request_rate: float | None = None,
     api_key: str | None = None,
+    stop_when_full: bool = False,
 ) -> list[dict]:
     """Sends `warmup` then `n` streaming requests and returns their records: warm-ups first (indices -1, -2, ...,
     `warmup: True`, kept so a failing warm-up shows), then the measured ones, each group sorted by index.
@@ -166,7 +167,11 @@ def run_requests(
     Closed loop (llmperf): `concurrency` requests in flight, each sent as soon as one finishes. With
     `request_rate`: open loop, Poisson arrivals at that mean rate (at most `concurrency` in flight); each
     request's latencies count from its scheduled arrival, so waiting for a free slot is not hidden.
-    Warm-ups always run closed loop."""
+    Warm-ups always run closed loop.
+
+    `stop_when_full` (open loop, the capacity search): an arrival that finds `concurrency` requests in flight
+    stops the level (over-saturation: the queue only grows from there); it and the later arrivals are recorded
+    as `not_sent` failures, so they count as missed."""
     return asyncio.run(
         _run(
             base_url,
@@ -181,6 +186,7 @@ def run_requests(
             first_index=first_index,
             request_rate=request_rate,
             api_key=api_key,
+            stop_when_full=stop_when_full,
         )
     )
 
@@ -210,6 +216,7 @@ async def _run(
     first_index,
     request_rate,
     api_key,
+    stop_when_full=False,
 ) -> list[dict]:
     url = base_url.rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
@@ -245,22 +252,38 @@ async def _run(
         else:
             gate = asyncio.Semaphore(concurrency)
 
-            async def timed(i: int, at: float) -> RequestRecord:
+            async def timed(i: int, at: float, lag_ms: float) -> RequestRecord:
                 async with gate:  # a request waiting here keeps its clock running from `at`
-                    return await one(i, at)
+                    r = await one(i, at)
+                r.send_lag_ms = lag_ms
+                return r
 
-            tasks = []
+            tasks, unsent = [], []
             # Absolute targets, not relative sleeps: a late wake-up never pushes the later arrivals back.
-            for i, at in zip(
-                # Each client and round draws its own arrivals (seeded by its first index): the same seed everywhere
-                # would send k clients' requests in bursts of k and repeat one pattern every round.
-                indices,
-                poisson_schedule(time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index),
-                strict=True,
-            ):
+            schedule = list(
+                zip(
+                    # Each client and round draws its own arrivals (seeded by its first index): the same seed
+                    # everywhere would send k clients' requests in bursts of k and repeat one pattern every round.
+                    indices,
+                    poisson_schedule(time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index),
+                    strict=True,
+                )
+            )
+            for k, (i, at) in enumerate(schedule):
                 await asyncio.sleep(max(0.0, at - time.perf_counter()))
-                tasks.append(asyncio.create_task(timed(i, at)))
+                if stop_when_full and gate.locked():
+                    unsent = schedule[k:]
+                    break
+                # how late this process woke up for the arrival: the generator's own lag, not the server's
+                lag_ms = max(0.0, (time.perf_counter() - at) * 1000.0)
+                tasks.append(asyncio.create_task(timed(i, at, lag_ms)))
             records = list(await asyncio.gather(*tasks))
+            wall0 = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
+            for i, at in unsent:
+                r = RequestRecord(model, i, error_type="not_sent", scheduled=wall0 + at, start=wall0 + at)
+                r.error = f"not sent: {concurrency} requests were in flight (over-saturated)"
+                r.end = r.start
+                records.append(r)
     warm.sort(key=lambda r: r.index)
     records.sort(key=lambda r: r.index)
     return [asdict(r) for r in warm + records]

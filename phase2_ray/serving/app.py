@@ -56,7 +56,9 @@ class InferenceScalingEngine:
         for model_id, spec in models.items():
             model, meta, tok = load_for_serving(materialize(spec), self.device)
             self.sources[model_id] = spec.get("checkpoint_uri", "object store")
-            self.engines[model_id] = AsyncBatchEngine(model, cfg.max_batch_size, cfg.max_waiting)
+            self.engines[model_id] = AsyncBatchEngine(
+                model, cfg.max_batch_size, cfg.max_waiting, cfg.min_step_ms
+            )
             self.tokenizers[model_id], self.meta[model_id] = tok, meta
             self.weight_bytes[model_id] = weight_bytes(model)
         self.replica_id = serve.get_replica_context().replica_id.unique_id

@@ -1,0 +1,345 @@
+"""Capacity under an SLO: the highest offered request rate at which enough requests still meet the latency SLO.
+
+Pure Python (no Ray, no HTTP): the driver measures one open-loop level at a time and feeds the outcome to
+`CapacitySearch`, which says what rate to try next. The search brackets (the rate doubles while levels pass), then
+bisects between the highest passing and the lowest failing rate until they are within `rel_tol` of each other, the
+level budget is spent, or time runs out. Latency counts from each request's scheduled arrival (open loop: no
+coordinated omission), so a queue that builds up shows as late first tokens.
+
+A level is *invalid*, not failed, when the load generator itself fell behind its schedule (it could not send at the
+offered rate while the server kept up): that level says nothing about the server and is not counted as its limit.
+
+Capacity is interpolated where goodput crosses `goodput_min` between the highest passing and the lowest failing
+level; its interval comes from a moving-block bootstrap over each level's requests in time order (neighbouring
+requests share the machine's moment), re-deriving the crossing in every resample."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_ms: float
+    """Time to first token, from the request's scheduled arrival."""
+    tpot_ms: float
+    """Time per output token after the first."""
+
+
+def meets_slo(rec: dict, slo: Slo) -> bool:
+    """A request is good when it succeeded and both its TTFT and TPOT are within the SLO."""
+    if not rec.get("ok") or rec.get("ttft_ms") is None:
+        return False
+    if rec["ttft_ms"] > slo.ttft_ms:
+        return False
+    n = rec.get("output_tokens") or 0
+    if n > 1 and rec.get("e2e_ms") is not None:
+        tpot = (rec["e2e_ms"] - rec["ttft_ms"]) / (n - 1)
+        if tpot > slo.tpot_ms:
+            return False
+    return True
+
+
+@dataclass
+class LevelOutcome:
+    """One open-loop level, summarised for the search (and, as a dict, for report.json)."""
+
+    offered_rps: float
+    requests: int
+    """Requests counted for goodput: those after the level's settling part."""
+    good: int
+    achieved_rps: float
+    """Requests sent per second of the level's sending span."""
+    generator_lag_ms_p99: float
+    """How late the generator sent requests against their schedule (its own lateness, not the server's)."""
+    ttft_trend: float
+    """TTFT p50 of the level's last third over its first third: a growing queue shows as a rising ratio."""
+    saturated: bool
+    """The queue grew through the level (over-saturation): goodput then counts the last third only."""
+    valid: bool
+    latency: dict = field(default_factory=dict)
+    """p50 / p99 of TTFT and TPOT over the level's successful requests (for latency vs offered load)."""
+    invalid_reason: str | None = None
+    stopped_early: bool = False
+    confirm: bool = False
+    """A confirmation level (longer, at the estimate)."""
+    good_flags: list[bool] = field(default_factory=list, repr=False)
+
+    @property
+    def goodput_frac(self) -> float:
+        return self.good / self.requests if self.requests else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("good_flags")
+        d["goodput_frac"] = self.goodput_frac
+        return d
+
+
+def level_outcome(
+    records: Sequence[dict],
+    offered_rps: float,
+    slo: Slo,
+    *,
+    max_generator_lag_ms: float = 50.0,
+    min_achieved_frac: float = 0.95,
+    stopped_early: bool = False,
+    confirm: bool = False,
+    settle_frac: float = 0.25,
+    saturation_ratio: float = 2.0,
+    saturation_slo_frac: float = 0.25,
+) -> LevelOutcome:
+    """Summarises one level's records (warm-ups excluded by the caller), in scheduled order.
+
+    Goodput counts the requests after the first `settle_frac` of the level: a level starts with an empty queue,
+    and its first requests see a server the load has not reached yet (a short level would overstate capacity)."""
+    recs = sorted(records, key=lambda r: r.get("scheduled") or r.get("start") or 0.0)
+    good = [meets_slo(r, slo) for r in recs[int(len(recs) * settle_frac) :]]
+    sends = [r["start"] for r in recs if r.get("start") is not None]
+    span = max(sends) - min(sends) if len(sends) > 1 else 0.0
+    achieved = (len(sends) - 1) / span if span > 0 else float("nan")
+    # The schedule's own rate: Poisson arrivals of a few hundred requests differ from the nominal rate by a few
+    # percent by chance; the generator is judged against the schedule it drew, not against the nominal rate.
+    planned = [r["scheduled"] for r in recs if r.get("scheduled") is not None]
+    planned_span = max(planned) - min(planned) if len(planned) > 1 else 0.0
+    scheduled_rps = (len(planned) - 1) / planned_span if planned_span > 0 else offered_rps
+    lags = [r.get("send_lag_ms") or 0.0 for r in recs]
+    lag_p99 = float(np.percentile(lags, 99)) if lags else 0.0
+    # A request that failed waited at least as long as it lasted: its TTFT counts as its whole time.
+    ttfts = [r["ttft_ms"] if r.get("ttft_ms") is not None else _elapsed_ms(r) for r in recs]
+    third = len(ttfts) // 3
+    trend, saturated = float("nan"), False
+    if third >= 3:
+        first, last = float(np.median(ttfts[:third])), float(np.median(ttfts[-third:]))
+        trend = last / first if first > 0 else float("inf")
+        # The queue grows: the level's last third waits much longer than its first, by a good part of the SLO.
+        # Below capacity a level settles within its first part, and its thirds differ by noise.
+        saturated = trend > saturation_ratio and last - first > saturation_slo_frac * slo.ttft_ms
+    if saturated:
+        # What the level measured is a transient that a longer level would take further: goodput is judged on
+        # its last third, nearest to where the queue was heading.
+        good = [meets_slo(r, slo) for r in recs[-third:]]
+    valid, reason = True, None
+    # The generator fell behind on its own (late sends, not a slot it waited for): the level measured the client.
+    behind = lag_p99 > max_generator_lag_ms or (
+        not stopped_early and math.isfinite(achieved) and achieved < min_achieved_frac * scheduled_rps
+    )
+    if behind and not stopped_early:
+        server_kept_up = sum(good) >= 0.95 * len(good) if good else False
+        if server_kept_up or lag_p99 > max_generator_lag_ms:
+            valid = False
+            reason = (
+                f"the load generator fell behind: sent {achieved:.2f} req/s of {offered_rps:.2f} offered, "
+                f"p99 send lag {lag_p99:.1f} ms"
+            )
+    return LevelOutcome(
+        latency=_latency(recs),
+        offered_rps=offered_rps,
+        requests=len(good),
+        good=sum(good),
+        achieved_rps=achieved,
+        generator_lag_ms_p99=lag_p99,
+        ttft_trend=trend,
+        saturated=saturated,
+        valid=valid,
+        invalid_reason=reason,
+        stopped_early=stopped_early,
+        confirm=confirm,
+        good_flags=good,
+    )
+
+
+@dataclass
+class CapacitySearch:
+    """Which rate to offer next, from the outcomes so far. Use: `while (r := s.next_rate()) is not None:
+    s.observe(measure(r))`, then `s.result()`."""
+
+    goodput_min: float = 0.95
+    start_rps: float = 1.0
+    growth: float = 2.0
+    rel_tol: float = 0.10
+    max_levels: int = 12
+    max_rps: float = 10_000.0
+    levels: list[LevelOutcome] = field(default_factory=list)
+    stop_reason: str | None = None
+    confirming: bool = False
+    """The rate `next_rate()` just gave is a confirmation: measure it with a longer level (`confirm_factor`)."""
+    confirm_factor: float = 2.0
+    _fitted: list[float] = field(default_factory=list, repr=False)
+
+    def passes(self, o: LevelOutcome) -> bool:
+        return o.valid and o.requests > 0 and o.goodput_frac >= self.goodput_min
+
+    def _valid(self) -> list[LevelOutcome]:
+        return sorted((o for o in self.levels if o.valid and o.requests), key=lambda o: o.offered_rps)
+
+    def _bracket(self, fracs: list[float] | None = None) -> tuple[int | None, int | None]:
+        """Indexes into `_valid()` of the highest rate whose fitted goodput meets the bar and of the next rate
+        above it. The fit is monotone (goodput cannot rise with load): one lucky level above a failing one does
+        not move the bracket past it."""
+        levels = self._valid()
+        fitted = decreasing_fit(
+            [o.offered_rps for o in levels],
+            fracs if fracs is not None else [o.goodput_frac for o in levels],
+            [o.requests for o in levels],
+        )
+        ok = [i for i, g in enumerate(fitted) if g >= self.goodput_min]
+        lo = max(ok) if ok else None
+        if lo is None:
+            hi = 0 if levels else None
+        else:
+            hi = lo + 1 if lo + 1 < len(levels) else None
+        self._fitted = fitted
+        return lo, hi
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        lo, hi = self._bracket()
+        levels = self._valid()
+        return (levels[lo].offered_rps if lo is not None else None, levels[hi].offered_rps if hi is not None else None)
+
+    def next_rate(self) -> float | None:
+        self.confirming = False
+        if self.stop_reason:
+            return None
+        if len(self.levels) >= self.max_levels:
+            self.stop_reason = f"level budget spent ({self.max_levels} levels)"
+            return None
+        if not self.levels:
+            return self.start_rps
+        last = self.levels[-1]
+        if not last.valid:
+            self.stop_reason = f"invalid level at {last.offered_rps:.3g} req/s: {last.invalid_reason}"
+            return None
+        lo, hi = self._rates()
+        if hi is None:  # still bracketing upwards
+            nxt = (lo or self.start_rps) * self.growth
+            if nxt > self.max_rps:
+                self.stop_reason = f"every level up to max_rps={self.max_rps:g} met the SLO"
+                return None
+            return nxt
+        if lo is None:  # even the first level failed: go down
+            nxt = hi / self.growth
+            if nxt < self.start_rps / self.growth**4:
+                self.stop_reason = "no offered rate met the SLO"
+                return None
+            return nxt
+        if (hi - lo) / lo <= self.rel_tol:
+            if last.confirm and self.passes(last):
+                self.stop_reason = f"bracket within {self.rel_tol:.0%}, confirmed by a longer level"
+                return None
+            # Confirm at the estimate with a longer level: near the knee a short level from an empty queue
+            # passes by luck (the queue has not reached its steady length); a confirmation that fails becomes
+            # the new upper end and the bisection goes on.
+            self.confirming = True
+            est = self._estimate([o.goodput_frac for o in self._valid()])
+            return est if est is not None and lo < est < hi else lo
+        return math.sqrt(lo * hi)  # bisect on a log scale: the bracket spans a factor, not a distance
+
+    def stop(self, reason: str) -> None:
+        """Ends the search from outside (the time budget)."""
+        self.stop_reason = self.stop_reason or reason
+
+    def observe(self, outcome: LevelOutcome) -> None:
+        self.levels.append(outcome)
+
+    def result(self, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+        lo_rate, hi_rate = self._rates()
+        out: dict = {
+            "capacity_rps": None,
+            "ci_low": None,
+            "ci_high": None,
+            "confidence": confidence,
+            "highest_passing_rps": lo_rate,
+            "lowest_failing_rps": hi_rate,
+            "goodput_min": self.goodput_min,
+            "stop_reason": self.stop_reason,
+            "censored": hi_rate is None and lo_rate is not None,
+            "levels": [o.to_dict() for o in self.levels],
+            "method": "monotone fit of goodput over the levels' offered rates, crossing interpolated; "
+            "interval: the last bracket, widened by a moving-block bootstrap of each level's requests",
+        }
+        if lo_rate is None:
+            return out
+        if hi_rate is None:  # never failed: capacity is at least `lo`, no crossing to locate
+            out["capacity_rps"] = lo_rate
+            return out
+        levels = self._valid()
+        out["capacity_rps"] = self._estimate([o.goodput_frac for o in levels])
+        rng = np.random.default_rng(seed)
+        boots = [self._estimate([_resample(o.good_flags, rng) for o in levels]) for _ in range(n_boot)]
+        boots = [b for b in boots if b is not None]
+        lo_ci, hi_ci = lo_rate, hi_rate
+        if boots:
+            alpha = (1 - confidence) / 2
+            b_lo, b_hi = (float(x) for x in np.quantile(boots, [alpha, 1 - alpha]))
+            lo_ci, hi_ci = min(lo_ci, b_lo), max(hi_ci, b_hi)
+        # The interval spans at least the last bracket (the search's resolution: the crossing lies somewhere
+        # between the highest passing and the lowest failing level), widened by the bootstrap.
+        out["ci_low"], out["ci_high"] = float(lo_ci), float(hi_ci)
+        return out
+
+    def _estimate(self, fracs: list[float]) -> float | None:
+        levels = self._valid()
+        lo, hi = self._bracket(fracs)
+        if lo is None:
+            return levels[0].offered_rps if levels else None  # not even the lowest rate: at most that
+        if hi is None:
+            return levels[lo].offered_rps
+        f = self._fitted
+        return crossing(levels[lo].offered_rps, f[lo], levels[hi].offered_rps, f[hi], self.goodput_min)
+
+
+def _latency(recs: Sequence[dict]) -> dict:
+    ok = [r for r in recs if r.get("ok") and r.get("ttft_ms") is not None]
+    ttft = [r["ttft_ms"] for r in ok]
+    tpot = [
+        (r["e2e_ms"] - r["ttft_ms"]) / (r["output_tokens"] - 1)
+        for r in ok
+        if (r.get("output_tokens") or 0) > 1 and r.get("e2e_ms") is not None
+    ]
+    out: dict = {"ok": len(ok)}
+    for name, xs in (("ttft", ttft), ("tpot", tpot)):
+        for q in (50, 99):
+            out[f"{name}_p{q}_ms"] = float(np.percentile(xs, q)) if xs else None
+    return out
+
+
+def _elapsed_ms(rec: dict) -> float:
+    start = rec.get("scheduled") or rec.get("start") or 0.0
+    return max(0.0, ((rec.get("end") or start) - start) * 1000.0)
+
+
+def decreasing_fit(rates: list[float], fracs: list[float], weights: list[int]) -> list[float]:
+    """Weighted least-squares fit of `fracs` (ordered by rate) that never rises: pool adjacent violators."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for f, w in zip(fracs, weights, strict=True):
+        blocks.append([f, float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            v2, w2, n2 = blocks.pop()
+            v1, w1, n1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return [v for v, _, n in blocks for _ in range(n)]
+
+
+def crossing(r_lo: float, g_lo: float, r_hi: float, g_hi: float, g_min: float) -> float:
+    """The rate where goodput falls to `g_min`, interpolated linearly between two levels (clamped to them)."""
+    if g_lo <= g_hi or g_lo < g_min:
+        return r_lo if g_lo < g_min else r_hi
+    frac = (g_lo - g_min) / (g_lo - g_hi)
+    return r_lo + min(1.0, max(0.0, frac)) * (r_hi - r_lo)
+
+
+def _resample(flags: list[bool], rng: np.random.Generator) -> float:
+    """Goodput of a moving-block bootstrap resample of one level's requests in scheduled order."""
+    n = len(flags)
+    if n == 0:
+        return 0.0
+    block = max(1, round(math.sqrt(n)))
+    arr = np.asarray(flags, dtype=float)
+    starts = rng.integers(0, max(1, n - block + 1), size=math.ceil(n / block))
+    idx = (starts[:, None] + np.arange(block)[None, :]).ravel()[:n]
+    return float(arr[np.minimum(idx, n - 1)].mean())
