@@ -88,10 +88,13 @@ class CapacityConfig(Section):
 
     enabled: bool = Field(True, description="Search each replica count's capacity under the SLO.")
     model: str | None = Field(
-        None, description="The model searched (default: the replica sweep's, the int8 copy when served)."
+        None,
+        description="The model searched and swept over replica counts (default: the variant the int8 copy "
+        "comes from, else the first variant).",
     )
     baseline: bool = Field(
-        False, description="Also search the baseline model at the first replica count (a relative gate needs it)."
+        False,
+        description="Also search the baseline model at the first replica count (a relative gate needs it).",
     )
     slo_ttft_ms: float | None = Field(
         None, gt=0, description="TTFT SLO from the scheduled arrival (default: targets.ttft_p50_ms_max)."
@@ -105,14 +108,20 @@ class CapacityConfig(Section):
         0.95, gt=0, le=1, description="Share of a level's requests that must meet the SLO for it to pass."
     )
     start_rps: float = Field(4.0, gt=0, description="First offered rate; doubled while levels pass.")
-    max_rps: float = Field(2000.0, gt=0, description="Highest rate offered (a capacity above it is reported as >=).")
-    level_s: float = Field(3.0, gt=0, description="Seconds of arrivals per level (a confirmation level: twice).")
+    max_rps: float = Field(
+        2000.0, gt=0, description="Highest rate offered (a capacity above it is reported as >=)."
+    )
+    level_s: float = Field(
+        3.0, gt=0, description="Seconds of arrivals per level (a confirmation level: twice)."
+    )
     min_requests: int = Field(24, ge=8, description="Fewest requests per level, whatever its rate.")
     max_levels: int = Field(10, ge=2, le=64, description="Most levels per search.")
     rel_tol: float = Field(
         0.15, gt=0, lt=1, description="Bisection stops when the bracket's ends are this close (relative)."
     )
-    max_s: float = Field(45.0, gt=0, description="Wall-clock budget per search; it stops after the level running.")
+    max_s: float = Field(
+        45.0, gt=0, description="Wall-clock budget per search; it stops after the level running."
+    )
     max_inflight: int = Field(
         64,
         ge=1,

@@ -3,6 +3,8 @@ reports its requests as records, and each level's TTFTs and counts to Ray's metr
 
 from __future__ import annotations
 
+import time
+
 import ray
 
 from phase2_ray.loadtest.client import run_requests
@@ -16,12 +18,19 @@ class LoadClient:
 
     def __init__(self, run_id: str) -> None:
         self.telemetry = RequestTelemetry(run_id)
+        self.busy_cpu_s = 0.0
+
+    def cpu_s(self) -> float:
+        """CPU seconds this generator has spent sending and reading requests (its own thread's time)."""
+        return self.busy_cpu_s
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def run(self, base_url: str, model: str, prompts: list[str], level: str = "", **kwargs) -> list[dict]:
+        t = time.thread_time()  # the event loop runs on this thread: its time is the generator's own work
         records = run_requests(base_url, model, prompts, **kwargs)
+        self.busy_cpu_s += time.thread_time() - t
         self.telemetry.record(records, level)
         return records
 

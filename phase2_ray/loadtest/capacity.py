@@ -67,6 +67,8 @@ class LevelOutcome:
     stopped_early: bool = False
     confirm: bool = False
     """A confirmation level (longer, at the estimate)."""
+    client_cpu_ms_per_request: float | None = None
+    """The load generators' own CPU time per request sent (set by the caller, which measures it)."""
     good_flags: list[bool] = field(default_factory=list, repr=False)
 
     @property
@@ -99,7 +101,7 @@ def level_outcome(
     and its first requests see a server the load has not reached yet (a short level would overstate capacity)."""
     recs = sorted(records, key=lambda r: r.get("scheduled") or r.get("start") or 0.0)
     good = [meets_slo(r, slo) for r in recs[int(len(recs) * settle_frac) :]]
-    sends = [r["start"] for r in recs if r.get("start") is not None]
+    sends = [r["start"] for r in recs if r.get("start") is not None and r.get("error_type") != "not_sent"]
     span = max(sends) - min(sends) if len(sends) > 1 else 0.0
     achieved = (len(sends) - 1) / span if span > 0 else float("nan")
     # The schedule's own rate: Poisson arrivals of a few hundred requests differ from the nominal rate by a few
@@ -199,7 +201,10 @@ class CapacitySearch:
     def _rates(self) -> tuple[float | None, float | None]:
         lo, hi = self._bracket()
         levels = self._valid()
-        return (levels[lo].offered_rps if lo is not None else None, levels[hi].offered_rps if hi is not None else None)
+        return (
+            levels[lo].offered_rps if lo is not None else None,
+            levels[hi].offered_rps if hi is not None else None,
+        )
 
     def next_rate(self) -> float | None:
         self.confirming = False

@@ -17,6 +17,7 @@ from phase2_ray.config import Config
 from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
+from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome
 from phase2_ray.loadtest.plan import interleaved_schedule
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.preflight import warn_if_exposed
@@ -53,7 +54,20 @@ class ValidationStage:
         self.models = model_specs(checkpoints, self.int8_of, uris)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
+        cap = v.capacity
+        # the replica sweep's model (the variant the int8 copy comes from, else the first): what would ship
+        self.capacity_model = cap.model or self.int8_of or next(iter(checkpoints))
+        ttft, tpot = cfg.capacity_slo()
+        self.slo = Slo(ttft_ms=ttft, tpot_ms=tpot)
         self.out: dict = {
+            "capacity": {
+                "slo": {"ttft_ms": ttft, "tpot_ms": tpot},
+                "goodput_min": cap.goodput_min,
+                "runs": [],
+            }
+            if cap.enabled
+            else None,
+            "capacity_records": [],
             "records": [],
             "int8_of": self.int8_of,
             "models": list(self.models),
@@ -99,9 +113,17 @@ class ValidationStage:
                 {"name": f"{self.run_id}:2c:client{i}", "node_id": n}
                 for i, n in enumerate(ray.get([c.node_id.remote() for c in self.clients]))
             ]
+            if out["capacity"] is not None:  # what bounds a scaling efficiency: the cores everything shares
+                out["capacity"]["cluster"] = {
+                    "cpus": ray.cluster_resources().get("CPU", 0),
+                    "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+                    "load_clients": len(self.clients),
+                }
             self._levels()
             expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
             out["replicas"] = replica_stats(expected)
+            if not v.replica_sweep:  # else each replica count of the sweep gets its search
+                self._capacity_searches(expected, out["replicas"], first=True)
             self._replica_sweep()
             for c in self.clients:
                 ray.kill(c)
@@ -249,7 +271,8 @@ class ValidationStage:
 
     def _replica_sweep(self) -> None:
         v = self.cfg.validation
-        target = self.int8_of or next(iter(self.checkpoints))
+        target = self.capacity_model if self.capacity_model in self.models else self.int8_of
+        target = target or next(iter(self.checkpoints))
         self.out["scaling"] = {"model": target if v.replica_sweep else None, "runs": []}
         self.out["scaling_concurrency"] = v.scaling_concurrency
         for n in v.replica_sweep:
@@ -258,11 +281,93 @@ class ValidationStage:
             recs = self._load(
                 target, f"replicas{n}", 0, v.scaling_requests, v.scaling_concurrency, None, 0, True
             )
+            stats = replica_stats(n)
             self.out["scaling"]["runs"].append(
-                {"replicas": n, "level": f"replicas{n}", "stats": replica_stats(n), "start": start}
+                {"replicas": n, "level": f"replicas{n}", "stats": stats, "start": start}
             )
             ok = sum(r["ok"] for r in recs)
             self.log.event(
                 "load.sweep",
                 f"2c {target} with {n} replica(s) at c{v.scaling_concurrency}: {ok}/{len(recs)} succeeded",
             )
+            self._capacity_searches(n, stats, first=n == v.replica_sweep[0])
+
+    def _capacity_searches(self, replicas: int, stats: list[dict], first: bool) -> None:
+        """The capacity search at this replica count: the searched model, and the baseline model too at the first
+        count when a relative gate needs it."""
+        if self.out["capacity"] is None:
+            return
+        models = [self.capacity_model]
+        if first and self.cfg.validation.capacity.baseline and "baseline" != self.capacity_model:
+            models.append("baseline")
+        for m in models:
+            run = self._capacity(replicas, m)
+            run["replica_ids"] = [r.get("replica_id") for r in stats]
+            run["replica_nodes"] = [r.get("node_id") for r in stats]
+            run["client_nodes"] = [c["node_id"] for c in self.out["clients"]]
+            self.out["capacity"]["runs"].append(run)
+            est = run["capacity_rps"]
+            self.log.event(
+                "load.capacity",
+                f"2c capacity of {m} with {replicas} replica(s): "
+                + (f"{est:.1f} req/s [{run['ci_low']:.1f}, {run['ci_high']:.1f}]" if est else "not found")
+                + f" under TTFT <= {self.slo.ttft_ms:g} ms, TPOT <= {self.slo.tpot_ms:g} ms "
+                f"({len(run['levels'])} levels, {run['search_s']:.0f}s; {run['stop_reason']})",
+                model=m,
+                replicas=replicas,
+            )
+
+    def _capacity(self, replicas: int, model: str) -> dict:
+        """One search: open-loop Poisson levels from `capacity.start_rps` (loadtest.capacity decides the next
+        rate), each drained before the next; latency counts from each request's scheduled arrival."""
+        v, cap = self.cfg.validation, self.cfg.validation.capacity
+        search = CapacitySearch(
+            goodput_min=cap.goodput_min,
+            start_rps=cap.start_rps,
+            rel_tol=cap.rel_tol,
+            max_levels=cap.max_levels,
+            max_rps=cap.max_rps,
+        )
+        t0 = time.time()
+        first = 0
+        while (rate := search.next_rate()) is not None:
+            confirm = search.confirming
+            n = max(cap.min_requests, round(rate * cap.level_s * (search.confirm_factor if confirm else 1)))
+            level = f"capacity:r{replicas}:{model}:{len(search.levels)}"
+            cpu0 = sum(ray.get([c.cpu_s.remote() for c in self.clients]))
+            recs = run_level(
+                self.clients,
+                self.base_url,
+                model,
+                self.d.prompts,
+                n=n,
+                concurrency=cap.max_inflight,
+                request_rate=rate,
+                level=level,
+                first_index=first,
+                warmup=0,
+                seed=self.cfg.training.seed,
+                timeout_s=v.timeout_s,
+                api_key=self.cfg.serve.resolved_api_key(),
+                stop_when_full=True,
+                **self.sampling,
+            )
+            cpu = sum(ray.get([c.cpu_s.remote() for c in self.clients])) - cpu0
+            first += n
+            for r in recs:
+                r["level"], r["round"] = level, 0
+            self.out["capacity_records"] += recs
+            sent = [r for r in recs if r["error_type"] != "not_sent"]
+            o = level_outcome(
+                recs,
+                rate,
+                self.slo,
+                stopped_early=len(sent) < len(recs),
+                confirm=confirm,
+            )
+            o.client_cpu_ms_per_request = cpu * 1000.0 / len(sent) if sent else None
+            search.observe(o)
+            if time.time() - t0 > cap.max_s:
+                search.stop(f"time budget spent (max_s={cap.max_s:g})")
+        res = search.result(seed=self.cfg.training.seed)
+        return {"replicas": replicas, "model": model, **res, "search_s": time.time() - t0}

@@ -33,6 +33,12 @@ def write_run_dir(
     ]
     write_atomic(out / "val.csv", pd.DataFrame(val_rows, columns=VAL_COLUMNS).to_csv(index=False))
     write_atomic(out / "requests.csv", _requests_csv(request_frame(validation.get("records", []))))
+    if validation.get("capacity_records"):
+        # the capacity searches' requests: their levels go past saturation on purpose, so they are kept apart
+        # from requests.csv, whose requests all count in the success rate
+        write_atomic(
+            out / "capacity_requests.csv", _requests_csv(request_frame(validation["capacity_records"]))
+        )
     ref = [r for m in validation.get("reference", {}).values() for r in m["records"]]
     write_atomic(
         out / "inprocess_requests.csv", _requests_csv(request_frame(ref).drop(columns=INPROCESS_DROPPED))

@@ -76,6 +76,55 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
         )
     for variant, c in report.get("comparison", {}).items():
         gates += _training_gates(variant, c, targets)
+    gates += _capacity_gates((report.get("serving") or {}).get("capacity"), targets)
+    return gates
+
+
+def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
+    """The optional capacity gates, on the first replica count's searches: an absolute floor, judged on the
+    capacity's CI low end (a capacity must be shown, not hoped), and the searched model against the baseline."""
+    floor, rel = targets.get("capacity_rps_min"), targets.get("capacity_vs_baseline_min")
+    if not (floor or rel):
+        return []
+    runs = (cap or {}).get("runs") or []
+    first = min((r["replicas"] for r in runs), default=None)
+    at_first = {r["model"]: r for r in runs if r["replicas"] == first}
+    main = next((r for m, r in at_first.items() if m != "baseline"), at_first.get("baseline"))
+    model = main["model"] if main else "n/a"
+    gates = []
+    if floor:
+        gates.append(
+            Gate(
+                "capacity_rps_ci_low",
+                model,
+                main and main.get("ci_low"),
+                ">=",
+                floor,
+                "req/s",
+                detail=f"capacity under the SLO with {first} replica(s) = {_num(main and main.get('capacity_rps'))}"
+                f" req/s, CI [{_num(main and main.get('ci_low'))}, {_num(main and main.get('ci_high'))}]; "
+                "value = the CI's low end",
+            )
+        )
+    if rel:
+        base = at_first.get("baseline")
+        r = (
+            main["capacity_rps"] / base["capacity_rps"]
+            if main and base and main is not base and main["capacity_rps"] and base["capacity_rps"]
+            else None
+        )
+        gates.append(
+            Gate(
+                "capacity_vs_baseline",
+                model,
+                r,
+                ">=",
+                rel,
+                "x",
+                detail=f"capacity {model} / baseline with {first} replica(s): "
+                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s",
+            )
+        )
     return gates
 
 

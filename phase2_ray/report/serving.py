@@ -87,6 +87,8 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     sc = validation.get("scaling") or {}
     if sc.get("runs"):
         serving["replica_scaling"] = _replica_scaling(req, sc, validation.get("scaling_concurrency"))
+    if validation.get("capacity"):
+        serving["capacity"] = summarize_capacity(validation["capacity"])
     src = validation.get("int8_of")
     if src and src + "-int8" in inf and "val_loss" in inf[src + "-int8"]:
         serving["compression"] = _compression(inf, src, targets.int8_val_loss_delta_pct_max)
@@ -236,4 +238,45 @@ def _compression(inf: dict, src: str, threshold_pct: float) -> dict:
             for m in (src, src + "-int8")
         },
         "http_output_tokens_per_s": {m: inf[m].get("output_tokens_per_s") for m in (src, src + "-int8")},
+    }
+
+
+def summarize_capacity(cap: dict) -> dict:
+    """report.json's `serving.capacity`: each search as it ran (every level it tried), and per model the scaling
+    efficiency of capacity over the replica counts (capacity at N / (N / N0 x capacity at the first count N0)),
+    with what bounds it when it is low."""
+    runs = cap.get("runs", [])
+    scaling: dict = {}
+    for m in dict.fromkeys(r["model"] for r in runs):
+        mine = sorted((r for r in runs if r["model"] == m), key=lambda r: r["replicas"])
+        if len(mine) < 2 or not mine[0]["capacity_rps"]:
+            continue
+        base = mine[0]
+        scaling[m] = [
+            {
+                "replicas": r["replicas"],
+                "capacity_rps": r["capacity_rps"],
+                "efficiency": ratio(
+                    r["capacity_rps"], base["capacity_rps"] * r["replicas"] / base["replicas"]
+                ),
+            }
+            for r in mine
+        ]
+    cl = cap.get("cluster") or {}
+    bound = None
+    effs = [x["efficiency"] for xs in scaling.values() for x in xs[1:] if x["efficiency"] is not None]
+    if effs and min(effs) < 0.8 and cl:
+        most = max(r["replicas"] for r in runs)
+        bound = (
+            f"{most} replicas, the Serve proxy and {cl.get('load_clients')} load generator(s) share "
+            f"{cl.get('cpus', 0):g} CPU(s) on {cl.get('nodes')} node(s): a replica added on the same cores takes "
+            "CPU time from the others and from the generator, so capacity cannot grow in proportion"
+        )
+    return {
+        "slo": cap.get("slo"),
+        "goodput_min": cap.get("goodput_min"),
+        "cluster": cl,
+        "runs": runs,
+        "scaling": scaling,
+        "bound": bound,
     }
