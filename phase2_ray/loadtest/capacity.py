@@ -9,9 +9,13 @@ coordinated omission), so a queue that builds up shows as late first tokens.
 A level is *invalid*, not failed, when the load generator itself fell behind its schedule (it could not send at the
 offered rate while the server kept up): that level says nothing about the server and is not counted as its limit.
 
-Capacity is interpolated where goodput crosses `goodput_min` between the highest passing and the lowest failing
-level; its interval comes from a moving-block bootstrap over each level's requests in time order (neighbouring
-requests share the machine's moment), re-deriving the crossing in every resample."""
+Near the knee a short level started from an empty queue passes by luck, so the bisection's estimate is confirmed
+with a longer level; one that fails steps the estimate down by `rel_tol` and is confirmed again. Capacity is then
+interpolated where a monotone fit of goodput over the rates crosses `goodput_min`, passing short levels above a
+confirmed rate left out. Its interval inverts each level's own test: from the highest rate whose goodput passes
+beyond its interval to the lowest that fails beyond it (None where no level is that clear). A level's requests
+are not independent (they share the queue's moment), so a goodput's interval comes from batch means over
+consecutive stretches of the level, not from a count of requests."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.special import ndtri, stdtrit
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class LevelOutcome:
     good: int
     achieved_rps: float
     """Requests sent per second of the level's sending span."""
+    scheduled_rps: float
+    """Arrivals per second of the schedule the generator drew (Poisson: a short level's differs from the offered
+    rate by chance); the generator is judged against it."""
     generator_lag_ms_p99: float
     """How late the generator sent requests against their schedule (its own lateness, not the server's)."""
     ttft_trend: float
@@ -70,6 +78,7 @@ class LevelOutcome:
     client_cpu_ms_per_request: float | None = None
     """The load generators' own CPU time per request sent (set by the caller, which measures it)."""
     good_flags: list[bool] = field(default_factory=list, repr=False)
+    """Each counted request, in scheduled order: met the SLO or not."""
 
     @property
     def goodput_frac(self) -> float:
@@ -79,6 +88,7 @@ class LevelOutcome:
         d = asdict(self)
         d.pop("good_flags")
         d["goodput_frac"] = self.goodput_frac
+        d["goodput_ci95"] = list(goodput_interval(self.good_flags, 0.95))
         return d
 
 
@@ -144,6 +154,7 @@ def level_outcome(
         requests=len(good),
         good=sum(good),
         achieved_rps=achieved,
+        scheduled_rps=scheduled_rps,
         generator_lag_ms_p99=lag_p99,
         ttft_trend=trend,
         saturated=saturated,
@@ -177,7 +188,19 @@ class CapacitySearch:
         return o.valid and o.requests > 0 and o.goodput_frac >= self.goodput_min
 
     def _valid(self) -> list[LevelOutcome]:
-        return sorted((o for o in self.levels if o.valid and o.requests), key=lambda o: o.offered_rps)
+        """The levels the estimate rests on, by rate: valid ones; once a confirmation has passed, short levels
+        that passed above it are left out (a short level passes by luck near the knee; the longer one that
+        confirmed a lower rate outweighs them)."""
+        levels = [o for o in self.levels if o.valid and o.requests]
+        confirmed = [o.offered_rps for o in levels if o.confirm and self.passes(o)]
+        if confirmed:
+            top = max(confirmed)
+            levels = [o for o in levels if o.confirm or o.offered_rps <= top or not self.passes(o)]
+        return sorted(levels, key=lambda o: o.offered_rps)
+
+    @property
+    def confirmed(self) -> bool:
+        return any(o.confirm and self.passes(o) for o in self.levels)
 
     def _bracket(self, fracs: list[float] | None = None) -> tuple[int | None, int | None]:
         """Indexes into `_valid()` of the highest rate whose fitted goodput meets the bar and of the next rate
@@ -219,6 +242,17 @@ class CapacitySearch:
         if not last.valid:
             self.stop_reason = f"invalid level at {last.offered_rps:.3g} req/s: {last.invalid_reason}"
             return None
+        if last.confirm:
+            if self.passes(last):
+                self.stop_reason = f"{last.offered_rps:.3g} req/s confirmed by a longer level"
+                return None
+            # The estimate failed when measured longer: step down by the tolerance and confirm again.
+            nxt = last.offered_rps / (1 + self.rel_tol)
+            if nxt < self.start_rps / self.growth**4:
+                self.stop_reason = "no offered rate met the SLO"
+                return None
+            self.confirming = True
+            return nxt
         lo, hi = self._rates()
         if hi is None:  # still bracketing upwards
             nxt = (lo or self.start_rps) * self.growth
@@ -233,9 +267,6 @@ class CapacitySearch:
                 return None
             return nxt
         if (hi - lo) / lo <= self.rel_tol:
-            if last.confirm and self.passes(last):
-                self.stop_reason = f"bracket within {self.rel_tol:.0%}, confirmed by a longer level"
-                return None
             # Confirm at the estimate with a longer level: near the knee a short level from an empty queue
             # passes by luck (the queue has not reached its steady length); a confirmation that fails becomes
             # the new upper end and the bisection goes on.
@@ -251,7 +282,7 @@ class CapacitySearch:
     def observe(self, outcome: LevelOutcome) -> None:
         self.levels.append(outcome)
 
-    def result(self, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    def result(self, *, confidence: float = 0.95) -> dict:
         lo_rate, hi_rate = self._rates()
         out: dict = {
             "capacity_rps": None,
@@ -263,9 +294,11 @@ class CapacitySearch:
             "goodput_min": self.goodput_min,
             "stop_reason": self.stop_reason,
             "censored": hi_rate is None and lo_rate is not None,
+            "confirmed": self.confirmed,
             "levels": [o.to_dict() for o in self.levels],
             "method": "monotone fit of goodput over the levels' offered rates, crossing interpolated; "
-            "interval: the last bracket, widened by a moving-block bootstrap of each level's requests",
+            "interval: from the highest level passing beyond its goodput's interval (batch means) to the lowest "
+            "level failing beyond it",
         }
         if lo_rate is None:
             return out
@@ -273,18 +306,19 @@ class CapacitySearch:
             out["capacity_rps"] = lo_rate
             return out
         levels = self._valid()
-        out["capacity_rps"] = self._estimate([o.goodput_frac for o in levels])
-        rng = np.random.default_rng(seed)
-        boots = [self._estimate([_resample(o.good_flags, rng) for o in levels]) for _ in range(n_boot)]
-        boots = [b for b in boots if b is not None]
-        lo_ci, hi_ci = lo_rate, hi_rate
-        if boots:
-            alpha = (1 - confidence) / 2
-            b_lo, b_hi = (float(x) for x in np.quantile(boots, [alpha, 1 - alpha]))
-            lo_ci, hi_ci = min(lo_ci, b_lo), max(hi_ci, b_hi)
-        # The interval spans at least the last bracket (the search's resolution: the crossing lies somewhere
-        # between the highest passing and the lowest failing level), widened by the bootstrap.
-        out["ci_low"], out["ci_high"] = float(lo_ci), float(hi_ci)
+        est = self._estimate([o.goodput_frac for o in levels])
+        out["capacity_rps"] = est
+        # The interval inverts each level's test: capacity is at least the highest rate whose goodput is above
+        # the bar beyond its own sampling error, and below the lowest rate that is under it beyond its error.
+        # A level's pass or fail near the knee is as much luck as load; this interval carries that, where the
+        # bracket alone would not.
+        ci = {id(o): goodput_interval(o.good_flags, confidence) for o in levels}
+        clearly_ok = [o.offered_rps for o in levels if ci[id(o)][0] >= self.goodput_min]
+        clearly_bad = [o.offered_rps for o in levels if ci[id(o)][1] < self.goodput_min]
+        below = [r for r in clearly_ok if r <= est]
+        above = [r for r in clearly_bad if r >= est]
+        out["ci_low"] = float(max(below)) if below else None
+        out["ci_high"] = float(min(above)) if above else None
         return out
 
     def _estimate(self, fracs: list[float]) -> float | None:
@@ -338,13 +372,36 @@ def crossing(r_lo: float, g_lo: float, r_hi: float, g_hi: float, g_min: float) -
     return r_lo + min(1.0, max(0.0, frac)) * (r_hi - r_lo)
 
 
-def _resample(flags: list[bool], rng: np.random.Generator) -> float:
-    """Goodput of a moving-block bootstrap resample of one level's requests in scheduled order."""
+def wilson(good: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion (good of n), which stays inside [0, 1] and is sane at 0 or n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = good / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+BATCHES = 8
+
+
+def goodput_interval(flags: list[bool], confidence: float) -> tuple[float, float]:
+    """Interval of a level's goodput: t over the means of BATCHES consecutive stretches of its requests (batch
+    means: neighbours in time share the queue, so a request count would overstate what the level knows); where
+    every stretch agrees, Wilson's interval over the requests (batch means would give zero width)."""
     n = len(flags)
     if n == 0:
-        return 0.0
-    block = max(1, round(math.sqrt(n)))
+        return 0.0, 1.0
+    z = float(ndtri(0.5 + confidence / 2))
+    if n < 2 * BATCHES:
+        return wilson(sum(flags), n, z)
     arr = np.asarray(flags, dtype=float)
-    starts = rng.integers(0, max(1, n - block + 1), size=math.ceil(n / block))
-    idx = (starts[:, None] + np.arange(block)[None, :]).ravel()[:n]
-    return float(arr[np.minimum(idx, n - 1)].mean())
+    means = [float(b.mean()) for b in np.array_split(arr, BATCHES)]
+    sd = float(np.std(means, ddof=1))
+    w_lo, w_hi = wilson(int(arr.sum()), n, z)
+    if sd == 0:
+        return w_lo, w_hi
+    half = float(stdtrit(BATCHES - 1, 0.5 + confidence / 2)) * sd / math.sqrt(BATCHES)
+    m = float(arr.mean())
+    return max(0.0, min(m - half, w_lo)), min(1.0, max(m + half, w_hi))

@@ -14,6 +14,7 @@ from ray import serve
 from tokenizers import Tokenizer
 
 from phase2_ray.config import Config
+from phase2_ray.config.serving import CapacityConfig
 from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
@@ -318,56 +319,81 @@ class ValidationStage:
             )
 
     def _capacity(self, replicas: int, model: str) -> dict:
-        """One search: open-loop Poisson levels from `capacity.start_rps` (loadtest.capacity decides the next
-        rate), each drained before the next; latency counts from each request's scheduled arrival."""
-        v, cap = self.cfg.validation, self.cfg.validation.capacity
-        search = CapacitySearch(
-            goodput_min=cap.goodput_min,
-            start_rps=cap.start_rps,
-            rel_tol=cap.rel_tol,
-            max_levels=cap.max_levels,
-            max_rps=cap.max_rps,
+        v = self.cfg.validation
+        res, recs = capacity_search(
+            self.clients,
+            self.base_url,
+            model,
+            self.d.prompts,
+            v.capacity,
+            self.slo,
+            level_prefix=f"capacity:r{replicas}:{model}",
+            seed=self.cfg.training.seed,
+            timeout_s=v.timeout_s,
+            api_key=self.cfg.serve.resolved_api_key(),
+            sampling=self.sampling,
         )
-        t0 = time.time()
-        first = 0
-        while (rate := search.next_rate()) is not None:
-            confirm = search.confirming
-            n = max(cap.min_requests, round(rate * cap.level_s * (search.confirm_factor if confirm else 1)))
-            level = f"capacity:r{replicas}:{model}:{len(search.levels)}"
-            cpu0 = sum(ray.get([c.cpu_s.remote() for c in self.clients]))
-            recs = run_level(
-                self.clients,
-                self.base_url,
-                model,
-                self.d.prompts,
-                n=n,
-                concurrency=cap.max_inflight,
-                request_rate=rate,
-                level=level,
-                first_index=first,
-                warmup=0,
-                seed=self.cfg.training.seed,
-                timeout_s=v.timeout_s,
-                api_key=self.cfg.serve.resolved_api_key(),
-                stop_when_full=True,
-                **self.sampling,
-            )
-            cpu = sum(ray.get([c.cpu_s.remote() for c in self.clients])) - cpu0
-            first += n
-            for r in recs:
-                r["level"], r["round"] = level, 0
-            self.out["capacity_records"] += recs
-            sent = [r for r in recs if r["error_type"] != "not_sent"]
-            o = level_outcome(
-                recs,
-                rate,
-                self.slo,
-                stopped_early=len(sent) < len(recs),
-                confirm=confirm,
-            )
-            o.client_cpu_ms_per_request = cpu * 1000.0 / len(sent) if sent else None
-            search.observe(o)
-            if time.time() - t0 > cap.max_s:
-                search.stop(f"time budget spent (max_s={cap.max_s:g})")
-        res = search.result(seed=self.cfg.training.seed)
-        return {"replicas": replicas, "model": model, **res, "search_s": time.time() - t0}
+        self.out["capacity_records"] += recs
+        return {"replicas": replicas, "model": model, **res}
+
+
+def capacity_search(
+    clients: list,
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    cap: CapacityConfig,
+    slo: Slo,
+    *,
+    level_prefix: str,
+    seed: int,
+    timeout_s: float,
+    api_key: str | None,
+    sampling: dict,
+) -> tuple[dict, list[dict]]:
+    """One search: open-loop Poisson levels from `cap.start_rps` (loadtest.capacity decides the next rate), each
+    drained before the next; latency counts from each request's scheduled arrival. Returns the search's result
+    (every level, `search_s`) and its request records."""
+    search = CapacitySearch(
+        goodput_min=cap.goodput_min,
+        start_rps=cap.start_rps,
+        rel_tol=cap.rel_tol,
+        max_levels=cap.max_levels,
+        max_rps=cap.max_rps,
+    )
+    t0 = time.time()
+    first, records = 0, []
+    while (rate := search.next_rate()) is not None:
+        confirm = search.confirming
+        n = max(cap.min_requests, round(rate * cap.level_s * (search.confirm_factor if confirm else 1)))
+        level = f"{level_prefix}:{len(search.levels)}"
+        cpu0 = sum(ray.get([c.cpu_s.remote() for c in clients]))
+        recs = run_level(
+            clients,
+            base_url,
+            model,
+            prompts,
+            n=n,
+            concurrency=cap.max_inflight,
+            request_rate=rate,
+            level=level,
+            first_index=first,
+            warmup=0,
+            seed=seed,
+            timeout_s=timeout_s,
+            api_key=api_key,
+            stop_when_full=True,
+            **sampling,
+        )
+        cpu = sum(ray.get([c.cpu_s.remote() for c in clients])) - cpu0
+        first += n
+        for r in recs:
+            r["level"], r["round"] = level, 0
+        records += recs
+        sent = [r for r in recs if r["error_type"] != "not_sent"]
+        o = level_outcome(recs, rate, slo, stopped_early=len(sent) < len(recs), confirm=confirm)
+        o.client_cpu_ms_per_request = cpu * 1000.0 / len(sent) if sent else None
+        search.observe(o)
+        if time.time() - t0 > cap.max_s:
+            search.stop(f"time budget spent (max_s={cap.max_s:g})")
+    return {**search.result(), "search_s": time.time() - t0}, records

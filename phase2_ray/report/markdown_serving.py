@@ -146,6 +146,7 @@ def serving_section(r: dict) -> str:
             for x in rsc["runs"]
         ]
         out.append(f"- ratio: **{fmt(rsc['ratio'])}x** ({rsc['ratio_basis']})")
+    out += _capacity(sv.get("capacity"))
     out.append("\nMemory (one replica holds every model; MB = 2^20 bytes):\n")
     out.append(tabulate(_memory_rows(inf), headers=MEMORY_HEADERS, tablefmt="github"))
     comp = sv.get("compression")
@@ -226,3 +227,86 @@ def _compression(comp: dict) -> str:
         f"({fmt(comp['weight_bytes_ratio'], 3)}x); in-process decode p50 {fmt(sp[comp['source']], 0)} → "
         f"{fmt(sp[comp['model']], 0)} tok/s per request."
     )
+
+
+CAPACITY_HEADERS = [
+    "model",
+    "replicas",
+    "capacity req/s",
+    "95% CI",
+    "efficiency",
+    "levels",
+    "search s",
+    "stopped",
+]
+LEVEL_CAP_HEADERS = [
+    "offered",
+    "sent/s",
+    "goodput %",
+    "TTFT p50",
+    "TTFT p99",
+    "TPOT p99",
+    "gen CPU ms/req",
+    "note",
+]
+
+
+def _capacity(cap: dict | None) -> list[str]:
+    """How much traffic it can take: the highest offered Poisson rate at which enough requests met the SLO."""
+    if not cap or not cap.get("runs"):
+        return []
+    slo = cap["slo"]
+    eff = {(m, x["replicas"]): x["efficiency"] for m, xs in (cap.get("scaling") or {}).items() for x in xs}
+    rows = [
+        [
+            r["model"],
+            r["replicas"],
+            ("≥ " if r.get("censored") else "") + fmt(r["capacity_rps"], 1),
+            f"[{fmt(r['ci_low'], 1)}, {fmt(r['ci_high'], 1)}]",
+            fmt(eff.get((r["model"], r["replicas"]))),
+            len(r["levels"]),
+            fmt(r["search_s"], 0),
+            r["stop_reason"] or "",
+        ]
+        for r in cap["runs"]
+    ]
+    out = [
+        "\nCapacity under the SLO: open-loop Poisson arrivals at rising offered rates, bisected to the highest rate "
+        f"at which ≥ {cap['goodput_min'] * 100:g}% of requests have TTFT ≤ {fmt(slo['ttft_ms'], 0)} ms (from their "
+        f"scheduled arrival) and TPOT ≤ {fmt(slo['tpot_ms'], 0)} ms. Efficiency = capacity at N replicas / "
+        "(N × capacity at the first count). The interval spans the search's last bracket, widened by a block "
+        "bootstrap of each level's requests.\n",
+        tabulate(rows, headers=CAPACITY_HEADERS, tablefmt="github"),
+    ]
+    if cap.get("bound"):
+        out.append(f"\nWhat bounds the scaling here: {cap['bound']}.")
+    for r in cap["runs"]:
+        out.append(f"\nLevels of {r['model']} with {r['replicas']} replica(s), in the order tried:\n")
+        out.append(
+            tabulate([_cap_level_row(lv) for lv in r["levels"]], headers=LEVEL_CAP_HEADERS, tablefmt="github")
+        )
+    return out
+
+
+def _cap_level_row(lv: dict) -> list:
+    lat = lv.get("latency") or {}
+    note = []
+    if lv.get("confirm"):
+        note.append("confirmation")
+    if lv.get("saturated"):
+        note.append("queue grew")
+    if lv.get("stopped_early"):
+        note.append("stopped: in-flight cap")
+    if not lv.get("valid"):
+        note.append("invalid: generator behind")
+    return [
+        fmt(lv["offered_rps"], 1),
+        fmt(lv.get("scheduled_rps"), 1),
+        fmt(lv["achieved_rps"], 1),
+        fmt(lv["goodput_frac"] * 100, 0),
+        fmt(lat.get("ttft_p50_ms"), 1),
+        fmt(lat.get("ttft_p99_ms"), 1),
+        fmt(lat.get("tpot_p99_ms"), 1),
+        fmt(lv.get("client_cpu_ms_per_request"), 2),
+        ", ".join(note),
+    ]
