@@ -107,7 +107,12 @@ class CapacityConfig(Section):
     goodput_min: float = Field(
         0.95, gt=0, le=1, description="Share of a level's requests that must meet the SLO for it to pass."
     )
-    start_rps: float = Field(4.0, gt=0, description="First offered rate; doubled while levels pass.")
+    start_rps: float | None = Field(
+        None,
+        gt=0,
+        description="First offered rate; doubled while levels pass (default: half the requests/s the replica "
+        "sweep's closed-loop load got at that replica count, else 4).",
+    )
     max_rps: float = Field(
         2000.0, gt=0, description="Highest rate offered (a capacity above it is reported as >=)."
     )
@@ -131,7 +136,7 @@ class CapacityConfig(Section):
 
     @model_validator(mode="after")
     def _range(self) -> CapacityConfig:
-        if self.max_rps < self.start_rps:
+        if self.start_rps and self.max_rps < self.start_rps:
             raise ValueError(f"max_rps ({self.max_rps}) < start_rps ({self.start_rps})")
         return self
 

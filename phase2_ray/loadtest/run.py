@@ -291,9 +291,16 @@ class ValidationStage:
                 "load.sweep",
                 f"2c {target} with {n} replica(s) at c{v.scaling_concurrency}: {ok}/{len(recs)} succeeded",
             )
-            self._capacity_searches(n, stats, first=n == v.replica_sweep[0])
+            # the closed-loop load just measured bounds what open-loop arrivals can get through: start under it
+            done = [r for r in recs if r["ok"] and not r.get("warmup")]
+            span = max((r["end"] for r in done), default=0) - min((r["start"] for r in done), default=0)
+            self._capacity_searches(
+                n, stats, first=n == v.replica_sweep[0], closed_rps=len(done) / span if span > 0 else None
+            )
 
-    def _capacity_searches(self, replicas: int, stats: list[dict], first: bool) -> None:
+    def _capacity_searches(
+        self, replicas: int, stats: list[dict], first: bool, closed_rps: float | None = None
+    ) -> None:
         """The capacity search at this replica count: the searched model, and the baseline model too at the first
         count when a relative gate needs it."""
         if self.out["capacity"] is None:
@@ -301,8 +308,10 @@ class ValidationStage:
         models = [self.capacity_model]
         if first and self.cfg.validation.capacity.baseline and "baseline" != self.capacity_model:
             models.append("baseline")
+        cap = self.cfg.validation.capacity
+        start = cap.start_rps or (round(closed_rps / 2, 1) if closed_rps else 4.0)
         for m in models:
-            run = self._capacity(replicas, m)
+            run = self._capacity(replicas, m, start)
             run["replica_ids"] = [r.get("replica_id") for r in stats]
             run["replica_nodes"] = [r.get("node_id") for r in stats]
             run["client_nodes"] = [c["node_id"] for c in self.out["clients"]]
@@ -318,14 +327,14 @@ class ValidationStage:
                 replicas=replicas,
             )
 
-    def _capacity(self, replicas: int, model: str) -> dict:
+    def _capacity(self, replicas: int, model: str, start_rps: float) -> dict:
         v = self.cfg.validation
         res, recs = capacity_search(
             self.clients,
             self.base_url,
             model,
             self.d.prompts,
-            v.capacity,
+            v.capacity.model_copy(update={"start_rps": start_rps}),
             self.slo,
             level_prefix=f"capacity:r{replicas}:{model}",
             seed=self.cfg.training.seed,
@@ -356,7 +365,7 @@ def capacity_search(
     (every level, `search_s`) and its request records."""
     search = CapacitySearch(
         goodput_min=cap.goodput_min,
-        start_rps=cap.start_rps,
+        start_rps=cap.start_rps or 4.0,
         rel_tol=cap.rel_tol,
         max_levels=cap.max_levels,
         max_rps=cap.max_rps,

@@ -150,6 +150,7 @@ def compare_runs(
     for m in [x for x in ra.get("inference", {}) if x in rb.get("inference", {})]:
         rows += _inference_rows(m, ra["inference"][m], rb["inference"][m], qa, qb, timing_noise_pct)
     _decide(rows, alpha)
+    rows += _capacity_rows(ra, rb)  # judged on their intervals (no p-value: outside Holm's family)
     tested = [r for r in rows if r["p_value"] is not None]
     return {
         "run_a": {"run_id": ra["run_id"], "path": str(run_a), "approved": ra["decision"]["approved"]},
@@ -161,7 +162,7 @@ def compare_runs(
         "timing_noise_pct": timing_noise_pct,
         "speedup_noise_pct": speedup_noise_pct,
         "rows": rows,
-        "regressions": sum(r["verdict"] == "REGRESSION" for r in rows),
+        "regressions": sum(r["verdict"].startswith("REGRESSION") for r in rows),
     }
 
 
@@ -237,6 +238,55 @@ def _inference_rows(
         _row("peak replica RSS (MB)", m, ia.get("peak_memory_mb"), ib.get("peak_memory_mb"), "lower", "info"),
         _success_row(m, ia, ib),
     ]
+
+
+def _capacity_rows(ra: dict, rb: dict) -> list[dict]:
+    """Capacity under the SLO per model and replica count in both runs. A regression is a drop whose intervals
+    do not overlap (B's high end under A's low end) and beyond the searches' resolution (`rel_tol`)."""
+
+    def runs(r: dict) -> dict:
+        cap = (r.get("serving") or {}).get("capacity") or {}
+        return {(x["model"], x["replicas"]): x for x in cap.get("runs", [])}
+
+    def tol(r: dict) -> float:
+        return ((r["config"].get("validation") or {}).get("capacity") or {}).get("rel_tol", 0.15) * 100
+
+    ca, cb = runs(ra), runs(rb)
+    out = []
+    for key in [k for k in ca if k in cb]:
+        a, b = ca[key], cb[key]
+        row = _row(
+            f"capacity under SLO (req/s, {key[1]} replica(s))",
+            key[0],
+            a["capacity_rps"],
+            b["capacity_rps"],
+            "higher",
+            "interval",
+        )
+        row["noise_pct"] = noise = max(tol(ra), tol(rb))
+        ch = row["change_pct"]
+        iv = f"A [{_f(a['ci_low'])}, {_f(a['ci_high'])}], B [{_f(b['ci_low'])}, {_f(b['ci_high'])}]"
+        if ch is None:
+            row["verdict"] = "not measured"
+        elif (
+            b["ci_high"] is not None
+            and a["ci_low"] is not None
+            and b["ci_high"] < a["ci_low"]
+            and -ch > noise
+        ):
+            row["verdict"] = f"REGRESSION: {iv}"
+        elif (
+            b["ci_low"] is not None and a["ci_high"] is not None and b["ci_low"] > a["ci_high"] and ch > noise
+        ):
+            row["verdict"] = f"improvement: {iv}"
+        else:
+            row["verdict"] = f"no clear change: {iv}"
+        out.append(row)
+    return out
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
 
 
 def _decide(rows: list[dict], alpha: float) -> None:

@@ -33,6 +33,8 @@ CHART_TITLES = {
     "step_times": "Step-time distribution (steady state)",
     "throughput": "Training throughput during the concurrent run, 95% block-bootstrap CI",
     "latency": "TTFT / TPOT percentiles per model and load level",
+    "latency_cdf": "TTFT and inter-token latency CDFs per model",
+    "capacity": "Latency vs offered load, with the SLO and the capacity found",
     "timeline": "Run timeline: stages and actors",
 }
 

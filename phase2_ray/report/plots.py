@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import matplotlib
@@ -112,6 +113,53 @@ def latency_percentiles(inference: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def latency_vs_load(cap: dict, path: Path) -> Path:
+    """p50 / p99 TTFT and TPOT against the offered rate, one line per search (model, replica count), the SLO as a
+    horizontal line and each capacity (with its interval) as a vertical one."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, run in enumerate(cap["runs"]):
+        color = f"C{i}"
+        lv = sorted((x for x in run["levels"] if x["valid"]), key=lambda x: x["offered_rps"])
+        rates = [x["offered_rps"] for x in lv]
+        for ax, key in ((axes[0], "ttft"), (axes[1], "tpot")):
+            for q, style in (("p50", "-o"), ("p99", ":^")):
+                ys = [x["latency"].get(f"{key}_{q}_ms") or np.nan for x in lv]
+                ax.plot(rates, ys, style, color=color, ms=4, label=f"{run['model']} ×{run['replicas']} {q}")
+            if run.get("capacity_rps"):
+                ax.axvline(run["capacity_rps"], color=color, lw=1, ls="--")
+                if run.get("ci_low") is not None and run.get("ci_high") is not None:
+                    ax.axvspan(run["ci_low"], run["ci_high"], color=color, alpha=0.08)
+    for ax, key, title in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
+        ax.axhline(cap["slo"][key], color="black", lw=1, label=f"SLO {cap['slo'][key]:g} ms")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set(xlabel="offered rate (requests/s, Poisson)", title=title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Latency vs offered load (dashed: capacity under the SLO, shaded: its interval)")
+    return _save(fig, path)
+
+
+def latency_cdfs(req: pd.DataFrame, path: Path) -> Path:
+    """Empirical CDFs of TTFT and of inter-token latency per model, over every measured successful request."""
+    ok = req[req["ok"].astype(bool) & ~req["warmup"].astype(bool)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (m, g) in enumerate(ok.groupby("variant", sort=False)):
+        itl = [x for v in g["itl_ms"] for x in (json.loads(v) if isinstance(v, str) else v)]
+        for ax, xs in ((axes[0], g["ttft_ms"].dropna().to_numpy()), (axes[1], np.asarray(itl, dtype=float))):
+            if len(xs):
+                xs = np.sort(xs)
+                ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", color=f"C{i}", label=m)
+    for ax, title in ((axes[0], "TTFT (ms)"), (axes[1], "inter-token latency (ms)")):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set(xlabel=title, ylabel="share of requests" if ax is axes[0] else "share of tokens")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Latency CDFs per model (every closed-loop level, measured requests)")
+    return _save(fig, path)
+
+
 def gantt(report: dict, path: Path) -> Path:
     """Every stage and actor on one time axis: overlapping bars are work that ran at the same time."""
     stages = [s for s in report["stages"] if s.get("start") and s.get("end")]
@@ -146,6 +194,13 @@ def write_plots(out: Path, report: dict, steps: pd.DataFrame, val: pd.DataFrame)
             made["throughput"] = throughput_bars(steps, skip, tokens_per_step, plots / "throughput.png")
     if report.get("inference"):
         made["latency"] = latency_percentiles(report["inference"], plots / "latency.png")
+        if (out / "requests.csv").exists():
+            req = pd.read_csv(out / "requests.csv")
+            if len(req):
+                made["latency_cdf"] = latency_cdfs(req, plots / "latency_cdf.png")
+    cap = (report.get("serving") or {}).get("capacity")
+    if cap and cap.get("runs"):
+        made["capacity"] = latency_vs_load(cap, plots / "capacity.png")
     if report.get("stages"):
         made["timeline"] = gantt(report, plots / "timeline.png")
     return {k: str(p.relative_to(out)) for k, p in made.items()}

@@ -254,6 +254,42 @@ def test_markdown_ratios_recompute_from_report_json(smoke):
     assert blocks and max(len(line) for b in blocks for line in b.splitlines()) <= 100
 
 
+def test_capacity_per_replica_count_is_reported_and_recomputes(smoke):
+    """serving.capacity: a search per replica count of the sweep, every level it tried, the efficiency from the
+    capacities; its requests in capacity_requests.csv, none of them in requests.csv (its levels go past
+    saturation on purpose: they do not count in the success rate); a table in report.md."""
+    _, out, _, r, _ = smoke
+    cap = r["serving"]["capacity"]
+    cfg = r["config"]
+    assert cap["slo"] == {"ttft_ms": cfg["targets"]["ttft_p50_ms_max"], "tpot_ms": 1000 / 25.0}
+    runs = cap["runs"]
+    assert [x["replicas"] for x in runs] == cfg["validation"]["replica_sweep"] == [1, 2]
+    model = runs[0]["model"]
+    assert model == r["serving"]["replica_scaling"]["model"] == "optimized"
+    req = pd.read_csv(out / "requests.csv")
+    creq = pd.read_csv(out / "capacity_requests.csv")
+    assert not req["level"].astype(str).str.startswith("capacity").any()
+    for x in runs:
+        assert 1 <= len(x["levels"]) <= cfg["validation"]["capacity"]["max_levels"] and x["stop_reason"]
+        if x["capacity_rps"] is not None:
+            assert x["ci_low"] is None or x["ci_low"] <= x["capacity_rps"]
+            assert x["ci_high"] is None or x["capacity_rps"] <= x["ci_high"]
+        assert len(x["replica_ids"]) == x["replicas"] and x["client_nodes"]
+        for i, lv in enumerate(x["levels"]):
+            rows = creq[creq["level"] == f"capacity:r{x['replicas']}:{model}:{i}"]
+            sent = rows[rows["error_type"] != "not_sent"]
+            assert len(rows) >= cfg["validation"]["capacity"]["min_requests"]
+            # goodput counts the level's requests after its settling part (or its last third, saturated)
+            assert 0 < lv["requests"] <= len(rows) and 0 <= lv["good"] <= lv["requests"]
+            assert lv["client_cpu_ms_per_request"] > 0 and lv["generator_lag_ms_p99"] >= 0
+            assert lv["latency"]["ok"] == int(sent["ok"].sum())
+    if all(x["capacity_rps"] for x in runs):
+        eff = cap["scaling"][model]
+        assert eff[1]["efficiency"] == pytest.approx(runs[1]["capacity_rps"] / (2 * runs[0]["capacity_rps"]))
+    md = (out / "report.md").read_text()
+    assert "Capacity under the SLO" in md and f"Levels of {model} with 2 replica(s)" in md
+
+
 def test_csvs_and_checkpoints_are_written(smoke):
     _, out, _, r, _ = smoke
     steps = pd.read_csv(out / "steps.csv")
@@ -407,7 +443,7 @@ def test_phase2_report_redraws_a_run_without_ray(smoke, tmp_path):
     _, out, _, _, _ = smoke
     copy = tmp_path / "run"
     copy.mkdir()
-    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv"):
+    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv", "capacity_requests.csv"):
         shutil.copy(out / f, copy / f)
     code = (
         "import sys; from phase2_ray import cli; rc = cli.main(['report', sys.argv[1]]); "
@@ -428,7 +464,7 @@ def _copy_run(src, dst):
     import shutil
 
     dst.mkdir()
-    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv"):
+    for f in ("report.json", "steps.csv", "val.csv", "requests.csv", "gates.csv", "capacity_requests.csv"):
         shutil.copy(src / f, dst / f)
     return dst
 
@@ -440,6 +476,8 @@ def test_compare_a_run_with_itself_finds_no_change(smoke, tmp_path, capsys):
     c = json.loads((b / "compare.json").read_text())
     tested = [r for r in c["rows"] if r["ci_low"] is not None]
     assert tested and all(r["verdict"] == "no significant change" for r in tested)
+    cap = [r for r in c["rows"] if r["metric"].startswith("capacity under SLO")]
+    assert len(cap) == 2 and all(r["verdict"].startswith("no clear change") for r in cap)
     assert all(r["change_pct"] in (0, None) for r in c["rows"])
     assert "0 significant regression(s)" in capsys.readouterr().out
 
@@ -466,6 +504,13 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     req = pd.read_csv(b / "requests.csv")
     req["ttft_ms"] *= 2
     req.to_csv(b / "requests.csv", index=False)
+    # capacity with 1 replica halved (its interval with it); with 2 replicas moved 5%, inside the resolution
+    rb = json.loads((b / "report.json").read_text())
+    for run in rb["serving"]["capacity"]["runs"]:
+        f = 0.5 if run["replicas"] == 1 else 1.05
+        for k in ("capacity_rps", "ci_low", "ci_high"):
+            run[k] = run[k] and run[k] * f
+    (b / "report.json").write_text(json.dumps(rb))
     assert cli.main(["compare", str(a), str(b), "--output", str(tmp_path / "cmp")]) == 1
     c = json.loads((tmp_path / "cmp.json").read_text())
     verdict = {(x["metric"], x["variant"]): x["verdict"] for x in c["rows"]}
@@ -475,6 +520,10 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     assert verdict[("TTFT p50 (ms)", "baseline (c1)")] == "REGRESSION"
     # the E2E samples did not change: not called a regression
     assert verdict[("E2E p50 (ms)", "baseline (c1)")] == "no significant change"
+    m = r["serving"]["capacity"]["runs"][0]["model"]
+    if r["serving"]["capacity"]["runs"][0]["ci_low"] is not None:  # a lower end was shown
+        assert verdict[("capacity under SLO (req/s, 1 replica(s))", m)].startswith("REGRESSION: A [")
+    assert verdict[("capacity under SLO (req/s, 2 replica(s))", m)].startswith("no clear change")
     assert (tmp_path / "cmp.md").read_text().startswith("# Run comparison")
 
 
