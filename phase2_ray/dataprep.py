@@ -10,6 +10,7 @@ import torch
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import data as corpus_data
+from phase2_ray.loadtest.workload import Workload, WorkloadError, build_workload
 from phase2_ray.records import Stage
 
 
@@ -23,6 +24,13 @@ class PreparedData:
     files: list[str]
     chars: int
     stage: Stage
+    workload: Workload | None = None
+    """The request mix when validation.workload is set; else every request is one of `prompts`."""
+
+    @property
+    def requests(self) -> list:
+        """What the load clients send: (prompt, max_tokens) pairs, or prompts asking validation.max_tokens."""
+        return self.workload.requests if self.workload else self.prompts
 
 
 def prepare_data(cfg: Config) -> PreparedData:
@@ -44,10 +52,25 @@ def prepare_data(cfg: Config) -> PreparedData:
                 "give more text (data.max_chars, data.paths) or lower data.val_fraction"
             )
     prompts = validation_prompts(tok, val_ids, cfg.validation.prompt_tokens, 16)
+    work = None
+    if cfg.validation.workload:
+        v = cfg.validation
+        try:
+            work = build_workload(
+                v.workload,
+                tok,
+                val_ids.tolist(),
+                block_size=cfg.model.block_size,
+                default_prompt_tokens=v.prompt_tokens,
+                default_max_tokens=v.max_tokens,
+                seed=cfg.training.seed,
+            )
+        except WorkloadError as e:
+            raise ConfigError(str(e)) from e
     st.status, st.end = "ok", time.time()
     st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
     return PreparedData(
-        train_ids, val_ids, tok.to_str(), tok.get_vocab_size(), prompts, corpus.files, corpus.chars, st
+        train_ids, val_ids, tok.to_str(), tok.get_vocab_size(), prompts, corpus.files, corpus.chars, st, work
     )
 
 

@@ -162,6 +162,15 @@ class Config(Section):
                 f"(got {sorted(self.variants)})"
             )
         v = self.validation
+        w = v.workload
+        if w and w.output_tokens:
+            # a prompt too long for the room its output leaves is cut (the report counts the cuts)
+            o = w.output_tokens.upper
+            if o >= self.model.block_size:
+                raise ValueError(
+                    f"validation.workload.output_tokens (up to {o}) must leave room for a prompt in "
+                    f"model.block_size ({self.model.block_size})"
+                )
         if v.prompt_tokens + v.max_tokens > self.model.block_size:
             raise ValueError(
                 f"validation.prompt_tokens ({v.prompt_tokens}) + validation.max_tokens "

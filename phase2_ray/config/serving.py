@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,6 +82,59 @@ class ServeConfig(Section):
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get("PHASE2_API_KEY") or None
+
+
+class LengthDist(Section):
+    """A token count per request: `fixed` (value), `uniform` (min..max) or `normal` (mean, std, clipped to
+    min..max)."""
+
+    dist: Literal["fixed", "uniform", "normal"] = Field("fixed", description="fixed, uniform or normal.")
+    value: int | None = Field(None, ge=1, description="fixed: the count.")
+    min: int = Field(1, ge=1, description="uniform / normal: the lowest count.")
+    max: int | None = Field(None, ge=1, description="uniform / normal: the highest count.")
+    mean: float | None = Field(None, gt=0, description="normal: the mean.")
+    std: float | None = Field(None, ge=0, description="normal: the standard deviation.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> LengthDist:
+        need = {"fixed": ["value"], "uniform": ["max"], "normal": ["mean", "std", "max"]}[self.dist]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist: {self.dist} needs {', '.join(missing)}")
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) < min ({self.min})")
+        return self
+
+    @property
+    def upper(self) -> int:
+        return self.value if self.dist == "fixed" else self.max
+
+
+class WorkloadConfig(Section):
+    """What each request asks: lengths drawn from distributions, or prompts from a file. Seeded by
+    training.seed: the same config sends the same requests."""
+
+    prompt_tokens: LengthDist | None = Field(
+        None, description="Prompt length in tokens (default: fixed at validation.prompt_tokens)."
+    )
+    output_tokens: LengthDist | None = Field(
+        None,
+        description="max_tokens per request (default: fixed at validation.max_tokens; with a file, the file's).",
+    )
+    file: str | None = Field(
+        None,
+        description='Prompts from this file instead: JSONL ({"prompt": ..., "max_tokens": ...} per line) or a '
+        "ShareGPT-style JSON list of conversations.",
+    )
+    format: Literal["auto", "jsonl", "sharegpt"] = Field(
+        "auto", description="The file's format (auto: a JSON list is ShareGPT, else JSONL)."
+    )
+    count: int = Field(64, ge=1, le=100_000, description="Distinct requests drawn (synthetic workloads).")
+
+    @field_validator("prompt_tokens", "output_tokens", mode="before")
+    @classmethod
+    def _int_is_fixed(cls, v):
+        return {"dist": "fixed", "value": v} if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class CapacityConfig(Section):
@@ -173,6 +227,9 @@ class ValidationConfig(Section):
     scaling_concurrency: int = Field(32, ge=1, description="Requests in flight during the replica sweep.")
     scaling_requests: int = Field(96, ge=1, description="Measured requests per replica count.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig)
+    workload: WorkloadConfig | None = Field(
+        None, description="Request mix (default: every request prompt_tokens long, asking max_tokens)."
+    )
 
     @field_validator("concurrency", mode="before")
     @classmethod

@@ -405,3 +405,11 @@ def goodput_interval(flags: list[bool], confidence: float) -> tuple[float, float
     half = float(stdtrit(BATCHES - 1, 0.5 + confidence / 2)) * sd / math.sqrt(BATCHES)
     m = float(arr.mean())
     return max(0.0, min(m - half, w_lo)), min(1.0, max(m + half, w_hi))
+
+
+def requests_to_show(goodput_min: float, confidence: float = 0.95) -> int:
+    """Requests a level needs, all of them good, for its goodput's interval to clear `goodput_min` (Wilson:
+    n >= z^2 g / (1 - g)), with half again as many so that a miss or two still can: a confirmation level is at
+    least this long, or the capacity it confirms could not be told from luck."""
+    z = float(ndtri(0.5 + confidence / 2))
+    return math.ceil(1.5 * z * z * goodput_min / max(1e-9, 1 - goodput_min))

@@ -223,7 +223,10 @@ async def _run(
 
     def payload(i: int) -> dict:
         p = prompts[i % len(prompts)]
-        return {"model": model, "prompt": p, "seed": seed + i, "stream": True, **payload_args}
+        body = {"model": model, "prompt": p, "seed": seed + i, "stream": True, **payload_args}
+        if not isinstance(p, str):  # a workload's (prompt, max_tokens)
+            body["prompt"], body["max_tokens"] = p
+        return body
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits) as client:

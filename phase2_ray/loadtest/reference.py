@@ -31,10 +31,12 @@ def inprocess_reference(
     sampling: dict,
     n: int,
     warmup: int,
+    max_tokens: list[int] | None = None,
 ) -> dict:
     """The served models, driven by the same engine in this process with no Serve and no HTTP: one request at a
     time, timed from submission to each token's arrival. Also the val loss and weight bytes of each model, so
-    the int8 copy's quality loss is measured on the same windows as its source's."""
+    the int8 copy's quality loss is measured on the same windows as its source's. `max_tokens`: per prompt, a
+    workload's output lengths (else sampling's)."""
     torch.set_num_threads(threads)
     device = assigned_device()
     out: dict = {}
@@ -43,18 +45,19 @@ def inprocess_reference(
         with torch.inference_mode():
             val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
         engine = AsyncBatchEngine(model, max_batch, max_waiting=max(1, n))
-        records = asyncio.run(_sequential(engine, model_id, token_prompts, sampling, n, warmup))
+        records = asyncio.run(_sequential(engine, model_id, token_prompts, sampling, n, warmup, max_tokens))
         engine.close()
         out[model_id] = {"records": records, "val_loss": val_loss, "weight_bytes": weight_bytes(model)}
     return out
 
 
-async def _sequential(engine, model_id, token_prompts, sampling, n, warmup) -> list[dict]:
+async def _sequential(engine, model_id, token_prompts, sampling, n, warmup, max_tokens=None) -> list[dict]:
     records = []
     for i in range(-warmup, n):
-        params = SamplingParams(
-            seed=sampling["seed"] + i, **{k: v for k, v in sampling.items() if k != "seed"}
-        )
+        kw = {k: v for k, v in sampling.items() if k != "seed"}
+        if max_tokens:
+            kw["max_tokens"] = max_tokens[i % len(max_tokens)]
+        params = SamplingParams(seed=sampling["seed"] + i, **kw)
         start = time.time()
         t0 = last = time.perf_counter()
         ttft, itl, count, per_yield, gaps = None, [], 0, [], []

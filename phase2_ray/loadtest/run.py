@@ -18,7 +18,7 @@ from phase2_ray.config.serving import CapacityConfig
 from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
-from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome
+from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome, requests_to_show
 from phase2_ray.loadtest.plan import interleaved_schedule
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.preflight import warn_if_exposed
@@ -69,6 +69,14 @@ class ValidationStage:
             if cap.enabled
             else None,
             "capacity_records": [],
+            "workload": d.workload.summary()
+            if d.workload
+            else {
+                "source": f"prompt {v.prompt_tokens}, output {v.max_tokens} tokens (fixed)",
+                "requests": len(d.prompts),
+                "truncated_prompts": 0,
+                "max_tokens": {"min": v.max_tokens, "max": v.max_tokens, "mean": float(v.max_tokens)},
+            },
             "records": [],
             "int8_of": self.int8_of,
             "models": list(self.models),
@@ -156,11 +164,12 @@ class ValidationStage:
         self.out["reference"] = ray.get(
             task.remote(
                 self.models,
-                [tok.encode(p).ids for p in d.prompts],
+                [tok.encode(p if isinstance(p, str) else p[0]).ids for p in d.requests],
                 val,
                 threads=sc.threads_per_replica,
                 max_batch=sc.max_batch_size,
                 sampling={**self.sampling, "seed": cfg.training.seed},
+                max_tokens=[p[1] for p in d.requests] if d.workload else None,
                 n=v.requests if v.inprocess_reference else 0,
                 warmup=v.warmup_requests if v.inprocess_reference else 0,
             )
@@ -212,7 +221,7 @@ class ValidationStage:
             self.clients,
             self.base_url,
             model,
-            self.d.prompts,
+            self.d.requests,
             n=n,
             concurrency=concurrency,
             request_rate=rate,
@@ -320,7 +329,7 @@ class ValidationStage:
             self.log.event(
                 "load.capacity",
                 f"2c capacity of {m} with {replicas} replica(s): "
-                + (f"{est:.1f} req/s [{run['ci_low']:.1f}, {run['ci_high']:.1f}]" if est else "not found")
+                + (f"{est:.1f} req/s [{_num(run['ci_low'])}, {_num(run['ci_high'])}]" if est else "not found")
                 + f" under TTFT <= {self.slo.ttft_ms:g} ms, TPOT <= {self.slo.tpot_ms:g} ms "
                 f"({len(run['levels'])} levels, {run['search_s']:.0f}s; {run['stop_reason']})",
                 model=m,
@@ -333,7 +342,7 @@ class ValidationStage:
             self.clients,
             self.base_url,
             model,
-            self.d.prompts,
+            self.d.requests,
             v.capacity.model_copy(update={"start_rps": start_rps}),
             self.slo,
             level_prefix=f"capacity:r{replicas}:{model}",
@@ -375,6 +384,8 @@ def capacity_search(
     while (rate := search.next_rate()) is not None:
         confirm = search.confirming
         n = max(cap.min_requests, round(rate * cap.level_s * (search.confirm_factor if confirm else 1)))
+        if confirm:
+            n = max(n, requests_to_show(cap.goodput_min))
         level = f"{level_prefix}:{len(search.levels)}"
         cpu0 = sum(ray.get([c.cpu_s.remote() for c in clients]))
         recs = run_level(
@@ -406,3 +417,7 @@ def capacity_search(
         if time.time() - t0 > cap.max_s:
             search.stop(f"time budget spent (max_s={cap.max_s:g})")
     return {**search.result(), "search_s": time.time() - t0}, records
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"

@@ -127,6 +127,18 @@ def serving_section(r: dict) -> str:
         "meeting both SLOs (TTFT ≤ the TTFT target, TPOT ≤ 1000 / the tok/s target), as vLLM's benchmark counts.\n",
         tabulate(_level_rows(inf), headers=LEVEL_HEADERS, tablefmt="github"),
     ]
+    wl = sv.get("workload")
+    if wl:
+        out.append(
+            f"\nWorkload: {wl['source']}; {wl['requests']} distinct requests (request i sends number i mod "
+            f"{wl['requests']}), max_tokens {wl['max_tokens']['min']}-{wl['max_tokens']['max']}"
+            + (
+                f"; {wl['truncated_prompts']} prompt(s) cut to fit the context"
+                if wl["truncated_prompts"]
+                else ""
+            )
+            + "."
+        )
     cs = sv.get("concurrency_scaling") or {}
     if cs:
         out.append("\nAggregate throughput from the first to the last level (batching at work):\n")

@@ -87,6 +87,8 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     sc = validation.get("scaling") or {}
     if sc.get("runs"):
         serving["replica_scaling"] = _replica_scaling(req, sc, validation.get("scaling_concurrency"))
+    if validation.get("workload"):
+        serving["workload"] = validation["workload"]
     if validation.get("capacity"):
         serving["capacity"] = summarize_capacity(validation["capacity"])
     src = validation.get("int8_of")

@@ -56,6 +56,46 @@ CASES = [
     ("output under a file", ["--output", "{tmp}/afile/run"], "is a file, not a directory"),
     ("port in use", ["--set", "serve.port={busy_port}"], "serve.port={busy_port}: cannot listen"),
     (
+        "workload file with a bad line",
+        ["--set", "validation.workload.file={tmp}/bad.jsonl"],
+        "bad.jsonl, line 4: not JSON",
+    ),
+    (
+        "workload line without a prompt",
+        ["--set", "validation.workload.file={tmp}/noprompt.jsonl"],
+        'noprompt.jsonl, line 1: expected {{"prompt"',
+    ),
+    (
+        "workload max_tokens not a count",
+        ["--set", "validation.workload.file={tmp}/badmax.jsonl"],
+        "badmax.jsonl, line 2: max_tokens must be an integer >= 1",
+    ),
+    (
+        "missing workload file",
+        ["--set", "validation.workload.file={tmp}/nope.jsonl"],
+        "nope.jsonl: cannot read",
+    ),
+    (
+        "ShareGPT file that is not a list of conversations",
+        [
+            "--set",
+            "validation.workload.file={tmp}/sharegpt.json",
+            "--set",
+            "validation.workload.format=sharegpt",
+        ],
+        "sharegpt.json: a ShareGPT file is a JSON list",
+    ),
+    (
+        "uniform lengths without a max",
+        ["--set", "validation.workload.prompt_tokens={{dist: uniform, min: 4}}"],
+        "dist: uniform needs max",
+    ),
+    (
+        "a capacity gate with the search off",
+        ["--set", "targets.capacity_rps_min=10", "--set", "validation.capacity.enabled=false"],
+        "need validation.capacity.enabled: true",
+    ),
+    (
         "more CPUs than the machine",
         ["--set", "training.placement.cpus_per_actor=4096"],
         "training.placement.cpus_per_actor=4096",
@@ -93,6 +133,11 @@ def test_bad_input_corpus_exits_2_with_one_line_and_starts_nothing(tmp_path):
     (tmp_path / "evil.yaml").write_text("run_name: !!python/object/apply:os.system ['echo pwned']\n")
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "afile").write_text("not a directory")
+    good = '{"prompt": "def main():", "max_tokens": 8}\n'
+    (tmp_path / "bad.jsonl").write_text(good + "\n" + good + "{not json\n")  # line 2 blank, line 4 bad
+    (tmp_path / "noprompt.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "badmax.jsonl").write_text(good + '{"prompt": "x", "max_tokens": 0}\n')
+    (tmp_path / "sharegpt.json").write_text('{"conversations": []}')
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()

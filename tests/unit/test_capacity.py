@@ -111,3 +111,13 @@ def test_every_level_passing_is_reported_as_a_lower_bound():
     res = s.result()
     assert res["censored"] and res["capacity_rps"] == 8.0 and res["ci_low"] is None
     assert "max_rps" in res["stop_reason"]
+
+
+def test_a_confirmation_level_is_long_enough_to_show_the_bar():
+    from phase2_ray.loadtest.capacity import goodput_interval, requests_to_show
+
+    for g in (0.9, 0.95, 0.99):
+        n = requests_to_show(g)
+        assert goodput_interval([True] * n, 0.95)[0] >= g  # all good: the interval clears the bar
+        assert goodput_interval([True] * (n // 3), 0.95)[0] < g  # a third as many cannot
+    assert requests_to_show(0.95) == 110
