@@ -288,6 +288,8 @@ def test_capacity_per_replica_count_is_reported_and_recomputes(smoke):
         assert eff[1]["efficiency"] == pytest.approx(runs[1]["capacity_rps"] / (2 * runs[0]["capacity_rps"]))
     md = (out / "report.md").read_text()
     assert "Capacity under the SLO" in md and f"Levels of {model} with 2 replica(s)" in md
+    assert "Workload: prompt 8, output 16 tokens (fixed)" in md
+    # the pictures (latency vs offered load, the latency CDFs): test_charts_and_self_contained_html_are_written
 
 
 def test_csvs_and_checkpoints_are_written(smoke):
@@ -420,7 +422,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def test_charts_and_self_contained_html_are_written(smoke):
     _, out, _, _, _ = smoke
-    names = {"loss", "step_times", "throughput", "latency", "timeline"}
+    names = {"loss", "step_times", "throughput", "latency", "latency_cdf", "capacity", "timeline"}
     for n in names:
         data = (out / "plots" / f"{n}.png").read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, n

@@ -69,9 +69,16 @@ def true_capacity(fixed_s: float) -> float:
     return (lo + hi) / 2
 
 
-def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early(slow_app, ray_cluster):
+def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early(
+    slow_app, ray_cluster, cluster_job
+):
     from phase2_ray.loadtest.actors import start_clients
     from phase2_ray.loadtest.run import capacity_search
+
+    # The knee is computed for this stack on cores it has to itself: the session's background cluster job (a
+    # whole pipeline on a cluster of its own, tests/conftest.py) would add its own load to every latency.
+    if cluster_job is not None:
+        cluster_job.proc.wait(timeout=600)
 
     clients = start_clients(2, "capacity-test")
     # The first level offers 40 req/s, more than the 32 the slots can serve: the queue only grows, and the
@@ -107,9 +114,13 @@ def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early
     first_recs = [r for r in records if r["level"] == "cap:0"]
     not_sent = [r for r in first_recs if r["error_type"] == "not_sent"]
     assert len(first_recs) == 200 and not_sent and not any(r["ok"] for r in not_sent)
-    # what was not sent is the end of the schedule: from the first arrival that found the slots full, on
-    sent_last = max(r["scheduled"] for r in first_recs if r["error_type"] != "not_sent")
-    assert min(r["scheduled"] for r in not_sent) >= sent_last - 1.0  # (two clients: each stops on its own)
+    # what was not sent is the end of a client's schedule, from the first arrival that found its slots full on
+    # (two clients, indices 0-99 and 100-199, each with its own arrivals and its share of the in-flight cap)
+    for lo in (0, 100):
+        share = [r for r in first_recs if lo <= r["index"] < lo + 100]
+        unsent = [r["index"] for r in share if r["error_type"] == "not_sent"]
+        sent_idx = [r["index"] for r in share if r["error_type"] != "not_sent"]
+        assert not unsent or min(unsent) > max(sent_idx)
 
     # The stack's own time to a first token, from the lowest level (its queue is short): the model's first
     # token comes at admission, after half a step on average.
