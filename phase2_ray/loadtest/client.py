@@ -160,6 +160,7 @@ def run_requests(
     request_rate: float | None = None,
     api_key: str | None = None,
     stop_when_full: bool = False,
+    exact_rate: bool = False,
 ) -> list[dict]:
     """Sends `warmup` then `n` streaming requests and returns their records: warm-ups first (indices -1, -2, ...,
     `warmup: True`, kept so a failing warm-up shows), then the measured ones, each group sorted by index.
@@ -169,6 +170,7 @@ def run_requests(
     request's latencies count from its scheduled arrival, so waiting for a free slot is not hidden.
     Warm-ups always run closed loop.
 
+    `exact_rate` (open loop): arrivals conditioned on their count (poisson_schedule's `exact`).
     `stop_when_full` (open loop, the capacity search): an arrival that finds `concurrency` requests in flight
     stops the level (over-saturation: the queue only grows from there); it and the later arrivals are recorded
     as `not_sent` failures, so they count as missed."""
@@ -187,14 +189,21 @@ def run_requests(
             request_rate=request_rate,
             api_key=api_key,
             stop_when_full=stop_when_full,
+            exact_rate=exact_rate,
         )
     )
 
 
-def poisson_schedule(start: float, n: int, rate: float, seed: int) -> list[float]:
+def poisson_schedule(start: float, n: int, rate: float, seed: int, exact: bool = False) -> list[float]:
     """`n` absolute arrival times from `start`: the first at `start`, then cumulative exponential gaps of mean
-    1/rate drawn from random.Random(seed) (vLLM's benchmark: send, then wait a gap)."""
+    1/rate drawn from random.Random(seed) (vLLM's benchmark: send, then wait a gap).
+
+    `exact`: a Poisson process conditioned on its count instead: `n` arrivals uniform over exactly n / rate
+    seconds, sorted. A short level then offers the rate it names (free gaps drift: 44 arrivals meant for 19 req/s
+    came at 32 once), so levels of a search differ by their rate, not by their luck."""
     rng = random.Random(seed)
+    if exact:
+        return sorted(start + rng.uniform(0, n / rate) for _ in range(n))
     times, t = [], start
     for _ in range(n):
         times.append(t)
@@ -217,6 +226,7 @@ async def _run(
     request_rate,
     api_key,
     stop_when_full=False,
+    exact_rate=False,
 ) -> list[dict]:
     url = base_url.rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
@@ -268,7 +278,9 @@ async def _run(
                     # Each client and round draws its own arrivals (seeded by its first index): the same seed
                     # everywhere would send k clients' requests in bursts of k and repeat one pattern every round.
                     indices,
-                    poisson_schedule(time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index),
+                    poisson_schedule(
+                        time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index, exact_rate
+                    ),
                     strict=True,
                 )
             )

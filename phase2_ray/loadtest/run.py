@@ -403,6 +403,7 @@ def capacity_search(
             timeout_s=timeout_s,
             api_key=api_key,
             stop_when_full=True,
+            exact_rate=True,
             **sampling,
         )
         cpu = sum(ray.get([c.cpu_s.remote() for c in clients])) - cpu0

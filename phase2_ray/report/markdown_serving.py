@@ -253,6 +253,7 @@ CAPACITY_HEADERS = [
 ]
 LEVEL_CAP_HEADERS = [
     "offered",
+    "drawn/s",
     "sent/s",
     "goodput %",
     "TTFT p50",
@@ -286,8 +287,8 @@ def _capacity(cap: dict | None) -> list[str]:
         "\nCapacity under the SLO: open-loop Poisson arrivals at rising offered rates, bisected to the highest rate "
         f"at which ≥ {cap['goodput_min'] * 100:g}% of requests have TTFT ≤ {fmt(slo['ttft_ms'], 0)} ms (from their "
         f"scheduled arrival) and TPOT ≤ {fmt(slo['tpot_ms'], 0)} ms. Efficiency = capacity at N replicas / "
-        "(N × capacity at the first count). The interval spans the search's last bracket, widened by a block "
-        "bootstrap of each level's requests.\n",
+        "(N × capacity at the first count). The interval runs from the highest level whose goodput passes beyond "
+        "its own interval (batch means) to the lowest that fails beyond it; n/a where no level is that clear.\n",
         tabulate(rows, headers=CAPACITY_HEADERS, tablefmt="github"),
     ]
     if cap.get("bound"):

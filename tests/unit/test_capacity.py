@@ -121,3 +121,19 @@ def test_a_confirmation_level_is_long_enough_to_show_the_bar():
         assert goodput_interval([True] * n, 0.95)[0] >= g  # all good: the interval clears the bar
         assert goodput_interval([True] * (n // 3), 0.95)[0] < g  # a third as many cannot
     assert requests_to_show(0.95) == 110
+
+
+def test_exact_arrivals_offer_the_rate_they_name():
+    """A capacity level's arrivals are conditioned on their count: a short level offers its rate, where free
+    exponential gaps drift by chance (and a search would compare levels by their luck)."""
+    from phase2_ray.loadtest.client import poisson_schedule
+
+    def rate(ts):
+        return (len(ts) - 1) / (ts[-1] - ts[0])
+
+    exact = [poisson_schedule(0.0, 44, 20.0, s, exact=True) for s in range(200)]
+    free = [poisson_schedule(0.0, 44, 20.0, s) for s in range(200)]
+    assert all(ts == sorted(ts) and 0.0 <= ts[0] and ts[-1] <= 44 / 20.0 for ts in exact)
+    assert all(rate(ts) >= 20.0 * 43 / 44 for ts in exact)  # never below the named rate (n - 1 gaps in n / rate)
+    spread = [max(map(rate, xs)) / min(map(rate, xs)) for xs in (exact, free)]
+    assert spread[0] < spread[1]
