@@ -97,7 +97,7 @@ def level_outcome(
     offered_rps: float,
     slo: Slo,
     *,
-    max_generator_lag_ms: float = 50.0,
+    max_generator_lag_ms: float | None = None,
     min_achieved_frac: float = 0.95,
     stopped_early: bool = False,
     confirm: bool = False,
@@ -137,6 +137,9 @@ def level_outcome(
         good = [meets_slo(r, slo) for r in recs[-third:]]
     valid, reason = True, None
     # The generator fell behind on its own (late sends, not a slot it waited for): the level measured the client.
+    # Latency counts from the schedule, so a generator late by half the TTFT budget fails requests by itself.
+    if max_generator_lag_ms is None:
+        max_generator_lag_ms = 0.5 * slo.ttft_ms
     behind = lag_p99 > max_generator_lag_ms or (
         not stopped_early and math.isfinite(achieved) and achieved < min_achieved_frac * scheduled_rps
     )
@@ -240,8 +243,12 @@ class CapacitySearch:
             return self.start_rps
         last = self.levels[-1]
         if not last.valid:
-            self.stop_reason = f"invalid level at {last.offered_rps:.3g} req/s: {last.invalid_reason}"
-            return None
+            # once more at the same rate (a moment of the machine's, perhaps); twice running: the generator's limit
+            if len(self.levels) >= 2 and not self.levels[-2].valid:
+                self.stop_reason = f"invalid level at {last.offered_rps:.3g} req/s: {last.invalid_reason}"
+                return None
+            self.confirming = last.confirm
+            return last.offered_rps
         if last.confirm:
             if self.passes(last):
                 self.stop_reason = f"{last.offered_rps:.3g} req/s confirmed by a longer level"

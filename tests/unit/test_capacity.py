@@ -100,7 +100,9 @@ def test_a_generator_that_falls_behind_makes_the_level_invalid_not_the_server_li
     assert not o.valid and "load generator fell behind" in o.invalid_reason
     s = CapacitySearch(start_rps=20.0)
     s.observe(o)
-    assert s.next_rate() is None and "invalid level" in s.stop_reason
+    assert s.next_rate() == 20.0  # once more at the same rate
+    s.observe(o)
+    assert s.next_rate() is None and "invalid level" in s.stop_reason  # twice running: the generator's limit
     assert s.result()["capacity_rps"] is None
 
 
@@ -134,6 +136,8 @@ def test_exact_arrivals_offer_the_rate_they_name():
     exact = [poisson_schedule(0.0, 44, 20.0, s, exact=True) for s in range(200)]
     free = [poisson_schedule(0.0, 44, 20.0, s) for s in range(200)]
     assert all(ts == sorted(ts) and 0.0 <= ts[0] and ts[-1] <= 44 / 20.0 for ts in exact)
-    assert all(rate(ts) >= 20.0 * 43 / 44 for ts in exact)  # never below the named rate (n - 1 gaps in n / rate)
+    assert all(
+        rate(ts) >= 20.0 * 43 / 44 for ts in exact
+    )  # never below the named rate (n - 1 gaps in n / rate)
     spread = [max(map(rate, xs)) / min(map(rate, xs)) for xs in (exact, free)]
     assert spread[0] < spread[1]
