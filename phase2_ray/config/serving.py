@@ -179,7 +179,7 @@ class CapacityConfig(Section):
         0.15, gt=0, lt=1, description="Bisection stops when the bracket's ends are this close (relative)."
     )
     max_s: float = Field(
-        45.0, gt=0, description="Wall-clock budget per search; it stops after the level running."
+        30.0, gt=0, description="Wall-clock budget per search; it stops after the level running."
     )
     max_inflight: int = Field(
         64,
