@@ -1,11 +1,11 @@
-"""Load-generator cost: CPU time per streamed request of the client phase2_ray uses (httpx) beside aiohttp, which
-Ray already installs. The capacity search needs a generator that is not the bottleneck; on a machine whose cores
+"""Load-generator cost: CPU time per streamed request of two HTTP clients (httpx, aiohttp) doing the same minimal
+streaming read, and of phase2_ray's own client (loadtest.client, on aiohttp since this benchmark chose it). The capacity search needs a generator that is not the bottleneck; on a machine whose cores
 the replicas share, its CPU per request is what it takes from them.
 
 Both clients stream the same completions from one local server (aiohttp.web, on a thread of its own: its CPU is not
 counted) that answers like the Serve app does (a first token event, then batches of token events per write, a
-usage chunk, `data: [DONE]`), at the same concurrency, parsed by the same SSE parser (loadtest.client._sse_events):
-the difference is the HTTP client. CPU is the client thread's own time (time.thread_time), per request.
+usage chunk, `data: [DONE]`), at the same concurrency; the two minimal readers use the same SSE parser
+(loadtest.client._sse_events): their difference is the HTTP client. CPU is the client thread's own time (time.thread_time), per request.
 
 Usage: .venv/bin/python benchmarks/client_bench.py [--quick] [--requests 2000] [--concurrency 8]
 """
@@ -80,46 +80,68 @@ def serve_in_thread() -> tuple[str, threading.Event]:
     return f"http://127.0.0.1:{port}/v1/completions", stop
 
 
-async def with_httpx(url: str, n: int, conc: int) -> int:
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    ok = 0
-    async with httpx.AsyncClient(limits=limits) as client:
-        todo = iter(range(n))
+async def _pool(n: int, conc: int, one) -> int:
+    todo, ok = iter(range(n)), 0
 
-        async def worker() -> None:
-            nonlocal ok
-            for i in todo:
-                r = await stream_completion(
-                    client, url, {"prompt": "x", "stream": True}, RequestRecord("m", i), 30
-                )
-                ok += r.ok
+    async def worker() -> None:
+        nonlocal ok
+        for i in todo:
+            good = await one(i)  # awaited first: `ok += await ...` reads ok before the await, losing updates
+            ok += good
 
-        await asyncio.gather(*(worker() for _ in range(conc)))
+    await asyncio.gather(*(worker() for _ in range(conc)))
     return ok
+
+
+def _parse(chunks_seen: list[bytes]) -> bool:
+    buf, pending, tokens, done = bytearray(), [], 0, False
+    for chunk in chunks_seen:
+        for data in _sse_events(buf, chunk, pending):
+            if data == "[DONE]":
+                done = True
+            else:
+                tokens += bool(json.loads(data).get("choices"))
+    return done and tokens == TOKENS
+
+
+async def with_httpx(url: str, n: int, conc: int) -> int:
+    """httpx (the client phase2_ray used before): raw chunks into the SSE parser, [DONE] and token counts."""
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one(_: int) -> bool:
+            async with client.stream("POST", url, json={"prompt": "x", "stream": True}) as resp:
+                return _parse([c async for c in resp.aiter_bytes()])
+
+        return await _pool(n, conc, one)
 
 
 async def with_aiohttp(url: str, n: int, conc: int) -> int:
-    """The same request and parse with aiohttp: raw chunks into the same SSE parser, [DONE] and token counts."""
-    ok = 0
-    conn = aiohttp.TCPConnector(limit=conc)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        todo = iter(range(n))
+    """The same request and parse with aiohttp."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
 
-        async def worker() -> None:
-            nonlocal ok
-            for _ in todo:
-                buf, pending, tokens, done = bytearray(), [], 0, False
-                async with session.post(url, json={"prompt": "x", "stream": True}) as resp:
-                    async for chunk in resp.content.iter_any():
-                        for data in _sse_events(buf, chunk, pending):
-                            if data == "[DONE]":
-                                done = True
-                                continue
-                            tokens += bool(json.loads(data).get("choices"))
-                ok += done and tokens == TOKENS
+        async def one(_: int) -> bool:
+            async with session.post(url, json={"prompt": "x", "stream": True}) as resp:
+                return _parse([c async for c in resp.content.iter_any()])
 
-        await asyncio.gather(*(worker() for _ in range(conc)))
-    return ok
+        return await _pool(n, conc, one)
+
+
+async def with_phase2(url: str, n: int, conc: int) -> int:
+    """phase2_ray's own client (loadtest.client.stream_completion on aiohttp): timing every arrival, judging the
+    stream, filling its record."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
+
+        async def one(i: int) -> bool:
+            r = await stream_completion(
+                session, url, {"prompt": "x", "stream": True}, RequestRecord("m", i), 30
+            )
+            return r.ok
+
+        return await _pool(n, conc, one)
+
+
+CLIENTS = {"httpx": with_httpx, "aiohttp": with_aiohttp, "phase2": with_phase2}
 
 
 def measure(fn, url: str, n: int, conc: int) -> dict:
@@ -142,24 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     url, stop = serve_in_thread()
     res: dict = {"machine": machine(), "tokens": TOKENS, "tokens_per_write": PER_WRITE, "rounds": []}
     try:
-        for _ in range(rounds):  # alternated: the machine's drift falls on both
-            res["rounds"].append(
-                {
-                    "httpx": measure(with_httpx, url, n, args.concurrency),
-                    "aiohttp": measure(with_aiohttp, url, n, args.concurrency),
-                }
-            )
+        for _ in range(rounds):  # alternated: the machine's drift falls on every client
+            res["rounds"].append({k: measure(fn, url, n, args.concurrency) for k, fn in CLIENTS.items()})
     finally:
         stop.set()
-    h = sorted(r["httpx"]["cpu_ms_per_request"] for r in res["rounds"])
-    a = sorted(r["aiohttp"]["cpu_ms_per_request"] for r in res["rounds"])
-    res["httpx_cpu_ms_per_request"], res["aiohttp_cpu_ms_per_request"] = h[len(h) // 2], a[len(a) // 2]
+    for k in CLIENTS:
+        xs = sorted(r[k]["cpu_ms_per_request"] for r in res["rounds"])
+        res[f"{k}_cpu_ms_per_request"] = xs[len(xs) // 2]
     res["ratio_httpx_over_aiohttp"] = res["httpx_cpu_ms_per_request"] / res["aiohttp_cpu_ms_per_request"]
     print(json.dumps(res["machine"]))
     print(
         f"{n} streamed requests x {rounds} round(s) at c{args.concurrency}, {TOKENS} tokens in writes of {PER_WRITE}: "
         f"client CPU per request httpx {res['httpx_cpu_ms_per_request']:.2f} ms, aiohttp "
-        f"{res['aiohttp_cpu_ms_per_request']:.2f} ms: httpx / aiohttp = {res['ratio_httpx_over_aiohttp']:.2f}x"
+        f"{res['aiohttp_cpu_ms_per_request']:.2f} ms (httpx / aiohttp = {res['ratio_httpx_over_aiohttp']:.2f}x); "
+        f"phase2_ray's client {res['phase2_cpu_ms_per_request']:.2f} ms"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

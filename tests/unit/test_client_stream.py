@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
+import aiohttp
 import pytest
 
 from phase2_ray.loadtest.client import _sse_events, poisson_schedule, run_requests, stream_completion
@@ -211,7 +211,7 @@ def _slow(stream: _Stream, body: dict) -> None:
 
 def test_stream_completion_counts_from_the_scheduled_arrival():
     async def go(url: str) -> RequestRecord:
-        async with httpx.AsyncClient() as client:
+        async with aiohttp.ClientSession() as client:
             record = RequestRecord("tiny", 0)
             payload = {"model": "tiny", "prompt": "p", "stream": True}
             scheduled = time.perf_counter() - 0.5  # it should have gone half a second ago
