@@ -29,7 +29,7 @@ SETS += [
     "speed_trial.pairs=2",
 ]
 SETS += ["training.steps=30", "training.eval_interval=0", "data.max_chars=100000"]
-SETS += ["serve.int8=false", "validation.inprocess_reference=false"]
+SETS += ["serve.int8=false", "validation.inprocess_reference=false", "validation.capacity.enabled=false"]
 
 
 @dataclass

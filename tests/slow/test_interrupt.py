@@ -28,6 +28,7 @@ SETS = [
 PROGRESS = rf"\[(baseline|optimized) seed 1337\] step \d+/{STEPS} loss \d+\.\d+ [\d,]+ tok/s"
 FAST_2C = ["validation.replica_sweep=[]", "validation.concurrency=[1]", "validation.requests=4"]
 FAST_2C += ["serve.int8=false", "validation.inprocess_reference=false", "data.max_chars=100000"]
+FAST_2C += ["validation.capacity.enabled=false"]  # the smoke run and tests/integration/test_serve_capacity.py
 # the speed trial at its minimum (it must still run and end ok after the resume; its design is checked elsewhere)
 FAST_TRIAL = ["speed_trial.replicates=2", "speed_trial.pairs=2"]
 
