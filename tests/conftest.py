@@ -18,6 +18,17 @@ TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "slow")
 
 
+def benchmark(name: str):
+    """A script of benchmarks/ as a module (benchmarks/ is not a package: its scripts import each other by name)."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def free_port() -> int:
     """A port nothing listens on now (Serve's proxy uses SO_REUSEPORT: a shared port would split traffic)."""
     with socket.socket() as s:

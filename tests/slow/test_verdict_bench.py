@@ -2,21 +2,16 @@
 silently. It runs in this process on the session's Ray cluster, every series once or twice on tiny runs."""
 
 import json
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import benchmark
 
 pytestmark = pytest.mark.ray
 
 
 def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import verdict_bench
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    verdict_bench = benchmark("verdict_bench")
     out = tmp_path / "verdict.json"
     assert verdict_bench.main(["--quick", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out

@@ -2,17 +2,12 @@
 Every client streams every request whole from the local server; what they cost is printed, not asserted."""
 
 import json
-import sys
 
-from tests.conftest import ROOT
+from tests.conftest import benchmark
 
 
 def test_client_bench_quick_streams_every_request_with_both_clients(tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import client_bench
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    client_bench = benchmark("client_bench")
     out = tmp_path / "client.json"
     assert client_bench.main(["--quick", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
