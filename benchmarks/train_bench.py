@@ -1,7 +1,18 @@
 """Training benchmark: plain PyTorch loop vs Ray actors, baseline vs optimized vs auto, concurrent vs isolated.
 
 Everything is measured side by side in one run on this machine, then printed as ratios (and written as JSON).
-Usage: .venv/bin/python benchmarks/train_bench.py [--models default,bench] [--out FILE]"""
+A process already connected to Ray (the test suite's session cluster) keeps its cluster; otherwise the bench starts
+one of its own and shuts it down at the end.
+
+--quick (the test suite runs it): the default model only, shrunk (one layer, 32-token blocks, 20 steps, the speed
+trial and the auto probe at their minimum), and one pair: the plain loop before and after, and the optimized pair
+with isolation `both` (concurrent, then each variant alone; its variant is `auto` in the default config, so the
+probe record is printed too). It leaves out the bench model (the same code with another config), the A/A control
+pair and the `auto`-with-compile pair: both run the optimized pair's code with isolation `concurrent` and another
+variant, and each would add a pair's actor and trial start-ups (the compiles alone cost more than the whole quick
+run). What it measures means nothing.
+
+Usage: .venv/bin/python benchmarks/train_bench.py [--quick] [--models default,bench] [--auto default] [--out FILE]"""
 
 from __future__ import annotations
 
@@ -30,6 +41,25 @@ from phase2_ray.training.actors import loop_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/bench.yaml"}
+QUICK = [
+    "training.steps=20",
+    "training.eval_interval=0",
+    "training.warmup_steps=5",
+    "training.measurement.skip_steps=5",
+    "training.auto.probe_steps=4",
+    "data.max_chars=100000",
+    "data.vocab_size=512",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.d_model=16",
+    "model.block_size=32",
+    "validation.prompt_tokens=8",
+    "validation.max_tokens=16",
+    "speed_trial.pairs=2",
+    "speed_trial.replicates=2",
+    "speed_trial.warmup_steps=2",
+    "speed_trial.block_steps=2",
+]
 
 
 def machine() -> dict:
@@ -71,11 +101,14 @@ def plain_loop(cfg, d, skip: int) -> dict:
     }
 
 
-def _pair_run(name: str, d, variants: dict, isolation: str) -> tuple[dict, list[dict], dict]:
+def _pair_run(
+    name: str, d, variants: dict, isolation: str, overrides: list[str]
+) -> tuple[dict, list[dict], dict]:
     """Baseline and one other variant trained together (and alone when isolation is `both`)."""
     cfg = load_config(
         CONFIGS[name],
         [
+            *overrides,
             "training.log_every=0",
             f"training.measurement.isolation={isolation}",
             f"variants={json.dumps(variants)}",
@@ -106,21 +139,25 @@ def _variant_row(t: dict, c: dict) -> dict:
     }
 
 
-def bench_model(name: str, with_auto: bool) -> dict:
+def bench_model(name: str, with_auto: bool, overrides: list[str] | None = None, control: bool = True) -> dict:
     """Pairs, each baseline vs one variant at the same time on rotating cores: the configured optimized variant
     (also alone, for concurrent vs isolated), an A/A control identical to the baseline (the measurement's own
-    bias), and optionally `auto` allowed to compile."""
-    cfg = load_config(CONFIGS[name])
+    bias) unless `control` is false, and optionally `auto` allowed to compile. `overrides`: config overrides
+    (--set) for every run."""
+    overrides = list(overrides or [])
+    cfg = load_config(CONFIGS[name], overrides)
     d = prepare_data(cfg)
     skip = cfg.training.measurement.skip_steps
     base = cfg.variants["baseline"].model_dump()
     plain_before = plain_loop(cfg, d, skip)
-    pairs = {"optimized": (cfg.variants["optimized"].model_dump(), "both"), "control": (base, "concurrent")}
+    pairs = {"optimized": (cfg.variants["optimized"].model_dump(), "both")}
+    if control:
+        pairs["control"] = (base, "concurrent")
     if with_auto:
         pairs["auto"] = ({**base, "auto": True, "auto_compile": True}, "concurrent")
     out = {"variants": {}}
     for v, (vcfg, isolation) in pairs.items():
-        training, extra, r = _pair_run(name, d, {"baseline": base, v: vcfg}, isolation)
+        training, extra, r = _pair_run(name, d, {"baseline": base, v: vcfg}, isolation, overrides)
         out["variants"].setdefault("baseline", _variant_row(r["training"]["baseline"], {}))
         out["variants"][v] = _variant_row(r["training"][v], r["comparison"][v])
         if isolation == "both":
@@ -147,25 +184,36 @@ def fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="the default model only, tiny (the test suite runs this)"
+    )
     ap.add_argument("--models", default="default,bench")
     ap.add_argument("--auto", default="default", help="models whose run includes an `auto` variant")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    models, auto = args.models.split(","), args.auto.split(",")
+    overrides = QUICK if args.quick else []
+    if args.quick:
+        models, auto = ["default"], []
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, SIMD {' '.join(info['simd'])}, torch {info['torch']}, ray {info['ray']}"
     )
-    ray.init(include_dashboard=False, namespace="phase2", log_to_driver=False)
-    results = {"machine": info, "models": {}}
+    # A process already connected (the test suite's session cluster) keeps its cluster.
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, namespace="phase2", log_to_driver=False)
+    results = {"machine": info, "quick": args.quick, "models": {}}
     try:
-        for name in args.models.split(","):
+        for name in models:
             t = time.time()
-            results["models"][name] = bench_model(name, name in args.auto.split(","))
+            results["models"][name] = bench_model(name, name in auto, overrides, control=not args.quick)
             print(f"[{name}] measured in {time.time() - t:.0f} s", flush=True)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     for name, m in results["models"].items():
         print(f"\n== {name} model: {m['params']:,} params, {m['flops_per_token']:,} FLOPs/token ==")
         p = m["plain_loop"]
