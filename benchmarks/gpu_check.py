@@ -5,7 +5,15 @@ one JSON line (`GPU_CHECK_JSON {...}`) with everything.
 GPU machines may have torch but neither Ray nor pydantic: this reads the YAML with yaml.safe_load and imports
 nothing but the core, numpy, pandas, pyyaml, safetensors and tokenizers.
 
-usage: python benchmarks/gpu_check.py [--config configs/gpu.yaml] [--steps N] [--max-chars N] [--device auto]
+--quick (the test suite runs it, on the CPU): the same script on a tiny model (1 layer x 32, 64-token context),
+30 steps of 8 sequences, a 100,000-character corpus, 6 generation requests of 16 tokens at concurrency 1 and 4.
+It keeps the config's variants and their flags (bf16 included, so the bf16 peak and MFU paths run), except
+torch.compile on the CPU: a cold inductor compile costs more than the whole quick run; the CPU's matmul peak is
+measured on 256 x 256 instead of 512 x 512. It leaves out the GPU config's size (its figures mean nothing) and, on
+the CPU, compile and every CUDA branch (memory, device name, datasheet peak), which only a GPU machine runs.
+
+usage: python benchmarks/gpu_check.py [--quick] [--config configs/gpu.yaml] [--steps N] [--max-chars N]
+                                      [--device auto] [--requests N] [--out FILE]
        (benchmarks/gpu_check.sh wraps it with a time limit)"""
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ from phase2_ray.report.stats import block_bootstrap_ratio_ci, describe  # noqa: 
 DATASHEET_BF16 = {"H200": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 PCIe": 756.0e12, "A100": 312.0e12}
 REQUIRED_TRAINING = ("steps", "batch_size", "lr", "min_lr", "warmup_steps")
 OPTIM_FIELDS = ("compile", "compile_mode", "fused_adamw", "bf16", "sdpa_backend")
+# --quick: merged over the config's sections (after the check that the file spells out what a run uses)
+QUICK = {
+    "data": {"max_chars": 100_000, "vocab_size": 512},
+    "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "d_model": 32},
+    "training": {"steps": 30, "batch_size": 8, "warmup_steps": 5, "skip_steps": 5, "eval_windows": 16},
+    "validation": {"prompt_tokens": 8, "max_tokens": 16, "concurrency": [1, 4]},
+}
+QUICK_REQUESTS = 6
 
 
 def say(msg: str) -> None:
@@ -136,14 +152,20 @@ async def generate(model, prompts: list[list[int]], max_tokens: int, concurrency
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="a tiny run, CPU-friendly (the test suite runs this)"
+    )
     ap.add_argument("--config", default=str(ROOT / "configs" / "gpu.yaml"))
     ap.add_argument("--steps", type=int, help="override training.steps")
     ap.add_argument("--max-chars", type=int, help="override data.max_chars")
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    ap.add_argument("--requests", type=int, default=64)
-    args = ap.parse_args()
+    ap.add_argument(
+        "--requests", type=int, help=f"generation requests per level (default 64, --quick {QUICK_REQUESTS})"
+    )
+    ap.add_argument("--out", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
     t_start = time.time()
     cfg = yaml.safe_load(Path(args.config).read_text())
     # No config layer here (it needs pydantic): the file must spell out what the run uses, defaults included.
@@ -152,6 +174,11 @@ def main() -> int:
     if missing or "baseline" not in (cfg.get("variants") or {}):
         sys.exit(f"{args.config}: gpu_check needs {missing or 'variants.baseline'} set explicitly")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    requests = args.requests or (QUICK_REQUESTS if args.quick else 64)
+    if args.quick:
+        cfg = {**cfg, **{s: {**(cfg.get(s) or {}), **q} for s, q in QUICK.items()}}
+        if device == "cpu":
+            cfg["variants"] = {n: {**(v or {}), "compile": False} for n, v in cfg["variants"].items()}
     info = device_info(device)
     say(f"machine: {json.dumps(info)}")
 
@@ -181,9 +208,11 @@ def main() -> int:
         seed=tc.get("seed", 1337),
     )
     d["skip"] = min(d["skip"], ts.steps - 2)
-    peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
+    # --quick on the CPU: 256 x 256 (a bf16 512 x 512 matmul without AVX-512 BF16 takes 0.2 s, 21 of them 4 s)
+    size = 256 if args.quick and device == "cpu" else None
+    peaks = {"float32": measure_peak_flops(torch.float32, size=size, device=device)}
     if device == "cuda" or any(v.get("bf16") for v in cfg["variants"].values()):
-        peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
+        peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, size=size, device=device)
     say("measured matmul peak: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in peaks.items()))
     sheet = next((v for k, v in DATASHEET_BF16.items() if k in info.get("gpu", "")), None)
 
@@ -227,11 +256,11 @@ def main() -> int:
         torch.cuda.reset_peak_memory_stats()
     results["generation"] = []
     for conc in (1, max(vc.get("concurrency", [1, 16]))):
-        g = asyncio.run(generate(model, prompts, max_tokens, conc, args.requests))
+        g = asyncio.run(generate(model, prompts, max_tokens, conc, requests))
         results["generation"].append(g)
         say(
             f"generate c{conc}: TTFT p50 {g['ttft_ms']['p50']:.2f} ms p99 {g['ttft_ms']['p99']:.2f} ms, "
-            f"{g['tokens_per_s']:,.0f} tok/s ({args.requests} requests x {max_tokens} tokens, in-process)"
+            f"{g['tokens_per_s']:,.0f} tok/s ({requests} requests x {max_tokens} tokens, in-process)"
         )
     results["generation_cuda_max_allocated_mb"] = (
         torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
@@ -239,6 +268,8 @@ def main() -> int:
     results["wall_s"] = time.time() - t_start
     say(f"total {results['wall_s']:.0f}s")
     print("GPU_CHECK_JSON " + json.dumps(results, default=str), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
