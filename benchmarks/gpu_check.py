@@ -51,7 +51,13 @@ OPTIM_FIELDS = ("compile", "compile_mode", "fused_adamw", "bf16", "sdpa_backend"
 QUICK = {
     "data": {"max_chars": 100_000, "vocab_size": 512},
     "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "d_model": 32},
-    "training": {"steps": 30, "batch_size": 8, "warmup_steps": 5, "skip_steps": 5, "eval_windows": 16},
+    "training": {
+        "steps": 30,
+        "batch_size": 8,
+        "warmup_steps": 5,
+        "measurement": {"skip_steps": 5},  # nested, as the config layer (and configs/gpu.yaml) has it
+        "eval_windows": 16,
+    },
     "validation": {"prompt_tokens": 8, "max_tokens": 16, "concurrency": [1, 4]},
 }
 QUICK_REQUESTS = 6
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     d = {
         "train": data.encode(tok, corpus.train_text),
         "val": data.encode(tok, corpus.val_text),
-        "skip": tc.get("skip_steps", 10),
+        # training.measurement.skip_steps, as the config layer nests it (configs/gpu.yaml), or training.skip_steps
+        "skip": tc.get("skip_steps", (tc.get("measurement") or {}).get("skip_steps", 10)),
     }
     say(
         f"data: {corpus.chars:,} chars, {len(d['train']):,} train tokens, tokenizer in {time.time() - t:.1f}s"
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     # --quick on the CPU: 256 x 256 (a bf16 512 x 512 matmul without AVX-512 BF16 takes 0.2 s, 21 of them 4 s)
     size = 256 if args.quick and device == "cpu" else None
     peaks = {"float32": measure_peak_flops(torch.float32, size=size, device=device)}
-    if device == "cuda" or any(v.get("bf16") for v in cfg["variants"].values()):
+    if device == "cuda" or any((v or {}).get("bf16") for v in cfg["variants"].values()):
         peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, size=size, device=device)
     say("measured matmul peak: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in peaks.items()))
     sheet = next((v for k, v in DATASHEET_BF16.items() if k in info.get("gpu", "")), None)
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     base = runs["baseline"]
     results: dict = {"machine": info, "peaks_measured": peaks, "datasheet_bf16_peak": sheet, "training": {}}
     for name, r in runs.items():
-        dtype = "bfloat16" if r["optimizations"].get("bf16") else "float32"
+        dtype = "bfloat16" if r["optimizations"].get("bf16_autocast") else "float32"
         achieved = fpt * r["tokens_per_s"]
         row = {k: v for k, v in r.items() if not k.startswith("_")}
         row.update(

@@ -5,6 +5,8 @@ pydantic is tests/integration/test_gpu_check.py (a process of its own, both impo
 
 import json
 
+import pytest
+
 from tests.conftest import benchmark
 
 
@@ -29,6 +31,11 @@ def test_gpu_check_quick_trains_both_variants_and_generates_on_the_cpu(tmp_path,
         assert r["cuda_max_allocated_mb"] is None and r["mfu_vs_datasheet_bf16"] is None
     opt = tr["optimized"]["optimizations"]
     assert opt["compile"] is False and opt["fused_adamw"] is True and opt["bf16_autocast"] is True
+    # MFU against the peak of the dtype each variant computes in: bf16 autocast against the bf16 matmul's
+    for name, dtype in (("baseline", "float32"), ("optimized", "bfloat16")):
+        r = tr[name]
+        achieved = r["flops_per_token"] * r["tokens_per_s"]
+        assert r["mfu_vs_measured"] == pytest.approx(achieved / res["peaks_measured"][dtype])
     sp = tr["optimized"]["speedup"]
     assert sp["ci_low"] <= sp["ratio"] <= sp["ci_high"]
     assert "val_loss_delta_pct" in tr["optimized"] and "speedup" not in tr["baseline"]
