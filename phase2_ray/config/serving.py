@@ -77,7 +77,19 @@ class ServeConfig(Section):
         "simulated with a known service time, e.g. to check what capacity a slower device would have.",
     )
     int8: bool = Field(
-        True, description="Also serve an int8 weight-only copy of the optimized variant as `<variant>-int8`."
+        True, description="Also serve an int8 copy of the optimized variant as `<variant>-int8`."
+    )
+    int8_kernel: Literal["auto", "fbgemm", "int8pack"] = Field(
+        "auto",
+        description="The int8 copy's matmul: `int8pack` (PyTorch's weight-only int8, fast with AVX-512 or on "
+        "CUDA), `fbgemm` (FBGEMM's int8 GEMM with per-call activation quantization, x86 AVX2+), or `auto`: "
+        "the faster on this machine, measured where the model loads, among those that do not hold more bytes "
+        "than the fp32 matrices.",
+    )
+    kv_cache_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Dtype of every model's KV cache: bfloat16 halves its bytes; attention then runs in bf16 "
+        "(fast only where the CPU has bf16 instructions; benchmarks/decode_bench.py measures it).",
     )
 
     def resolved_api_key(self) -> str | None:

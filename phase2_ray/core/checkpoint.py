@@ -65,8 +65,8 @@ def checkpoint_files(model: torch.nn.Module, meta: dict, tokenizer_json: str) ->
     }
 
 
-def load_checkpoint(files: dict[str, bytes]) -> tuple[GPT, dict, Tokenizer]:
-    """Verifies every checksum, then rebuilds a plain (uncompiled, fp32) GPT, its metadata and tokenizer."""
+def read_checkpoint(files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], dict, Tokenizer]:
+    """Verifies every checksum, then returns the state dict (tied names filled in), metadata and tokenizer."""
     missing = {WEIGHTS, META, TOKENIZER} - set(files)
     if missing:
         raise FileNotFoundError(f"checkpoint lacks {sorted(missing)}")
@@ -82,11 +82,15 @@ def load_checkpoint(files: dict[str, bytes]) -> tuple[GPT, dict, Tokenizer]:
     state = st_load(files[WEIGHTS])
     for alias, source in meta.get("tied", {}).items():
         state[alias] = state[source]
+    return state, meta, Tokenizer.from_str(files[TOKENIZER].decode("utf-8"))
+
+
+def load_checkpoint(files: dict[str, bytes]) -> tuple[GPT, dict, Tokenizer]:
+    """Verifies every checksum, then rebuilds a plain (uncompiled, fp32) GPT, its metadata and tokenizer."""
+    state, meta, tok = read_checkpoint(files)
     model = GPT(GPTConfig(**meta["model"]))
     model.load_state_dict(state, strict=True)
-    model.eval()
-    tok = Tokenizer.from_str(files[TOKENIZER].decode("utf-8"))
-    return model, meta, tok
+    return model.eval(), meta, tok
 
 
 def save_dir(files: dict[str, bytes], directory: str | Path) -> Path:

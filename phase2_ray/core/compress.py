@@ -1,51 +1,156 @@
-"""SemanticCompressor: post-training weight-only int8 compression of a trained GPT. Pure PyTorch.
+"""SemanticCompressor: post-training int8 compression of a trained GPT, multiplied by int8 kernels. Pure PyTorch.
 
-Every matrix (attention, MLP and the tied embedding / LM head) is stored as int8 with one fp32 scale per output
-row (symmetric, scale = max|w| / 127), and dequantized inside the matmul's input cast. Activations stay fp32, so
-the quality loss is the weights' rounding alone; LayerNorms and the position table stay fp32 (they are tiny).
+Every matrix (attention, MLP and the tied embedding / LM head) becomes int8 with one fp32 scale per output row
+(symmetric, scale = max|w| / 127). LayerNorms and the position table stay fp32 (they are tiny). No fp32 copy of
+a matrix exists after compression, neither kept nor made per call: each linear runs one of two int8 kernels that
+PyTorch ships, chosen by measurement where the model loads (`choose_kernel`):
 
-Why weight-only and not torch.ao dynamic quantization: the latter is deprecated in torch 2.13 and, at this model's
-sizes (48-wide rows, batch of one token), measured slower here than weight-only (55-70 vs 15-50 us per matmul);
-weight-only also saves to safetensors as plain int8 tensors."""
+- `int8pack`: `aten._weight_int8pack_mm`, weight-only int8 (activations stay fp32). It reads the int8 matrix as it
+  is; ATen vectorizes it for AVX-512 (and CUDA), and falls back to a slow loop elsewhere.
+- `fbgemm`: `fbgemm_linear_int8_weight_fp32_activation`, FBGEMM's int8 GEMM (x86, AVX2 and up): activations are
+  quantized per call (per tensor, uint8), multiplied with the packed int8 matrix, and the row scales applied after.
+  Its packed matrix pads the input dimension to FBGEMM's block (512 on AVX2), so for narrow layers it holds more
+  bytes than the fp32 matrix did; it is only eligible where it does not (`eligible`).
+
+Why not torch.ao dynamic quantization (`quantized::linear_dynamic`): deprecated in torch 2.13, and slower per call
+than both at this model's sizes; nor torch.compile's weight-only pattern: on CPU it lowers to `int8pack` too, or
+materializes the fp32 matrix per call (benchmarks/RESULTS.md has the measurements)."""
 
 from __future__ import annotations
 
-import copy
+import ctypes
+import statistics
+import time
+import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from phase2_ray.core.model import GPT
+from phase2_ray.core.model import GPT, GPTConfig
+
+KERNELS = ("fbgemm", "int8pack")
+
+# The fbgemm ops warn once that they are deprecated; they are still PyTorch's int8 GEMM for x86 (torch.ao's
+# dynamic linear calls the same library) and the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"fbgemm_\w+ is deprecated")
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: returns (int8 weights, fp32 scale per row)."""
-    scale = w.detach().abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w.detach() / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale.float()
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def fbgemm_available() -> bool:
+    return (
+        "fbgemm" in torch.backends.quantized.supported_engines
+        and torch.backends.cpu.get_cpu_capability()
+        in (
+            "AVX2",
+            "AVX512",
+        )
+    )
+
+
+class _Malloc:
+    """glibc's count of bytes allocated by this process (`mallinfo2`): how the opaque FBGEMM pack is sized."""
+
+    class _Info(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
+
+    def __init__(self) -> None:
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+            self.libc.mallinfo2.restype = self._Info
+        except (OSError, AttributeError):
+            self.libc = None
+
+    def used(self) -> int | None:
+        if self.libc is None:
+            return None
+        m = self.libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+
+_MALLOC = _Malloc()
+
+
+def _fbgemm_pack(q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """FBGEMM's packed copy of an int8 matrix and its size in bytes as the allocator saw it (the tensor holding it
+    is an opaque handle). Without glibc the size falls back to FBGEMM's AVX2 layout, 512-row input blocks."""
+    before = _MALLOC.used()
+    packed = torch.fbgemm_pack_quantized_matrix(q)
+    after = _MALLOC.used()
+    n, k = q.shape
+    floor = -(-k // 512) * 512 * n
+    return packed, (after - before) if before is not None and after - before > 0 else floor
 
 
 class Int8Linear(nn.Module):
-    """y = x @ (q * scale)^T, computed as (x @ q^T) * scale: the scale applies per output column."""
+    """y = (x @ q^T) * scale, by an int8 kernel. `matmul` is the bare function the decode step calls (a module
+    call costs more than the multiply itself at this model's sizes)."""
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, kernel: str) -> None:
         super().__init__()
-        self.register_buffer("weight", q)
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown int8 kernel {kernel!r}: one of {KERNELS}")
+        self.kernel, (self.out_features, self.in_features) = kernel, q.shape
         self.register_buffer("scale", scale)
+        self.packed_bytes = 0
+        if kernel == "int8pack":
+            self.register_buffer("weight", q)
+        else:
+            if q.device.type != "cpu":
+                raise ValueError("int8 kernel fbgemm runs on the CPU only")
+            self._packed, self.packed_bytes = _fbgemm_pack(q)
+            # FBGEMM adds activation zero-point corrections from each row's sum; the scales apply after (per row,
+            # which its scalar weight scale cannot express).
+            self.register_buffer("col_offsets", q.sum(dim=1, dtype=torch.int32))
+            self.register_buffer("zero_bias", torch.zeros(q.shape[0]))
+        self._bind()
 
-    @classmethod
-    def from_linear(cls, lin: nn.Linear) -> Int8Linear:
-        if lin.bias is not None:
-            raise ValueError("Int8Linear takes bias-free layers (the GPT has none)")
-        return cls(*quantize_rows(lin.weight))
+    def _bind(self) -> None:
+        """Builds `matmul` over the current tensors (again after a move: the closure holds them)."""
+        n, k = self.out_features, self.in_features
+        scale = self.scale
+        if self.kernel == "int8pack":
+            op, q = torch.ops.aten._weight_int8pack_mm, self.weight
+
+            def matmul(x: torch.Tensor) -> torch.Tensor:
+                if x.dim() == 2:
+                    return op(x, q, scale)
+                return op(x.reshape(-1, k), q, scale).view(*x.shape[:-1], n)
+
+        else:
+            # FBGEMM reads only the shape of its `weight` argument: a zero-stride view stands in for the matrix.
+            args = (torch.empty((), dtype=torch.int8).expand(n, k), self._packed, self.col_offsets, 1.0, 0)
+            op, bias = torch.fbgemm_linear_int8_weight_fp32_activation, self.zero_bias
+
+            def matmul(x: torch.Tensor) -> torch.Tensor:
+                return op(x, *args, bias).mul_(scale)
+
+        self.matmul: Callable[[torch.Tensor], torch.Tensor] = matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype)) * self.scale
+        return self.matmul(x)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.kernel == "fbgemm" and self.scale.device.type != "cpu":
+            raise ValueError("int8 kernel fbgemm runs on the CPU only: compress the model on its device")
+        self._bind()
+        return out
 
 
 class Int8Embedding(nn.Module):
-    """Row lookup of int8 weights, scaled back per row."""
+    """Row lookup of int8 weights, scaled back per row (only the looked-up rows become fp32)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
@@ -53,30 +158,101 @@ class Int8Embedding(nn.Module):
         self.register_buffer("scale", scale)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight).float() * self.scale[ids].unsqueeze(-1)
+        return F.embedding(ids, self.weight).float().mul_(self.scale[ids].unsqueeze(-1))
+
+
+def _linear_shapes(cfg: GPTConfig) -> list[tuple[int, int]]:
+    d = cfg.d_model
+    per_block = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
+    return per_block * cfg.n_layer + [(cfg.vocab_size, d)]
+
+
+def probe_kernels(cfg: GPTConfig, rounds: int = 5, calls: int = 20) -> dict[str, dict]:
+    """Each available kernel's time for one decode step's matrices at batch 1 (the single stream), on random int8
+    weights of this model's shapes, rounds interleaved; and the bytes it would hold against the fp32 matrices'."""
+    shapes = _linear_shapes(cfg)
+    kernels = [k for k in KERNELS if k != "fbgemm" or fbgemm_available()]
+    fp32_bytes = sum(4 * n * k for n, k in shapes)
+    mods = {k: [Int8Linear(*quantize_rows(torch.randn(n, i)), k) for n, i in shapes] for k in kernels}
+    layers = {k: [m.matmul for m in ms] for k, ms in mods.items()}
+    xs = {i: torch.randn(1, i) for _, i in shapes}
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for k in kernels:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    for fn, (_, i) in zip(layers[k], shapes, strict=True):
+                        fn(xs[i])
+                times[k].append((time.perf_counter() - t0) / calls * 1e6)
+    out = {}
+    for k in kernels:
+        # FBGEMM's head is a packed copy: the embedding keeps its own int8 rows for lookups.
+        b = sum(weight_bytes(m) for m in mods[k]) + (cfg.vocab_size * cfg.d_model if k == "fbgemm" else 0)
+        out[k] = {"step_matmul_us": statistics.median(times[k]), "bytes": b, "fp32_bytes": fp32_bytes}
+    return out
+
+
+def choose_kernel(cfg: GPTConfig, device: str = "cpu", requested: str = "auto") -> tuple[str, dict]:
+    """The int8 kernel for this model here, and why: `requested` if not "auto"; on a GPU `int8pack`; on a CPU the
+    fastest measured kernel among those whose matrices take no more bytes than the fp32 ones did (int8 that grows
+    the model is no compression)."""
+    if requested != "auto":
+        if requested == "fbgemm" and (device != "cpu" or not fbgemm_available()):
+            raise ValueError(f"int8 kernel fbgemm needs an x86 CPU with AVX2 (device {device!r})")
+        return requested, {"requested": requested}
+    if device != "cpu":
+        return "int8pack", {"requested": "auto", "reason": f"the only int8 kernel for {device}"}
+    probe = probe_kernels(cfg)
+    eligible = {k: p for k, p in probe.items() if p["bytes"] <= p["fp32_bytes"]} or probe
+    chosen = min(eligible, key=lambda k: eligible[k]["step_matmul_us"])
+    return chosen, {"requested": "auto", "probe": probe, "eligible": sorted(eligible)}
 
 
 class SemanticCompressor:
-    """Turns a trained fp32 GPT into its int8 weight-only copy (the original is left untouched)."""
+    """Turns a trained GPT's weights into its int8 copy (the source is left untouched)."""
 
-    method = "weight-only int8, symmetric per output row"
+    method = "int8 weights, symmetric per output row"
+
+    def __init__(self, kernel: str = "auto", device: str = "cpu") -> None:
+        self.requested, self.device = kernel, device
+        self.kernel: str | None = None
+        self.choice: dict = {}
 
     def compress(self, model: GPT) -> GPT:
-        out = copy.deepcopy(model).eval()
-        for blk in out.blocks:
-            blk.attn.qkv = Int8Linear.from_linear(blk.attn.qkv)
-            blk.attn.proj = Int8Linear.from_linear(blk.attn.proj)
-            blk.mlp.fc = Int8Linear.from_linear(blk.mlp.fc)
-            blk.mlp.proj = Int8Linear.from_linear(blk.mlp.proj)
-        # The embedding and the LM head are one tied matrix: quantize it once and share the buffers.
-        q, scale = quantize_rows(out.wte.weight)
-        out.wte = Int8Embedding(q, scale)
-        out.lm_head = Int8Linear(q, scale)
-        return out
+        return self.compress_state(model.state_dict(), model.cfg)
+
+    def compress_state(self, state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
+        """The int8 model straight from a (fp32) state dict: no fp32 model is built, and each matrix is quantized
+        from its tensor in `state` (the only fp32 copy, the caller's)."""
+        if self.kernel is None:
+            self.kernel, self.choice = choose_kernel(cfg, self.device, self.requested)
+        dev = torch.device(self.device)
+        with torch.device("meta"):
+            out = GPT(cfg)
+
+        def lin(name: str) -> Int8Linear:
+            q, s = quantize_rows(state[name].to(dev))
+            return Int8Linear(q, s, self.kernel)
+
+        for i, blk in enumerate(out.blocks):
+            p = f"blocks.{i}."
+            blk.attn.qkv, blk.attn.proj = lin(p + "attn.qkv.weight"), lin(p + "attn.proj.weight")
+            blk.mlp.fc, blk.mlp.proj = lin(p + "mlp.fc.weight"), lin(p + "mlp.proj.weight")
+        # The embedding and the LM head are one tied matrix: quantized once; the head's kernel shares or packs it.
+        q, s = quantize_rows(state["wte.weight"].to(dev))
+        out.wte, out.lm_head = Int8Embedding(q, s), Int8Linear(q, s, self.kernel)
+        small = {k: v.to(dev) for k, v in state.items() if k.startswith(("wpe.", "ln_f.")) or ".ln" in k}
+        out.load_state_dict(small, strict=False, assign=True)
+        left = [n for n, t in [*out.named_parameters(), *out.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"compression left {left} unset")
+        return out.eval().requires_grad_(False)
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by the model's parameters and buffers, each shared storage counted once."""
+    """Bytes held by the model's weights: parameters and buffers (each shared storage once) plus any int8 kernel's
+    packed matrices."""
     seen: set[int] = set()
     total = 0
     for t in [*model.parameters(), *model.buffers()]:
@@ -84,16 +260,21 @@ def weight_bytes(model: nn.Module) -> int:
         if ptr not in seen:
             seen.add(ptr)
             total += t.untyped_storage().nbytes()
-    return total
+    return total + sum(getattr(m, "packed_bytes", 0) for m in model.modules())
 
 
 def load_for_serving(spec: dict, device: str = "cpu") -> tuple[GPT, dict, object]:
-    """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files, compressed to int8
-    when `spec["int8"]` (on the CPU, from the fp32 weights), then moved to `device`. The Serve replica and the
-    in-process reference both load through here, so they serve the same model."""
-    from phase2_ray.core.checkpoint import load_checkpoint  # checkpoint imports the model, not this module
+    """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files on `device`, compressed
+    to int8 when `spec["int8"]` (kernel `spec["int8_kernel"]`, default auto), straight from the checkpoint's
+    tensors. The Serve replica and the in-process reference both load through here, so they serve the same
+    model; `meta["int8"]` says which kernel and why."""
+    from phase2_ray.core.checkpoint import load_checkpoint, read_checkpoint  # checkpoint imports the model
 
-    model, meta, tok = load_checkpoint(spec["checkpoint"])
-    if spec.get("int8"):
-        model = SemanticCompressor().compress(model)
-    return model.to(device), meta, tok
+    if not spec.get("int8"):
+        model, meta, tok = load_checkpoint(spec["checkpoint"])
+        return model.to(device), meta, tok
+    state, meta, tok = read_checkpoint(spec["checkpoint"])
+    comp = SemanticCompressor(spec.get("int8_kernel", "auto"), device)
+    model = comp.compress_state(state, GPTConfig(**meta["model"]))
+    del state
+    return model, {**meta, "int8": {"kernel": comp.kernel, "method": comp.method, **comp.choice}}, tok

@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import torch
+
 from phase2_ray.core.generate import BatchDecoder, SamplingParams
 from phase2_ray.core.model import GPT
 
@@ -42,8 +44,17 @@ class AsyncBatchEngine:
     loop, a step (~0.5 ms) runs between I/O callbacks, and `await asyncio.sleep(0)` after each step lets new
     requests in and finished chunks out."""
 
-    def __init__(self, model: GPT, max_batch: int, max_waiting: int, min_step_ms: float = 0.0) -> None:
-        self.decoder = BatchDecoder(model, max_batch)
+    def __init__(
+        self,
+        model: GPT,
+        max_batch: int,
+        max_waiting: int,
+        min_step_ms: float = 0.0,
+        kv_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.decoder = BatchDecoder(model, max_batch, kv_dtype)
+        self.activation_bytes = self.decoder.activation_bytes()
+        """Peak bytes a worst-case prefill and full-batch step create, measured once here (before any request)."""
         self.max_waiting = max_waiting
         self.min_step_s = min_step_ms / 1000.0
         """Each decode step takes at least this long (it waits out the rest without holding the loop): a
@@ -69,6 +80,8 @@ class AsyncBatchEngine:
             "max_batch_seen": self.max_batch_seen,
             "max_batch": self.decoder.max_batch,
             "kv_cache_bytes": self.decoder.cache_bytes,
+            "kv_cache_dtype": str(self.decoder.kv_dtype).removeprefix("torch."),
+            "activation_bytes": self.activation_bytes,
             "engine_first_token_ms": _quantiles(self.first_token_ms),
         }
 

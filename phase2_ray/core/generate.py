@@ -8,11 +8,14 @@ called, not their weights read, so a compressed model (int8 `nn.Module`s with th
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from phase2_ray.core.model import GPT
 
@@ -65,7 +68,7 @@ class BatchDecoder:
     so a request never waits for a whole batch to finish. Active sequences always occupy slots 0..n-1 (a finished
     one is replaced by the last), so a step reads contiguous cache slices and never gathers."""
 
-    def __init__(self, model: GPT, max_batch: int) -> None:
+    def __init__(self, model: GPT, max_batch: int, kv_dtype: torch.dtype | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         cfg = model.cfg
@@ -76,10 +79,12 @@ class BatchDecoder:
         self.head_dim = cfg.d_model // cfg.n_head
         p = next(model.parameters())
         self.device = p.device
-        dtype = p.dtype if p.is_floating_point() else torch.float32
+        self.dtype = p.dtype if p.is_floating_point() else torch.float32
+        # The cache may be held narrower than the activations (bf16 halves it); attention then runs in its dtype.
+        self.kv_dtype = kv_dtype or self.dtype
         # One tensor per layer holding keys (index 0) and values (1): a decode step writes both in one op.
         shape = (2, max_batch, cfg.n_head, cfg.block_size, self.head_dim)
-        self.kv = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layer)]
+        self.kv = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device) for _ in range(cfg.n_layer)]
         self.active: list[Sequence] = []
         self._plan = _DecodePlan(model)
 
@@ -87,6 +92,22 @@ class BatchDecoder:
     def cache_bytes(self) -> int:
         """Bytes of the preallocated KV cache (all slots, all layers)."""
         return sum(t.numel() * t.element_size() for t in self.kv)
+
+    def activation_bytes(self) -> int:
+        """Peak bytes of the tensors a worst case creates beyond the weights and the cache, measured: a prefill of
+        a full-context prompt, then one decode step of every slot at the last position, sampled. Call it before
+        any request (it writes into the cache)."""
+        if self.active:
+            raise RuntimeError("activation_bytes() needs an idle decoder: it writes into the cache")
+        held = [*self.kv, *self.model.parameters(), *self.model.buffers()]
+        n, last = self.max_batch, self.block_size - 1
+        seqs = [Sequence(1, SamplingParams(1), torch.Generator(device=self.device)) for _ in range(n)]
+        with torch.inference_mode(), LiveBytes(held) as live:
+            self._prefill(torch.zeros(1, last, dtype=torch.long, device=self.device), 0)
+            logits = self._decode(torch.zeros(n, dtype=torch.long, device=self.device), [last] * n)
+            sample_rows(logits, seqs)
+            del logits
+        return live.peak
 
     @property
     def free_slots(self) -> int:
@@ -174,6 +195,7 @@ class BatchDecoder:
         # Rows at different positions attend to their own filled prefix only.
         mask = None if same_pos else (self._arange[:t_max] <= pos[:, None]).view(B, 1, 1, t_max)
         rows = torch.arange(B, device=self.device)
+        narrow = self.kv_dtype != self.dtype
         for layer, (ln1, qkv_w, proj_w, ln2, fc_w, out_w) in enumerate(p.layers):
             kv = self.kv[layer]
             qkv = p.linear(p.norm(x, ln1), qkv_w).view(B, 3, H, hd)
@@ -181,10 +203,13 @@ class BatchDecoder:
                 kv[:, :B, :, t_max - 1] = qkv[:, 1:].transpose(0, 1)
             else:
                 kv[:, rows, :, pos] = qkv[:, 1:]
-            y = F.scaled_dot_product_attention(
-                qkv[:, 0].unsqueeze(2), kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask
-            )
-            x = x + p.linear(y.view(B, H * hd), proj_w)
+            q = qkv[:, 0].unsqueeze(2)
+            if narrow:
+                q = q.to(self.kv_dtype)
+            y = F.scaled_dot_product_attention(q, kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask)
+            if narrow:
+                y = y.to(self.dtype)
+            x = x + p.linear(y.reshape(B, H * hd), proj_w)
             x = x + p.linear(F.gelu(p.linear(p.norm(x, ln2), fc_w), approximate="tanh"), out_w)
         return p.linear(p.norm(x, p.ln_f), p.head)
 
@@ -195,9 +220,48 @@ class BatchDecoder:
         return self._ar
 
 
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of every tensor storage that ops create while active, and their peak: what a piece of
+    PyTorch code allocates, measured rather than estimated (CPU has no allocator statistics to ask). Storages of
+    `held` tensors (weights, a cache written in place) are not counted."""
+
+    def __init__(self, held: list[torch.Tensor] = ()) -> None:
+        super().__init__()
+        self.held = {t.untyped_storage().data_ptr() for t in held}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            ptr, n = st.data_ptr(), st.nbytes()
+            if not n or ptr in self.held:
+                continue
+            if ptr in self.live:  # a view (or an in-place result) of a storage already counted
+                self.live[ptr][1] += 1
+            else:
+                self.live[ptr] = [n, 1]
+                self.now += n
+                self.peak = max(self.peak, self.now)
+            weakref.finalize(t, self._dropped, ptr)
+        return out
+
+    def _dropped(self, ptr: int) -> None:
+        """One tensor on `ptr` died; the storage is free when the last one has."""
+        entry = self.live.get(ptr)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self.now -= self.live.pop(ptr)[0]
+
+
 class _DecodePlan:
     """The decode step's operands, resolved once: plain `nn.Linear` weights become transposed views used with
-    `torch.mm` (one op instead of linear's three); any other module (an int8 layer) is kept and called."""
+    `torch.mm` (one op instead of linear's three); an int8 layer becomes its kernel call; any other module is
+    kept and called."""
 
     def __init__(self, m: GPT) -> None:
         self.embed = _embedding(m.wte)
@@ -228,7 +292,7 @@ class _DecodePlan:
 def _weight(mod: torch.nn.Module):
     if type(mod) is torch.nn.Linear and mod.bias is None:
         return mod.weight.detach().t()
-    return mod
+    return getattr(mod, "matmul", mod)  # an int8 layer's bare kernel call, else the module
 
 
 def _embedding(mod: torch.nn.Module):

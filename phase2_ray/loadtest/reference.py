@@ -32,6 +32,7 @@ def inprocess_reference(
     n: int,
     warmup: int,
     max_tokens: list[int] | None = None,
+    kv_cache_dtype: str = "float32",
 ) -> dict:
     """The served models, driven by the same engine in this process with no Serve and no HTTP: one request at a
     time, timed from submission to each token's arrival. Also the val loss and weight bytes of each model, so
@@ -41,13 +42,18 @@ def inprocess_reference(
     device = assigned_device()
     out: dict = {}
     for model_id, spec in models.items():
-        model, _, _ = load_for_serving(materialize(spec), device)
+        model, meta, _ = load_for_serving(materialize(spec), device)
         with torch.inference_mode():
             val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
-        engine = AsyncBatchEngine(model, max_batch, max_waiting=max(1, n))
+        engine = AsyncBatchEngine(model, max_batch, max(1, n), kv_dtype=getattr(torch, kv_cache_dtype))
         records = asyncio.run(_sequential(engine, model_id, token_prompts, sampling, n, warmup, max_tokens))
         engine.close()
-        out[model_id] = {"records": records, "val_loss": val_loss, "weight_bytes": weight_bytes(model)}
+        out[model_id] = {
+            "records": records,
+            "val_loss": val_loss,
+            "weight_bytes": weight_bytes(model),
+            "int8": meta.get("int8"),
+        }
     return out
 
 

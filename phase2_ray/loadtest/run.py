@@ -52,7 +52,7 @@ class ValidationStage:
         )
         sc, v = cfg.serve, cfg.validation
         self.int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
-        self.models = model_specs(checkpoints, self.int8_of, uris)
+        self.models = model_specs(checkpoints, self.int8_of, uris, sc.int8_kernel)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
         cap = v.capacity
@@ -170,6 +170,7 @@ class ValidationStage:
                 max_batch=sc.max_batch_size,
                 sampling={**self.sampling, "seed": cfg.training.seed},
                 max_tokens=[p[1] for p in d.requests] if d.workload else None,
+                kv_cache_dtype=sc.kv_cache_dtype,
                 n=v.requests if v.inprocess_reference else 0,
                 warmup=v.warmup_requests if v.inprocess_reference else 0,
             )

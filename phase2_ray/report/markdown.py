@@ -167,7 +167,8 @@ def _glance_health(r: dict) -> list[str]:
         first = next(iter(inf.values()))
         lines.append(f"  replica peak RSS {fmt(first.get('peak_memory_mb'), 0, ' MB')} (holds every model)")
         lines += [
-            f"  {m}: weights + KV cache {fmt(i.get('model_memory_mb'), 2, ' MB')}" for m, i in inf.items()
+            f"  {m}: weights + KV cache + activations {fmt(i.get('model_memory_mb'), 2, ' MB')}"
+            for m, i in inf.items()
         ]
     rsc = (r.get("serving") or {}).get("replica_scaling")
     if rsc:
@@ -216,8 +217,8 @@ def _comparative_table(r: dict) -> str:
                 f"Model memory ({m} ÷ baseline)",
                 fmt(ratio(i.get("model_memory_mb"), inf["baseline"].get("model_memory_mb")), 3),
                 "",
-                "exact byte count",
-                "weights + KV cache",
+                "byte counts",
+                "weights + KV cache + activation peak",
             ]
         )
     return (

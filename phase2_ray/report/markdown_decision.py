@@ -74,7 +74,7 @@ GATE_ADVICE = {
     "output_tokens_per_s": "output throughput must reach {threshold:g} tok/s (larger batches, more replicas)",
     "peak_memory_mb": "the replica's peak RSS must fit {threshold:g} MB (fewer models per replica, a smaller "
     "KV cache: serve.max_batch_size)",
-    "model_memory_mb": "the model's weights + KV cache must fit {threshold:g} MB (int8 weights, a smaller "
+    "model_memory_mb": "the model's weights + KV cache + activations must fit {threshold:g} MB (int8 weights, a smaller "
     "serve.max_batch_size)",
     "success_rate": "every request must succeed: see the errors by type in report.json inference.<model>.errors",
     "ttft_p50_vs_baseline": "this model's TTFT must not be worse than the baseline model's by more than the "

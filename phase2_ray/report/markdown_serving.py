@@ -233,7 +233,7 @@ def _memory_rows(inf: dict) -> list[list]:
 def _compression(comp: dict) -> str:
     sp = comp["inprocess_request_tokens_per_s_p50"]
     return (
-        f"\nCompression ({comp['method']}): val loss {fmt(comp['val_loss_source'], 4)} → "
+        f"\nCompression ({comp['method']}, kernel {comp.get('kernel') or 'n/a'}): val loss {fmt(comp['val_loss_source'], 4)} → "
         f"{fmt(comp['val_loss_int8'], 4)} ({comp['val_loss_delta_pct']:+.3f}%, gate ≤ {comp['threshold_pct']:g}%); "
         f"weights {fmt(comp['weight_bytes_source'], 0)} → {fmt(comp['weight_bytes_int8'], 0)} bytes "
         f"({fmt(comp['weight_bytes_ratio'], 3)}x); in-process decode p50 {fmt(sp[comp['source']], 0)} → "

@@ -132,13 +132,19 @@ def _memory(m: str, replicas: list[dict]) -> dict:
         "uss_mb": max(r["uss_mb"] for r in replicas),
     }
     own = replicas[0]["models"].get(m, {})
-    out["model_bytes"] = {"weights": own.get("weight_bytes"), "kv_cache": own.get("kv_cache_bytes")}
+    out["model_bytes"] = {
+        "weights": own.get("weight_bytes"),
+        "kv_cache": own.get("kv_cache_bytes"),
+        "activations": own.get("activation_bytes"),
+    }
     if None not in out["model_bytes"].values():
         out["model_memory_mb"] = sum(out["model_bytes"].values()) / 2**20
     out["memory_basis"] = (
         "peak_memory_mb = peak RSS (ru_maxrss) of the replica process, the largest over replicas; the "
         "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
-        "this model's own weights and preallocated KV cache."
+        "this model's own weights (int8 kernels' packed matrices included), its preallocated KV cache, and the "
+        "peak of the tensors a full-context prefill plus a full-batch decode step create (measured at load); "
+        "model_memory_mb is their sum."
     )
     cuda = [r["cuda_max_allocated_mb"] for r in replicas if r.get("cuda_max_allocated_mb") is not None]
     if cuda:
@@ -148,7 +154,7 @@ def _memory(m: str, replicas: list[dict]) -> dict:
         out["memory_basis"] = (
             "peak_memory_mb = torch.cuda.max_memory_allocated() of the replica (the models run on CUDA), "
             "the largest over replicas; peak_rss_mb = the replica process's host peak RSS. "
-            "model_bytes = this model's own weights and preallocated KV cache."
+            "model_bytes = this model's own weights, preallocated KV cache and measured activation peak."
         )
     return out
 
@@ -162,6 +168,7 @@ def _inprocess(ref: dict) -> dict:
         },
         "val_loss": ref["val_loss"],
         "weight_bytes": ref["weight_bytes"],
+        "int8": ref.get("int8"),
     }
 
 
@@ -224,8 +231,11 @@ def _replica_scaling(req: pd.DataFrame, sc: dict, concurrency: int | None) -> di
 def _compression(inf: dict, src: str, threshold_pct: float) -> dict:
     """The int8 copy of model `src` against its source: quality, size, speed."""
     a, b = inf[src], inf[src + "-int8"]
+    kernel = (b.get("int8") or {}).get("kernel")
     return {
-        "method": "weight-only int8, symmetric per output row (SemanticCompressor)",
+        "method": "int8 weights, symmetric per output row (SemanticCompressor)",
+        "kernel": kernel,
+        "kernel_choice": b.get("int8"),
         "source": src,
         "model": src + "-int8",
         "val_loss_source": a["val_loss"],

@@ -57,7 +57,11 @@ class InferenceScalingEngine:
             model, meta, tok = load_for_serving(materialize(spec), self.device)
             self.sources[model_id] = spec.get("checkpoint_uri", "object store")
             self.engines[model_id] = AsyncBatchEngine(
-                model, cfg.max_batch_size, cfg.max_waiting, cfg.min_step_ms
+                model,
+                cfg.max_batch_size,
+                cfg.max_waiting,
+                cfg.min_step_ms,
+                getattr(torch, cfg.kv_cache_dtype),
             )
             self.tokenizers[model_id], self.meta[model_id] = tok, meta
             self.weight_bytes[model_id] = weight_bytes(model)
@@ -127,6 +131,7 @@ class InferenceScalingEngine:
             models={
                 m: {
                     "weight_bytes": self.weight_bytes[m],
+                    "int8": self.meta[m].get("int8"),
                     "params": sum(p.numel() for p in e.decoder.model.parameters())
                     + sum(b.numel() for b in e.decoder.model.buffers()),
                     **e.stats(),

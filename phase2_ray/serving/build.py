@@ -40,17 +40,20 @@ def engine_options(
 
 
 def model_specs(
-    checkpoints: dict[str, dict[str, bytes]], int8_of: str | None, uris: dict[str, str] | None = None
+    checkpoints: dict[str, dict[str, bytes]],
+    int8_of: str | None,
+    uris: dict[str, str] | None = None,
+    int8_kernel: str = "auto",
 ) -> dict[str, dict]:
     """Every served model id -> its checkpoint: the files, or only their storage URI when `uris` has one (the
-    replica reads it there); `int8: True` marks the compressed copy of `int8_of`."""
+    replica reads it there); `int8: True` marks the compressed copy of `int8_of` (multiplied by `int8_kernel`)."""
     uris = uris or {}
     models: dict[str, dict] = {
         v: {"checkpoint_uri": uris[v]} if v in uris else {"checkpoint": files}
         for v, files in checkpoints.items()
     }
     if int8_of is not None:
-        models[int8_of + INT8_SUFFIX] = {**models[int8_of], "int8": True}
+        models[int8_of + INT8_SUFFIX] = {**models[int8_of], "int8": True, "int8_kernel": int8_kernel}
     return models
 
 
@@ -70,7 +73,7 @@ def build_app(
     `version` names the replicas' code and models (one run's stage 2c passes its run id): `serve.run` of the same
     version with another replica count then only starts or stops the difference, as a config-file redeploy does,
     instead of replacing every replica. Without it Serve draws a new version on each `serve.run`."""
-    models = model_specs(checkpoints, int8_of, uris)
+    models = model_specs(checkpoints, int8_of, uris, serve_cfg.int8_kernel)
     # The key is read from the driver's environment (PHASE2_API_KEY); a replica's process may not have it.
     replica_cfg = serve_cfg.model_copy(update={"api_key": serve_cfg.resolved_api_key()})
     opts = engine_options(serve_cfg, cpus_per_replica, gpus_per_replica)
