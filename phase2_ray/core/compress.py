@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from phase2_ray.core.model import GPT, GPTConfig
+from phase2_ray.core.model import GPT, MLP, Block, CausalSelfAttention, GPTConfig
 
 KERNELS = ("fbgemm", "int8pack")
 
@@ -209,6 +209,17 @@ def choose_kernel(cfg: GPTConfig, device: str = "cpu", requested: str = "auto") 
     return chosen, {"requested": "auto", "probe": probe, "eligible": sorted(eligible)}
 
 
+def _bare(cls: type[nn.Module], **children) -> nn.Module:
+    """A `cls` holding exactly `children`, its __init__ skipped: the int8 model is assembled from int8 layers
+    without first building the fp32 one (nor a meta-device one: the first meta tensor imports ~70 MB of torch
+    into a replica). tests/unit/test_compress.py checks it has every attribute and module the class builds."""
+    m = cls.__new__(cls)
+    nn.Module.__init__(m)
+    for name, value in children.items():
+        setattr(m, name, value)
+    return m
+
+
 class SemanticCompressor:
     """Turns a trained GPT's weights into its int8 copy (the source is left untouched)."""
 
@@ -228,25 +239,44 @@ class SemanticCompressor:
         if self.kernel is None:
             self.kernel, self.choice = choose_kernel(cfg, self.device, self.requested)
         dev = torch.device(self.device)
-        with torch.device("meta"):
-            out = GPT(cfg)
 
         def lin(name: str) -> Int8Linear:
             q, s = quantize_rows(state[name].to(dev))
             return Int8Linear(q, s, self.kernel)
 
-        for i, blk in enumerate(out.blocks):
+        def norm(prefix: str) -> nn.LayerNorm:
+            ln = nn.LayerNorm(cfg.d_model, device=dev)
+            ln.weight.data, ln.bias.data = state[prefix + ".weight"].to(dev), state[prefix + ".bias"].to(dev)
+            return ln
+
+        blocks = []
+        for i in range(cfg.n_layer):
             p = f"blocks.{i}."
-            blk.attn.qkv, blk.attn.proj = lin(p + "attn.qkv.weight"), lin(p + "attn.proj.weight")
-            blk.mlp.fc, blk.mlp.proj = lin(p + "mlp.fc.weight"), lin(p + "mlp.proj.weight")
+            attn = _bare(
+                CausalSelfAttention,
+                n_head=cfg.n_head,
+                dropout=cfg.dropout,
+                qkv=lin(p + "attn.qkv.weight"),
+                proj=lin(p + "attn.proj.weight"),
+            )
+            mlp = _bare(
+                MLP,
+                fc=lin(p + "mlp.fc.weight"),
+                proj=lin(p + "mlp.proj.weight"),
+                drop=nn.Dropout(cfg.dropout),
+            )
+            blocks.append(_bare(Block, ln1=norm(p + "ln1"), attn=attn, ln2=norm(p + "ln2"), mlp=mlp))
         # The embedding and the LM head are one tied matrix: quantized once; the head's kernel shares or packs it.
         q, s = quantize_rows(state["wte.weight"].to(dev))
-        out.wte, out.lm_head = Int8Embedding(q, s), Int8Linear(q, s, self.kernel)
-        small = {k: v.to(dev) for k, v in state.items() if k.startswith(("wpe.", "ln_f.")) or ".ln" in k}
-        out.load_state_dict(small, strict=False, assign=True)
-        left = [n for n, t in [*out.named_parameters(), *out.named_buffers()] if t.is_meta]
-        if left:
-            raise RuntimeError(f"compression left {left} unset")
+        out = _bare(
+            GPT,
+            cfg=cfg,
+            wte=Int8Embedding(q, s),
+            wpe=nn.Embedding.from_pretrained(state["wpe.weight"].to(dev)),
+            blocks=nn.ModuleList(blocks),
+            ln_f=norm("ln_f"),
+            lm_head=Int8Linear(q, s, self.kernel),
+        )
         return out.eval().requires_grad_(False)
 
 

@@ -53,8 +53,6 @@ class AsyncBatchEngine:
         kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.decoder = BatchDecoder(model, max_batch, kv_dtype)
-        self.activation_bytes = self.decoder.activation_bytes()
-        """Peak bytes a worst-case prefill and full-batch step create, measured once here (before any request)."""
         self.max_waiting = max_waiting
         self.min_step_s = min_step_ms / 1000.0
         """Each decode step takes at least this long (it waits out the rest without holding the loop): a
@@ -81,7 +79,6 @@ class AsyncBatchEngine:
             "max_batch": self.decoder.max_batch,
             "kv_cache_bytes": self.decoder.cache_bytes,
             "kv_cache_dtype": str(self.decoder.kv_dtype).removeprefix("torch."),
-            "activation_bytes": self.activation_bytes,
             "engine_first_token_ms": _quantiles(self.first_token_ms),
         }
 

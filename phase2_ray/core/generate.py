@@ -96,7 +96,8 @@ class BatchDecoder:
     def activation_bytes(self) -> int:
         """Peak bytes of the tensors a worst case creates beyond the weights and the cache, measured: a prefill of
         a full-context prompt, then one decode step of every slot at the last position, sampled. Call it before
-        any request (it writes into the cache)."""
+        any request (it writes into the cache), and not in a process whose memory is being measured: the first
+        Python dispatch mode imports ~70 MB of torch (the in-process reference measures it, not the replica)."""
         if self.active:
             raise RuntimeError("activation_bytes() needs an idle decoder: it writes into the cache")
         held = [*self.kv, *self.model.parameters(), *self.model.buffers()]

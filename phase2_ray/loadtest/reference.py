@@ -35,8 +35,9 @@ def inprocess_reference(
     kv_cache_dtype: str = "float32",
 ) -> dict:
     """The served models, driven by the same engine in this process with no Serve and no HTTP: one request at a
-    time, timed from submission to each token's arrival. Also the val loss and weight bytes of each model, so
-    the int8 copy's quality loss is measured on the same windows as its source's. `max_tokens`: per prompt, a
+    time, timed from submission to each token's arrival. Also the val loss of each model, so the int8 copy's
+    quality loss is measured on the same windows as its source's, and its own bytes: weights, KV cache and the
+    measured activation peak at `max_batch` (measured here, where a replica's memory is not being watched). `max_tokens`: per prompt, a
     workload's output lengths (else sampling's)."""
     torch.set_num_threads(threads)
     device = assigned_device()
@@ -46,12 +47,15 @@ def inprocess_reference(
         with torch.inference_mode():
             val_loss = evaluate(model, val["tokens"], val["offsets"], val["batch_size"])
         engine = AsyncBatchEngine(model, max_batch, max(1, n), kv_dtype=getattr(torch, kv_cache_dtype))
+        activation_bytes = engine.decoder.activation_bytes()
         records = asyncio.run(_sequential(engine, model_id, token_prompts, sampling, n, warmup, max_tokens))
         engine.close()
         out[model_id] = {
             "records": records,
             "val_loss": val_loss,
             "weight_bytes": weight_bytes(model),
+            "kv_cache_bytes": engine.decoder.cache_bytes,
+            "activation_bytes": activation_bytes,
             "int8": meta.get("int8"),
         }
     return out

@@ -117,15 +117,17 @@ def _model_summary(m: str, req: pd.DataFrame, validation: dict, slo: dict) -> di
     s["headline_level"] = levels[0] if levels else None
     s["levels"] = per_level
     if validation.get("replicas"):
-        s.update(_memory(m, validation["replicas"]))
+        ref = (validation.get("reference") or {}).get(m) or {}
+        s.update(_memory(m, validation["replicas"], ref.get("activation_bytes")))
     ref = (validation.get("reference") or {}).get(m)
     if ref:
         s.update(_inprocess(ref))
     return s
 
 
-def _memory(m: str, replicas: list[dict]) -> dict:
-    """Model `m`'s memory figures from the replicas' stats (every replica holds every served model)."""
+def _memory(m: str, replicas: list[dict], activation_bytes: int | None = None) -> dict:
+    """Model `m`'s memory figures from the replicas' stats (every replica holds every served model), with its
+    activation peak as the in-process reference measured it (the same engine, model and batch)."""
     out = {
         "peak_memory_mb": max(r["peak_rss_mb"] for r in replicas),
         "rss_mb": max(r["rss_mb"] for r in replicas),
@@ -135,7 +137,7 @@ def _memory(m: str, replicas: list[dict]) -> dict:
     out["model_bytes"] = {
         "weights": own.get("weight_bytes"),
         "kv_cache": own.get("kv_cache_bytes"),
-        "activations": own.get("activation_bytes"),
+        "activations": activation_bytes,
     }
     if None not in out["model_bytes"].values():
         out["model_memory_mb"] = sum(out["model_bytes"].values()) / 2**20
@@ -143,7 +145,8 @@ def _memory(m: str, replicas: list[dict]) -> dict:
         "peak_memory_mb = peak RSS (ru_maxrss) of the replica process, the largest over replicas; the "
         "replica holds every served model. uss_mb = memory unique to that process now. model_bytes = "
         "this model's own weights (int8 kernels' packed matrices included), its preallocated KV cache, and the "
-        "peak of the tensors a full-context prefill plus a full-batch decode step create (measured at load); "
+        "peak of the tensors a full-context prefill plus a full-batch decode step create (measured by the "
+        "in-process reference on the same engine and batch); "
         "model_memory_mb is their sum."
     )
     cuda = [r["cuda_max_allocated_mb"] for r in replicas if r.get("cuda_max_allocated_mb") is not None]

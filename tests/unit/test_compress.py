@@ -137,3 +137,15 @@ def test_compressed_model_decodes_through_the_batch_decoder(kernel):
     # Rounding may flip a near-tie, but a working int8 model agrees with fp32 on most greedy picks.
     assert sum(a == b for a, b in zip(full, comp, strict=True)) >= 5
     assert BatchDecoder(c, 4).activation_bytes() > 0
+
+
+def test_the_int8_model_has_every_module_and_attribute_the_model_classes_build():
+    m, c = model(), SemanticCompressor("int8pack").compress(model())
+    fp32_mods, int8_mods = dict(m.named_modules()), dict(c.named_modules())
+    assert fp32_mods.keys() == int8_mods.keys()
+    for name, mod in fp32_mods.items():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and name != "wpe":
+            continue  # the int8 layers
+        assert type(int8_mods[name]) is type(mod), name
+        public = {k for k in vars(mod) if not k.startswith("_")}
+        assert public <= set(vars(int8_mods[name])), name
