@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     # A process already connected (the test suite's session cluster) keeps its cluster.
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, namespace="phase2", log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, namespace="phase2", log_to_driver=False)
     results = {"machine": info, "quick": args.quick, "models": {}}
     try:
         for name in models:

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         # Idle workers kept for 60 s instead of 1 s: the next run's actors and trial tasks start in a process that
         # has imported torch already (each task and actor sets its own threads and cores).
         ray.init(
+            address="local",  # a cluster of its own, never one another run recorded in /tmp/ray
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             namespace="verdict-bench",

@@ -22,6 +22,7 @@ import ctypes
 import statistics
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -169,26 +170,33 @@ def _linear_shapes(cfg: GPTConfig) -> list[tuple[int, int]]:
 
 def probe_kernels(cfg: GPTConfig, rounds: int = 5, calls: int = 20) -> dict[str, dict]:
     """Each available kernel's time for one decode step's matrices at batch 1 (the single stream), on random int8
-    weights of this model's shapes, rounds interleaved; and the bytes it would hold against the fp32 matrices'."""
-    shapes = _linear_shapes(cfg)
+    weights of this model's shapes, rounds interleaved; and the bytes it would hold against the fp32 matrices'.
+    One layer per distinct shape, weighted by how often the model has it: the probe's own memory stays small."""
+    counts = Counter(_linear_shapes(cfg))
     kernels = [k for k in KERNELS if k != "fbgemm" or fbgemm_available()]
-    fp32_bytes = sum(4 * n * k for n, k in shapes)
-    mods = {k: [Int8Linear(*quantize_rows(torch.randn(n, i)), k) for n, i in shapes] for k in kernels}
-    layers = {k: [m.matmul for m in ms] for k, ms in mods.items()}
-    xs = {i: torch.randn(1, i) for _, i in shapes}
+    fp32_bytes = sum(c * 4 * n * k for (n, k), c in counts.items())
+    g = torch.Generator().manual_seed(0)
+    weights = {shape: quantize_rows(torch.randn(shape, generator=g)) for shape in counts}
+    mods = {k: {shape: Int8Linear(*w, k) for shape, w in weights.items()} for k in kernels}
+    xs = {shape: torch.randn(1, shape[1], generator=g) for shape in counts}
     times: dict[str, list[float]] = {k: [] for k in kernels}
     with torch.inference_mode():
         for _ in range(rounds):
             for k in kernels:
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    for fn, (_, i) in zip(layers[k], shapes, strict=True):
-                        fn(xs[i])
-                times[k].append((time.perf_counter() - t0) / calls * 1e6)
+                step = 0.0
+                for shape, c in counts.items():
+                    fn, x = mods[k][shape].matmul, xs[shape]
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        fn(x)
+                    step += c * (time.perf_counter() - t0) / calls
+                times[k].append(step * 1e6)
     out = {}
     for k in kernels:
-        # FBGEMM's head is a packed copy: the embedding keeps its own int8 rows for lookups.
-        b = sum(weight_bytes(m) for m in mods[k]) + (cfg.vocab_size * cfg.d_model if k == "fbgemm" else 0)
+        b = sum(c * weight_bytes(mods[k][shape]) for shape, c in counts.items())
+        # The tied matrix is held once by int8pack (embedding and head share it); FBGEMM's head is a packed copy
+        # beside the embedding's own int8 rows.
+        b += cfg.vocab_size * cfg.d_model if k == "fbgemm" else 0
         out[k] = {"step_matmul_us": statistics.median(times[k]), "bytes": b, "fp32_bytes": fp32_bytes}
     return out
 
