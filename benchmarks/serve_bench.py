@@ -99,7 +99,7 @@ def p(d: dict | None, q: str = "p50") -> float | None:
 def models_bytes(out: dict) -> int:
     """The served models' own bytes: weights and KV cache as the replica holds them, activations as the
     in-process reference measured them."""
-    act = {m: r["activation_bytes"] for m, r in out["reference"].items()}
+    act = {m: r.get("activation_bytes") or 0 for m, r in out["reference"].items()}  # 0: code that predates it
     return sum(m["weight_bytes"] + m["kv_cache_bytes"] + act[k] for k, m in out["replica"]["models"].items())
 
 
@@ -335,7 +335,7 @@ def print_report(out: dict) -> None:
         rows.append(
             (
                 f"  {name}{f' (int8, {kernel})' if kernel else ''}: weights + KV cache + activations (bytes)",
-                f"{m['weight_bytes']:,} + {m['kv_cache_bytes']:,} + {out['reference'][name]['activation_bytes']:,}",
+                f"{m['weight_bytes']:,} + {m['kv_cache_bytes']:,} + {out['reference'][name].get('activation_bytes') or 0:,}",
             )
         )
     for name, value in rows:
