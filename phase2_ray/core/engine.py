@@ -35,6 +35,13 @@ class _Request:
 
 _END = object()
 
+FIRST_TOKEN_YIELDS = 8
+"""Event-loop turns the decode loop gives up after admitting requests, before its next step. A first token leaves
+the process only after several turns of the loop (the handler resumes, builds the response, Serve moves the
+chunk on), and each turn used to wait behind a whole decode step, which showed as TTFT above Serve's floor.
+Chosen by measurement (benchmarks/RESULTS.md, serving run 4): fewer turns left TTFT high, more cost throughput
+with 16 requests in flight."""
+
 
 class AsyncBatchEngine:
     """Continuous batching on the caller's event loop: waiting requests take free cache slots between steps.
@@ -132,7 +139,9 @@ class AsyncBatchEngine:
             if not self._waiting and not dec.active:
                 self._wake.clear()
                 await self._wake.wait()
+            admitted = 0
             while self._waiting and dec.free_slots:
+                admitted += 1
                 req = self._waiting.popleft()
                 if req.cancelled:
                     continue
@@ -147,6 +156,9 @@ class AsyncBatchEngine:
                     req.queue.put_nowait(_END)
             for seq in [s for s in dec.active if s.tag.cancelled]:
                 dec.release(seq)
+            if admitted:
+                for _ in range(FIRST_TOKEN_YIELDS):
+                    await asyncio.sleep(0)
             if dec.active:
                 started = time.perf_counter()
                 n = len(dec.active)
