@@ -53,8 +53,12 @@ class InferenceScalingEngine:
         self.tokenizers, self.meta, self.weight_bytes = {}, {}, {}
         self.device = assigned_device()
         self.sources: dict[str, str] = {}
+        shared: dict[
+            str, object
+        ] = {}  # one tokenizer object per distinct tokenizer file (variants share theirs)
         for model_id, spec in models.items():
             model, meta, tok = load_for_serving(materialize(spec), self.device)
+            tok = shared.setdefault(meta["sha256"]["tokenizer.json"], tok)
             self.sources[model_id] = spec.get("checkpoint_uri", "object store")
             self.engines[model_id] = AsyncBatchEngine(
                 model,
