@@ -41,25 +41,29 @@ from phase2_ray.training.actors import loop_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"default": ROOT / "configs/phase2.yaml", "bench": ROOT / "configs/bench.yaml"}
-QUICK = [
+# What --quick overrides, shared with verdict_bench: the suite checks that every path runs, not what it measures.
+QUICK_RUN = [
     "training.steps=20",
     "training.eval_interval=0",
     "training.warmup_steps=5",
     "training.measurement.skip_steps=5",
     "training.auto.probe_steps=4",
     "data.max_chars=100000",
-    "data.vocab_size=512",
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.d_model=16",
-    "model.block_size=32",
-    "validation.prompt_tokens=8",
-    "validation.max_tokens=16",
     "speed_trial.pairs=2",
     "speed_trial.replicates=2",
     "speed_trial.warmup_steps=2",
     "speed_trial.block_steps=2",
 ]
+QUICK_MODEL = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.d_model=16",
+    "model.block_size=32",
+    "data.vocab_size=512",
+    "validation.prompt_tokens=8",
+    "validation.max_tokens=16",
+]
+QUICK = QUICK_RUN + QUICK_MODEL
 
 
 def machine() -> dict:

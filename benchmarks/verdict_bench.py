@@ -46,7 +46,8 @@ from phase2_ray.runlog import RunLog
 from phase2_ray.training.actors import loop_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)
+from train_bench import QUICK_MODEL, machine  # noqa: E402  (one description of the machine for every benchmark)
+from train_bench import QUICK_RUN as QUICK  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs/phase2.yaml"
@@ -64,29 +65,6 @@ POWER = [
     "variants.optimized.fused_adamw=true",
 ]
 POWER_AA = [x for x in POWER if "fused" not in x]
-QUICK = [
-    "training.steps=20",
-    "training.eval_interval=0",
-    "training.warmup_steps=5",
-    "training.measurement.skip_steps=5",
-    "training.auto.probe_steps=4",
-    "data.max_chars=100000",
-    "speed_trial.pairs=2",
-    "speed_trial.replicates=2",
-    "speed_trial.warmup_steps=2",
-    "speed_trial.block_steps=2",
-]
-# --quick also shrinks the default model where a series does not bring its own (the power series does): the
-# suite checks that every series runs, not what it measures.
-QUICK_MODEL = [
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.d_model=16",
-    "model.block_size=32",
-    "data.vocab_size=512",
-    "validation.prompt_tokens=8",
-    "validation.max_tokens=16",
-]
 
 
 _data_cache: dict[str, object] = {}
@@ -228,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     extra = QUICK if args.quick else []
+    # --quick also shrinks the default model where a series does not bring its own (the power series does)
     small = QUICK_MODEL if args.quick else []
     n_aa, n_pow, n_pow_aa, n_def = (2, 1, 1, 1) if args.quick else (args.aa, args.power, 3, args.default)
     print(json.dumps(machine()), flush=True)
