@@ -29,6 +29,16 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="redraw report.md, report.html and plots/ of a run from its files (no Ray)"
     )
     rep.add_argument("run_dir", metavar="RUN_DIR")
+    exp = sub.add_parser(
+        "export",
+        help="write a run's trained variant as a Hugging Face GPT-2 directory (no Ray, no transformers)",
+    )
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--variant", default="optimized", help="which trained variant (default: optimized)")
+    exp.add_argument(
+        "--format", default="hf", choices=("hf",), help="hf: transformers' from_pretrained layout"
+    )
+    exp.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     cmp_ = sub.add_parser(
         "compare",
         help="compare two saved runs (no Ray); exit 1 when B has a significant regression against A",
@@ -89,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "export":
+        from phase2_ray.export import export_hf
+
+        try:
+            out = export_hf(args.run_dir, args.output, args.variant)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"phase2: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"exported {args.variant} of {args.run_dir} to {out} (Hugging Face GPT-2 layout)")
+        return 0
     if args.command == "compare":
         return _compare(
             args.run_a,
