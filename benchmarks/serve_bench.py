@@ -30,6 +30,7 @@ from ray import serve
 from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_bench import free_port  # noqa: E402
 from train_bench import machine  # noqa: E402
 
 from phase2_ray.config import load_config  # noqa: E402
@@ -91,15 +92,6 @@ class Floor:
         mem = psutil.Process().memory_full_info()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return {"rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20, "peak_rss_mb": peak}
-
-
-def free_port() -> int:
-    """A port nothing listens on now (Serve's proxy uses SO_REUSEPORT: a shared port would split traffic)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def p(d: dict | None, q: str = "p50") -> float | None:

@@ -141,10 +141,10 @@ class AsyncBatchEngine:
                 await self._wake.wait()
             admitted = 0
             while self._waiting and dec.free_slots:
-                admitted += 1
                 req = self._waiting.popleft()
                 if req.cancelled:
                     continue
+                admitted += 1
                 try:
                     seq = dec.add(req.prompt_ids, req.params, tag=req)
                 except Exception as e:  # noqa: BLE001 - reported to that request, the loop goes on

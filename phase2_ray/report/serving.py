@@ -116,10 +116,9 @@ def _model_summary(m: str, req: pd.DataFrame, validation: dict, slo: dict) -> di
     }
     s["headline_level"] = levels[0] if levels else None
     s["levels"] = per_level
-    if validation.get("replicas"):
-        ref = (validation.get("reference") or {}).get(m) or {}
-        s.update(_memory(m, validation["replicas"], ref.get("activation_bytes")))
     ref = (validation.get("reference") or {}).get(m)
+    if validation.get("replicas"):
+        s.update(_memory(m, validation["replicas"], (ref or {}).get("activation_bytes")))
     if ref:
         s.update(_inprocess(ref))
     return s
