@@ -87,7 +87,7 @@ def paired(samples: dict[str, list[float]], base: str) -> dict[str, dict]:
 
 def bench_model(name: str, rounds: int, new: int, batch: int, do_compile: bool) -> dict:
     cfg = load_config(ROOT / MODELS[name])
-    gcfg = GPTConfig(**{**cfg.model.model_dump(), "vocab_size": cfg.data.vocab_size, "dropout": 0.0})
+    gcfg = GPTConfig(**{**cfg.model.gpt_fields(cfg.data.vocab_size), "dropout": 0.0})
     torch.manual_seed(0)
     fp32 = GPT(gcfg).eval()  # speed does not depend on the weights' values
     prompt = torch.randint(0, gcfg.vocab_size, (32,)).tolist()

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(ROOT / "configs/phase2.yaml")
     v, sc = cfg.validation, cfg.serve
     d = prepare_data(cfg)
-    model_cfg = {**cfg.model.model_dump(), "vocab_size": d.vocab_size}
+    model_cfg = cfg.model.gpt_fields(d.vocab_size)
     files = {}
     for seed, name in enumerate(("baseline", "default")):  # speed and bytes do not depend on trained weights
         torch.manual_seed(seed)

@@ -87,7 +87,7 @@ def plain_loop(cfg, d, skip: int) -> dict:
     torch.set_num_threads(cfg.training.placement.cpus_per_actor)
     try:
         res = train(
-            GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size}),
+            GPTConfig(**cfg.model.gpt_fields(d.vocab_size)),
             loop_settings(cfg.training, cfg.training.seed),
             OptimizationSettings(**cfg.variants["baseline"].model_dump(exclude={"auto", "auto_compile"})),
             d.train_tokens,

@@ -117,7 +117,7 @@ def margin_alone(overrides: list[str], steps: int, rounds: int) -> dict:
     one after the other (A B A B ...), and the ratio of their median step times is taken per round."""
     cfg = load_config(DEFAULT, overrides)
     d = prepare_data(cfg)
-    gpt = GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size})
+    gpt = GPTConfig(**cfg.model.gpt_fields(d.vocab_size))
     ts = replace(loop_settings(cfg.training, cfg.training.seed), steps=steps)
     proc = psutil.Process()
     before = proc.cpu_affinity()

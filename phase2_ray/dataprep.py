@@ -11,6 +11,7 @@ import torch
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import data as corpus_data
 from phase2_ray.loadtest.workload import Workload, WorkloadError, build_workload
+from phase2_ray.pretrained import InitWeights, load_init
 from phase2_ray.records import Stage
 
 
@@ -26,6 +27,8 @@ class PreparedData:
     stage: Stage
     workload: Workload | None = None
     """The request mix when validation.workload is set; else every request is one of `prompts`."""
+    init: InitWeights | None = None
+    """model.init_from's weights (both variants start from them) and what they are; None: a seeded init."""
 
     @property
     def requests(self) -> list:
@@ -36,12 +39,13 @@ class PreparedData:
 def prepare_data(cfg: Config) -> PreparedData:
     """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input."""
     st = Stage("data", None, start=time.time())
+    init = load_init(cfg)  # model.init_from's weights and tokenizer (then none is trained here); errors first
     try:
         files = corpus_data.resolve_paths(cfg.data.paths) if cfg.data.paths else corpus_data.stdlib_files()
         corpus = corpus_data.load_corpus(files, cfg.data.max_chars, cfg.data.val_fraction)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"data.paths: {e}") from e
-    tok = corpus_data.train_tokenizer(corpus.train_text, cfg.data.vocab_size)
+    tok = init.tokenizer if init else corpus_data.train_tokenizer(corpus.train_text, cfg.data.vocab_size)
     train_ids = corpus_data.encode(tok, corpus.train_text)
     val_ids = corpus_data.encode(tok, corpus.val_text)
     need = cfg.model.block_size + 2
@@ -69,8 +73,12 @@ def prepare_data(cfg: Config) -> PreparedData:
             raise ConfigError(str(e)) from e
     st.status, st.end = "ok", time.time()
     st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
+    if init:
+        st.detail += f"; weights and tokenizer from {init.info['path']}"
+    # The embedding's rows: a checkpoint's may exceed its tokenizer's size (padded vocabularies).
+    vocab = init.info["model"]["vocab_size"] if init else tok.get_vocab_size()
     return PreparedData(
-        train_ids, val_ids, tok.to_str(), tok.get_vocab_size(), prompts, corpus.files, corpus.chars, st, work
+        train_ids, val_ids, tok.to_str(), vocab, prompts, corpus.files, corpus.chars, st, work, init
     )
 
 

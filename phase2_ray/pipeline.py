@@ -130,6 +130,7 @@ def gather(run: RunState) -> dict:
         validation=run.validation,
         failure=run.failure,
         placement=run.placement,
+        init_from=d.init.info if d.init else None,
     ).build()
 
 

@@ -95,9 +95,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for expr in overrides:
         apply_override(raw, expr)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
+    from phase2_ray.pretrained import resolve_config  # it imports this package
+
+    return resolve_config(cfg)  # model.init_from: the shape comes from the checkpoint
 
 
 def format_errors(err: ValidationError) -> str:

@@ -55,12 +55,27 @@ class ModelConfig(Section):
     n_head: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
     d_model: int = Field(48, ge=8, le=8192, description="Residual stream width.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    bias: bool = Field(
+        False, description="Biases on the attention and MLP projections (GPT-2 has them; off is faster)."
+    )
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        description="Start both variants from these weights instead of a seeded init: a local Hugging Face "
+        "GPT-2 directory (config.json, model.safetensors, tokenizer.json) or a phase2_ray checkpoint "
+        "(RUN_DIR/checkpoints/VARIANT, or RUN_DIR for its optimized one). The tokenizer and the model's shape "
+        "come from it; model.block_size may be set lower (fewer learned positions are used).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         return self
+
+    def gpt_fields(self, vocab_size: int) -> dict:
+        """core.specs.GPTConfig's fields: the shape and dropout, with the tokenizer's vocabulary size."""
+        return {**self.model_dump(exclude={"init_from"}), "vocab_size": vocab_size}
 
 
 class TargetsConfig(Section):

@@ -52,12 +52,13 @@ def probe(
     steps: int,
     on_step=None,
     device: str | None = None,
+    init_state: dict | None = None,
 ) -> list[ProbeResult]:
     """Runs every candidate for `steps` steps from the same init on the same batches, interleaved step by step
     (A, B, C, A, B, C, ...) so that the machine's drift over the probe hits all candidates alike."""
     probe_settings = replace(settings, steps=steps, warmup_steps=min(settings.warmup_steps, steps))
     trainers = {
-        name: Trainer(model_cfg, probe_settings, opt, train_tokens, device)
+        name: Trainer(model_cfg, probe_settings, opt, train_tokens, device, init_state)
         for name, opt in candidates.items()
     }
     for i in range(steps):

@@ -98,12 +98,17 @@ class Int8Linear(nn.Module):
     """y = (x @ q^T) * scale, by an int8 kernel. `matmul` is the bare function the decode step calls (a module
     call costs more than the multiply itself at this model's sizes)."""
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, kernel: str) -> None:
+    def __init__(
+        self, q: torch.Tensor, scale: torch.Tensor, kernel: str, bias: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"unknown int8 kernel {kernel!r}: one of {KERNELS}")
         self.kernel, (self.out_features, self.in_features) = kernel, q.shape
         self.register_buffer("scale", scale)
+        self.register_buffer(
+            "bias", bias
+        )  # fp32, added after the scale (a GPT-2 checkpoint's; ours have none)
         self.packed_bytes = 0
         if kernel == "int8pack":
             self.register_buffer("weight", q)
@@ -120,14 +125,13 @@ class Int8Linear(nn.Module):
     def _bind(self) -> None:
         """Builds `matmul` over the current tensors (again after a move: the closure holds them)."""
         n, k = self.out_features, self.in_features
-        scale = self.scale
+        scale, b = self.scale, self.bias
         if self.kernel == "int8pack":
             op, q = torch.ops.aten._weight_int8pack_mm, self.weight
 
             def matmul(x: torch.Tensor) -> torch.Tensor:
-                if x.dim() == 2:
-                    return op(x, q, scale)
-                return op(x.reshape(-1, k), q, scale).view(*x.shape[:-1], n)
+                y = op(x, q, scale) if x.dim() == 2 else op(x.reshape(-1, k), q, scale).view(*x.shape[:-1], n)
+                return y if b is None else y.add_(b)
 
         else:
             # FBGEMM reads only the shape of its `weight` argument: a zero-stride view stands in for the matrix.
@@ -135,7 +139,8 @@ class Int8Linear(nn.Module):
             op, bias = torch.fbgemm_linear_int8_weight_fp32_activation, self.zero_bias
 
             def matmul(x: torch.Tensor) -> torch.Tensor:
-                return op(x, *args, bias).mul_(scale)
+                y = op(x, *args, bias).mul_(scale)
+                return y if b is None else y.add_(b)
 
         self.matmul: Callable[[torch.Tensor], torch.Tensor] = matmul
 
@@ -249,8 +254,9 @@ class SemanticCompressor:
         dev = torch.device(self.device)
 
         def lin(name: str) -> Int8Linear:
-            q, s = quantize_rows(state[name].to(dev))
-            return Int8Linear(q, s, self.kernel)
+            q, s = quantize_rows(state[name + ".weight"].to(dev))
+            b = state.get(name + ".bias")
+            return Int8Linear(q, s, self.kernel, None if b is None else b.float().to(dev))
 
         def norm(prefix: str) -> nn.LayerNorm:
             ln = nn.LayerNorm(cfg.d_model, device=dev)
@@ -264,13 +270,13 @@ class SemanticCompressor:
                 CausalSelfAttention,
                 n_head=cfg.n_head,
                 dropout=cfg.dropout,
-                qkv=lin(p + "attn.qkv.weight"),
-                proj=lin(p + "attn.proj.weight"),
+                qkv=lin(p + "attn.qkv"),
+                proj=lin(p + "attn.proj"),
             )
             mlp = _bare(
                 MLP,
-                fc=lin(p + "mlp.fc.weight"),
-                proj=lin(p + "mlp.proj.weight"),
+                fc=lin(p + "mlp.fc"),
+                proj=lin(p + "mlp.proj"),
                 drop=nn.Dropout(cfg.dropout),
             )
             blocks.append(_bare(Block, ln1=norm(p + "ln1"), attn=attn, ln2=norm(p + "ln2"), mlp=mlp))

@@ -291,8 +291,12 @@ class _DecodePlan:
 
 
 def _weight(mod: torch.nn.Module):
-    if type(mod) is torch.nn.Linear and mod.bias is None:
-        return mod.weight.detach().t()
+    if type(mod) is torch.nn.Linear:
+        wt = mod.weight.detach().t()
+        if mod.bias is None:
+            return wt
+        b = mod.bias.detach()
+        return lambda x: torch.addmm(b, x, wt)  # a GPT-2 checkpoint's bias, in the same one op
     return getattr(mod, "matmul", mod)  # an int8 layer's bare kernel call, else the module
 
 

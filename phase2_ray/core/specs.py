@@ -21,6 +21,8 @@ class GPTConfig:
     """Residual stream width."""
     dropout: float = 0.0
     """Dropout in attention and MLP (0 keeps both variants' numerics comparable)."""
+    bias: bool = False
+    """Biases on the attention and MLP projections (GPT-2 checkpoints have them; our own models do not)."""
 
 
 @dataclass(kw_only=True)

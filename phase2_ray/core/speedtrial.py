@@ -64,6 +64,7 @@ def paired_trial(
     trial: TrialSettings,
     *,
     device: str | torch.device | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Trains one model per stack from the same init on the same batches, timing blocks in ABBA / BAAB order.
 
@@ -81,7 +82,7 @@ def paired_trial(
     stacks = {"A": stack_a, "B": stack_b}
     trainers: dict[str, Trainer] = {}
     for k in build_order:
-        trainers[k] = Trainer(model_cfg, s, stacks[k], train_tokens, device)
+        trainers[k] = Trainer(model_cfg, s, stacks[k], train_tokens, device, init_state)
     warm = {"A": 0.0, "B": 0.0}
     for _ in range(trial.warmup_steps):
         for k in build_order:

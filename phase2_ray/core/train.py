@@ -96,13 +96,17 @@ class Trainer:
         optim: OptimizationSettings,
         train_tokens: torch.Tensor,
         device: str | torch.device | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         # The caller says which device it was given (Ray's GPU ids); alone, CUDA whenever torch sees one.
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.settings = settings
         self.tokens = train_tokens
         torch.manual_seed(settings.seed)
-        self.model = GPT(model_cfg).to(self.device)
+        self.model = GPT(model_cfg)
+        if init_state is not None:  # model.init_from: given weights instead of the seeded init
+            self.model.load_state_dict(init_state, strict=True)
+        self.model.to(self.device)
         self.ko = KernelOptimizer(optim, self.device)
         self.step_fn = self.ko.wrap_model(self.model)
         self.opt = self.ko.make_optimizer(
@@ -199,14 +203,16 @@ def train(
     resume: dict[str, bytes] | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Trains a fresh GPT (seeded init, seeded data order) with the given optimization stack.
 
     Every variant with the same seed and settings starts from the same weights and sees the same batches.
     Every `checkpoint_every` steps the whole training state goes to `on_checkpoint(step, files)`; `resume`
-    (such files) continues from that step instead of starting over."""
+    (such files) continues from that step instead of starting over. `init_state` (model.init_from) replaces the
+    seeded init; the data order stays seeded."""
     t_start = time.perf_counter()
-    tr = Trainer(model_cfg, settings, optim, train_tokens, device)
+    tr = Trainer(model_cfg, settings, optim, train_tokens, device, init_state)
     voffsets = val_offsets(len(val_tokens), model_cfg.block_size, settings.eval_windows)
     if resume is not None:
         val_curve = tr.load_state_files(resume)

@@ -72,8 +72,19 @@ def _header(r: dict) -> str:
         + f"\nRun wall time {fmt(r['wall_s'], 1, ' s')} on {env.get('cpu_model', '?')} "
         f"({env.get('cpu_count')} CPUs), torch {env.get('torch')}, "
         f"ray {env.get('ray')}.{_placement_line(r)}\n"
-        "Every figure below is read from report.json in this directory.\n"
+        + _init_line(r)
+        + "Every figure below is read from report.json in this directory.\n"
     )
+
+
+def _init_line(r: dict) -> str:
+    """What the variants started from when it was not a seeded init (model.init_from)."""
+    init = r.get("init_from")
+    if not init:
+        return ""
+    files = ", ".join(f"{name} sha256 {h[:12]}…" for name, h in sorted(init["sha256"].items()))
+    used = f", {init['positions_used']} positions used" if init.get("positions_used") else ""
+    return f"Both variants started from `{init['path']}` ({init['kind']}: {files}{used}).\n"
 
 
 def _placement_line(r: dict) -> str:

@@ -37,6 +37,8 @@ class MetricsOrchestrator:
     trials: dict[str, list[dict]] | None = None
     extra_runs: list[dict] | tuple = ()
     placement: dict | None = None
+    init_from: dict | None = None
+    """model.init_from's path, kind, shape and sha256 of each file read; None: a seeded init."""
 
     def build(self) -> dict:
         training = self.training_summary()
@@ -50,6 +52,7 @@ class MetricsOrchestrator:
             "environment": self.environment,
             "config": redacted_config(self.cfg.model_dump(mode="json")),
             "data": self.data_info,
+            "init_from": self.init_from,
             "stages": self.stages,
             "training": training,
             "inference": inference,

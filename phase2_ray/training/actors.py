@@ -82,7 +82,12 @@ class TrainerActor:
         self.barrier_passed = False
 
     def train(
-        self, spec: TrainSpec, handles: TrainHandles, train_tokens: torch.Tensor, val_tokens: torch.Tensor
+        self,
+        spec: TrainSpec,
+        handles: TrainHandles,
+        train_tokens: torch.Tensor,
+        val_tokens: torch.Tensor,
+        init_state: dict | None = None,
     ) -> TrainResult:
         start = time.time()
         # Logical CPUs do not isolate; affinity does, so concurrent actors never share a core. Either all
@@ -104,7 +109,9 @@ class TrainerActor:
             self.placement["cpu_affinity"] = None if rotation else cores
             self.barrier_passed = False
             try:
-                out = self._train(spec, handles, train_tokens, val_tokens, first_start, rotation, saved)
+                out = self._train(
+                    spec, handles, (train_tokens, val_tokens, init_state), first_start, rotation, saved
+                )
             except BaseException:
                 if handles.barrier is not None and not self.barrier_passed:
                     handles.barrier.wait.remote()  # arrive anyway, so the others start instead of waiting
@@ -125,7 +132,7 @@ class TrainerActor:
             if cores:
                 pool.release.remote(key)
 
-    def _choose_stack(self, spec: TrainSpec, gpt_cfg, settings, train_tokens, rotation, saved, label):
+    def _choose_stack(self, spec: TrainSpec, gpt_cfg, settings, data, rotation, saved, label):
         """(stack as a dict, auto's probe record, state to resume from): a resumed run continues as its first
         attempt chose (no second probe); `auto` probes the candidates on this hardware; else the config's."""
         stack = spec.stack.model_dump(exclude={"auto", "auto_compile"})
@@ -139,6 +146,7 @@ class TrainerActor:
         if not spec.stack.auto:
             return stack, None, None
         ac = spec.training.auto
+        train_tokens, init_state = data
         t0 = time.perf_counter()
         results = probe(
             gpt_cfg,
@@ -149,6 +157,7 @@ class TrainerActor:
             # Keep rotating with the other actors while probing, or this actor would squat on their core.
             on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
             device=assigned_device(),
+            init_state=init_state,
         )
         chosen = select_stack(results, ac.tolerance_pct)
         probe_info = {
@@ -172,12 +181,11 @@ class TrainerActor:
             rotation.tick(time.time())
         return time.perf_counter() - t_wait
 
-    def _train(
-        self, spec: TrainSpec, handles: TrainHandles, train_tokens, val_tokens, start, rotation, saved
-    ):
+    def _train(self, spec: TrainSpec, handles: TrainHandles, data, start, rotation, saved):
+        train_tokens, val_tokens, init_state = data
         job, tc = spec.job, spec.training
         label = f"{job.variant} seed {job.seed}"
-        model_cfg = {**spec.model.model_dump(), "vocab_size": spec.vocab_size}
+        model_cfg = spec.model.gpt_fields(spec.vocab_size)
         gpt_cfg = GPTConfig(**model_cfg)
         settings = loop_settings(tc, job.seed)
         tele = TrainTelemetry(
@@ -198,7 +206,7 @@ class TrainerActor:
 
         device = assigned_device()
         optim, probe_info, resume = self._choose_stack(
-            spec, gpt_cfg, settings, train_tokens, rotation, saved, label
+            spec, gpt_cfg, settings, (train_tokens, init_state), rotation, saved, label
         )
         stack = OptimizationSettings(**optim)
         if rotation is not None:
@@ -220,6 +228,7 @@ class TrainerActor:
                 resume=resume,
                 checkpoint_every=tc.fault_tolerance.checkpoint_every if store else 0,
                 on_checkpoint=save_state,
+                init_state=init_state,
             )
         finally:
             tele.close()

@@ -84,7 +84,8 @@ class TrainingStage:
         fits = bool(cores) and len(self.together) * pc.cpus_per_actor <= len(cores)
         barrier = StartBarrier.remote(len(self.together)) if fits and len(self.together) > 1 else None
         store = self._state_store()
-        self.data = (ray.put(self.d.train_tokens), ray.put(self.d.val_tokens))
+        init = ray.put(self.d.init.state) if self.d.init else None  # model.init_from's weights, put once
+        self.data = (ray.put(self.d.train_tokens), ray.put(self.d.val_tokens), init)
         try:
             if self.together:
                 handles = [

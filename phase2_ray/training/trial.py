@@ -32,6 +32,7 @@ def speed_trial(
     trial: dict,
     replicates: list[tuple[int, int, bool]],
     cores: list[int] | None,
+    init_state: dict | None = None,
 ) -> dict[str, list[dict]]:
     """Paired speed trials (core.speedtrial) of every variant's stack against the baseline's, one per
     (replicate index, seed, A built first), on `cores` when given. Returns {variant: [replicate result]}; each replicate
@@ -54,6 +55,7 @@ def speed_trial(
                     train_tokens,
                     TrialSettings(**trial, seed=seed, a_first=a_first),
                     device=device,
+                    init_state=init_state,
                 )
                 r.update(
                     seed=seed,
@@ -98,13 +100,14 @@ def run_speed_trial(
     slots = slots[: sp.replicates] or [None]
     plan = replicate_plan(sp.replicates, len(slots), cfg.training.seed)
     trial = {"pairs": sp.pairs, "block_steps": sp.block_steps, "warmup_steps": sp.warmup_steps}
-    model = GPTConfig(**{**cfg.model.model_dump(), "vocab_size": d.vocab_size})
+    model = GPTConfig(**cfg.model.gpt_fields(d.vocab_size))
     log.event(
         "trial.start",
         f"speed trial: {', '.join(variants)} vs baseline, {sp.replicates} replicates x {sp.pairs} ABBA pairs "
         f"of {sp.block_steps}-step blocks on {len(slots)} core set(s)",
     )
     tokens = ray.put(d.train_tokens)
+    init = ray.put(d.init.state) if d.init else None  # the trained models' starting weights, timed alike
     refs = [
         speed_trial.options(num_cpus=per, num_gpus=pc.gpus_per_actor).remote(
             model,
@@ -115,6 +118,7 @@ def run_speed_trial(
             trial,
             plan[i],
             slot,
+            init,
         )
         for i, slot in enumerate(slots)
     ]

@@ -1,0 +1,233 @@
+"""`model.init_from`: both variants start from weights the user already has, a local Hugging Face GPT-2 directory
+or a phase2_ray checkpoint, instead of a seeded init.
+
+Two steps, both on the driver before Ray starts, so every mistake is a config error (exit 2) naming the field:
+`resolve_config` reads the checkpoint's shape (json headers, and a GPT-2's linear biases) into the config, refusing
+an explicit `model.*` or `data.vocab_size` that disagrees; `load_init` reads the weights (safetensors only, never
+pickle) and the tokenizer, checks every tensor's shape, and records what the run started from (path + sha256)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from phase2_ray.config import Config, ConfigError, format_errors
+
+HF_WEIGHTS, HF_INDEX, HF_CONFIG, TOKENIZER = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "tokenizer.json",
+)
+SHAPE = ("n_layer", "n_head", "d_model", "bias")
+"""model.* keys that must equal the checkpoint's (block_size may be lower; dropout is free)."""
+
+
+@dataclass
+class InitSource:
+    """Where a run's initial weights are and what shape they have (GPTConfig's fields)."""
+
+    path: Path
+    kind: str
+    """"hf-gpt2" (a Hugging Face GPT-2 directory) or "phase2" (a phase2_ray checkpoint)."""
+    shape: dict
+    weights: list[Path]
+    tokenizer: Path
+
+
+def _fail(path: str | Path, why: str) -> ConfigError:
+    return ConfigError(f"model.init_from {path}: {why}")
+
+
+def locate(path: str) -> InitSource:
+    """The checkpoint at `path` and its shape. Raises ConfigError saying what is missing or cannot map."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise _fail(path, "no such directory")
+    if (p / "meta.json").is_file() or (p / "checkpoints" / "optimized" / "meta.json").is_file():
+        return _phase2(path, p if (p / "meta.json").is_file() else p / "checkpoints" / "optimized")
+    if (p / HF_CONFIG).is_file():
+        return _hf(path, p)
+    if (p / "checkpoints").is_dir():
+        found = sorted(c.name for c in (p / "checkpoints").iterdir() if (c / "meta.json").is_file())
+        raise _fail(
+            path, f"a run without an optimized checkpoint: name one of {found} (RUN_DIR/checkpoints/NAME)"
+        )
+    raise _fail(
+        path,
+        "neither a Hugging Face directory (config.json) nor a phase2_ray checkpoint (meta.json) or run directory",
+    )
+
+
+def _read_json(path: str, f: Path) -> dict:
+    try:
+        out = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _fail(path, f"{f.name} is not readable JSON ({e})") from e
+    if not isinstance(out, dict):
+        raise _fail(path, f"{f.name} is not a JSON object")
+    return out
+
+
+def _phase2(path: str, d: Path) -> InitSource:
+    meta = _read_json(path, d / "meta.json")
+    model = meta.get("model") or {}
+    keys = ("vocab_size", "block_size", "n_layer", "n_head", "d_model")
+    if not all(k in model for k in keys):
+        raise _fail(path, f"meta.json has no model shape ({', '.join(keys)})")
+    shape = {k: model[k] for k in keys} | {"bias": bool(model.get("bias", False))}
+    return InitSource(d, "phase2", shape, [d / HF_WEIGHTS], d / TOKENIZER)
+
+
+def _hf(path: str, d: Path) -> InitSource:
+    from phase2_ray.core.gpt2_format import shape_from_gpt2_config
+
+    try:
+        shape = shape_from_gpt2_config(_read_json(path, d / HF_CONFIG))
+    except ValueError as e:
+        raise _fail(path, str(e)) from e
+    if (d / HF_WEIGHTS).is_file():
+        weights = [d / HF_WEIGHTS]
+    elif (d / HF_INDEX).is_file():
+        shards = sorted(set(_read_json(path, d / HF_INDEX).get("weight_map", {}).values()))
+        weights = [d / s for s in shards]
+        missing = [w.name for w in weights if not w.is_file()]
+        if missing or not weights:
+            raise _fail(path, f"{HF_INDEX} names shards that are not there: {missing or 'none listed'}")
+    elif any(d.glob("*.bin")) or any(d.glob("*.pt")):
+        raise _fail(
+            path,
+            "holds pickle weights only (*.bin / *.pt), which phase2_ray never loads: save them as safetensors "
+            "(transformers' save_pretrained does by default)",
+        )
+    else:
+        raise _fail(path, f"has no {HF_WEIGHTS}")
+    if not (d / TOKENIZER).is_file():
+        raise _fail(
+            path,
+            f"has no {TOKENIZER} (a fast tokenizer's file; AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) "
+            "writes one)",
+        )
+    shape["bias"] = _any_nonzero_bias(weights, shape["n_layer"])
+    return InitSource(d, "hf-gpt2", shape, weights, d / TOKENIZER)
+
+
+def _any_nonzero_bias(weights: list[Path], n_layer: int) -> bool:
+    """Whether the checkpoint's linear layers have biases our bias-free model would lose (phase2_ray's own
+    exports write zeros: those come back bias-free and keep the faster path)."""
+    from safetensors import safe_open
+
+    from phase2_ray.core.gpt2_format import LAYERS
+
+    for w in weights:
+        with safe_open(str(w), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                short = name.removeprefix("transformer.")
+                if short.startswith("h.") and any(short.endswith(f".{t}.bias") for _, t in LAYERS):
+                    if f.get_tensor(name).any():
+                        return True
+    return False
+
+
+def resolve_config(cfg: Config) -> Config:
+    """`cfg` with the model's shape (and data.vocab_size) taken from model.init_from; unchanged without it.
+
+    Raises ConfigError naming an explicit key that disagrees with the checkpoint, or any check the config then
+    fails (e.g. prompt + output no longer fitting a smaller block_size)."""
+    m = cfg.model
+    if m.init_from is None:
+        return cfg
+    src = locate(m.init_from)
+    given = m.model_fields_set
+    for key in SHAPE:
+        if key in given and getattr(m, key) != src.shape[key]:
+            raise ConfigError(
+                f"model.{key}: {getattr(m, key)!r} does not match model.init_from's {src.shape[key]!r} "
+                f"({m.init_from}); leave it out to take the checkpoint's"
+            )
+    if "block_size" in given and m.block_size > src.shape["block_size"]:
+        raise ConfigError(
+            f"model.block_size: {m.block_size} exceeds model.init_from's {src.shape['block_size']} learned "
+            f"positions ({m.init_from}); use at most that, or leave it out"
+        )
+    if "vocab_size" in cfg.data.model_fields_set and cfg.data.vocab_size != src.shape["vocab_size"]:
+        raise ConfigError(
+            f"data.vocab_size: {cfg.data.vocab_size} does not match model.init_from's vocabulary of "
+            f"{src.shape['vocab_size']} ({m.init_from}); leave it out (the checkpoint's tokenizer is used)"
+        )
+    raw = cfg.model_dump(mode="json")
+    block = m.block_size if "block_size" in given else src.shape["block_size"]
+    raw["model"].update({k: src.shape[k] for k in SHAPE}, block_size=block)
+    raw["data"]["vocab_size"] = src.shape["vocab_size"]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{format_errors(e)} (with model.init_from's model shape)") from None
+
+
+@dataclass
+class InitWeights:
+    state: dict
+    """Our state dict (fp32, the tied head included), sized to the config's block_size."""
+    tokenizer: object
+    info: dict
+    """What report.json records under `init_from`: path, kind, shape, sha256 of each file read."""
+
+
+def load_init(cfg: Config) -> InitWeights | None:
+    """The weights and tokenizer model.init_from names, checked against the config's shape. Raises ConfigError."""
+    if cfg.model.init_from is None:
+        return None
+    import torch
+    from safetensors.torch import load as st_load
+    from tokenizers import Tokenizer
+
+    from phase2_ray.core import checkpoint as ckpt
+    from phase2_ray.core.gpt2_format import from_gpt2
+    from phase2_ray.core.model import GPT, GPTConfig
+
+    m = cfg.model
+    src = locate(m.init_from)
+    if src.kind == "phase2":
+        files = ckpt.read_dir(src.path)
+    else:
+        files = {str(f.relative_to(src.path)): f.read_bytes() for f in [*src.weights, src.tokenizer]}
+    sha = {name: hashlib.sha256(b).hexdigest() for name, b in files.items() if name != ckpt.META}
+    try:
+        if src.kind == "phase2":
+            state, _, tok = ckpt.read_checkpoint(files)
+        else:
+            tensors: dict = {}
+            for f in src.weights:
+                tensors.update(st_load(files[str(f.relative_to(src.path))]))
+            state = from_gpt2(tensors, src.shape["n_layer"], src.shape["bias"])
+            tok = Tokenizer.from_str(files[TOKENIZER].decode("utf-8"))
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise _fail(m.init_from, str(e).strip("'\"")) from e
+    n_tok, vocab = tok.get_vocab_size(), src.shape["vocab_size"]
+    if n_tok > vocab:
+        raise _fail(
+            m.init_from,
+            f"vocabulary mismatch: {src.tokenizer.name} has {n_tok} tokens but the model's embedding has "
+            f"{vocab} rows (ids past {vocab - 1} would have no embedding)",
+        )
+    state["wpe.weight"] = state["wpe.weight"][: m.block_size].contiguous()  # positions past block_size unused
+    gpt = GPTConfig(**m.gpt_fields(vocab))
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in GPT(gpt).state_dict().items()}
+    for k, shape in want.items():
+        got = tuple(state[k].shape) if k in state else None
+        if got != shape:
+            raise _fail(
+                m.init_from,
+                f"tensor {k} has shape {got}, but the checkpoint's own config says {shape} "
+                "(its weights and config.json / meta.json disagree)",
+            )
+    info = {"path": str(src.path.resolve()), "kind": src.kind, "model": asdict(gpt), "sha256": sha}
+    if m.block_size < src.shape["block_size"]:
+        info["positions_used"] = f"{m.block_size} of {src.shape['block_size']}"
+    return InitWeights({k: state[k] for k in want}, tok, info)
