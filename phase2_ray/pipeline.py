@@ -18,10 +18,11 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.dataprep import PreparedData, prepare_data
 from phase2_ray.provenance import cluster_nodes, environment
 from phase2_ray.records import Stage, TrainResult
-from phase2_ray.report import MetricsOrchestrator, redacted_config, write_run_dir
+from phase2_ray.report import MetricsOrchestrator, redacted_config, rewrite_report, write_run_dir
 from phase2_ray.runlog import RunLog
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
 from phase2_ray.storage import get_checkpoint
+from phase2_ray.tracking import log_run
 
 EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
 
@@ -186,6 +187,25 @@ def _validate(run: RunState, own_cluster: bool) -> None:
     st.end = time.time()
 
 
+def _export_hf(run: RunState) -> dict[str, Path] | None:
+    """export.hf: every trained variant's checkpoint as a Hugging Face GPT-2 directory under export/hf/; None
+    when off. A variant that cannot be exported is a warning (the run's result stands without it)."""
+    if not run.cfg.export.hf:
+        return None
+    from phase2_ray.export import export_hf
+
+    out: dict[str, Path] = {}
+    for v in run.cfg.variants:
+        if (run.out_dir / "checkpoints" / v / ckpt.META).is_file():
+            try:
+                out[v] = export_hf(run.out_dir, run.out_dir / "export" / "hf" / v, v)
+            except (OSError, ValueError) as e:
+                run.log.event("export.failed", f"export of {v} failed: {e}", variant=v)
+    if out:
+        run.log.event("export.hf", f"exported {', '.join(out)} to {run.out_dir / 'export' / 'hf'}")
+    return out
+
+
 def _mark_interrupted(run: RunState) -> None:
     """Ctrl-C or SIGTERM: everything is stopped on the way out; what was measured is reported, and --resume
     continues from the saved training states (the training stage wrote them on its way out)."""
@@ -211,7 +231,14 @@ def _report(run: RunState, resumed: bool) -> tuple[int, Path]:
     report.update(
         finished_at=st.end, wall_s=st.end - run.log.t0, incomplete=bool(run.interrupted), resumed=resumed
     )
+    exports = _export_hf(run)
+    if exports is not None:
+        report["exports"] = {"hf": {v: str(p) for v, p in exports.items()}}
     md_path = write_run_dir(run.out_dir, report, run.training_dicts(), run.validation)
+    tracked = log_run(run.cfg, report, run.out_dir, exports or {}, run.log)
+    if tracked is not None:  # after the run directory exists: its report and plots are what gets logged
+        report["tracking"] = tracked
+        md_path = rewrite_report(run.out_dir, report)
     if run.failure is None:
         shutil.rmtree(
             run.out_dir / resume.STATES_DIR, ignore_errors=True

@@ -13,6 +13,7 @@ import torch
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.storage import check_uri
+from phase2_ray.tracking import check_tracking
 
 
 def check_writable(out_dir: Path) -> None:
@@ -34,6 +35,7 @@ def check_before_start(cfg: Config, address: str | None) -> None:
             check_uri(cfg.storage.uri)
         except ValueError as e:
             raise ConfigError(f"storage.uri: {e}") from e
+    check_tracking(cfg)
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return  # a joined cluster's resources and ports are checked once connected, or by Serve itself
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1

@@ -145,3 +145,44 @@ def tiny_corpus():
     corpus = data.load_corpus(data.stdlib_files(), 60_000, 0.1)
     tok = data.train_tokenizer(corpus.train_text, 400)
     return corpus, tok, data.encode(tok, corpus.train_text), data.encode(tok, corpus.val_text)
+
+
+GPT2_SHAPE = {"n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2}
+"""The shape of `hf_gpt2`'s model (transformers' GPT2Config names)."""
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(tmp_path_factory, tiny_corpus):
+    """A small GPT-2 that transformers built and saved (nothing downloaded), with `tiny_corpus`'s tokenizer. Its
+    linear biases are non-zero, as a real GPT-2's are, and its matrices scaled up so that greedy picks are not
+    near-ties and a dropped bias would show."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok, *_ = tiny_corpus
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), **GPT2_SHAPE))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.3)
+            elif p.dim() == 2:
+                p.mul_(8.0)
+    d = tmp_path_factory.mktemp("gpt2")
+    model.save_pretrained(d)
+    (d / "tokenizer.json").write_text(tok.to_str())
+    return d
+
+
+@pytest.fixture(scope="session")
+def smoke_init(tmp_path_factory) -> Path:
+    """configs/smoke.yaml without its model section and vocabulary size, for model.init_from (keys a config
+    states must match the checkpoint's)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
+    raw.pop("model")
+    raw["data"].pop("vocab_size")
+    path = tmp_path_factory.mktemp("cfg") / "smoke-init.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

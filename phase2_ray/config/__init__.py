@@ -14,6 +14,7 @@ from phase2_ray.config.schema import (
     RayConfig,
     StorageConfig,
     TargetsConfig,
+    TrackingConfig,
 )
 from phase2_ray.config.serving import AutoscalingConfig, ServeConfig, ValidationConfig
 from phase2_ray.config.training import (
@@ -43,6 +44,7 @@ __all__ = [
     "SpeedTrialConfig",
     "StorageConfig",
     "TargetsConfig",
+    "TrackingConfig",
     "TrainingConfig",
     "ValidationConfig",
     "VariantConfig",

@@ -124,6 +124,31 @@ class TargetsConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    mlflow_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="Log the run to MLflow at this tracking URI (http://host:5000, sqlite:///mlflow.db, "
+        "databricks, ...; needs pip install -e '.[mlflow]'); unset: MLFLOW_TRACKING_URI when that is set, "
+        "else no tracking. A server that cannot be reached is a warning and a line in the report.",
+    )
+    experiment: str = Field(
+        "phase2", min_length=1, max_length=200, description="MLflow experiment (created when missing)."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for one request to the tracking server."
+    )
+
+
+class ExportConfig(Section):
+    hf: bool = Field(
+        False,
+        description="At the end of the run, export every trained variant as a Hugging Face GPT-2 directory "
+        "under RUN_DIR/export/hf/VARIANT (as `phase2 export --format hf` does); with MLflow tracking, an "
+        "approved run's candidate models are logged as MLflow models.",
+    )
+
+
 # One optimization alone per variant, then all together: each part's contribution to speed and loss.
 ABLATION_PARTS = {
     "compile": VariantConfig(compile=True),
@@ -158,6 +183,8 @@ class Config(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Stage 2c serving.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Stage 2c load.")
     targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Exports at the end of a run.")
     ablation: bool = Field(
         False,
         description="Replace the optimized variants with each optimization alone and all together "

@@ -20,6 +20,7 @@ _PUBLIC = {
     "redacted_config": "orchestrator",
     "write_run_dir": "artifacts",
     "render_run_dir": "artifacts",
+    "rewrite_report": "artifacts",
 }
 __all__ = list(_PUBLIC)
 

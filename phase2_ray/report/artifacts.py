@@ -54,6 +54,17 @@ def _requests_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False)
 
 
+def rewrite_report(out: str | Path, report: dict) -> Path:
+    """report.json, report.md and report.html again after a late addition (the tracking result), with the charts
+    already drawn under plots/ (each chart's file is named for its key)."""
+    out = Path(out)
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    plots = {p.stem: str(p.relative_to(out)) for p in sorted((out / "plots").glob("*.png"))}
+    md = render_markdown(report, plots)
+    write_atomic(out / "report.html", render_html(md, out, report["run_id"]))
+    return write_atomic(out / "report.md", md)
+
+
 def render_run_dir(out: str | Path) -> Path:
     """Draws plots/*.png, report.md and a self-contained report.html from report.json and the CSVs alone (no
     Ray): what `phase2 report RUN_DIR` runs. report.md is written last, so its presence means a whole report."""

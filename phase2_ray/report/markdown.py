@@ -73,8 +73,24 @@ def _header(r: dict) -> str:
         f"({env.get('cpu_count')} CPUs), torch {env.get('torch')}, "
         f"ray {env.get('ray')}.{_placement_line(r)}\n"
         + _init_line(r)
+        + _outside_line(r)
         + "Every figure below is read from report.json in this directory.\n"
     )
+
+
+def _outside_line(r: dict) -> str:
+    """Where the run went beyond this directory: Hugging Face exports and the MLflow run (or why not)."""
+    out = ""
+    hf = (r.get("exports") or {}).get("hf")
+    if hf is not None:
+        out += f"Hugging Face exports: {', '.join(f'{v} `{p}`' for v, p in hf.items()) or 'none'}.\n"
+    t = r.get("tracking")
+    if t and t.get("status") == "logged":
+        models = "".join(f"; model {m['name']} ({m['model_id']})" for m in t.get("models", []))
+        out += f"MLflow: run {t['run_id']} in experiment {t['experiment']!r} at {t['uri']}{models}.\n"
+    elif t:
+        out += f"MLflow: **not logged** ({t['status']}: {t.get('detail', '')}); this report is complete.\n"
+    return out
 
 
 def _init_line(r: dict) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from phase2_ray import cli
 from phase2_ray.core import checkpoint as ckpt
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.ray
 
@@ -44,7 +44,8 @@ CONTRACT_INFERENCE = {
 @pytest.fixture(scope="module")
 def smoke(serve_url, tmp_path_factory):
     """The smoke config through the CLI, its checkpoints at a storage URI (one pipeline run for all these tests).
-    It deploys into the session's running Serve instance, as on a long-lived cluster."""
+    It deploys into the session's running Serve instance, as on a long-lived cluster. Its MLflow tracking server
+    is down (nothing listens on the port): the run must finish all the same."""
     out = tmp_path_factory.mktemp("smoke")
     store = tmp_path_factory.mktemp("smoke-store") / "store"
     buf = io.StringIO()
@@ -52,9 +53,19 @@ def smoke(serve_url, tmp_path_factory):
         rc = cli.main(
             ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
             + ["--set", f"storage.uri=file://{store}"]
+            + ["--set", f"tracking.mlflow_uri=http://127.0.0.1:{free_port()}"]
         )
     report = json.loads((out / "report.json").read_text())
     return rc, out, buf.getvalue(), report, store
+
+
+def test_a_tracking_server_that_is_down_costs_a_warning_not_the_run(smoke):
+    rc, out, log, report, _ = smoke
+    t = report["tracking"]
+    assert t["status"] == "unreachable" and "does not answer" in t["detail"]
+    assert "MLflow tracking unreachable" in log
+    assert rc in (0, 1) and report["decision"]["gates"]  # the decision stands, whatever it is
+    assert "MLflow: **not logged** (unreachable" in (out / "report.md").read_text()
 
 
 def test_exit_code_matches_decision_and_last_line_is_report_path(smoke):

@@ -19,47 +19,11 @@ from phase2_ray.core.train import evaluate, train, val_offsets
 from phase2_ray.pretrained import load_init
 from tests.conftest import ROOT
 
-SHAPE = {"n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2}
 
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """The smoke config without its model section and vocabulary size (explicit keys must match the checkpoint's)."""
-    import yaml
-
-    raw = yaml.safe_load((ROOT / "configs/smoke.yaml").read_text())
-    raw.pop("model")
-    raw["data"].pop("vocab_size")
-    path = tmp_path_factory.mktemp("cfg") / "smoke-init.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory, tiny_corpus):
-    """A small GPT-2 saved by transformers with our corpus's tokenizer; its biases and weights scaled so that
-    greedy picks are not near-ties and a dropped bias would show."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    _, tok, *_ = tiny_corpus
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.get_vocab_size(), **SHAPE))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.normal_(0.0, 0.3)
-            elif p.dim() == 2:
-                p.mul_(8.0)
-    d = tmp_path_factory.mktemp("gpt2")
-    model.save_pretrained(d)
-    (d / "tokenizer.json").write_text(tok.to_str())
-    return d
-
-
-def test_an_hf_gpt2_gives_its_shape_tokenizer_and_weights(hf_dir, smoke, tiny_corpus):
+def test_an_hf_gpt2_gives_its_shape_tokenizer_and_weights(hf_gpt2, smoke_init, tiny_corpus):
     from transformers import AutoModelForCausalLM
 
-    cfg = load_config(smoke, [f"model.init_from={hf_dir}", "model.n_layer=2", "data.vocab_size=400"])
+    cfg = load_config(smoke_init, [f"model.init_from={hf_gpt2}", "model.n_layer=2", "data.vocab_size=400"])
     m = cfg.model
     assert (m.block_size, m.n_layer, m.n_head, m.d_model, m.bias) == (64, 2, 2, 32, True)
     assert cfg.data.vocab_size == 400
@@ -71,7 +35,7 @@ def test_an_hf_gpt2_gives_its_shape_tokenizer_and_weights(hf_dir, smoke, tiny_co
     assert init.tokenizer.to_str() == tiny_corpus[1].to_str()
     ours = GPT(GPTConfig(**m.gpt_fields(400))).eval()
     ours.load_state_dict(init.state, strict=True)
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_gpt2).eval()
     ids = init.tokenizer.encode("def main(argv):\n    return argv[0]").ids
     x = torch.tensor([ids])
     with torch.no_grad():
@@ -95,11 +59,11 @@ def test_int8_layers_add_the_bias(kernel):
         assert torch.allclose(with_bias - without, bias.expand_as(without), atol=1e-5)
 
 
-def test_the_int8_copy_of_a_biased_model_matches_fp32(hf_dir, smoke):
+def test_the_int8_copy_of_a_biased_model_matches_fp32(hf_gpt2, smoke_init):
     """Weight-only int8 (int8pack, no activation quantization) stays close to fp32 with the biases in."""
     from phase2_ray.core.compress import SemanticCompressor
 
-    cfg = load_config(smoke, [f"model.init_from={hf_dir}"])
+    cfg = load_config(smoke_init, [f"model.init_from={hf_gpt2}"])
     init = load_init(cfg)
     gcfg = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))
     fp32 = GPT(gcfg).eval()
@@ -111,12 +75,14 @@ def test_the_int8_copy_of_a_biased_model_matches_fp32(hf_dir, smoke):
     assert (a - b).abs().max().item() < 0.05 * a.abs().max().item()
 
 
-def test_training_starts_from_the_given_weights(hf_dir, smoke, tiny_corpus):
+def test_training_starts_from_the_given_weights(hf_gpt2, smoke_init, tiny_corpus):
     """The first val loss is the loaded model's own, and two stacks start from the same weights."""
     from phase2_ray.core.specs import OptimizationSettings
     from phase2_ray.training.actors import loop_settings
 
-    cfg = load_config(smoke, [f"model.init_from={hf_dir}", "training.steps=12", "training.eval_interval=0"])
+    cfg = load_config(
+        smoke_init, [f"model.init_from={hf_gpt2}", "training.steps=12", "training.eval_interval=0"]
+    )
     init = load_init(cfg)
     _, _, train_ids, val_ids = tiny_corpus
     gcfg = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))
@@ -136,7 +102,7 @@ def test_training_starts_from_the_given_weights(hf_dir, smoke, tiny_corpus):
     assert runs[0].val_curve[-1][1] < runs[0].val_curve[0][1]  # and it still trains
 
 
-def test_a_phase2_run_or_checkpoint_and_a_lower_block_size(smoke, tmp_path, tiny_corpus):
+def test_a_phase2_run_or_checkpoint_and_a_lower_block_size(smoke_init, tmp_path, tiny_corpus):
     _, tok, *_ = tiny_corpus
     shape = {"vocab_size": 400, "block_size": 64, "n_layer": 1, "n_head": 2, "d_model": 32, "dropout": 0.0}
     torch.manual_seed(1)
@@ -145,7 +111,7 @@ def test_a_phase2_run_or_checkpoint_and_a_lower_block_size(smoke, tmp_path, tiny
     state, meta, _ = read_checkpoint(files)
     for where in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "optimized"):
         cfg = load_config(
-            smoke, [f"model.init_from={where}", "model.block_size=32", "validation.max_tokens=8"]
+            smoke_init, [f"model.init_from={where}", "model.block_size=32", "validation.max_tokens=8"]
         )
         assert (cfg.model.block_size, cfg.model.n_layer, cfg.model.bias) == (32, 1, False)
         init = load_init(cfg)
@@ -155,14 +121,14 @@ def test_a_phase2_run_or_checkpoint_and_a_lower_block_size(smoke, tmp_path, tiny
         assert torch.equal(init.state["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
 
 
-def _bad_dirs(hf_dir, tmp_path):
+def _bad_dirs(hf_gpt2, tmp_path):
     """(directory, extra --set, what the one-line error must name)."""
     llama = tmp_path / "llama"
-    shutil.copytree(hf_dir, llama)
+    shutil.copytree(hf_gpt2, llama)
     c = json.loads((llama / "config.json").read_text())
     (llama / "config.json").write_text(json.dumps({**c, "model_type": "llama"}))
     small = tmp_path / "small-vocab"
-    shutil.copytree(hf_dir, small)
+    shutil.copytree(hf_gpt2, small)
     (small / "config.json").write_text(json.dumps({**c, "vocab_size": 300}))
     pickle = tmp_path / "pickle"
     pickle.mkdir()
@@ -173,20 +139,20 @@ def _bad_dirs(hf_dir, tmp_path):
         (llama, [], "model_type is 'llama'"),
         (small, [], "vocabulary mismatch"),
         (pickle, [], "pickle"),
-        (hf_dir, ["model.n_layer=3"], "model.n_layer: 3 does not match model.init_from's 2"),
-        (hf_dir, ["model.block_size=128"], "model.block_size: 128 exceeds"),
-        (hf_dir, ["data.vocab_size=512"], "data.vocab_size: 512 does not match"),
+        (hf_gpt2, ["model.n_layer=3"], "model.n_layer: 3 does not match model.init_from's 2"),
+        (hf_gpt2, ["model.block_size=128"], "model.block_size: 128 exceeds"),
+        (hf_gpt2, ["data.vocab_size=512"], "data.vocab_size: 512 does not match"),
     ]
 
 
-def test_bad_init_from_exits_2_with_one_line_before_ray(hf_dir, smoke, tmp_path, capsys):
+def test_bad_init_from_exits_2_with_one_line_before_ray(hf_gpt2, smoke_init, tmp_path, capsys):
     import ray
 
-    for path, sets, words in _bad_dirs(hf_dir, tmp_path):
+    for path, sets, words in _bad_dirs(hf_gpt2, tmp_path):
         args = [
             "run",
             "-c",
-            str(smoke),
+            str(smoke_init),
             "--output",
             str(tmp_path / "out"),
             "--set",
@@ -199,19 +165,20 @@ def test_bad_init_from_exits_2_with_one_line_before_ray(hf_dir, smoke, tmp_path,
     assert not ray.is_initialized()
 
 
-def test_config_errors_name_the_field(hf_dir, smoke):
+def test_config_errors_name_the_field(hf_gpt2, smoke_init):
     with pytest.raises(ConfigError, match="model.d_model: 48 does not match"):
-        load_config(smoke, [f"model.init_from={hf_dir}", "model.d_model=48"])
+        load_config(smoke_init, [f"model.init_from={hf_gpt2}", "model.d_model=48"])
     # a prompt + output that no longer fit the checkpoint's context
     with pytest.raises(ConfigError, match="with model.init_from's model shape"):
-        load_config(smoke, [f"model.init_from={hf_dir}", "validation.max_tokens=60"])  # fits 128, not 64
+        # 8 + 60 tokens fit the default block_size of 128, not the checkpoint's 64
+        load_config(smoke_init, [f"model.init_from={hf_gpt2}", "validation.max_tokens=60"])
     # the smoke config's own model section names keys this checkpoint does not have
     with pytest.raises(ConfigError, match="model.n_layer: 1 does not match"):
-        load_config(ROOT / "configs/smoke.yaml", [f"model.init_from={hf_dir}"])
+        load_config(ROOT / "configs/smoke.yaml", [f"model.init_from={hf_gpt2}"])
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_export_then_init_from_gives_back_the_same_model(smoke, tmp_path, tiny_corpus, bias):
+def test_export_then_init_from_gives_back_the_same_model(smoke_init, tmp_path, tiny_corpus, bias):
     """`phase2 export` and init_from are inverses: biases survive, and zero biases come back as none."""
     from phase2_ray.export import export_hf
 
@@ -224,7 +191,7 @@ def test_export_then_init_from_gives_back_the_same_model(smoke, tmp_path, tiny_c
             model.blocks[1].mlp.fc.bias.normal_()
     save_dir(checkpoint_files(model, {"model": shape}, tok.to_str()), tmp_path / "run/checkpoints/optimized")
     export_hf(tmp_path / "run", tmp_path / "hf")
-    cfg = load_config(smoke, [f"model.init_from={tmp_path / 'hf'}"])
+    cfg = load_config(smoke_init, [f"model.init_from={tmp_path / 'hf'}"])
     assert cfg.model.bias is bias
     init = load_init(cfg)
     want = model.state_dict()
