@@ -50,13 +50,13 @@ def locate(path: str) -> InitSource:
         raise _fail(path, "no such directory")
     if (p / "meta.json").is_file() or (p / "checkpoints" / "optimized" / "meta.json").is_file():
         return _phase2(path, p if (p / "meta.json").is_file() else p / "checkpoints" / "optimized")
-    if (p / HF_CONFIG).is_file():
-        return _hf(path, p)
-    if (p / "checkpoints").is_dir():
+    if (p / "checkpoints").is_dir():  # a run directory (its config.json is the run's, not a model's)
         found = sorted(c.name for c in (p / "checkpoints").iterdir() if (c / "meta.json").is_file())
         raise _fail(
             path, f"a run without an optimized checkpoint: name one of {found} (RUN_DIR/checkpoints/NAME)"
         )
+    if (p / HF_CONFIG).is_file():
+        return _hf(path, p)
     raise _fail(
         path,
         "neither a Hugging Face directory (config.json) nor a phase2_ray checkpoint (meta.json) or run directory",
