@@ -134,8 +134,13 @@ def _bad_dirs(hf_gpt2, tmp_path):
     pickle.mkdir()
     (pickle / "config.json").write_text(json.dumps(c))
     (pickle / "pytorch_model.bin").write_bytes(b"not loaded")
+    run = tmp_path / "run-without-optimized"
+    shutil.copytree(hf_gpt2, run / "checkpoints" / "baseline")
+    (run / "checkpoints" / "baseline" / "meta.json").write_text("{}")
+    (run / "config.json").write_text("{}")  # a run's own config, not a model's
     return [
         (tmp_path / "nowhere", [], "no such directory"),
+        (run, [], "name one of ['baseline']"),
         (llama, [], "model_type is 'llama'"),
         (small, [], "vocabulary mismatch"),
         (pickle, [], "pickle"),
