@@ -125,11 +125,10 @@ def _placement_line(r: dict) -> str:
 def _charts(plots: dict[str, str]) -> str:
     if not plots:
         return ""
-    return (
-        "## Charts\n\n"
-        + "\n\n".join(f"![{CHART_TITLES.get(k, k)}]({path})" for k, path in plots.items())
-        + "\n"
-    )
+    # CHART_TITLES' order, whoever listed the charts (a redraw, or a re-render over the files already drawn)
+    order = {k: i for i, k in enumerate(CHART_TITLES)}
+    keys = sorted(plots, key=lambda k: (order.get(k, len(order)), k))
+    return "## Charts\n\n" + "\n\n".join(f"![{CHART_TITLES.get(k, k)}]({plots[k]})" for k in keys) + "\n"
 
 
 def _at_a_glance(r: dict) -> str:
