@@ -178,12 +178,20 @@ class InitWeights:
     """What report.json records under `init_from`: path, kind, shape, sha256 of each file read."""
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_init(cfg: Config) -> InitWeights | None:
     """The weights and tokenizer model.init_from names, checked against the config's shape. Raises ConfigError."""
     if cfg.model.init_from is None:
         return None
     import torch
-    from safetensors.torch import load as st_load
+    from safetensors.torch import load_file as st_load_file
     from tokenizers import Tokenizer
 
     from phase2_ray.core import checkpoint as ckpt
@@ -192,21 +200,21 @@ def load_init(cfg: Config) -> InitWeights | None:
 
     m = cfg.model
     src = locate(m.init_from)
-    if src.kind == "phase2":
-        files = ckpt.read_dir(src.path)
-    else:
-        files = {str(f.relative_to(src.path)): f.read_bytes() for f in [*src.weights, src.tokenizer]}
-    sha = {name: hashlib.sha256(b).hexdigest() for name, b in files.items() if name != ckpt.META}
     try:
-        if src.kind == "phase2":
+        if src.kind == "phase2":  # its own checksums are verified on read
+            files = ckpt.read_dir(src.path)
+            sha = {name: hashlib.sha256(b).hexdigest() for name, b in files.items() if name != ckpt.META}
             state, _, tok = ckpt.read_checkpoint(files)
         else:
+            # Hashed as a stream and memory-mapped: a 500 MB GPT-2 is not held twice on the driver.
+            sha = {str(f.relative_to(src.path)): _sha256_file(f) for f in [*src.weights, src.tokenizer]}
             tensors: dict = {}
             for f in src.weights:
-                tensors.update(st_load(files[str(f.relative_to(src.path))]))
+                tensors.update(st_load_file(f))
             state = from_gpt2(tensors, src.shape["n_layer"], src.shape["bias"])
-            tok = Tokenizer.from_str(files[TOKENIZER].decode("utf-8"))
-    except (KeyError, ValueError, FileNotFoundError) as e:
+            del tensors
+            tok = Tokenizer.from_file(str(src.tokenizer))
+    except (KeyError, ValueError, FileNotFoundError, OSError) as e:
         raise _fail(m.init_from, str(e).strip("'\"")) from e
     n_tok, vocab = tok.get_vocab_size(), src.shape["vocab_size"]
     if n_tok > vocab:
