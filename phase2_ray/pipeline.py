@@ -76,8 +76,11 @@ def run_pipeline(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--output {out_dir}: cannot create it ({e.strerror})") from e
-    if not resume_id:
-        resume.write_run_files(out_dir, run_id, redacted_config(cfg.model_dump(mode="json")))
+    init_sha = run.data.init.info["sha256"] if run.data.init else None
+    if resume_id:
+        resume.check_init(out_dir, init_sha)
+    else:
+        resume.write_run_files(out_dir, run_id, redacted_config(cfg.model_dump(mode="json")), init_sha)
     log.event("run.start", f"run {run_id} -> {out_dir}" + (" (resumed)" if resume_id else ""), run_id=run_id)
     log.event("data.ready", f"data: {run.data.stage.detail}")
     run.stages.append(run.data.stage)

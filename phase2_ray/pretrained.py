@@ -88,8 +88,8 @@ def _hf(path: str, d: Path) -> InitSource:
 
     try:
         shape = shape_from_gpt2_config(_read_json(path, d / HF_CONFIG))
-    except ValueError as e:
-        raise _fail(path, str(e)) from e
+    except (ValueError, TypeError) as e:  # TypeError: a value of the wrong type, e.g. "n_layer": null
+        raise _fail(path, f"config.json: {e}") from e
     if (d / HF_WEIGHTS).is_file():
         weights = [d / HF_WEIGHTS]
     elif (d / HF_INDEX).is_file():
@@ -124,13 +124,29 @@ def _any_nonzero_bias(weights: list[Path], n_layer: int) -> bool:
     from phase2_ray.core.gpt2_format import LAYERS
 
     for w in weights:
-        with safe_open(str(w), framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                short = name.removeprefix("transformer.")
-                if short.startswith("h.") and any(short.endswith(f".{t}.bias") for _, t in LAYERS):
-                    if f.get_tensor(name).any():
-                        return True
+        try:
+            with safe_open(str(w), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    short = name.removeprefix("transformer.")
+                    if short.startswith("h.") and any(short.endswith(f".{t}.bias") for _, t in LAYERS):
+                        if f.get_tensor(name).any():
+                            return True
+        except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
+            raise _fail(w.parent, f"{w.name} is not a readable safetensors file ({e})") from e
     return False
+
+
+def drop_nulls(raw: dict) -> None:
+    """With model.init_from, `null` for a shape key or data.vocab_size means "take the checkpoint's": the key is
+    removed before validation (from the command line, `--set model.n_layer=null` overrides a config file's)."""
+    model, data = raw.get("model"), raw.get("data")
+    if not isinstance(model, dict) or not model.get("init_from"):
+        return
+    for key in (*SHAPE, "block_size"):
+        if key in model and model[key] is None:
+            del model[key]
+    if isinstance(data, dict) and "vocab_size" in data and data["vocab_size"] is None:
+        del data["vocab_size"]
 
 
 def resolve_config(cfg: Config) -> Config:
@@ -142,26 +158,31 @@ def resolve_config(cfg: Config) -> Config:
     if m.init_from is None:
         return cfg
     src = locate(m.init_from)
-    given = m.model_fields_set
+    given, wrong = m.model_fields_set, []
     for key in SHAPE:
         if key in given and getattr(m, key) != src.shape[key]:
-            raise ConfigError(
-                f"model.{key}: {getattr(m, key)!r} does not match model.init_from's {src.shape[key]!r} "
-                f"({m.init_from}); leave it out to take the checkpoint's"
+            wrong.append(
+                f"model.{key}: {getattr(m, key)!r} does not match model.init_from's {src.shape[key]!r}"
             )
     if "block_size" in given and m.block_size > src.shape["block_size"]:
-        raise ConfigError(
-            f"model.block_size: {m.block_size} exceeds model.init_from's {src.shape['block_size']} learned "
-            f"positions ({m.init_from}); use at most that, or leave it out"
+        wrong.append(
+            f"model.block_size: {m.block_size} exceeds model.init_from's {src.shape['block_size']} learned positions"
         )
     if "vocab_size" in cfg.data.model_fields_set and cfg.data.vocab_size != src.shape["vocab_size"]:
-        raise ConfigError(
+        wrong.append(
             f"data.vocab_size: {cfg.data.vocab_size} does not match model.init_from's vocabulary of "
-            f"{src.shape['vocab_size']} ({m.init_from}); leave it out (the checkpoint's tokenizer is used)"
+            f"{src.shape['vocab_size']}"
+        )
+    if wrong:
+        keys = ", ".join(w.split(":")[0] for w in wrong)
+        raise ConfigError(
+            f"{'; '.join(wrong)} ({m.init_from}): leave {keys} out of the config, or --set each to null, to "
+            "take the checkpoint's"
         )
     raw = cfg.model_dump(mode="json")
     block = m.block_size if "block_size" in given else src.shape["block_size"]
-    raw["model"].update({k: src.shape[k] for k in SHAPE}, block_size=block)
+    # The resolved path: a resumed run, started from another directory, finds the same checkpoint.
+    raw["model"].update({k: src.shape[k] for k in SHAPE}, block_size=block, init_from=str(src.path.resolve()))
     raw["data"]["vocab_size"] = src.shape["vocab_size"]
     try:
         return Config.model_validate(raw)
@@ -214,7 +235,9 @@ def load_init(cfg: Config) -> InitWeights | None:
             state = from_gpt2(tensors, src.shape["n_layer"], src.shape["bias"])
             del tensors
             tok = Tokenizer.from_file(str(src.tokenizer))
-    except (KeyError, ValueError, FileNotFoundError, OSError) as e:
+    except ConfigError:
+        raise
+    except Exception as e:  # safetensors' and tokenizers' own error types included: one line, exit 2
         raise _fail(m.init_from, str(e).strip("'\"")) from e
     n_tok, vocab = tok.get_vocab_size(), src.shape["vocab_size"]
     if n_tok > vocab:

@@ -20,10 +20,27 @@ INFO_FILE = "info.json"
 FIXED_SECTIONS = ("data", "model", "training", "variants", "ablation", "run_name", "storage")
 
 
-def write_run_files(out_dir: Path, run_id: str, config_json: dict) -> None:
-    """At the start of a run: what --resume needs to start again as the same run (the config without secrets)."""
-    write_atomic(out_dir / RUN_FILE, json.dumps({"run_id": run_id}))
+def write_run_files(out_dir: Path, run_id: str, config_json: dict, init_sha256: dict | None = None) -> None:
+    """At the start of a run: what --resume needs to start again as the same run (the config without secrets, and
+    the sha256 of model.init_from's files, so a resumed run cannot start from other weights)."""
+    run = {"run_id": run_id, **({"init_sha256": init_sha256} if init_sha256 else {})}
+    write_atomic(out_dir / RUN_FILE, json.dumps(run))
     write_atomic(out_dir / CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
+
+
+def check_init(out_dir: Path, init_sha256: dict | None) -> None:
+    """--resume: model.init_from's files must be the ones the run started from (or the run took none)."""
+    was = json.loads((out_dir / RUN_FILE).read_text()).get("init_sha256")
+    if was != init_sha256:
+        changed = sorted(
+            k
+            for k in {*(was or {}), *(init_sha256 or {})}
+            if (was or {}).get(k) != (init_sha256 or {}).get(k)
+        )
+        raise ConfigError(
+            f"--resume {out_dir}: model.init_from's files changed since the run started ({', '.join(changed)}): "
+            "the variants still to train would start from other weights; start a new run instead"
+        )
 
 
 def _dir_name(key: str) -> str:

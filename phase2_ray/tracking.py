@@ -12,6 +12,7 @@ only when tracking is on."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import math
 import os
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.runlog import RunLog, error_text
@@ -40,17 +41,24 @@ def tracking_uri(cfg: Config) -> str | None:
 def check_tracking(cfg: Config) -> None:
     """An explicit tracking.mlflow_uri without mlflow installed is a config error (exit 2, nothing started).
     MLFLOW_TRACKING_URI alone may be set for other tools: that case is a warning when the run ends."""
-    if cfg.tracking.mlflow_uri and importlib.util.find_spec("mlflow") is None:
+    uri = cfg.tracking.mlflow_uri
+    if not uri:
+        return
+    if importlib.util.find_spec("mlflow") is None:
         raise ConfigError(f"tracking.mlflow_uri is set but mlflow is not installed: {INSTALL}")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError as e:
+        raise ConfigError(f"tracking.mlflow_uri: not a valid URI ({e})") from None
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise ConfigError(f"tracking.mlflow_uri: {parts.scheme}:// needs a host, e.g. http://127.0.0.1:5000")
 
 
 def public_uri(uri: str) -> str:
-    """The URI without user:password (it lands in report.json and logs)."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
-    return uri
+    """The URI (or a text quoting one) without user:password (it lands in report.json, config.json and logs; MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD are the way to give credentials that are never written down)."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1", uri)  # also inside an error's text that quotes the URI
 
 
 def log_run(cfg: Config, report: dict, out_dir: Path, exports: dict[str, Path], log: RunLog) -> dict | None:
@@ -67,14 +75,16 @@ def log_run(cfg: Config, report: dict, out_dir: Path, exports: dict[str, Path], 
     t0 = time.time()
     if importlib.util.find_spec("mlflow") is None:
         return _warn(log, info, "not installed", f"mlflow is not installed ({INSTALL})")
-    down = _unreachable(uri, cfg.tracking.timeout_s)
-    if down:
-        return _warn(log, info, "unreachable", down)
-    try:
+    try:  # whatever goes wrong (a malformed URI from the environment too), the run's result stands
+        down = _unreachable(uri, cfg.tracking.timeout_s)
+        if down:
+            return _warn(log, info, "unreachable", down)
         with _bounded_requests(cfg.tracking.timeout_s):
             info.update(_log(uri, cfg, report, out_dir, exports))
+    except KeyboardInterrupt:
+        return _warn(log, info, "interrupted", "Ctrl-C while logging")
     except Exception as e:  # a tracking failure must not cost the run: report it and go on
-        return _warn(log, info, "failed", error_text(e, 300))
+        return _warn(log, info, "failed", public_uri(error_text(e, 300)))
     info.update(status="logged", seconds=round(time.time() - t0, 2))
     log.event(
         "tracking.logged",
@@ -102,7 +112,7 @@ def _unreachable(uri: str, timeout_s: float) -> str | None:
             return None
     except urllib.error.HTTPError:
         return None  # it answered; MLflow's own calls say whether it is a tracking server
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         return f"{public_uri(uri)} does not answer ({reason})"
 
@@ -129,6 +139,11 @@ def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, 
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise RuntimeError(
+            f"experiment {cfg.tracking.experiment!r} is deleted in this store: restore it, or set "
+            "tracking.experiment to another name"
+        )
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment, _artifacts(uri))
     approved = bool(report["decision"]["approved"])
     tags = {

@@ -94,12 +94,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raw["variants"] = {k: v.model_dump() for k, v in _default_variants().items()}
     for expr in overrides:
         apply_override(raw, expr)
+    from phase2_ray.pretrained import drop_nulls, resolve_config  # it imports this package
+
+    drop_nulls(raw)  # model.init_from: null = the checkpoint's value
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
-    from phase2_ray.pretrained import resolve_config  # it imports this package
-
     return resolve_config(cfg)  # model.init_from: the shape comes from the checkpoint
 
 

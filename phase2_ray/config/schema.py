@@ -64,7 +64,8 @@ class ModelConfig(Section):
         description="Start both variants from these weights instead of a seeded init: a local Hugging Face "
         "GPT-2 directory (config.json, model.safetensors, tokenizer.json) or a phase2_ray checkpoint "
         "(RUN_DIR/checkpoints/VARIANT, or RUN_DIR for its optimized one). The tokenizer and the model's shape "
-        "come from it; model.block_size may be set lower (fewer learned positions are used).",
+        "come from it (null for a shape key or data.vocab_size means the checkpoint's); model.block_size may "
+        "be set lower (fewer learned positions are used).",
     )
 
     @model_validator(mode="after")
@@ -143,9 +144,10 @@ class TrackingConfig(Section):
 class ExportConfig(Section):
     hf: bool = Field(
         False,
-        description="At the end of the run, export every trained variant as a Hugging Face GPT-2 directory "
-        "under RUN_DIR/export/hf/VARIANT (as `phase2 export --format hf` does); with MLflow tracking, an "
-        "approved run's candidate models are logged as MLflow models.",
+        description="At the end of the run, export every variant whose checkpoint the run saved (all trained "
+        "ones, unless training or the speed trial failed) as a Hugging Face GPT-2 directory under "
+        "RUN_DIR/export/hf/VARIANT (as `phase2 export --format hf` does); with MLflow tracking, an approved "
+        "run's candidate models are logged as MLflow models.",
     )
 
 

@@ -78,13 +78,6 @@ def from_gpt2(tensors: dict[str, torch.Tensor], n_layer: int, bias: bool) -> dic
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def linear_biases(tensors: dict[str, torch.Tensor], n_layer: int) -> list[torch.Tensor]:
-    """The checkpoint's linear-layer biases (those present): all zero means our bias-free model holds it exactly."""
-    prefix = "transformer." if "transformer.wte.weight" in tensors else ""
-    names = (f"{prefix}h.{i}.{theirs}.bias" for i in range(n_layer) for _, theirs in LAYERS)
-    return [tensors[n] for n in names if n in tensors]
-
-
 def gpt2_config(model: dict, eos_id: int | None) -> dict:
     """config.json of a GPT2LMHeadModel with our model's shape (`model`: GPTConfig's fields)."""
     return {

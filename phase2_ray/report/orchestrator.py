@@ -120,4 +120,9 @@ def redacted_config(config: dict) -> dict:
     """The config as recorded in report.json, without secrets (an API key must not land in artifacts)."""
     if config.get("serve", {}).get("api_key"):
         config["serve"]["api_key"] = "<redacted>"
+    uri = config.get("tracking", {}).get("mlflow_uri")
+    if uri:
+        from phase2_ray.tracking import public_uri
+
+        config["tracking"]["mlflow_uri"] = public_uri(uri)  # no user:password in artifacts
     return config

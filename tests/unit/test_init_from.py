@@ -138,8 +138,17 @@ def _bad_dirs(hf_gpt2, tmp_path):
     shutil.copytree(hf_gpt2, run / "checkpoints" / "baseline")
     (run / "checkpoints" / "baseline" / "meta.json").write_text("{}")
     (run / "config.json").write_text("{}")  # a run's own config, not a model's
+    truncated = tmp_path / "truncated"
+    shutil.copytree(hf_gpt2, truncated)
+    w = truncated / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    slow_tok = tmp_path / "slow-tokenizer"
+    shutil.copytree(hf_gpt2, slow_tok)
+    (slow_tok / "tokenizer.json").write_text("{}")
     return [
         (tmp_path / "nowhere", [], "no such directory"),
+        (truncated, [], "not a readable safetensors file"),
+        (slow_tok, [], "model.init_from"),
         (run, [], "name one of ['baseline']"),
         (llama, [], "model_type is 'llama'"),
         (small, [], "vocabulary mismatch"),
@@ -202,3 +211,41 @@ def test_export_then_init_from_gives_back_the_same_model(smoke_init, tmp_path, t
     want = model.state_dict()
     assert set(init.state) == set(want)
     assert all(torch.equal(init.state[k], want[k]) for k in want)
+
+
+def test_null_takes_the_checkpoints_value_and_every_mismatch_is_named_at_once(hf_gpt2):
+    smoke = (
+        ROOT / "configs/smoke.yaml"
+    )  # it states model.n_layer 1, n_head 2, d_model 32, block_size 64, vocab 512
+    with pytest.raises(ConfigError) as e:
+        load_config(smoke, [f"model.init_from={hf_gpt2}"])
+    assert "model.n_layer: 1" in str(e.value) and "data.vocab_size: 512" in str(e.value)
+    nulls = ["model.n_layer=null", "data.vocab_size=null"]
+    cfg = load_config(smoke, [f"model.init_from={hf_gpt2}", *nulls])
+    assert (cfg.model.n_layer, cfg.data.vocab_size, cfg.model.bias) == (2, 400, True)
+    assert cfg.model.init_from == str(hf_gpt2.resolve())  # resolved: --resume from elsewhere finds it
+
+
+def test_sharded_fp16_and_unprefixed_gpt2_checkpoints_load_alike(hf_gpt2, smoke_init, tmp_path):
+    """Shapes of GPT-2 directories in the wild: sharded safetensors with an index, fp16 weights, and the original
+    OpenAI layout without the `transformer.` prefix. Each loads to the same model (fp16 within its rounding)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    want = load_init(load_config(smoke_init, [f"model.init_from={hf_gpt2}"])).state
+    hf = AutoModelForCausalLM.from_pretrained(hf_gpt2)
+    sharded, half, bare = tmp_path / "sharded", tmp_path / "fp16", tmp_path / "bare"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    hf.half().save_pretrained(half)
+    shutil.copytree(hf_gpt2, bare)
+    tensors = load_file(hf_gpt2 / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, bare / "model.safetensors")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    for d, tol in ((sharded, 0.0), (half, 1e-2), (bare, 0.0)):
+        if d is not bare:
+            shutil.copy(hf_gpt2 / "tokenizer.json", d / "tokenizer.json")
+        got = load_init(load_config(smoke_init, [f"model.init_from={d}"])).state
+        assert set(got) == set(want), d
+        for k in want:
+            assert got[k].dtype == torch.float32
+            assert torch.allclose(got[k], want[k], rtol=tol, atol=tol * want[k].abs().max().item()), (d, k)
