@@ -112,11 +112,11 @@ def _hf(path: str, d: Path) -> InitSource:
             f"has no {TOKENIZER} (a fast tokenizer's file; AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) "
             "writes one)",
         )
-    shape["bias"] = _any_nonzero_bias(weights, shape["n_layer"])
+    shape["bias"] = _any_nonzero_bias(weights)
     return InitSource(d, "hf-gpt2", shape, weights, d / TOKENIZER)
 
 
-def _any_nonzero_bias(weights: list[Path], n_layer: int) -> bool:
+def _any_nonzero_bias(weights: list[Path]) -> bool:
     """Whether the checkpoint's linear layers have biases our bias-free model would lose (phase2_ray's own
     exports write zeros: those come back bias-free and keep the faster path)."""
     from safetensors import safe_open

@@ -30,13 +30,10 @@ def write_run_files(out_dir: Path, run_id: str, config_json: dict, init_sha256: 
 
 def check_init(out_dir: Path, init_sha256: dict | None) -> None:
     """--resume: model.init_from's files must be the ones the run started from (or the run took none)."""
-    was = json.loads((out_dir / RUN_FILE).read_text()).get("init_sha256")
-    if was != init_sha256:
-        changed = sorted(
-            k
-            for k in {*(was or {}), *(init_sha256 or {})}
-            if (was or {}).get(k) != (init_sha256 or {}).get(k)
-        )
+    was = json.loads((out_dir / RUN_FILE).read_text()).get("init_sha256") or {}
+    now = init_sha256 or {}
+    changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+    if changed:
         raise ConfigError(
             f"--resume {out_dir}: model.init_from's files changed since the run started ({', '.join(changed)}): "
             "the variants still to train would start from other weights; start a new run instead"

@@ -56,9 +56,9 @@ def check_tracking(cfg: Config) -> None:
 
 
 def public_uri(uri: str) -> str:
-    """The URI (or a text quoting one) without user:password (it lands in report.json, config.json and logs; MLFLOW_TRACKING_USERNAME and
-    MLFLOW_TRACKING_PASSWORD are the way to give credentials that are never written down)."""
-    return re.sub(r"(://)[^/@\s]*@", r"\1", uri)  # also inside an error's text that quotes the URI
+    """The URI, or a text quoting one (an error's), without user:password: it lands in report.json, config.json
+    and logs. MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD give credentials that are never written down."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1", uri)
 
 
 def log_run(cfg: Config, report: dict, out_dir: Path, exports: dict[str, Path], log: RunLog) -> dict | None:

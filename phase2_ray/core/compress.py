@@ -106,9 +106,8 @@ class Int8Linear(nn.Module):
             raise ValueError(f"unknown int8 kernel {kernel!r}: one of {KERNELS}")
         self.kernel, (self.out_features, self.in_features) = kernel, q.shape
         self.register_buffer("scale", scale)
-        self.register_buffer(
-            "bias", bias
-        )  # fp32, added after the scale (a GPT-2 checkpoint's; ours have none)
+        # fp32, added after the scale (a GPT-2 checkpoint's; ours have none)
+        self.register_buffer("bias", bias)
         self.packed_bytes = 0
         if kernel == "int8pack":
             self.register_buffer("weight", q)

@@ -59,7 +59,11 @@ def rewrite_report(out: str | Path, report: dict) -> Path:
     already drawn under plots/ (each chart's file is named for its key)."""
     out = Path(out)
     write_atomic(out / "report.json", json.dumps(report, indent=2))
-    plots = {p.stem: str(p.relative_to(out)) for p in sorted((out / "plots").glob("*.png"))}
+    return _write_pages(out, report, {p.stem: str(p.relative_to(out)) for p in (out / "plots").glob("*.png")})
+
+
+def _write_pages(out: Path, report: dict, plots: dict[str, str]) -> Path:
+    """report.html, then report.md: its presence means a whole report."""
     md = render_markdown(report, plots)
     write_atomic(out / "report.html", render_html(md, out, report["run_id"]))
     return write_atomic(out / "report.md", md)
@@ -75,7 +79,4 @@ def render_run_dir(out: str | Path) -> Path:
     steps = pd.read_csv(out / "steps.csv") if (out / "steps.csv").exists() else step_frame({})
     val_path = out / "val.csv"
     val = pd.read_csv(val_path) if val_path.exists() else pd.DataFrame(columns=VAL_COLUMNS)
-    plots = write_plots(out, report, steps, val)
-    md = render_markdown(report, plots)
-    write_atomic(out / "report.html", render_html(md, out, report["run_id"]))
-    return write_atomic(out / "report.md", md)
+    return _write_pages(out, report, write_plots(out, report, steps, val))

@@ -110,7 +110,7 @@ class TrainerActor:
             self.barrier_passed = False
             try:
                 out = self._train(
-                    spec, handles, (train_tokens, val_tokens, init_state), first_start, rotation, saved
+                    spec, handles, train_tokens, val_tokens, first_start, rotation, saved, init_state
                 )
             except BaseException:
                 if handles.barrier is not None and not self.barrier_passed:
@@ -132,7 +132,9 @@ class TrainerActor:
             if cores:
                 pool.release.remote(key)
 
-    def _choose_stack(self, spec: TrainSpec, gpt_cfg, settings, data, rotation, saved, label):
+    def _choose_stack(
+        self, spec: TrainSpec, gpt_cfg, settings, train_tokens, rotation, saved, label, init_state=None
+    ):
         """(stack as a dict, auto's probe record, state to resume from): a resumed run continues as its first
         attempt chose (no second probe); `auto` probes the candidates on this hardware; else the config's."""
         stack = spec.stack.model_dump(exclude={"auto", "auto_compile"})
@@ -146,7 +148,6 @@ class TrainerActor:
         if not spec.stack.auto:
             return stack, None, None
         ac = spec.training.auto
-        train_tokens, init_state = data
         t0 = time.perf_counter()
         results = probe(
             gpt_cfg,
@@ -181,8 +182,17 @@ class TrainerActor:
             rotation.tick(time.time())
         return time.perf_counter() - t_wait
 
-    def _train(self, spec: TrainSpec, handles: TrainHandles, data, start, rotation, saved):
-        train_tokens, val_tokens, init_state = data
+    def _train(
+        self,
+        spec: TrainSpec,
+        handles: TrainHandles,
+        train_tokens,
+        val_tokens,
+        start,
+        rotation,
+        saved,
+        init_state,
+    ):
         job, tc = spec.job, spec.training
         label = f"{job.variant} seed {job.seed}"
         model_cfg = spec.model.gpt_fields(spec.vocab_size)
@@ -206,7 +216,7 @@ class TrainerActor:
 
         device = assigned_device()
         optim, probe_info, resume = self._choose_stack(
-            spec, gpt_cfg, settings, (train_tokens, init_state), rotation, saved, label
+            spec, gpt_cfg, settings, train_tokens, rotation, saved, label, init_state
         )
         stack = OptimizationSettings(**optim)
         if rotation is not None:

@@ -20,6 +20,15 @@ from phase2_ray.pretrained import load_init
 from tests.conftest import ROOT
 
 
+def _loaded(cfg):
+    """(weights, shape, our GPT holding them) for a config with model.init_from."""
+    init = load_init(cfg)
+    gcfg = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))
+    model = GPT(gcfg).eval()
+    model.load_state_dict(init.state, strict=True)
+    return init, gcfg, model
+
+
 def test_an_hf_gpt2_gives_its_shape_tokenizer_and_weights(hf_gpt2, smoke_init, tiny_corpus):
     from transformers import AutoModelForCausalLM
 
@@ -27,14 +36,12 @@ def test_an_hf_gpt2_gives_its_shape_tokenizer_and_weights(hf_gpt2, smoke_init, t
     m = cfg.model
     assert (m.block_size, m.n_layer, m.n_head, m.d_model, m.bias) == (64, 2, 2, 32, True)
     assert cfg.data.vocab_size == 400
-    init = load_init(cfg)
+    init, _, ours = _loaded(cfg)
     assert init.info["kind"] == "hf-gpt2" and set(init.info["sha256"]) == {
         "model.safetensors",
         "tokenizer.json",
     }
     assert init.tokenizer.to_str() == tiny_corpus[1].to_str()
-    ours = GPT(GPTConfig(**m.gpt_fields(400))).eval()
-    ours.load_state_dict(init.state, strict=True)
     hf = AutoModelForCausalLM.from_pretrained(hf_gpt2).eval()
     ids = init.tokenizer.encode("def main(argv):\n    return argv[0]").ids
     x = torch.tensor([ids])
@@ -63,11 +70,7 @@ def test_the_int8_copy_of_a_biased_model_matches_fp32(hf_gpt2, smoke_init):
     """Weight-only int8 (int8pack, no activation quantization) stays close to fp32 with the biases in."""
     from phase2_ray.core.compress import SemanticCompressor
 
-    cfg = load_config(smoke_init, [f"model.init_from={hf_gpt2}"])
-    init = load_init(cfg)
-    gcfg = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))
-    fp32 = GPT(gcfg).eval()
-    fp32.load_state_dict(init.state)
+    init, gcfg, fp32 = _loaded(load_config(smoke_init, [f"model.init_from={hf_gpt2}"]))
     x = torch.randint(0, gcfg.vocab_size, (2, 24))
     with torch.no_grad():
         a = fp32(x)[0]
@@ -83,11 +86,8 @@ def test_training_starts_from_the_given_weights(hf_gpt2, smoke_init, tiny_corpus
     cfg = load_config(
         smoke_init, [f"model.init_from={hf_gpt2}", "training.steps=12", "training.eval_interval=0"]
     )
-    init = load_init(cfg)
+    init, gcfg, loaded = _loaded(cfg)
     _, _, train_ids, val_ids = tiny_corpus
-    gcfg = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))
-    loaded = GPT(gcfg)
-    loaded.load_state_dict(init.state)
     s = loop_settings(cfg.training, cfg.training.seed)
     offsets = val_offsets(len(val_ids), gcfg.block_size, s.eval_windows)
     want = evaluate(loaded, val_ids, offsets, s.batch_size)
