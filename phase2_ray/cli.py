@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed"
+        "run",
+        help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed, 4 inconclusive",
     )
     ablate = sub.add_parser(
         "ablate", help="like run, with each optimization alone and all together as concurrent variants"

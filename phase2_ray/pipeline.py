@@ -24,7 +24,8 @@ from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signa
 from phase2_ray.storage import get_checkpoint
 from phase2_ray.tracking import log_run
 
-EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED = 0, 1, 3  # 2 (bad config or usage) belongs to the CLI
+EXIT_APPROVED, EXIT_REJECTED, EXIT_STAGE_FAILED, EXIT_INCONCLUSIVE = 0, 1, 3, 4  # 2 (bad config) is the CLI's
+EXIT_BY_OUTCOME = {"approved": EXIT_APPROVED, "rejected": EXIT_REJECTED, "inconclusive": EXIT_INCONCLUSIVE}
 
 
 @dataclass
@@ -248,12 +249,13 @@ def _report(run: RunState, resumed: bool) -> tuple[int, Path]:
         )  # its checkpoints are in checkpoints/
     elif run.interrupted:
         run.log.event("run.resume_hint", f"resume with: phase2 run --resume {run.out_dir}")
-    approved = report["decision"]["approved"]
+    dec = report["decision"]
     run.log.event(
         "run.decision",
-        f"2d: decision {'APPROVED' if approved else 'REJECTED'} in {report['wall_s']:.1f}s",
-        approved=approved,
+        f"2d: decision {dec['outcome'].upper()} in {report['wall_s']:.1f}s",
+        approved=dec["approved"],
+        outcome=dec["outcome"],
     )
     if run.failure:
         return EXIT_STAGE_FAILED, md_path
-    return (EXIT_APPROVED if approved else EXIT_REJECTED), md_path
+    return EXIT_BY_OUTCOME[dec["outcome"]], md_path

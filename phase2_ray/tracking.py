@@ -2,7 +2,7 @@
 
 With `tracking.mlflow_uri` (or MLFLOW_TRACKING_URI) set, the driver logs, after the run directory is written:
 the config as params (dotted keys), the headline metrics and every gate's value / pass / margin, per-step training
-loss and the val curve as metric histories, the decision as the tag `phase2.decision` (approved | rejected), the
+loss and the val curve as metric histories, the decision as the tag `phase2.decision` (approved | rejected | inconclusive), the
 report and plots as artifacts, and with `export.hf` an approved run's candidate models as MLflow models.
 
 Tracking never costs a run: a server that cannot be reached, or a call that fails, is a warning and a line in
@@ -147,7 +147,7 @@ def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, 
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment, _artifacts(uri))
     approved = bool(report["decision"]["approved"])
     tags = {
-        "phase2.decision": "approved" if approved else "rejected",
+        "phase2.decision": report["decision"].get("outcome") or ("approved" if approved else "rejected"),
         "phase2.run_id": report["run_id"],
         "phase2.run_dir": str(Path(out_dir).resolve()),
         "phase2.config_fingerprint": cfg.fingerprint(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -82,13 +83,16 @@ class ModelConfig(Section):
 class TargetsConfig(Section):
     ttft_p50_ms_max: float = Field(120.0, gt=0, description="TTFT p50 must be at most this.")
     output_tokens_per_s_min: float = Field(25.0, ge=0, description="Output throughput floor.")
-    peak_memory_mb_max: float = Field(500.0, gt=0, description="Peak replica RSS ceiling.")
+    peak_memory_mb_max: float = Field(
+        500.0, gt=0, description="The Serve replica's peak RSS budget (all its models together; one gate)."
+    )
     success_rate_min: float = Field(1.0, ge=0, le=1, description="Share of requests that succeed.")
     speedup_min: float = Field(
         1.05,
         gt=0,
-        description="Training speedup floor (paired speed trial: baseline step time / variant step time); "
-        "also the noise threshold: a smaller gain is not called faster, whatever its interval.",
+        description="Training speedup target (paired speed trial: baseline step time / variant step time), "
+        "judged on the interval: it passes when the whole interval is at or above it, fails when the whole "
+        "interval is below it, and is inconclusive in between.",
     )
     val_loss_delta_pct_max: float = Field(
         1.0,
@@ -99,14 +103,12 @@ class TargetsConfig(Section):
     int8_val_loss_delta_pct_max: float = Field(
         2.0, ge=0, description="Largest val-loss increase of the int8 model over its fp32 source, in percent."
     )
-    speedup_significant: bool = Field(
-        True, description="Also require the speedup's confidence interval to lie above 1.0."
-    )
     serving_regression_pct_max: float = Field(
         10.0,
         ge=0,
-        description="A served model may be at most this much worse than the baseline model (TTFT p50, TPOT "
-        "p50) before its change gate fails; judged on the ratio's interval (a regression must be shown).",
+        description="Non-inferiority margin of each served candidate against the baseline model (TTFT, TPOT, "
+        "E2E p50, decode tok/s p50), in percent: a gate passes when the ratio's whole interval is within it, "
+        "fails when the whole interval is beyond it, and is inconclusive in between.",
     )
     model_memory_mb_max: float = Field(
         200.0, gt=0, description="Ceiling on each served model's own memory: weights + preallocated KV cache."
@@ -123,6 +125,22 @@ class TargetsConfig(Section):
         description="The searched model's capacity / the baseline model's, at the first replica count, must be "
         "at least this (off when unset; turns on validation.capacity.baseline).",
     )
+
+    candidates: dict[str, Literal["required", "informative"]] = Field(
+        default_factory=dict,
+        description="Which candidates decide the run: required (its outcome counts) or informative (reported, "
+        "not counted). Default: trained variants required, served copies (VARIANT-int8) informative.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "speedup_significant" in data:
+            raise ValueError(
+                "targets.speedup_significant was removed: the speedup gate is judged on its interval against "
+                "targets.speedup_min (pass, fail or inconclusive); delete the key"
+            )
+        return data
 
 
 class TrackingConfig(Section):
@@ -227,6 +245,15 @@ class Config(Section):
             )
         if t.capacity_vs_baseline_min:
             cap.baseline = True
+        candidates = [x for x in self.variants if x != "baseline"]
+        if self.serve.int8 and "optimized" in self.variants:
+            candidates.append("optimized-int8")  # the int8 copy the serving stage makes (loadtest.run)
+        unknown = sorted(set(t.candidates) - set(candidates))
+        if unknown:
+            raise ValueError(
+                f"targets.candidates names {unknown}, which this run does not have; its candidates are "
+                f"{candidates} (the baseline is the reference, not a candidate)"
+            )
         if self.data.vocab_size > 65536:
             raise ValueError("data.vocab_size must fit int32 token ids")
         return self

@@ -182,10 +182,41 @@ class SpeedTrialConfig(Section):
         6,
         ge=2,
         le=64,
-        description="Independent trials (fresh models, own build and block order), spread over the free "
-        "cores: the interval accounts for the spread between them, not only between pairs.",
+        description="Independent trials (fresh models, own build and block order) at the first look, spread "
+        "over the free cores: the interval accounts for the spread between them, not only between pairs.",
     )
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the speedup interval.")
+    look_replicates: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Replicates added at each further look, while a variant's interval straddles "
+        "targets.speedup_min.",
+    )
+    max_replicates: int = Field(
+        24,
+        ge=2,
+        le=256,
+        description="Replicate budget per variant (the sequential design's maximum: alpha is spent over it).",
+    )
+    max_s: float = Field(
+        600.0,
+        gt=0,
+        description="Time budget of the whole trial in seconds: no look starts that would end past it.",
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Overall confidence of the speedup interval, held across all looks (alpha spending).",
+    )
+
+    @model_validator(mode="after")
+    def _budget(self) -> SpeedTrialConfig:
+        if self.max_replicates < self.replicates:
+            raise ValueError(
+                f"max_replicates={self.max_replicates} must be at least replicates={self.replicates}"
+            )
+        return self
 
 
 class VariantConfig(Section):

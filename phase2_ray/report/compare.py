@@ -32,6 +32,7 @@ from phase2_ray.report.stats import (
     t_two_sided_p,
     with_per_request,
 )
+from phase2_ray.report.verdict import decision_outcome
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
@@ -153,8 +154,8 @@ def compare_runs(
     rows += _capacity_rows(ra, rb)  # judged on their intervals (no p-value: outside Holm's family)
     tested = [r for r in rows if r["p_value"] is not None]
     return {
-        "run_a": {"run_id": ra["run_id"], "path": str(run_a), "approved": ra["decision"]["approved"]},
-        "run_b": {"run_id": rb["run_id"], "path": str(run_b), "approved": rb["decision"]["approved"]},
+        "run_a": {"run_id": ra["run_id"], "path": str(run_a), "outcome": decision_outcome(ra["decision"])},
+        "run_b": {"run_id": rb["run_id"], "path": str(run_b), "outcome": decision_outcome(rb["decision"])},
         "basis": f"{len(tested)} tested figures, Holm-Bonferroni at family-wise alpha {alpha:g}; a change also "
         f"has to exceed its noise threshold (absolute timings {timing_noise_pct:g}%, speedup "
         f"{speedup_noise_pct:g}%)",
@@ -323,8 +324,8 @@ def render(c: dict) -> str:
         for r in c["rows"]
     ]
     head = (
-        f"# Run comparison\n\nA = {c['run_a']['run_id']} ({'approved' if c['run_a']['approved'] else 'rejected'})\n"
-        f"B = {c['run_b']['run_id']} ({'approved' if c['run_b']['approved'] else 'rejected'})\n\n"
+        f"# Run comparison\n\nA = {c['run_a']['run_id']} ({c['run_a']['outcome']})\n"
+        f"B = {c['run_b']['run_id']} ({c['run_b']['outcome']})\n\n"
         f"Change = B vs A. {c['basis']}. Absolute timings of runs minutes apart move with the machine; the "
         "speedup row compares within-run paired measurements and is the one to trust.\n\n"
     )

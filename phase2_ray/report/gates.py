@@ -1,18 +1,34 @@
-"""Approval gates: each target becomes a comparison with its value, threshold and margin shown.
+"""Approval gates: each target becomes a comparison with its value, interval, threshold and margin shown, judged
+by the rule in report/verdict.py (pass / fail / inconclusive on the whole interval).
 
-Value gates bound one variant's metric; change gates compare a variant against the baseline (as TFX's
-Evaluator blessing and MLflow's MetricThreshold do). A metric that was not measured fails its gate."""
+Bound gates hold one model's (or the replica's) figure to a target; relative gates compare a candidate with the
+baseline through a ratio's interval and also say better / equivalent / worse / inconclusive against their margin.
+A metric that was not measured fails its gate. Every gate names the model it judges: candidates (every variant
+and served copy but the baseline) get their own outcome, the run its own gates (failed stages, the replica's
+memory budget), and the baseline's serving targets are shown without deciding (the baseline is not on trial)."""
 
 from __future__ import annotations
 
-import math
-import operator
 from dataclasses import asdict, dataclass
 
-MIN_ROUNDS = 3
-"""Fewest interleaved rounds a serving change gate is judged on: t with 1 degree of freedom passes anything."""
+from phase2_ray.report.verdict import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    combine,
+    finite,
+    judge,
+    relation,
+    run_outcome,
+)
 
-OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq}
+MIN_ROUNDS = 3
+"""Fewest interleaved rounds a serving ratio gets an interval from: t with 1 degree of freedom says nothing."""
+
+RUN = "all"
+"""The variant of gates that judge the run itself (failed stages) rather than one model."""
+REPLICA = "replica"
+"""The variant of the gate on the Serve replica's own memory (all its models together)."""
 
 
 @dataclass
@@ -23,21 +39,55 @@ class Gate:
     op: str
     threshold: float
     unit: str = ""
+    low: float | None = None
+    """The interval's ends (a figure measured once: both None, and the value is its own interval)."""
+    high: float | None = None
+    rule: str = "bound"
+    """bound / superiority / non-inferiority (report/verdict.py)."""
+    relative_margin: float | None = None
+    """A relative gate's declared margin m (fraction): its band [1/(1+m), 1+m] for `outcome`."""
+    higher_is_better: bool = True
+    verdict: str = FAIL
+    """pass / fail / inconclusive."""
+    outcome: str | None = None
+    """Relative gates: better / equivalent / worse / inconclusive against the margin; bound gates: None."""
     passed: bool = False
+    """verdict == pass (kept for readers of schema 1.1)."""
+    deciding: bool = True
+    """False for a gate shown but not counted (the baseline's own serving targets)."""
     margin: float | None = None
     """How far the value is on the passing side of the threshold (negative: by how much it missed)."""
     detail: str = ""
     veto: str = ""
     """Why this gate fails whatever its value (e.g. a variant that runs the baseline's own stack is no
     speedup, even where noise put its measured ratio above the threshold)."""
+    undecided: str = ""
+    """Why a measured figure cannot be judged yet (e.g. too few rounds for an interval): the verdict is then
+    inconclusive, not fail."""
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise ValueError(f"gate op {self.op!r} is not one of {sorted(OPS)}")
-        measured = self.value is not None and math.isfinite(self.value)
-        self.passed = bool(measured and OPS[self.op](self.value, self.threshold)) and not self.veto
+        measured = finite(self.value)
+        lo = self.low if self.low is not None else self.value
+        hi = self.high if self.high is not None else self.value
         if self.veto:
+            self.verdict = FAIL
             self.detail = f"{self.veto}; {self.detail}" if self.detail else self.veto
+        elif measured and self.undecided:
+            self.verdict = INCONCLUSIVE
+            self.detail = f"{self.undecided}; {self.detail}" if self.detail else self.undecided
+        else:
+            self.verdict = judge(lo, hi, self.op, self.threshold)
+        self.passed = self.verdict == PASS
+        if self.relative_margin is not None and not self.undecided:
+            self.outcome = relation(
+                lo,
+                hi,
+                higher_is_better=self.higher_is_better,
+                margin=self.relative_margin,
+                rule=self.rule,  # type: ignore[arg-type]
+            )
+        elif self.relative_margin is not None:
+            self.outcome = INCONCLUSIVE
         if measured:
             self.margin = (
                 self.threshold - self.value if self.op in ("<", "<=") else self.value - self.threshold
@@ -60,6 +110,7 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
     # Every trained variant must have been served (a missing one fails as "not measured"), plus any extra model.
     for variant in list(training) + [m for m in inference if m not in training]:
         gates += _serving_gates(variant, inference.get(variant, {}), targets)
+    gates += _replica_memory_gate(inference, targets)
     gates += _vs_baseline_gates(report, targets)
     comp = report.get("serving", {}).get("compression")
     if comp:
@@ -82,7 +133,7 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
 
 def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
     """The optional capacity gates, on the first replica count's searches: an absolute floor, judged on the
-    capacity's CI low end (a capacity must be shown, not hoped), and the searched model against the baseline."""
+    capacity's interval (a capacity must be shown, not hoped), and the searched model against the baseline."""
     floor, rel = targets.get("capacity_rps_min"), targets.get("capacity_vs_baseline_min")
     if not (floor or rel):
         return []
@@ -95,15 +146,16 @@ def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
     if floor:
         gates.append(
             Gate(
-                "capacity_rps_ci_low",
+                "capacity_rps",
                 model,
-                main and main.get("ci_low"),
+                main and main.get("capacity_rps"),
                 ">=",
                 floor,
                 "req/s",
-                detail=f"capacity under the SLO with {first} replica(s) = {_num(main and main.get('capacity_rps'))}"
-                f" req/s, CI [{_num(main and main.get('ci_low'))}, {_num(main and main.get('ci_high'))}]; "
-                "value = the CI's low end",
+                low=main and main.get("ci_low"),
+                high=main and main.get("ci_high"),
+                detail=f"capacity under the SLO with {first} replica(s), CI [{_num(main and main.get('ci_low'))}, "
+                f"{_num(main and main.get('ci_high'))}]",
             )
         )
     if rel:
@@ -122,22 +174,62 @@ def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
                 rel,
                 "x",
                 detail=f"capacity {model} / baseline with {first} replica(s): "
-                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s",
+                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s "
+                "(one search each: a point, judged as measured)",
             )
         )
     return gates
 
 
+DECISION_RULE = (
+    "A gate passes when its whole interval lies on the passing side of its threshold, fails when the whole "
+    "interval lies on the failing side, and is inconclusive otherwise. A candidate is approved when every gate "
+    "of it passes, rejected when any fails, inconclusive otherwise. The run: rejected when a run gate fails or a "
+    "required candidate is rejected; approved when every run gate passes and every required candidate is "
+    "approved; inconclusive otherwise. Informative candidates are reported and do not decide."
+)
+
+
+def candidate_roles(report: dict, targets: dict) -> dict[str, str]:
+    """required / informative for every candidate (each model but the baseline): trained variants are required
+    and served copies (int8) informative, unless targets.candidates says otherwise."""
+    names = [v for v in report["training"] if v != "baseline"]
+    names += [m for m in report["inference"] if m != "baseline" and m not in names]
+    chosen = targets.get("candidates") or {}
+    return {m: chosen.get(m, "required" if m in report["training"] else "informative") for m in names}
+
+
 def decide(report: dict, targets: dict) -> dict:
-    """report.json's `decision`: every gate, and whether all passed. A run that failed or was cut short is
-    never approved, whatever the gates it reached say."""
+    """report.json's `decision`: every gate with its verdict, each candidate's outcome, and the run's. A run that
+    failed or was cut short is never approved, whatever the gates it reached say."""
     gates = evaluate_gates(report, targets)
     failure = report["failure"]
     if failure:
         failed = sum(1 for s in report["stages"] if s["status"] in ("failed", "interrupted"))
-        gates.insert(0, Gate("failed_stages", "all", float(failed), "==", 0.0, detail=failure))
+        gates.insert(0, Gate("failed_stages", RUN, float(failed), "==", 0.0, detail=failure))
+    roles = candidate_roles(report, targets)
+    for g in gates:  # the baseline is the reference, not on trial: its serving targets are shown only
+        if g.variant == "baseline" and g.name != "training_completed":
+            g.deciding = False
+    candidates = {}
+    for m, role in roles.items():
+        mine = [g for g in gates if g.variant == m and g.deciding]
+        candidates[m] = {
+            "role": role,
+            "outcome": combine([g.verdict for g in mine]),
+            "gates": len(mine),
+            "failed": [g.name for g in mine if g.verdict == FAIL],
+            "inconclusive": [g.name for g in mine if g.verdict == INCONCLUSIVE],
+        }
+    own = [g.verdict for g in gates if g.deciding and g.variant not in roles]
+    outcome = run_outcome(own, {m: (c["role"], c["outcome"]) for m, c in candidates.items()})
+    if failure:
+        outcome = "rejected"
     return {
-        "approved": bool(gates) and all(g.passed for g in gates) and not failure,
+        "outcome": outcome,
+        "approved": outcome == "approved",
+        "rule": DECISION_RULE,
+        "candidates": candidates,
         "gates": [g.to_dict() for g in gates],
     }
 
@@ -148,7 +240,7 @@ def find_gate(gates: list[dict], name: str, variant: str) -> dict | None:
 
 
 def _serving_gates(variant: str, inf: dict, targets: dict) -> list[Gate]:
-    """One served model's value gates."""
+    """One served model's bound gates (its own figures; the replica's memory is gated once, below)."""
     return [
         Gate(
             "ttft_p50_ms",
@@ -166,7 +258,6 @@ def _serving_gates(variant: str, inf: dict, targets: dict) -> list[Gate]:
             targets["output_tokens_per_s_min"],
             "tok/s",
         ),
-        Gate("peak_memory_mb", variant, inf.get("peak_memory_mb"), "<=", targets["peak_memory_mb_max"], "MB"),
         Gate(
             "success_rate",
             variant,
@@ -182,75 +273,101 @@ def _serving_gates(variant: str, inf: dict, targets: dict) -> list[Gate]:
             "<=",
             targets.get("model_memory_mb_max", float("inf")),
             "MB",
-            detail="the model's own weights + preallocated KV cache",
+            detail="the model's own bytes: weights + preallocated KV cache + activation peak",
         ),
     ]
 
 
+def _replica_memory_gate(inference: dict, targets: dict) -> list[Gate]:
+    """The Serve replica's peak RSS against the replica budget, once: one replica holds every model, so the
+    figure is the replica's, not any one model's (each model's own bytes have their own gate)."""
+    if not inference:
+        return []
+    peaks = [i.get("peak_memory_mb") for i in inference.values()]
+    measured = [p for p in peaks if finite(p)]
+    return [
+        Gate(
+            "replica_peak_memory_mb",
+            REPLICA,
+            max(measured) if measured else None,
+            "<=",
+            targets["peak_memory_mb_max"],
+            "MB",
+            detail=f"peak RSS of the replica serving {', '.join(inference)} (targets.peak_memory_mb_max)",
+        )
+    ]
+
+
+SERVING_RATIOS = {
+    "ttft_ms": ("ttft_p50_vs_baseline", False),
+    "tpot_ms": ("tpot_p50_vs_baseline", False),
+    "e2e_ms": ("e2e_p50_vs_baseline", False),
+    "rate": ("decode_rate_p50_vs_baseline", True),
+}
+"""serving.vs_baseline's ratios judged as gates: (gate name, higher is better)."""
+
+
 def _vs_baseline_gates(report: dict, targets: dict) -> list[Gate]:
-    """Change gates between served models: a model may not be slower than the baseline model beyond the
-    tolerance. Judged on the ratio's interval: the gate's value is its most favourable end, so it fails only
-    when a regression beyond the tolerance is shown, not when noise alone points that way. Trained variants
-    only: an int8 copy has its own quality gate, and its speed is shown with its interval."""
+    """Non-inferiority gates between each served candidate and the baseline model: the candidate may be worse
+    by at most the tolerance, shown by the ratio's whole interval (over interleaved rounds)."""
     tol = targets.get("serving_regression_pct_max")
     if tol is None:
         return []
+    m_ = tol / 100
     gates = []
     for m, ratios in (report.get("serving") or {}).get("vs_baseline", {}).items():
-        if m not in report["training"]:
-            continue
-        for key in ("ttft_ms", "tpot_ms"):
-            r = ratios.get(key) or {}
-            if r.get("ratio") is not None and (r.get("rounds") or 0) < MIN_ROUNDS:
-                continue  # too few rounds to judge either way (the report shows the ratio, not called)
+        for key, (name, higher) in SERVING_RATIOS.items():
+            r = ratios.get(key)
+            if r is None:
+                continue
+            few = r.get("ratio") is not None and (r.get("rounds") or 0) < MIN_ROUNDS
             gates.append(
                 Gate(
-                    f"{key.split('_')[0]}_p50_vs_baseline",
+                    name,
                     m,
-                    r.get("ci_low"),
-                    "<=",
-                    1 + tol / 100,
+                    r.get("ratio"),
+                    ">=" if higher else "<=",
+                    1 / (1 + m_) if higher else 1 + m_,
                     "x",
-                    detail=f"{r.get('metric')} {m} / baseline at {r.get('level')} = {_num(r.get('ratio'))}, "
-                    f"CI [{_num(r.get('ci_low'))}, {_num(r.get('ci_high'))}]; value = the CI's low end",
+                    low=None if few else r.get("ci_low"),
+                    high=None if few else r.get("ci_high"),
+                    rule="non-inferiority",
+                    relative_margin=m_,
+                    higher_is_better=higher,
+                    undecided=f"{r.get('rounds') or 0} round(s): fewer than {MIN_ROUNDS} give no interval"
+                    if few
+                    else "",
+                    detail=f"{r.get('metric')} {m} / baseline at {r.get('level')}, {r.get('rounds') or 0} "
+                    f"interleaved rounds",
                 )
             )
     return gates
 
 
 def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
-    """One variant's speedup (vetoed when it runs the baseline's own stack) and convergence gates."""
+    """One variant's speedup (superiority over the target, vetoed when it runs the baseline's own stack) and
+    convergence gates."""
     sp = c.get("speedup") or {}
     veto = c.get("noop_reason") or "" if c.get("noop") else ""
-    conf = f"{sp.get('confidence', 0.95) * 100:g}%"
+    floor = targets["speedup_min"]
+    seq = sp.get("sequential") or {}
+    looks = f", {seq['looks']} look(s)" if seq.get("looks") else ""
     gates = [
         Gate(
             "training_speedup",
             variant,
             sp.get("ratio"),
             ">=",
-            targets["speedup_min"],
+            floor,
             "x",
+            low=sp.get("ci_low"),
+            high=sp.get("ci_high"),
+            rule="superiority",
+            relative_margin=floor - 1 if floor > 1 else None,
             detail=f"paired speed trial, baseline / {variant} step time ({sp.get('replicates', 0)} "
-            f"replicates); {conf} CI [{_num(sp.get('ci_low'))}, {_num(sp.get('ci_high'))}]",
+            f"replicates{looks})",
             veto=veto,
-        )
-    ]
-    if targets.get("speedup_significant"):
-        gates.append(
-            Gate(
-                "training_speedup_ci_low",
-                variant,
-                sp.get("ci_low"),
-                ">",
-                1.0,
-                "x",
-                detail=f"lower end of the speedup's {conf} CI (t over replicates): faster beyond the "
-                "trial's noise",
-                veto=veto,
-            )
-        )
-    gates.append(
+        ),
         Gate(
             "val_loss_delta_pct",
             variant,
@@ -259,8 +376,8 @@ def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
             c.get("val_loss_tolerance_pct", targets["val_loss_delta_pct_max"]),
             "%",
             detail=c.get("val_loss_tolerance_basis", ""),
-        )
-    )
+        ),
+    ]
     return gates
 
 

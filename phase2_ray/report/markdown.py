@@ -27,6 +27,7 @@ from phase2_ray.report.markdown_training import (
 )
 from phase2_ray.report.serving import SERVING_HEADLINE
 from phase2_ray.report.stats import ratio
+from phase2_ray.report.verdict import decision_outcome, gate_verdict
 
 CHART_TITLES = {
     "loss": "Loss curves: train loss per step, val loss as points",
@@ -65,8 +66,8 @@ def _header(r: dict) -> str:
         f"# Phase 2 completion report — {r['run_id']}"
         + (" (INCOMPLETE)" if r.get("incomplete") else "")
         + "\n\n"
-        + f"**Decision: {'APPROVED' if dec['approved'] else 'REJECTED'}** "
-        f"({sum(g['passed'] for g in dec['gates'])}/{len(dec['gates'])} gates passed)"
+        + f"**Decision: {decision_outcome(dec).upper()}** "
+        f"({_gate_counts(dec)})"
         + (f" — {r['failure']}" if r.get("failure") else "")
         + "\n"
         + f"\nRun wall time {fmt(r['wall_s'], 1, ' s')} on {env.get('cpu_model', '?')} "
@@ -76,6 +77,19 @@ def _header(r: dict) -> str:
         + _outside_line(r)
         + "Every figure below is read from report.json in this directory.\n"
     )
+
+
+def _gate_counts(dec: dict) -> str:
+    """How the deciding gates came out, and each candidate's outcome."""
+    deciding = [gate_verdict(g) for g in dec["gates"] if g.get("deciding", True)]
+    counts = ", ".join(
+        f"{deciding.count(v)} {v}" for v in ("pass", "fail", "inconclusive") if deciding.count(v)
+    )
+    cands = "; ".join(
+        f"{m}: {c['outcome']}" + ("" if c["role"] == "required" else " (informative)")
+        for m, c in (dec.get("candidates") or {}).items()
+    )
+    return f"gates: {counts or 'none'}" + (f"; {cands}" if cands else "")
 
 
 def _outside_line(r: dict) -> str:

@@ -9,27 +9,91 @@ from tabulate import tabulate
 
 from phase2_ray.report.ascii import WIDTH, fmt
 from phase2_ray.report.markdown_training import speed_explanation
+from phase2_ray.report.verdict import (
+    APPROVED,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    REJECTED,
+    RULE_TEXT,
+    decision_outcome,
+    gate_verdict,
+)
 
 
 def gates_table(r: dict) -> str:
+    dec = r["decision"]
     rows = [
         [
             g["name"],
             g["variant"],
             fmt(g["value"], 3) if g["value"] is not None else "not measured",
+            _interval(g),
             g["op"],
             f"{g['threshold']:g}",
             fmt(g["margin"], 3) if g["margin"] is not None else "—",
             g["unit"],
-            "PASS" if g["passed"] else "FAIL",
+            g.get("rule", "bound"),
+            gate_verdict(g).upper() + ("" if g.get("deciding", True) else " (shown)"),
+            g.get("outcome") or "—",
         ]
-        for g in r["decision"]["gates"]
+        for g in dec["gates"]
     ]
     return (
-        "## Approval Gates\n\nMargin = how far the value sits on the passing side of the threshold (negative: missed by).\n\n"
+        "## Approval Gates\n\n"
+        + (dec.get("rule", "") + "\n\n" if dec.get("rule") else "")
+        + "Interval = the figure's interval (a figure measured once is its own). Margin = how far the value sits "
+        "on the passing side of the threshold (negative: missed by). Rules: "
+        + "; ".join(RULE_TEXT.values())
+        + ". Outcome (relative gates): the ratio against its margin band, better / equivalent / worse / "
+        "inconclusive. (shown): the baseline's own targets, reported, not deciding.\n\n"
         + tabulate(
             rows,
-            headers=["gate", "variant", "value", "op", "threshold", "margin", "unit", "result"],
+            headers=[
+                "gate",
+                "variant",
+                "value",
+                "interval",
+                "op",
+                "threshold",
+                "margin",
+                "unit",
+                "rule",
+                "verdict",
+                "outcome",
+            ],
+            tablefmt="github",
+        )
+        + "\n"
+        + candidates_table(r)
+    )
+
+
+def _interval(g: dict) -> str:
+    lo, hi = g.get("low"), g.get("high")
+    return "—" if lo is None or hi is None else f"[{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+def candidates_table(r: dict) -> str:
+    """Each candidate's own outcome, and whether it decides the run."""
+    cands = r["decision"].get("candidates") or {}
+    if not cands:
+        return ""
+    rows = [
+        [
+            m,
+            c["role"],
+            c["outcome"].upper(),
+            ", ".join(c["failed"]) or "—",
+            ", ".join(c["inconclusive"]) or "—",
+        ]
+        for m, c in cands.items()
+    ]
+    return (
+        "\n### Candidates\n\n"
+        + tabulate(
+            rows,
+            headers=["candidate", "role", "outcome", "failed gates", "inconclusive gates"],
             tablefmt="github",
         )
         + "\n"
@@ -51,11 +115,15 @@ def dashboard(r: dict) -> str:
         dur = (s["end"] or time.time()) - s["start"]
         label = f"Stage {s['name']:<5} {title:<26} {s['status'].upper():<8} {dur:6.1f} s"
         lines.append(f"│ {label:<60} │")
-    verdict = "APPROVED" if r["decision"]["approved"] else "REJECTED"
-    failed = [f"{g['name']}/{g['variant']}" for g in r["decision"]["gates"] if not g["passed"]]
+    verdict = decision_outcome(r["decision"]).upper()
+    open_ = [
+        (gate_verdict(g), f"{g['name']}/{g['variant']}")
+        for g in r["decision"]["gates"]
+        if gate_verdict(g) != PASS and g.get("deciding", True)
+    ]
     lines += ["├" + "─" * 62 + "┤", f"│ {'OVERALL RESULT: ' + verdict:<60} │"]
-    for f in failed[:6]:
-        lines.append(f"│ {'  failed gate: ' + f:<60} │")
+    for v, f in open_[:6]:
+        lines.append(f"│ {'  ' + ('failed' if v == FAIL else 'undecided') + ' gate: ' + f:<60} │")
     lines.append("└" + "─" * 62 + "┘")
     return "## Phase 2 Completion Dashboard\n\n```\n" + "\n".join(lines) + "\n```\n"
 
@@ -64,15 +132,13 @@ GATE_ADVICE = {
     "training_speedup": "a stack at least {threshold:g}x faster than the baseline on this machine (a larger model, "
     "where compile and bf16 pay; hardware with AMX / AVX-512 BF16, or a GPU), or a lower targets.speedup_min "
     "if a smaller gain is worth shipping",
-    "training_speedup_ci_low": "a speedup that stands out of the trial's noise: a faster stack, or more "
-    "replicates (speed_trial.replicates) if the gain is real but small",
     "val_loss_delta_pct": "the variant must converge to within {threshold:g}% of the baseline's val loss "
     "(check bf16 / compile numerics, or the learning-rate schedule)",
     "int8_val_loss_delta_pct": "int8 weights must lose at most {threshold:g}% val loss (keep more layers in fp32)",
     "ttft_p50_ms": "TTFT p50 must come down to {threshold:g} ms (fewer requests in flight per replica, more "
     "replicas, a smaller prompt)",
     "output_tokens_per_s": "output throughput must reach {threshold:g} tok/s (larger batches, more replicas)",
-    "peak_memory_mb": "the replica's peak RSS must fit {threshold:g} MB (fewer models per replica, a smaller "
+    "replica_peak_memory_mb": "the replica's peak RSS must fit {threshold:g} MB (fewer models per replica, a smaller "
     "KV cache: serve.max_batch_size)",
     "model_memory_mb": "the model's weights + KV cache + activations must fit {threshold:g} MB (int8 weights, a smaller "
     "serve.max_batch_size)",
@@ -81,52 +147,74 @@ GATE_ADVICE = {
     "tolerance (targets.serving_regression_pct_max)",
     "tpot_p50_vs_baseline": "this model's per-token time must not be worse than the baseline model's by more "
     "than the tolerance (targets.serving_regression_pct_max)",
+    "e2e_p50_vs_baseline": "this model's end-to-end latency must not be worse than the baseline model's by more "
+    "than the tolerance (targets.serving_regression_pct_max)",
+    "decode_rate_p50_vs_baseline": "this model's per-request decode rate must not be lower than the baseline "
+    "model's by more than the tolerance (targets.serving_regression_pct_max)",
     "training_completed": "training must finish with finite loss (lower training.lr, keep grad_clip on)",
     "failed_stages": "every stage must finish: see the stage details and the log",
 }
 
 
 def recommendation(r: dict) -> str:
-    """The closing verdict: approved with what was shown, or each failed gate, by how much, and what would
-    have to change for it to pass."""
+    """The closing verdict: approved with what was shown; rejected with each failed gate, by how much, and what
+    would have to change; inconclusive with each undecided gate and what more evidence would take."""
     dec = r["decision"]
-    gates = dec["gates"]
-    if dec["approved"]:
+    gates, outcome = dec["gates"], decision_outcome(dec)
+    cands = dec.get("candidates") or {}
+    roles = "".join(f"\n- {m} ({c['role']}): **{c['outcome'].upper()}**" for m, c in cands.items())
+    if outcome == APPROVED:
         shown = [
-            f"- {g['name']} ({g['variant']}): {fmt(g['value'], 3)} {g['op']} {g['threshold']:g} {g['unit']}".rstrip()
+            f"- {g['name']} ({g['variant']}): {fmt(g['value'], 3)} {_interval(g)} {g['op']} {g['threshold']:g} "
+            f"{g['unit']}".rstrip()
             for g in gates
             if g["name"].startswith("training_speedup")
         ]
         return (
             "## Recommendation\n\n**Proceed to Phase 3 — Production Deployment.** "
-            f"All {len(gates)} gates passed; the speedup is measured, beyond the trial's noise and above its floor:\n\n"
+            "Every deciding gate passed on its whole interval; the speedup is at or above its target:\n\n"
             + "\n".join(shown)
+            + ("\n\nCandidates:" + roles if roles else "")
             + "\n"
         )
-    out = [
-        "## Recommendation\n",
-        "**Do not proceed to Phase 3 yet.**" + (f" The run {r['failure']}." if r.get("failure") else ""),
-    ]
-    for v, c in r.get("comparison", {}).items():
-        sp = c["speedup"]
-        if c.get("noop") or (sp.get("ratio") and sp["ci_low"] <= 1 <= sp["ci_high"]):
-            out.append(f"\nNo measurable speedup on this machine ({v}): {speed_explanation(r, v)}")
-    out.append("\nFailed gates, by how much they missed, and what would have to change:\n")
-    for g in gates:
-        if g["passed"]:
-            continue
-        miss = (
-            "not measured"
-            if g["value"] is None
-            else f"{fmt(g['value'], 3)} {g['unit']} vs {g['op']} {g['threshold']:g}"
-            + (f", missed by {fmt(-g['margin'], 3)}" if g["margin"] is not None and g["margin"] < 0 else "")
-            + (f" ({g['veto']})" if g.get("veto") else "")
-        )
-        advice = GATE_ADVICE.get(g["name"], "").format(threshold=g["threshold"])
-        out.append(
-            f"- **{g['name']}** ({g['variant']}): {miss}." + (f" To pass: {advice}." if advice else "")
-        )
+    head = {
+        REJECTED: "**Do not proceed to Phase 3 yet.**",
+        INCONCLUSIVE: "**Inconclusive: the evidence could not decide.** Neither approve nor reject on this run.",
+    }[outcome]
+    out = ["## Recommendation\n", head + (f" The run {r['failure']}." if r.get("failure") else "")]
+    if roles:
+        out.append("\nCandidates:" + roles)
+    for v in r.get("comparison", {}):
+        out.append(f"\nSpeed ({v}): {speed_explanation(r, v)}")
+    failed = [g for g in gates if gate_verdict(g) == FAIL and g.get("deciding", True)]
+    undecided = [g for g in gates if gate_verdict(g) == INCONCLUSIVE and g.get("deciding", True)]
+    if failed:
+        out.append("\nFailed gates, by how much they missed, and what would have to change:\n")
+        out += [_gate_line(g) for g in failed]
+    if undecided:
+        out.append("\nUndecided gates (the interval straddles the threshold; more evidence could decide):\n")
+        out += [
+            f"- **{g['name']}** ({g['variant']}): {fmt(g['value'], 3)} {_interval(g)} {g['unit']} vs "
+            f"{g['op']} {g['threshold']:g}".rstrip()
+            + (f" ({g['detail']})" if g.get("detail") else "")
+            + "."
+            for g in undecided
+        ]
     return "\n".join(out) + "\n"
+
+
+def _gate_line(g: dict) -> str:
+    miss = (
+        "not measured"
+        if g["value"] is None
+        else f"{fmt(g['value'], 3)} {g['unit']} {_interval(g)} vs {g['op']} {g['threshold']:g}".replace(
+            " —", ""
+        )
+        + (f", missed by {fmt(-g['margin'], 3)}" if g["margin"] is not None and g["margin"] < 0 else "")
+        + (f" ({g['veto']})" if g.get("veto") else "")
+    )
+    advice = GATE_ADVICE.get(g["name"], "").format(threshold=g["threshold"])
+    return f"- **{g['name']}** ({g['variant']}): {miss}." + (f" To pass: {advice}." if advice else "")
 
 
 def checklist(r: dict) -> str:
@@ -160,7 +248,7 @@ def checklist(r: dict) -> str:
     for v in tr:
         if v not in inf:
             add(False, f"{v}: inference validation ran")
-    add(r["decision"]["approved"], "every approval gate passed")
+    add(decision_outcome(r["decision"]) == APPROVED, "every deciding gate passed on its whole interval")
     return (
         "## Validation Checklist\n\nChecks this run performed, with their outcome:\n\n```\n"
         + "\n".join(checks)

@@ -7,6 +7,7 @@ from tabulate import tabulate
 
 from phase2_ray.report.ascii import bar, fit, fmt
 from phase2_ray.report.gates import find_gate
+from phase2_ray.report.verdict import gate_verdict
 
 TARGET_ROWS = (
     # title, gate, inference key, percentile, unit, targets key, bound
@@ -108,7 +109,7 @@ def _target_bars(r: dict, row: tuple) -> list[str]:
             continue
         head = (target / x if kind == "max" else x / target) if x else float("inf")
         g = find_gate(r["decision"]["gates"], gate, v)
-        side = "within" if g and g["passed"] else "MISSES"
+        side = {"pass": "within", "fail": "MISSES"}.get(gate_verdict(g) if g else "fail", "UNDECIDED")
         lines.append(
             f"  {v:<{w}} {bar(x, scale, 40):<40} {fmt(x, 2)} {unit} ({side}; "
             f"{'target/value' if kind == 'max' else 'value/target'} {head:.2f})"

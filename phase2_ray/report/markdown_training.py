@@ -9,7 +9,7 @@ import textwrap
 from tabulate import tabulate
 
 from phase2_ray.report.ascii import WIDTH, bar, fit, fmt, line_chart, pct
-from phase2_ray.report.gates import find_gate
+from phase2_ray.report.verdict import FAIL, PASS, judge
 
 
 def mfu_cell(value: float | None) -> str:
@@ -65,7 +65,7 @@ def _verdict(sp: dict) -> str:
 
 def speed_explanation(r: dict, v: str) -> str:
     """One plain sentence: what the speed trial shows for variant `v`, read from its figures and its
-    training_speedup gate (the floor)."""
+    training_speedup gate's verdict (pass / fail / inconclusive against the target)."""
     c = r["comparison"][v]
     sp, need = c["speedup"], r["config"]["targets"]["speedup_min"]
     if c.get("noop"):
@@ -73,17 +73,32 @@ def speed_explanation(r: dict, v: str) -> str:
     if sp.get("ratio") is None:
         return "The speed trial did not run, so no speedup was measured."
     ci = f"[{sp['ci_low']:.3f}, {sp['ci_high']:.3f}]"
-    floor = find_gate(r["decision"]["gates"], "training_speedup", v)
-    if sp["ci_low"] > 1 and floor and floor["passed"]:
-        return f"{v} is faster: {sp['ratio']:.3f}x, CI {ci} above 1 and above the {need:g}x floor."
-    if sp["ci_low"] > 1:
+    n, seq = sp.get("replicates", 0), sp.get("sequential") or {}
+    after = f"after {n} replicates" + (f" in {seq['looks']} looks" if seq.get("looks", 1) > 1 else "")
+    # from the interval itself: the gate's verdict for schema 1.2 reports, and the same rule for older ones
+    verdict = judge(sp["ci_low"], sp["ci_high"], ">=", need)
+    if verdict == PASS:
+        return f"{v} is faster: {sp['ratio']:.3f}x {ci} {after}, the whole interval at or above the {need:g}x target."
+    if verdict == FAIL and sp["ci_high"] < 1:
+        return f"{v} is SLOWER than the baseline on this machine: {sp['ratio']:.3f}x {ci} {after}."
+    if verdict == FAIL:
         return (
-            f"{v} is measurably faster ({sp['ratio']:.3f}x, CI {ci}) but by less than the {need:g}x floor: "
-            "no speedup worth claiming on this machine."
+            f"{v} falls short of the {need:g}x target: {sp['ratio']:.3f}x {ci} {after}, the whole interval below "
+            "it" + (" (faster than the baseline, by less than the target)." if sp["ci_low"] > 1 else ".")
         )
-    if sp["ci_high"] < 1:
-        return f"{v} is SLOWER than the baseline on this machine: {sp['ratio']:.3f}x, CI {ci}."
-    return f"No measurable speedup on this machine: {sp['ratio']:.3f}x, CI {ci} includes 1."
+    budget = seq.get("max_replicates")
+    why = (
+        "the replicate budget"
+        if budget and n >= budget
+        else ("the time budget" if budget else "a trial of fixed size")
+    )
+    mde = sp.get("mde_ratio")
+    resolve = f" At this size it resolves effects of ±{(mde - 1) * 100:.1f}%." if mde else ""
+    return (
+        f"Inconclusive: {sp['ratio']:.3f}x {ci} {after} ({why}). The target {need:g}x lies inside the interval."
+        f"{resolve} A longer trial (speed_trial.max_replicates, speed_trial.max_s) or a quieter machine could "
+        "decide."
+    )
 
 
 def speedup_breakdown(r: dict) -> str:

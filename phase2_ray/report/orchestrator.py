@@ -11,8 +11,11 @@ from phase2_ray.report.gates import decide
 from phase2_ray.report.serving import summarize_inference
 from phase2_ray.report.training import compare_variant, mfu_peak, summarize_run
 
-SCHEMA_VERSION = "1.1"
-"""1.1: the speedup comes from the paired speed trial (comparison.<v>.speed_trial); training tokens/s from the
+SCHEMA_VERSION = "1.2"
+"""1.2: decision.outcome (approved | rejected | inconclusive), decision.candidates, each gate's interval (low,
+high), rule, verdict and outcome; a sequential speed trial (replicates carry their `look`; speed_trial.max_replicates
+and confidence; speedup.sequential and mde_ratio); the replica's memory as one gate (replica_peak_memory_mb).
+1.1: the speedup comes from the paired speed trial (comparison.<v>.speed_trial); training tokens/s from the
 median step; serving.vs_baseline and serving.schedule; request records with warm-ups, rounds and write sizes.
 Reports of 1.0 still render (`phase2 report`): figures they lack show as n/a."""
 
@@ -94,6 +97,7 @@ class MetricsOrchestrator:
                 seed=self.cfg.training.seed,
                 confidence=self.cfg.speed_trial.confidence,
                 val_loss_tol_pct=self.cfg.targets.val_loss_delta_pct_max,
+                max_replicates=self.cfg.speed_trial.max_replicates,
             )
             for v in training
             if v != "baseline"

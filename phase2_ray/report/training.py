@@ -16,6 +16,7 @@ from phase2_ray.report.stats import (
     paired_speedup,
     pct_change_abs,
     ratio,
+    sequential_speedup,
     summarize_training,
 )
 
@@ -29,6 +30,7 @@ TRIAL_REPLICATE_KEYS = (
     "steps_per_stack",
     "losses_equal",
     "cores",
+    "look",
     "pairs",
 )
 """What report.json keeps of each speed-trial replicate: enough to recompute the speedup from its pairs."""
@@ -147,11 +149,12 @@ def compare_variant(
     seed: int,
     confidence: float,
     val_loss_tol_pct: float,
+    max_replicates: int | None = None,
 ) -> dict:
     """report.json's `comparison.<v>`: variant `v` against the baseline. The speed claim comes from the paired
     trial; the concurrent run's ratios are descriptive; convergence is |Δ val loss| against its tolerance."""
     base, t = summary["baseline"], summary[v]
-    c = {"vs": "baseline", **speed_claim(base, t, trial, confidence)}
+    c = {"vs": "baseline", **speed_claim(base, t, trial, confidence, max_replicates)}
     conc = block_bootstrap_ratio_ci(
         raw["baseline"]["step_times"][skip:], raw[v]["step_times"][skip:], seed=seed
     )
@@ -189,12 +192,19 @@ def _isolated(extra_runs, variant: str, seed: int) -> dict | None:
     )
 
 
-def speed_claim(base: dict, t: dict, trial: list[dict] | None, confidence: float) -> dict:
+def speed_claim(
+    base: dict, t: dict, trial: list[dict] | None, confidence: float, max_replicates: int | None = None
+) -> dict:
     """The speedup of variant `t` over `base` from the paired speed trial, with its raw pairs (so it
     recomputes from report.json) and the no-op check: a variant that runs the baseline's own stack is no
-    speedup whatever the trial measured."""
+    speedup whatever the trial measured. A sequential trial (replicates carry their `look`) is judged at its
+    last look's spent confidence (stats.sequential_speedup); a trial of one fixed size at `confidence`."""
     reps = trial or []
-    sp = paired_speedup([x["pairs"] for x in reps], confidence=confidence)
+    if max_replicates and reps and all(x.get("look") is not None for x in reps):
+        looks = looks_of(reps)
+        sp = sequential_speedup([x["pairs"] for x in reps], looks, max_replicates, confidence=confidence)
+    else:
+        sp = paired_speedup([x["pairs"] for x in reps], confidence=confidence)
     noop = same_stack(base["settings"], t["settings"])
     return {
         "speedup": sp,
@@ -208,8 +218,24 @@ def speed_claim(base: dict, t: dict, trial: list[dict] | None, confidence: float
             if noop
             else None
         ),
-        "speed_trial": {"replicates": [{k: x.get(k) for k in TRIAL_REPLICATE_KEYS} for x in reps]},
+        "speed_trial": {
+            "replicates": [{k: x.get(k) for k in TRIAL_REPLICATE_KEYS} for x in reps],
+            "max_replicates": max_replicates,
+            "confidence": confidence,
+        },
     }
+
+
+def looks_of(reps: list[dict]) -> list[int]:
+    """Replicates counted at each look of a sequential trial (each replicate carries the look it was run in)."""
+    per: dict[int, int] = {}
+    for x in reps:
+        per[x["look"]] = per.get(x["look"], 0) + 1
+    out, n = [], 0
+    for k in sorted(per):
+        n += per[k]
+        out.append(n)
+    return out
 
 
 def _stack_name(settings: dict) -> str:

@@ -12,11 +12,15 @@ import torch
 from phase2_ray.config import Config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.specs import same_stack
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import Stage, TrainResult
+from phase2_ray.report.stats import sequential_speedup
+from phase2_ray.report.training import looks_of
+from phase2_ray.report.verdict import INCONCLUSIVE, judge
 from phase2_ray.runlog import RunLog, error_text
 from phase2_ray.training.actors import loop_settings
 from phase2_ray.training.placement import node_cores, pin_all_threads
@@ -72,20 +76,35 @@ def speed_trial(
     return out
 
 
-def replicate_plan(replicates: int, n_slots: int, seed: int) -> list[list[tuple[int, int, bool]]]:
+def replicate_plan(indices: range, n_slots: int, seed: int) -> list[list[tuple[int, int, bool]]]:
     """(index, seed, A built first) per replicate, per core set. Which model is built first alternates within
     every core set and between them, so it is balanced over the run; the seed shuffles the pairs' orders."""
     per_slot: list[list[tuple[int, int, bool]]] = [[] for _ in range(n_slots)]
-    for i in range(replicates):
+    for i in indices:
         j, m = i % n_slots, i // n_slots
         per_slot[j].append((i, seed * 1000 + i, (m + j) % 2 == 0))
     return per_slot
 
 
+def undecided(
+    reps: list[dict], max_replicates: int, confidence: float, speedup_min: float
+) -> tuple[bool, dict]:
+    """Whether a variant's speedup interval still straddles the target after its latest look (the
+    sequential rule the report applies: stats.sequential_speedup, verdict.judge), and that interval."""
+    sp = sequential_speedup([x["pairs"] for x in reps], looks_of(reps), max_replicates, confidence=confidence)
+    return judge(sp["ci_low"], sp["ci_high"], ">=", speedup_min) == INCONCLUSIVE, sp
+
+
 def run_speed_trial(
     cfg: Config, training: dict[str, TrainResult], d: PreparedData, log: RunLog, st: Stage
 ) -> dict[str, list[dict]]:
-    """Fills `st` (already listed as running, so an interrupt marks it); returns {variant: [replicate results]}."""
+    """Fills `st` (already listed as running, so an interrupt marks it); returns {variant: [replicate results]}.
+
+    Sequential: a first look of `speed_trial.replicates`, then `look_replicates` more for each variant whose
+    interval still straddles targets.speedup_min, until it clears it, the replicate budget is spent, or the next
+    look would end past `max_s`. Every look's interval is at its spent alpha (stats.look_levels), so looking
+    again does not raise the error rate. A variant that runs the baseline's own stack gets one look: it is
+    rejected whatever it measures."""
     base = training.get("baseline")
     variants = {v: r.settings for v, r in training.items() if v != "baseline" and r.status == "ok"}
     if base is None or base.status != "ok" or not variants:
@@ -98,35 +117,67 @@ def run_speed_trial(
         [cores[i * per : (i + 1) * per] for i in range(len(cores) // per)] if cores else [None, None]
     )
     slots = slots[: sp.replicates] or [None]
-    plan = replicate_plan(sp.replicates, len(slots), cfg.training.seed)
     trial = {"pairs": sp.pairs, "block_steps": sp.block_steps, "warmup_steps": sp.warmup_steps}
     model = GPTConfig(**cfg.model.gpt_fields(d.vocab_size))
     log.event(
         "trial.start",
-        f"speed trial: {', '.join(variants)} vs baseline, {sp.replicates} replicates x {sp.pairs} ABBA pairs "
-        f"of {sp.block_steps}-step blocks on {len(slots)} core set(s)",
+        f"speed trial: {', '.join(variants)} vs baseline, {sp.replicates} replicates first (up to "
+        f"{sp.max_replicates}, {sp.max_s:g} s) x {sp.pairs} ABBA pairs of {sp.block_steps}-step blocks on "
+        f"{len(slots)} core set(s)",
     )
     tokens = ray.put(d.train_tokens)
     init = ray.put(d.init.state) if d.init else None  # the trained models' starting weights, timed alike
-    refs = [
-        speed_trial.options(num_cpus=per, num_gpus=pc.gpus_per_actor).remote(
-            model,
-            loop_settings(cfg.training, cfg.training.seed),
-            base.settings,
-            variants,
-            tokens,
-            trial,
-            plan[i],
-            slot,
-            init,
-        )
-        for i, slot in enumerate(slots)
-    ]
     out: dict[str, list[dict]] = {v: [] for v in variants}
+    active = dict(variants)
+    refs: list = []
+    look, done, t0, last = 0, 0, time.time(), None
     try:
-        for part in ray.get(refs):
-            for v, reps in part.items():
-                out[v] += reps
+        while active:
+            n = min(sp.replicates if look == 0 else sp.look_replicates, sp.max_replicates - done)
+            if n <= 0:
+                break
+            if last is not None and time.time() - t0 + last[0] * n / last[1] > sp.max_s:
+                log.event("trial.budget", f"speed trial: time budget {sp.max_s:g} s reached")
+                break
+            started = time.time()
+            plan = replicate_plan(range(done, done + n), len(slots), cfg.training.seed)
+            refs = [
+                speed_trial.options(num_cpus=per, num_gpus=pc.gpus_per_actor).remote(
+                    model,
+                    loop_settings(cfg.training, cfg.training.seed),
+                    base.settings,
+                    active,
+                    tokens,
+                    trial,
+                    plan[i],
+                    slot,
+                    init,
+                )
+                for i, slot in enumerate(slots)
+                if plan[i]
+            ]
+            for part in ray.get(refs):
+                for v, reps in part.items():
+                    out[v] += [{**r, "look": look} for r in reps]
+            done, look, last = done + n, look + 1, (time.time() - started, n)
+            for v in list(active):
+                if same_stack(base.settings, active[v]):
+                    active.pop(
+                        v
+                    )  # a no-op is rejected whatever it measures: no more evidence can change that
+                    continue
+                more, s = undecided(out[v], sp.max_replicates, sp.confidence, cfg.targets.speedup_min)
+                log.event(
+                    "trial.look",
+                    f"speed trial look {look}: {v} {s['ratio']:.3f}x [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+                    f"after {len(out[v])} replicates"
+                    + (" (straddles the target: more replicates)" if more else " (decided)"),
+                    variant=v,
+                    look=look,
+                    replicates=len(out[v]),
+                )
+                if not more:
+                    active.pop(v)
         st.status = "ok"
     except ray.exceptions.RayError as e:
         st.status, st.detail = "failed", error_text(e)
