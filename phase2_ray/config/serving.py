@@ -224,6 +224,18 @@ class ValidationConfig(Section):
         description="Each level's requests are split into up to this many rounds; in every round each model "
         "takes its turn in a fresh random order (seeded), so no model always gets the first minutes.",
     )
+    max_rounds: int = Field(
+        24,
+        ge=1,
+        le=256,
+        description="Round budget of the first (headline) level: while a candidate's serving ratio interval "
+        "straddles its margin (targets.serving_regression_pct_max), `look_rounds` more rounds are run, up to "
+        "this many in all; alpha is spent over it, so looking again does not raise the error rate.",
+    )
+    look_rounds: int = Field(4, ge=1, le=64, description="Rounds added at each further look.")
+    max_extra_s: float = Field(
+        120.0, gt=0, description="Time budget of the headline level's extra rounds, in seconds."
+    )
     prompt_tokens: int = Field(32, ge=1, description="Prompt length, cut from held-out text.")
     max_tokens: int = Field(64, ge=1, description="Tokens generated per request.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")

@@ -229,6 +229,14 @@ class VariantConfig(Section):
     sdpa_backend: Literal["default", "math", "flash", "efficient"] = Field(
         "default", description="Attention kernel (default lets PyTorch choose)."
     )
+    delay_pct: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="Calibration instrument, not an optimization: sleep this percentage of each training "
+        "step's own time after it (a known slowdown, true ratio 1 + delay_pct/100), to place an effect where "
+        "you want it and check the verdict. Counts as part of the stack (the no-op guard sees it).",
+    )
     auto: bool = Field(
         False,
         description="Probe candidate stacks on this hardware and keep the fastest that matches fp32 loss "

@@ -37,6 +37,10 @@ class OptimizationSettings:
     """bfloat16 autocast for the forward pass (AMX on CPU, tensor cores on GPU); loss stays fp32."""
     sdpa_backend: str = "default"
     """Attention kernel: default (PyTorch picks), math, flash or efficient."""
+    delay_pct: float = 0.0
+    """A calibration instrument, not an optimization: after each training step, sleep this percentage of the
+    step's own compute time, so a known slowdown of this stack (true ratio 1 + delay_pct/100) can be placed
+    anywhere to check the verdict (A/A runs, a known effect, an effect at the threshold)."""
 
 
 def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -> bool:

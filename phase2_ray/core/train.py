@@ -140,6 +140,8 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         lv = loss.item()
+        if self.ko.settings.delay_pct:  # the calibration delay: a known share of this step's own time
+            time.sleep((time.perf_counter() - t0) * self.ko.settings.delay_pct / 100.0)
         self.times.append(time.perf_counter() - t0)
         self.losses.append(lv)
         return lv

@@ -5,6 +5,7 @@ replica stats and the reference, for the report to summarise."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from dataclasses import asdict
@@ -19,9 +20,11 @@ from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome, requests_to_show
-from phase2_ray.loadtest.plan import interleaved_schedule
+from phase2_ray.loadtest.plan import Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.preflight import warn_if_exposed
+from phase2_ray.report.gates import undecided_serving
+from phase2_ray.report.serving import request_frame, serving_vs_baseline
 from phase2_ray.runlog import RunLog
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
 
@@ -129,6 +132,7 @@ class ValidationStage:
                     "load_clients": len(self.clients),
                 }
             self._levels()
+            self._extend_headline()
             expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
             out["replicas"] = replica_stats(expected)
             if not v.replica_sweep:  # else each replica count of the sweep gets its search
@@ -279,6 +283,43 @@ class ValidationStage:
                 model=model,
                 level=name,
             )
+
+    def _extend_headline(self) -> None:
+        """More interleaved rounds of the headline (first) level while a candidate's serving ratio interval
+        straddles its margin, `look_rounds` at a time, within validation.max_rounds and max_extra_s. The report
+        reads each interval at the last look's spent alpha (report.serving.serving_vs_baseline)."""
+        v, tol = self.cfg.validation, self.cfg.targets.serving_regression_pct_max
+        name, conc = self.out["levels"][0], v.concurrency[0]
+        k0 = rounds_for(v.requests, conc, v.rounds)
+        per, n_max = max(1, v.requests // k0), max(v.max_rounds, k0)
+        looks, first, t0, last = [k0], v.requests, time.time(), 0.0
+        rng = random.Random(self.cfg.training.seed + 1)
+        models = list(self.models)
+        while looks[-1] < n_max and "baseline" in models and tol is not None:
+            vs = serving_vs_baseline(request_frame(self.out["records"]), models, name, looks, n_max)
+            undecided = undecided_serving(vs, tol)
+            if not undecided:
+                break
+            if time.time() - t0 + last > v.max_extra_s:
+                self.log.event(
+                    "load.budget", f"2c {name}: extra-round time budget {v.max_extra_s:g} s reached"
+                )
+                break
+            started, add = time.time(), min(v.look_rounds, n_max - looks[-1])
+            for rnd in range(looks[-1], looks[-1] + add):
+                rng.shuffle(models)  # a fresh order every round, as in the first rounds
+                for m in models:
+                    self._load(m, name, rnd, per, conc, None, first, False)
+                    self.out["schedule"].append(asdict(Slot(name, rnd, m, per, first)))
+                first += per
+            looks.append(looks[-1] + add)
+            last = time.time() - started
+            self.log.event(
+                "load.look",
+                f"2c {name}: {len(undecided)} serving ratio(s) undecided ({', '.join(undecided[:3])}"
+                f"{', ...' if len(undecided) > 3 else ''}): {add} more round(s), {looks[-1]} in all",
+            )
+        self.out["headline_looks"], self.out["headline_max_rounds"] = looks, n_max
 
     def _replica_sweep(self) -> None:
         v = self.cfg.validation

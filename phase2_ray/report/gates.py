@@ -344,6 +344,17 @@ def _vs_baseline_gates(report: dict, targets: dict) -> list[Gate]:
     return gates
 
 
+def undecided_serving(vs_baseline: dict, margin_pct: float) -> list[str]:
+    """`gate/candidate` of every serving ratio gate whose interval still straddles its threshold: what more
+    rounds of the headline level could decide (loadtest.run extends it while this is not empty)."""
+    report = {"serving": {"vs_baseline": vs_baseline}}
+    return [
+        f"{g.name}/{g.variant}"
+        for g in _vs_baseline_gates(report, {"serving_regression_pct_max": margin_pct})
+        if g.verdict == INCONCLUSIVE
+    ]
+
+
 def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
     """One variant's speedup (superiority over the target, vetoed when it runs the baseline's own stack) and
     convergence gates."""

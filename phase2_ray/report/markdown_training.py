@@ -121,8 +121,19 @@ def _variant_speed_lines(r: dict, v: str, c: dict) -> list[str]:
     b, t, sp = r["training"]["baseline"], r["training"][v], c["speedup"]
     cc = c.get("concurrent") or {}
     st = cc.get("step_time_ratio") or {}
-    conf = f"{(sp.get('confidence') or 0.95) * 100:g}%"
+    seq = sp.get("sequential") or {}
+    conf = f"{(seq.get('overall_confidence') or sp.get('confidence') or 0.95) * 100:g}%"
     reps = (c.get("speed_trial") or {}).get("replicates") or []
+    looks = (
+        [
+            f"  sequential: {seq['looks']} look(s) at {', '.join(map(str, seq['replicates_at_look']))} "
+            f"replicates (budget {seq['max_replicates']}); this look's interval at "
+            f"{seq['look_confidence'] * 100:.2f}% (alpha spent over the looks); it resolves effects of "
+            f"±{(sp['mde_ratio'] - 1) * 100:.1f}%"
+        ]
+        if seq and sp.get("mde_ratio")
+        else []
+    )
     source = "paired speed trial" if "speed_trial" in c else "concurrent-run median ratio, schema 1.0"
     lines = [
         f"{v} vs baseline",
@@ -130,6 +141,7 @@ def _variant_speed_lines(r: dict, v: str, c: dict) -> list[str]:
         f"{fmt(sp['ci_high'], 3)}] — {_verdict(sp)}",
         f"  {len(reps)} replicates x {sp.get('pairs', 0) // max(len(reps), 1)} ABBA pairs; replicate ratios "
         + ", ".join(fmt(x, 3) for x in sp.get("replicate_ratios", [])),
+        *looks,
         *textwrap.wrap(speed_explanation(r, v), WIDTH - 4, initial_indent="  => ", subsequent_indent="     "),
         "Observed during the concurrent training (descriptive; not the speed claim):",
         f"  median step time:  {fmt(b['step_ms']['p50'] if b['step_ms'] else None, 2)} → "

@@ -9,7 +9,13 @@ from typing import NamedTuple
 import pandas as pd
 
 from phase2_ray.records import RequestRecord
-from phase2_ray.report.stats import ratio, round_paired_ratio_ci, summarize_requests, with_per_request
+from phase2_ray.report.stats import (
+    look_levels,
+    ratio,
+    round_paired_ratio_ci,
+    summarize_requests,
+    with_per_request,
+)
 
 _RECORD = [f.name for f in fields(RequestRecord)]
 REQUEST_COLUMNS = [_RECORD[0], "level", "round", *_RECORD[1:]]
@@ -42,9 +48,23 @@ def request_frame(records: list[dict]) -> pd.DataFrame:
     return df
 
 
-def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None) -> dict:
+SERVING_CONFIDENCE = 0.95
+"""Confidence of the serving ratios' intervals, held over the headline level's looks (alpha spending)."""
+
+
+def serving_vs_baseline(
+    req: pd.DataFrame,
+    models: list[str],
+    level: str | None,
+    looks: list[int] | None = None,
+    max_rounds: int | None = None,
+) -> dict:
     """{model: {metric: ratio-with-CI}} of every model against the baseline model at `level`: medians of the
-    successful measured requests, paired by interleaved round (stats.round_paired_ratio_ci)."""
+    successful measured requests, paired by interleaved round (stats.round_paired_ratio_ci). With `looks`
+    (rounds at each look of a sequential headline level) the interval is at the last look's spent level."""
+    confidence = SERVING_CONFIDENCE
+    if looks and max_rounds:
+        confidence = look_levels(looks, max(max_rounds, looks[-1]), SERVING_CONFIDENCE)[-1]
     if "baseline" not in models or level is None:
         return {}
     ok = with_per_request(req[req["ok"].astype(bool) & ~req["warmup"] & (req["level"] == level)])
@@ -55,7 +75,12 @@ def serving_vs_baseline(req: pd.DataFrame, models: list[str], level: str | None)
             continue
         mine = ok[ok["variant"] == m]
         out[m] = {
-            k: {**round_paired_ratio_ci(base, mine, k), "metric": h.name, "level": level}
+            k: {
+                **round_paired_ratio_ci(base, mine, k, confidence=confidence),
+                "metric": h.name,
+                "level": level,
+                "looks": len(looks or [1]),
+            }
             for k, h in SERVING_HEADLINE.items()
         }
     return out
@@ -72,8 +97,19 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     slo = {"ttft_ms": targets.ttft_p50_ms_max, "tpot_ms": 1000.0 / max(targets.output_tokens_per_s_min, 1e-9)}
     inf = {m: _model_summary(m, req, validation, slo) for m in validation["models"]}
     serving: dict = {
-        "vs_baseline": serving_vs_baseline(req, list(validation["models"]), levels[0] if levels else None),
+        "vs_baseline": serving_vs_baseline(
+            req,
+            list(validation["models"]),
+            levels[0] if levels else None,
+            validation.get("headline_looks"),
+            validation.get("headline_max_rounds"),
+        ),
         "schedule": validation.get("schedule", []),
+        # the headline level's rounds at each look (more were run while a serving ratio was undecided)
+        "headline_rounds": {
+            "looks": validation.get("headline_looks"),
+            "max_rounds": validation.get("headline_max_rounds"),
+        },
         "overhead": {m: _overhead(s) for m, s in inf.items()},
         "concurrency_scaling": {m: _concurrency_scaling(s, levels) for m, s in inf.items()}
         if len(levels) > 1

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.ray
 # Gates that judge the optimization itself are relaxed: this run is about where the weights come from and go.
 LENIENT = [
     "targets.speedup_min=0.01",
-    "targets.speedup_significant=false",
     "targets.int8_val_loss_delta_pct_max=1000",
     "targets.serving_regression_pct_max=1000",
     "targets.val_loss_delta_pct_max=100",

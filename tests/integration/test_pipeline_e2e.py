@@ -41,6 +41,16 @@ CONTRACT_INFERENCE = {
 }
 
 
+CLEARLY_FASTER = [
+    # the baseline sleeps half of each step's own time after it (a calibrated slowdown): the optimized stack is
+    # ~1.5x faster whatever the machine, so this run has an outcome to assert, approved
+    "variants.baseline.delay_pct=50",
+    # two copies of one architecture this small are too noisy per round (2 requests of 16 tokens) for a 10%
+    # serving margin within the round budget; this run judges the pipeline and the speed verdict
+    "targets.serving_regression_pct_max=100",
+]
+
+
 @pytest.fixture(scope="module")
 def smoke(serve_url, tmp_path_factory):
     """The smoke config through the CLI, its checkpoints at a storage URI (one pipeline run for all these tests).
@@ -54,6 +64,7 @@ def smoke(serve_url, tmp_path_factory):
             ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(out)]
             + ["--set", f"storage.uri=file://{store}"]
             + ["--set", f"tracking.mlflow_uri=http://127.0.0.1:{free_port()}"]
+            + [a for o in CLEARLY_FASTER for a in ("--set", o)]
         )
     report = json.loads((out / "report.json").read_text())
     return rc, out, buf.getvalue(), report, store
@@ -64,14 +75,14 @@ def test_a_tracking_server_that_is_down_costs_a_warning_not_the_run(smoke):
     t = report["tracking"]
     assert t["status"] == "unreachable" and "does not answer" in t["detail"]
     assert "MLflow tracking unreachable" in log
-    assert rc in (0, 1) and report["decision"]["gates"]  # the decision stands, whatever it is
+    assert rc == 0 and report["decision"]["outcome"] == "approved"  # the decision stands
     assert "MLflow: **not logged** (unreachable" in (out / "report.md").read_text()
 
 
 def test_exit_code_matches_decision_and_last_line_is_report_path(smoke):
     rc, out, stdout, report, _ = smoke
-    assert rc in (0, 1), stdout[-2000:]
-    assert (rc == 0) == report["decision"]["approved"]
+    failing = [g for g in report["decision"]["gates"] if g["verdict"] != "pass" and g["deciding"]]
+    assert rc == 0 and report["decision"]["outcome"] == "approved", failing
     assert stdout.strip().splitlines()[-1] == str(out / "report.md")
 
 
@@ -140,7 +151,9 @@ def test_inference_measured_for_every_model_and_level(smoke):
         # every request sent counts toward success (warm-ups and the replica sweep too); the headline figures
         # are the first level's (c1) measured requests
         kinds = i["requests_by_kind"]
-        assert kinds["measured"] == 16 and kinds["warmup"] >= 2
+        # 8 per level, and 2 per extra round of the headline level while a serving ratio was undecided
+        looks = r["serving"]["headline_rounds"]["looks"]
+        assert kinds["measured"] == 16 + 2 * (looks[-1] - looks[0]) and kinds["warmup"] >= 2
         assert kinds["replica_sweep"] == (32 if v == "optimized" else 0)
         assert i["requests"] == sum(kinds.values()) and i["succeeded"] == i["requests"]
         assert i["success_rate"] == 1.0
@@ -149,12 +162,14 @@ def test_inference_measured_for_every_model_and_level(smoke):
         assert 0 < i["ttft_ms"]["p50"] <= i["ttft_ms"]["p90"] <= i["ttft_ms"]["p99"]
         assert i["ttft_ms"]["p50"] <= i["e2e_ms"]["p50"]
         # ITL per token: each arrival's gap spread over its tokens, so TPOT and ITL agree on the scale
-        assert i["tpot_ms"]["p50"] > 0 and 0 < i["itl_ms"]["n"] <= 8 * 15
+        assert (
+            i["tpot_ms"]["p50"] > 0 and 0 < i["itl_ms"]["n"] <= (kinds["measured"] - 8) * 15
+        )  # headline (c1) requests
         assert i["itl_ms"]["mean"] == pytest.approx(i["tpot_ms"]["mean"], rel=0.5)
         assert i["tokens_per_write"]["p50"] >= 1 and i["write_gap_ms"]["n"] > 0
         assert 50 < i["peak_memory_mb"] < 4096 and 0 < i["uss_mb"] <= i["rss_mb"]
         assert i["model_bytes"]["weights"] > 0 and i["model_bytes"]["kv_cache"] > 0
-        assert i["output_tokens"] == 8 * 16
+        assert i["output_tokens"] == (kinds["measured"] - 8) * 16
         assert i["output_tokens_per_s"] == pytest.approx(i["output_tokens"] / i["measured_s"])
         assert i["inprocess"]["requests"] == 8 and i["inprocess"]["ttft_ms"]["p50"] > 0
 
@@ -203,7 +218,8 @@ def test_decision_is_consistent_with_gates(smoke):
         ("val_loss_delta_pct", "optimized"),
         ("ttft_p50_ms", "baseline"),
     } <= names
-    assert r["decision"]["approved"] == all(g["passed"] for g in gates)
+    assert r["decision"]["approved"] == all(g["verdict"] == "pass" for g in gates if g["deciding"])
+    assert r["decision"]["candidates"]["optimized"]["outcome"] == "approved"
     sp = next(g for g in gates if g["name"] == "training_speedup")
     tr = r["training"]
     c = r["comparison"]["optimized"]
@@ -310,10 +326,13 @@ def test_csvs_and_checkpoints_are_written(smoke):
     req = pd.read_csv(out / "requests.csv")
     assert req["ok"].all() and req["warmup"].any()
     measured = req[~req["warmup"]]
-    # 3 models x 2 levels x 8 requests, then the replica sweep's 2 x 16
-    assert len(measured) == 80
+    # 3 models x 2 levels x 8 requests, the headline level's extra rounds (2 requests each), then the replica
+    # sweep's 2 x 16
+    looks = r["serving"]["headline_rounds"]["looks"]
+    extra = 3 * 2 * (looks[-1] - looks[0])
+    assert len(measured) == 80 + extra
     assert measured.groupby("level").size().to_dict() == {
-        "c1": 24,
+        "c1": 24 + extra,
         "c4": 24,
         "replicas1": 16,
         "replicas2": 16,
@@ -325,7 +344,8 @@ def test_csvs_and_checkpoints_are_written(smoke):
     # interleaved: per level, the models took turns round by round, in the recorded (seeded) order
     sched = pd.DataFrame(r["serving"]["schedule"])
     c1 = sched[sched["level"] == "c1"]
-    assert sorted(c1["round"].unique()) == [0, 1, 2, 3] and (c1.groupby("round").size() == 3).all()
+    # the headline level's first 4 rounds, then its extra rounds, recorded in the order they ran
+    assert sorted(c1["round"].unique()) == list(range(looks[-1])) and (c1.groupby("round").size() == 3).all()
     first = measured[measured["level"] == "c1"].sort_values("start").drop_duplicates("round")
     assert list(first["variant"]) == list(c1.drop_duplicates("round")["model"])
     for v in ("baseline", "optimized"):
