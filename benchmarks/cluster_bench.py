@@ -39,6 +39,7 @@ from pathlib import Path
 import psutil
 
 from phase2_ray.provenance import cpu_model
+from phase2_ray.report.verdict import decision_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -79,7 +80,8 @@ def _sets(overrides: list[str]) -> list[str]:
 
 
 def summary(out: Path, command_s: float, rc: int) -> dict:
-    """What report.json says about the run; `rc`: the command's exit code (0 approved, 1 rejected, else failed)."""
+    """What report.json says about the run; `rc`: the command's exit code (0 approved, 1 rejected, 4 inconclusive,
+    else failed)."""
     r = json.loads((out / "report.json").read_text())
     stages = {s["name"]: s["end"] - s["start"] for s in r["stages"] if s.get("end")}
     p = r.get("placement", {})
@@ -91,7 +93,7 @@ def summary(out: Path, command_s: float, rc: int) -> dict:
         "stages_s": stages,
         "stage_status": {s["name"]: s["status"] for s in r["stages"]},
         "failure": r.get("failure"),
-        "decision": "APPROVED" if r["decision"]["approved"] else "REJECTED",
+        "decision": decision_outcome(r["decision"]).upper(),
         "nodes": len(p.get("nodes", [])),
         "training_nodes": {v: names.get(n, n[:8]) for v, n in p.get("training", {}).items()},
         "replica_nodes": sorted({names.get(n, n[:8]) for n in p.get("replicas", [])}),

@@ -75,7 +75,23 @@ class MeasurementConfig(Section):
 class AutoConfig(Section):
     """How a variant with `auto: true` chooses its stack."""
 
-    probe_steps: int = Field(12, ge=4, description="Steps each candidate runs.")
+    probe_steps: int = Field(
+        12, ge=4, description="Steps each candidate runs interleaved first (warm-up, compile, loss check)."
+    )
+    rounds: int = Field(
+        12,
+        ge=2,
+        le=200,
+        description="Timed rounds after them: in each, every candidate runs a block in a fresh seeded order; "
+        "the speedup interval over rounds decides.",
+    )
+    block_steps: int = Field(3, ge=1, le=100, description="Timed steps per candidate per round.")
+    min_gain_pct: float = Field(
+        1.0,
+        ge=0.0,
+        description="A candidate replaces eager fp32 only when its whole speedup interval is above 1 + this "
+        "percentage (a noise threshold, as criterion.rs has): a smaller gain is a tie, and the simpler stack wins.",
+    )
     tolerance_pct: float = Field(
         1.0, gt=0, description="Keep only stacks whose probe loss is this close to fp32 eager."
     )

@@ -47,7 +47,11 @@ def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -
     """Whether two stacks run the same code: the no-op check (a variant equal to its baseline is no speedup)."""
 
     def effective(x: OptimizationSettings | dict) -> dict:
-        d = asdict(x) if isinstance(x, OptimizationSettings) else dict(x)
+        # a stored stack may predate a field (delay_pct): missing fields are their defaults
+        d = {
+            **asdict(OptimizationSettings()),
+            **(asdict(x) if isinstance(x, OptimizationSettings) else dict(x)),
+        }
         if not d.get("compile"):
             d.pop("compile_mode", None)  # only matters when compiling
         return d

@@ -207,17 +207,36 @@ def _auto_table(v: str, a: dict) -> str:
             c["name"],
             fmt(c["median_step_ms"], 2),
             fmt(c["first_step_s"], 2),
-            fmt(c["mean_loss"], 4),
+            fmt(c.get("speedup"), 3),
+            f"[{fmt(c['ci_low'], 3)}, {fmt(c['ci_high'], 3)}]" if c.get("ci_low") is not None else "—",
             fmt(c["loss_delta_pct"], 3),
             "yes" if c["accepted"] else "no",
+            "yes" if c.get("faster") else "no",
             "<-" if c["name"] == a["chosen"] else "",
         ]
         for c in a["candidates"]
     ]
-    headers = ["stack", "median ms/step", "first step s", "mean loss", "Δ loss %", "accepted", "chosen"]
+    headers = [
+        "stack",
+        "median ms/step",
+        "first step s",
+        "speedup",
+        "95% CI (rounds)",
+        "Δ loss %",
+        "accepted",
+        "faster",
+        "chosen",
+    ]
+    rule = (
+        f"timed in {a['rounds']} paired rounds of {a['block_steps']} steps; kept eager fp32 unless a stack whose "
+        f"loss is within {a['tolerance_pct']}% of it is faster beyond noise (its whole interval above "
+        f"{1 + a['min_gain_pct'] / 100:g}x), the simpler stack on a tie"
+        if "rounds" in a
+        else f"kept the fastest whose loss is within {a['tolerance_pct']}% of eager fp32"
+    )
     return (
         f"\n`{v}` is `auto`: {len(rows)} candidate stacks probed for {a['steps']} steps each "
-        f"({fmt(a['probe_s'], 1, ' s')}); kept the fastest whose loss is within {a['tolerance_pct']}% of eager fp32.\n\n"
+        f"({fmt(a['probe_s'], 1, ' s')}), {rule}.\n\n"
         + tabulate(rows, headers=headers, tablefmt="github")
         + "\n"
     )

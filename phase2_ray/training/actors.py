@@ -159,16 +159,27 @@ class TrainerActor:
             on_step=(lambda *_: rotation.tick(time.time())) if rotation else None,
             device=assigned_device(),
             init_state=init_state,
+            rounds=ac.rounds,
+            block_steps=ac.block_steps,
+            seed=spec.training.seed,
         )
-        chosen = select_stack(results, ac.tolerance_pct)
+        chosen = select_stack(results, ac.tolerance_pct, ac.min_gain_pct)
         probe_info = {
             "chosen": chosen.name,
             "probe_s": time.perf_counter() - t0,
             "steps": ac.probe_steps,
+            "rounds": ac.rounds,
+            "block_steps": ac.block_steps,
             "tolerance_pct": ac.tolerance_pct,
+            "min_gain_pct": ac.min_gain_pct,
             "candidates": [r.to_dict() for r in results],
         }
-        print(f"[{label}] auto chose {chosen.name} ({chosen.median_step_ms:.1f} ms/step)", flush=True)
+        why = (
+            f"{chosen.speedup:.3f}x [{chosen.ci_low:.3f}, {chosen.ci_high:.3f}]"
+            if chosen.speedup
+            else "the reference"
+        )
+        print(f"[{label}] auto chose {chosen.name} ({why})", flush=True)
         return dict(chosen.settings), probe_info, None
 
     def _wait_for_start(self, barrier, rotation) -> float:

@@ -27,7 +27,7 @@ def test_cluster_bench_quick_runs_the_pipeline_embedded(cluster_job, tmp_path, c
     r = res["results"]["embedded"]
     # every stage ran; the command's exit code carries the decision (0 approved, 1 rejected)
     assert r["stage_status"] == dict.fromkeys(STAGES, "ok") and r["failure"] is None, r
-    assert r["exit_code"] == (0 if r["decision"] == "APPROVED" else 1), r
+    assert r["exit_code"] == {"APPROVED": 0, "REJECTED": 1, "INCONCLUSIVE": 4}[r["decision"]], r
     assert r["command_s"] > 0 and r["run_wall_s"] > 0 and set(r["stages_s"]) == set(STAGES)
     # one node; both variants trained, one replica served them, one client sent the requests, no sweep
     assert r["nodes"] == 1 and set(r["training_nodes"]) == {"baseline", "optimized"}

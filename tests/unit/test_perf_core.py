@@ -56,25 +56,72 @@ def test_core_allocator_gives_disjoint_sets_and_takes_them_back():
     assert pool.free == [1]
 
 
-def result(name, ms, loss):
-    return ProbeResult(name=name, settings={}, median_step_ms=ms, first_step_s=0.1, mean_loss=loss)
+def result(name, ms, loss, blocks=None, settings=None):
+    return ProbeResult(
+        name=name,
+        settings=settings or {},
+        median_step_ms=ms,
+        first_step_s=0.1,
+        mean_loss=loss,
+        block_s=blocks if blocks is not None else [ms / 1000 * 3] * 12,
+    )
 
 
-def test_auto_keeps_the_fastest_stack_that_learns_like_fp32():
+def rounds(ms: float, rng, sd: float = 0.01, n: int = 12) -> list[float]:
+    """Block times of n rounds, each round's machine moment shared by every stack (drift), plus own noise."""
+    return [ms * d * float(np.exp(rng.normal(0, sd))) for d in DRIFT[:n]]
+
+
+DRIFT = list(np.exp(np.random.default_rng(0).normal(0, 0.1, 200)))
+
+
+def test_auto_keeps_a_stack_faster_beyond_noise_that_learns_like_fp32():
+    rng = np.random.default_rng(1)
     results = [
-        result(REFERENCE, 50.0, 6.00),
-        result("fused", 45.0, 6.01),
-        result("fused+bf16", 30.0, 6.30),  # fastest, but its loss is 5% off: rejected
-        result("compile+fused", 40.0, 6.02),
+        result(REFERENCE, 50.0, 6.00, rounds(50, rng)),
+        result("fused", 45.0, 6.01, rounds(45, rng), {"fused_adamw": True}),
+        result("fused+bf16", 30.0, 6.30, rounds(30, rng), {"fused_adamw": True, "bf16": True}),  # loss 5% off
+        result("compile+fused", 40.0, 6.02, rounds(40, rng), {"compile": True, "fused_adamw": True}),
     ]
     chosen = select_stack(results, tolerance_pct=1.0)
-    assert chosen.name == "compile+fused"
+    assert chosen.name == "compile+fused" and chosen.ci_low > 1.0
     assert [r.accepted for r in results] == [True, True, False, True]
-    assert results[2].loss_delta_pct == pytest.approx(5.0)
+    assert results[2].loss_delta_pct == pytest.approx(5.0) and not results[2].faster
+
+
+def test_auto_prefers_the_simpler_stack_on_a_tie_and_the_reference_within_noise():
+    rng = np.random.default_rng(2)
+    ref = result(REFERENCE, 50.0, 6.0, rounds(50, rng, sd=0.03))
+    fused = result("fused", 40.0, 6.0, rounds(40, rng, sd=0.03), {"fused_adamw": True})
+    both = result(
+        "compile+fused", 39.6, 6.0, rounds(39.6, rng, sd=0.03), {"compile": True, "fused_adamw": True}
+    )
+    assert select_stack([ref, fused, both], 1.0).name == "fused"  # 1% apart: a tie, the simpler stack
+    ref = result(REFERENCE, 50.0, 6.0, rounds(50, rng, sd=0.05))
+    noisy = result("fused", 49.0, 6.0, rounds(49, rng, sd=0.05), {"fused_adamw": True})
+    assert select_stack([ref, noisy], 1.0).name == REFERENCE  # 2% within noise: keep the reference
+
+
+def test_auto_choice_is_stable_over_repeated_probes():
+    """A candidate 3% faster, rounds with 1.5% noise of their own and shared drift: the same choice in at least
+    9 of 10 probes (the issue's bar), with the 1% noise threshold."""
+    rng = np.random.default_rng(3)
+    picks = [
+        select_stack(
+            [
+                result(REFERENCE, 50.0, 6.0, rounds(50, rng, 0.015)),
+                result("fused", 48.5, 6.0, rounds(48.5, rng, 0.015)),
+            ],
+            1.0,
+            1.0,
+        ).name
+        for _ in range(10)
+    ]
+    assert max(picks.count(x) for x in set(picks)) >= 9
 
 
 def test_auto_falls_back_to_the_reference_and_rejects_nan():
-    results = [result(REFERENCE, 50.0, 6.0), result("fused+bf16", 10.0, float("nan"))]
+    results = [result(REFERENCE, 50.0, 6.0), result("fused+bf16", 10.0, float("nan"), [0.03] * 12)]
     assert select_stack(results, 1.0).name == REFERENCE and not results[1].accepted
 
 
@@ -83,9 +130,9 @@ def test_probe_runs_each_candidate_from_the_same_start(tiny_corpus):
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=16)
     s = TrainSettings(steps=100, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_windows=4)
     stacks = {k: v for k, v in candidate_stacks(include_compile=False).items() if k != "fused+bf16"}
-    out = probe(cfg, s, stacks, train_ids, steps=6)
+    out = probe(cfg, s, stacks, train_ids, steps=6, rounds=3, block_steps=2)
     assert [r.name for r in out] == list(stacks)
-    assert all(r.median_step_ms > 0 for r in out)
+    assert all(r.median_step_ms > 0 and len(r.block_s) == 3 for r in out)
     # same init and batches: eager fp32 and fused AdamW learn the same to float precision
     assert out[1].mean_loss == pytest.approx(out[0].mean_loss, rel=1e-4)
 
