@@ -193,6 +193,13 @@ class CapacityConfig(Section):
     max_s: float = Field(
         30.0, gt=0, description="Wall-clock budget per search; it stops after the level running."
     )
+    replicates: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Searches per model and replica count, each with its own seed, the models taking turns: the "
+        "capacity's interval is over them (what varies between runs), not one search's levels alone.",
+    )
     max_inflight: int = Field(
         64,
         ge=1,

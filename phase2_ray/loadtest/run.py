@@ -15,16 +15,16 @@ from ray import serve
 from tokenizers import Tokenizer
 
 from phase2_ray.config import Config
-from phase2_ray.config.serving import CapacityConfig
 from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
-from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome, requests_to_show
+from phase2_ray.loadtest.capacity import Slo
 from phase2_ray.loadtest.plan import Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import inprocess_reference
+from phase2_ray.loadtest.search import capacity_search
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.report.gates import undecided_serving
-from phase2_ray.report.serving import request_frame, serving_vs_baseline
+from phase2_ray.report.serving import combine_searches, request_frame, serving_vs_baseline
 from phase2_ray.runlog import RunLog
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
 
@@ -361,8 +361,12 @@ class ValidationStage:
             models.append("baseline")
         cap = self.cfg.validation.capacity
         start = cap.start_rps or (round(closed_rps / 2, 1) if closed_rps else 4.0)
+        searches: dict[str, list[dict]] = {m: [] for m in models}
+        for i in range(cap.replicates):  # the models take turns, so replicate i of each is paired in time
+            for m in models:
+                searches[m].append(self._capacity(replicas, m, start, i))
         for m in models:
-            run = self._capacity(replicas, m, start)
+            run = {"replicas": replicas, "model": m, **combine_searches(searches[m])}
             run["replica_ids"] = [r.get("replica_id") for r in stats]
             run["replica_nodes"] = [r.get("node_id") for r in stats]
             run["client_nodes"] = [c["node_id"] for c in self.out["clients"]]
@@ -373,12 +377,13 @@ class ValidationStage:
                 f"2c capacity of {m} with {replicas} replica(s): "
                 + (f"{est:.1f} req/s [{_num(run['ci_low'])}, {_num(run['ci_high'])}]" if est else "not found")
                 + f" under TTFT <= {self.slo.ttft_ms:g} ms, TPOT <= {self.slo.tpot_ms:g} ms "
-                f"({len(run['levels'])} levels, {run['search_s']:.0f}s; {run['stop_reason']})",
+                f"({cap.replicates} searches, {len(run['levels'])} levels, {run['search_s']:.0f}s; "
+                f"{run['stop_reason']})",
                 model=m,
                 replicas=replicas,
             )
 
-    def _capacity(self, replicas: int, model: str, start_rps: float) -> dict:
+    def _capacity(self, replicas: int, model: str, start_rps: float, replicate: int) -> dict:
         v = self.cfg.validation
         res, recs = capacity_search(
             self.clients,
@@ -387,79 +392,14 @@ class ValidationStage:
             self.d.requests,
             v.capacity.model_copy(update={"start_rps": start_rps}),
             self.slo,
-            level_prefix=f"capacity:r{replicas}:{model}",
-            seed=self.cfg.training.seed,
+            level_prefix=f"capacity:r{replicas}:{model}:s{replicate}",
+            seed=self.cfg.training.seed + 7919 * replicate,
             timeout_s=v.timeout_s,
             api_key=self.cfg.serve.resolved_api_key(),
             sampling=self.sampling,
         )
         self.out["capacity_records"] += recs
-        return {"replicas": replicas, "model": model, **res}
-
-
-def capacity_search(
-    clients: list,
-    base_url: str,
-    model: str,
-    prompts: list[str],
-    cap: CapacityConfig,
-    slo: Slo,
-    *,
-    level_prefix: str,
-    seed: int,
-    timeout_s: float,
-    api_key: str | None,
-    sampling: dict,
-) -> tuple[dict, list[dict]]:
-    """One search: open-loop Poisson levels from `cap.start_rps` (loadtest.capacity decides the next rate), each
-    drained before the next; latency counts from each request's scheduled arrival. Returns the search's result
-    (every level, `search_s`) and its request records."""
-    search = CapacitySearch(
-        goodput_min=cap.goodput_min,
-        start_rps=cap.start_rps or 4.0,
-        rel_tol=cap.rel_tol,
-        max_levels=cap.max_levels,
-        max_rps=cap.max_rps,
-    )
-    t0 = time.time()
-    first, records = 0, []
-    while (rate := search.next_rate()) is not None:
-        confirm = search.confirming
-        n = max(cap.min_requests, round(rate * cap.level_s * (search.confirm_factor if confirm else 1)))
-        if confirm:
-            n = max(n, requests_to_show(cap.goodput_min))
-        level = f"{level_prefix}:{len(search.levels)}"
-        cpu0 = sum(ray.get([c.cpu_s.remote() for c in clients]))
-        recs = run_level(
-            clients,
-            base_url,
-            model,
-            prompts,
-            n=n,
-            concurrency=cap.max_inflight,
-            request_rate=rate,
-            level=level,
-            first_index=first,
-            warmup=0,
-            seed=seed,
-            timeout_s=timeout_s,
-            api_key=api_key,
-            stop_when_full=True,
-            exact_rate=True,
-            **sampling,
-        )
-        cpu = sum(ray.get([c.cpu_s.remote() for c in clients])) - cpu0
-        first += n
-        for r in recs:
-            r["level"], r["round"] = level, 0
-        records += recs
-        sent = [r for r in recs if r["error_type"] != "not_sent"]
-        o = level_outcome(recs, rate, slo, stopped_early=len(sent) < len(recs), confirm=confirm)
-        o.client_cpu_ms_per_request = cpu * 1000.0 / len(sent) if sent else None
-        search.observe(o)
-        if time.time() - t0 > cap.max_s:
-            search.stop(f"time budget spent (max_s={cap.max_s:g})")
-    return {**search.result(), "search_s": time.time() - t0}, records
+        return {"replicate": replicate, **res}
 
 
 def _num(x: float | None) -> str:

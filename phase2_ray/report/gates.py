@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from phase2_ray.report.serving import paired_capacity_ratio
 from phase2_ray.report.verdict import (
     FAIL,
     INCONCLUSIVE,
@@ -160,22 +161,25 @@ def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
         )
     if rel:
         base = at_first.get("baseline")
-        r = (
-            main["capacity_rps"] / base["capacity_rps"]
-            if main and base and main is not base and main["capacity_rps"] and base["capacity_rps"]
-            else None
-        )
+        both = main and base and main is not base and main["capacity_rps"] and base["capacity_rps"]
+        paired = paired_capacity_ratio(main, base) if both else None
         gates.append(
             Gate(
                 "capacity_vs_baseline",
                 model,
-                r,
+                paired[0] if paired else (main["capacity_rps"] / base["capacity_rps"] if both else None),
                 ">=",
                 rel,
                 "x",
+                low=paired[1] if paired else None,
+                high=paired[2] if paired else None,
                 detail=f"capacity {model} / baseline with {first} replica(s): "
-                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s "
-                "(one search each: a point, judged as measured)",
+                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s"
+                + (
+                    f", paired over {len(main.get('searches') or [])} replicated searches"
+                    if paired
+                    else " (one search each: a point, judged as measured)"
+                ),
             )
         )
     return gates

@@ -288,14 +288,21 @@ def _capacity(cap: dict | None) -> list[str]:
         "\nCapacity under the SLO: open-loop Poisson arrivals at rising offered rates, bisected to the highest rate "
         f"at which ≥ {cap['goodput_min'] * 100:g}% of requests have TTFT ≤ {fmt(slo['ttft_ms'], 0)} ms (from their "
         f"scheduled arrival) and TPOT ≤ {fmt(slo['tpot_ms'], 0)} ms. Efficiency = capacity at N replicas / "
-        "(N × capacity at the first count). The interval runs from the highest level whose goodput passes beyond "
-        "its own interval (batch means) to the lowest that fails beyond it; n/a where no level is that clear.\n",
+        "(N × capacity at the first count). Each capacity is the geometric mean of replicated searches (own seed "
+        "each, the models taking turns), its interval Student's t over their estimates: what varies between "
+        "searches, not one search's levels alone. A single search's interval runs from its highest level whose "
+        "goodput passes beyond its own interval (batch means) to the lowest that fails beyond it.\n",
         tabulate(rows, headers=CAPACITY_HEADERS, tablefmt="github"),
     ]
     if cap.get("bound"):
         out.append(f"\nWhat bounds the scaling here: {cap['bound']}.")
     for r in cap["runs"]:
-        out.append(f"\nLevels of {r['model']} with {r['replicas']} replica(s), in the order tried:\n")
+        est = ", ".join(fmt(x, 1) for x in r.get("replicate_estimates") or [])
+        out.append(
+            f"\nLevels of {r['model']} with {r['replicas']} replica(s), in the order tried"
+            + (f" (searches' estimates: {est} req/s)" if est else "")
+            + ":\n"
+        )
         out.append(
             tabulate([_cap_level_row(lv) for lv in r["levels"]], headers=LEVEL_CAP_HEADERS, tablefmt="github")
         )

@@ -3,10 +3,13 @@ records, the Serve replicas' stats, the in-process reference, the replica sweep 
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
+from scipy.special import stdtrit
 
 from phase2_ray.records import RequestRecord
 from phase2_ray.report.stats import (
@@ -330,3 +333,56 @@ def summarize_capacity(cap: dict) -> dict:
         "scaling": scaling,
         "bound": bound,
     }
+
+
+def combine_searches(searches: list[dict], confidence: float = 0.95) -> dict:
+    """One capacity from `searches` replicated at one replica count (each a whole search with its own seed, run
+    at its own moment): the geometric mean of their estimates, with a Student-t interval over the replicates'
+    log estimates. One search's interval holds only its levels' sampling noise; runs of one config minutes apart
+    differed by more than that (disjoint intervals), and this interval takes what varies between searches.
+    Every search is kept (`searches`), and their levels together (`levels`, each tagged with its replicate)."""
+    found = [s["capacity_rps"] for s in searches if s.get("capacity_rps")]
+    out = {
+        "capacity_rps": None,
+        "ci_low": None,
+        "ci_high": None,
+        "confidence": confidence,
+        "replicates": len(searches),
+        "replicate_estimates": [s.get("capacity_rps") for s in searches],
+        "censored": any(s.get("censored") for s in searches),
+        "goodput_min": searches[0].get("goodput_min") if searches else None,
+        "stop_reason": "; ".join(dict.fromkeys(s.get("stop_reason") or "" for s in searches)),
+        "search_s": sum(s.get("search_s") or 0.0 for s in searches),
+        "levels": [{**lv, "replicate": i} for i, s in enumerate(searches) for lv in s.get("levels", [])],
+        "searches": searches,
+        "method": "geometric mean of the replicated searches' estimates; Student-t interval over their log "
+        "estimates (between-search variance); each search: "
+        + (searches[0].get("method", "") if searches else ""),
+    }
+    if len(found) < len(searches) or not found:
+        return out  # a search that found no capacity: no estimate over the replicates
+    logs = np.log(found)
+    out["capacity_rps"] = float(np.exp(logs.mean()))
+    if len(found) == 1:  # one search: its own interval, which holds its levels' noise alone
+        out["ci_low"], out["ci_high"] = searches[0].get("ci_low"), searches[0].get("ci_high")
+        return out
+    half = (
+        float(stdtrit(len(found) - 1, 0.5 + confidence / 2)) * float(logs.std(ddof=1)) / math.sqrt(len(found))
+    )
+    out["ci_low"], out["ci_high"] = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+    return out
+
+
+def paired_capacity_ratio(a: dict, b: dict, confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """a / b of two replicated capacities whose searches took turns (replicate i of each moments apart): the
+    geometric mean of the per-replicate ratios and a Student-t interval over them; None without 2 pairs."""
+    pairs = [
+        math.log(x["capacity_rps"] / y["capacity_rps"])
+        for x, y in zip(a.get("searches") or [], b.get("searches") or [], strict=False)
+        if x.get("capacity_rps") and y.get("capacity_rps")
+    ]
+    if len(pairs) < 2:
+        return None
+    m, sd = float(np.mean(pairs)), float(np.std(pairs, ddof=1))
+    half = float(stdtrit(len(pairs) - 1, 0.5 + confidence / 2)) * sd / math.sqrt(len(pairs))
+    return math.exp(m), math.exp(m - half), math.exp(m + half)

@@ -297,13 +297,20 @@ def test_capacity_per_replica_count_is_reported_and_recomputes(smoke):
     creq = pd.read_csv(out / "capacity_requests.csv")
     assert not req["level"].astype(str).str.startswith("capacity").any()
     for x in runs:
-        assert 1 <= len(x["levels"]) <= cfg["validation"]["capacity"]["max_levels"] and x["stop_reason"]
+        assert 1 <= len(x["levels"]) <= 2 * cfg["validation"]["capacity"]["max_levels"] and x["stop_reason"]
         if x["capacity_rps"] is not None:
             assert x["ci_low"] is None or x["ci_low"] <= x["capacity_rps"]
             assert x["ci_high"] is None or x["capacity_rps"] <= x["ci_high"]
         assert len(x["replica_ids"]) == x["replicas"] and x["client_nodes"]
-        for i, lv in enumerate(x["levels"]):
-            rows = creq[creq["level"] == f"capacity:r{x['replicas']}:{model}:{i}"]
+        # two replicated searches, each with its levels; the capacity recomputes from their estimates
+        assert x["replicates"] == len(x["searches"]) == 2
+        est = [s["capacity_rps"] for s in x["searches"]]
+        if all(est):
+            assert x["capacity_rps"] == pytest.approx(math.sqrt(est[0] * est[1]))
+            assert x["ci_low"] <= min(est) and max(est) <= x["ci_high"]  # t(1) over two: wider than both
+        for lv in x["levels"]:
+            i = sum(1 for y in x["levels"][: x["levels"].index(lv)] if y["replicate"] == lv["replicate"])
+            rows = creq[creq["level"] == f"capacity:r{x['replicas']}:{model}:s{lv['replicate']}:{i}"]
             sent = rows[rows["error_type"] != "not_sent"]
             assert len(rows) >= cfg["validation"]["capacity"]["min_requests"]
             # goodput counts the level's requests after its settling part (or its last third, saturated)

@@ -73,7 +73,7 @@ def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early
     slow_app, ray_cluster, cluster_job
 ):
     from phase2_ray.loadtest.actors import start_clients
-    from phase2_ray.loadtest.run import capacity_search
+    from phase2_ray.loadtest.search import capacity_search
 
     # The knee is computed for this stack on cores it has to itself: the session's background cluster job (a
     # whole pipeline on a cluster of its own, tests/conftest.py) would add its own load to every latency.
