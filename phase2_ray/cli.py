@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     cmp_ = sub.add_parser(
         "compare",
-        help="compare two saved runs (no Ray); exit 1 when B has a significant regression against A",
+        help="compare two saved runs (no Ray); exit 1 when B has a significant regression against A, 4 when "
+        "some figure cannot rule one out, 0 otherwise",
     )
     cmp_.add_argument("run_a", metavar="RUN_A", help="the reference run directory")
     cmp_.add_argument("run_b", metavar="RUN_B", help="the run under test")
@@ -187,7 +188,7 @@ def _compare(run_a: str, run_b: str, output: str | None, **opts: float) -> int:
     path = compare.write(c, output or Path(run_b) / "compare")
     print(compare.render(c))
     print(path)
-    return 1 if c["regressions"] else 0
+    return {"regression": 1, "inconclusive": 4, "no regression": 0}[c["outcome"]]
 
 
 if __name__ == "__main__":

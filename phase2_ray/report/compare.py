@@ -10,8 +10,10 @@ A regression alarm that fires on an unchanged program is worse than none, so:
   at least the run-to-run spread that A/A runs measure on the machine (benchmarks/verdict_bench.py).
 - Success rates: Fisher's exact test on the request counts. The val loss is deterministic for the same code and
   seed: a change beyond the val-loss tolerance is a regression, no test needed.
-A significant change beyond its noise threshold in the worse direction is a regression; the command exits 1
-when there is one, so a CI job can gate on it."""
+A significant change beyond its noise threshold in the worse direction is a regression. Each row also gets an
+outcome under non-inferiority (better / equivalent / worse / inconclusive: can B's interval rule out a change beyond
+the noise threshold on the worse side?). The command exits 1 on a regression, 4 when none was found but some figure
+cannot rule one out, 0 otherwise, so a CI job can gate on it."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from phase2_ray.report.stats import (
     t_two_sided_p,
     with_per_request,
 )
-from phase2_ray.report.verdict import decision_outcome
+from phase2_ray.report.verdict import decision_outcome, relation
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
@@ -152,6 +154,8 @@ def compare_runs(
         rows += _inference_rows(m, ra["inference"][m], rb["inference"][m], qa, qb, timing_noise_pct)
     _decide(rows, alpha)
     rows += _capacity_rows(ra, rb)  # judged on their intervals (no p-value: outside Holm's family)
+    for r in rows:
+        r["outcome"] = row_outcome(r)
     tested = [r for r in rows if r["p_value"] is not None]
     return {
         "run_a": {"run_id": ra["run_id"], "path": str(run_a), "outcome": decision_outcome(ra["decision"])},
@@ -164,6 +168,8 @@ def compare_runs(
         "speedup_noise_pct": speedup_noise_pct,
         "rows": rows,
         "regressions": sum(r["verdict"].startswith("REGRESSION") for r in rows),
+        "inconclusive": sum(r["outcome"] == "inconclusive" for r in rows),
+        "outcome": compare_outcome(rows),
     }
 
 
@@ -306,6 +312,43 @@ def _decide(rows: list[dict], alpha: float) -> None:
         r["verdict"] = "REGRESSION" if worse else "improvement"
 
 
+def row_outcome(r: dict) -> str:
+    """A row's outcome under non-inferiority (the question a CI gate asks: did B get worse?): worse for a
+    regression, better for an improvement; otherwise equivalent when B/A's interval rules out a change beyond the
+    row's noise threshold on the worse side, inconclusive when it does not. Rows without an interval (val loss
+    against its tolerance, success counts) are equivalent unless their own test called a change."""
+    v = r.get("verdict") or ""
+    if v.startswith("REGRESSION"):
+        return "worse"
+    if v.startswith("improvement"):
+        return "better"
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    if lo is None or hi is None:
+        if r.get("a") is None or r.get("b") is None or v in ("too few samples", "too few replicates"):
+            return "inconclusive"
+        if r.get("method") == "interval":  # capacity: two runs' intervals, no ratio interval
+            small = r.get("change_pct") is not None and abs(r["change_pct"]) <= (r.get("noise_pct") or 0.0)
+            return "equivalent" if small else "inconclusive"
+        return "equivalent"
+    rel = relation(
+        lo,
+        hi,
+        higher_is_better=r["better"] == "higher",
+        margin=(r.get("noise_pct") or 0.0) / 100,
+        rule="non-inferiority",
+    )
+    return "equivalent" if rel == "better" else rel  # better than the margin, yet not called: not a claim
+
+
+def compare_outcome(rows: list[dict]) -> str:
+    """regression (exit 1) when a row regressed; inconclusive (exit 4) when none did but some row cannot rule
+    one out; no regression (exit 0) otherwise."""
+    outs = [r["outcome"] for r in rows]
+    if "worse" in outs:
+        return "regression"
+    return "inconclusive" if "inconclusive" in outs else "no regression"
+
+
 def render(c: dict) -> str:
     def f(x, d=2):
         return "—" if x is None else f"{x:,.{d}f}"
@@ -320,6 +363,7 @@ def render(c: dict) -> str:
             "—" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
             "—" if r["p_value"] is None else f"{r['p_value']:.3g}",
             r["verdict"],
+            r["outcome"],
         ]
         for r in c["rows"]
     ]
@@ -331,10 +375,16 @@ def render(c: dict) -> str:
     )
     body = tabulate(
         table,
-        headers=["metric", "variant", "A", "B", "change", "B/A 95% CI", "p", "verdict"],
+        headers=["metric", "variant", "A", "B", "change", "B/A 95% CI", "p", "verdict", "outcome"],
         tablefmt="github",
     )
-    return head + body + f"\n\n**{c['regressions']} significant regression(s).**\n"
+    return (
+        head
+        + body
+        + f"\n\n**{c['outcome'].upper()}**: {c['regressions']} significant regression(s), {c['inconclusive']} "
+        "figure(s) that cannot rule one out beyond their noise threshold (outcome: non-inferiority of B against "
+        "A with the row's noise threshold as margin).\n"
+    )
 
 
 def write(c: dict, out: str | Path) -> Path:

@@ -512,8 +512,17 @@ def _copy_run(src, dst):
 def test_compare_a_run_with_itself_finds_no_change(smoke, tmp_path, capsys):
     _, out, _, _, _ = smoke
     b = _copy_run(out, tmp_path / "b")
-    assert cli.main(["compare", str(out), str(b)]) == 0
+    rc = cli.main(["compare", str(out), str(b)])
     c = json.loads((b / "compare.json").read_text())
+    # the same data: nothing worse or better. A figure whose own interval (two runs' noise) is wider than its
+    # noise threshold cannot rule out a regression even so: inconclusive, exit 4; else no regression, exit 0
+    assert not [r for r in c["rows"] if r["outcome"] in ("worse", "better")]
+    unsure = [r for r in c["rows"] if r["outcome"] == "inconclusive"]
+    assert all(
+        r["ci_low"] < 1 / (1 + r["noise_pct"] / 100) or r["ci_high"] > 1 + r["noise_pct"] / 100
+        for r in unsure
+    )
+    assert (rc, c["outcome"]) == ((4, "inconclusive") if unsure else (0, "no regression"))
     tested = [r for r in c["rows"] if r["ci_low"] is not None]
     assert tested and all(r["verdict"] == "no significant change" for r in tested)
     cap = [r for r in c["rows"] if r["metric"].startswith("capacity under SLO")]
@@ -547,8 +556,9 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
     # capacity with 1 replica 60% lower; with 2 replicas moved 5%, inside the search's resolution
     rb = json.loads((b / "report.json").read_text())
     for run in rb["serving"]["capacity"]["runs"]:
-        if run["replicas"] == 1:  # 60% lower (beyond the smoke search's 50% resolution), +-10% around it
-            c = run["capacity_rps"] * 0.4
+        if run["replicas"] == 1:  # 60% lower (beyond the smoke search's 50% resolution), +-10% around it,
+            # and below A's interval (two replicated searches: a wide one)
+            c = min(run["capacity_rps"] * 0.4, (run["ci_low"] or run["capacity_rps"]) * 0.8)
             run.update(capacity_rps=c, ci_low=c * 0.9, ci_high=c * 1.1)
         else:
             for k in ("capacity_rps", "ci_low", "ci_high"):
@@ -568,6 +578,8 @@ def test_compare_catches_a_slower_run_and_exits_1(smoke, tmp_path):
         assert verdict[("capacity under SLO (req/s, 1 replica(s))", m)].startswith("REGRESSION: A [")
     assert verdict[("capacity under SLO (req/s, 2 replica(s))", m)].startswith("no clear change")
     assert (tmp_path / "cmp.md").read_text().startswith("# Run comparison")
+    outcome = {(x["metric"], x["variant"]): x["outcome"] for x in c["rows"]}
+    assert outcome[("median step time (ms)", "optimized")] == "worse" and c["outcome"] == "regression"
 
 
 def test_run_metrics_reach_the_node_metrics_endpoint(smoke, ray_cluster):
