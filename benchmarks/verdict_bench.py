@@ -1,19 +1,20 @@
-"""Verdict benchmark: is the approval decision calibrated, powerful and stable on this machine?
+"""Verdict benchmark: is the three-outcome decision calibrated, powerful and stable on this machine?
 
-Runs the verdict's own code path many times in one Ray session — the concurrent training actors (2a/2b), the
-paired speed trial and the report's gates (pipeline.train_and_trial, pipeline.gather) — and
-prints:
-- A/A: the default config with both variants eager fp32: how many speedup CIs contain 1.0, how many runs the
-  speedup gate passes (false approvals);
-- power: a config where one stack is truly faster (the margin measured alone first, stack by stack in
-  isolation): how many runs the gate passes;
-- stability: the default config (`auto`): how many runs agree with the most common decision, and the p10-p90
-  spread of the headline speedup;
-- `phase2 compare` on pairs of same-code runs (false regressions) and on pairs where the optimized stack lost
-  its gain (detection);
-- optionally (--full N) N whole `phase2 run`s of the default config, serving included, and their exit codes.
-Serving (2c) is left out of the repeated series: it does not enter the speedup decision, and it would triple
-the time. Usage: .venv/bin/python benchmarks/verdict_bench.py [--quick] [--aa 20 --power 10 --default 10]
+Runs the verdict's own code path many times in one Ray session: the concurrent training actors (2a/2b), the
+sequential paired speed trial and the report's gates (pipeline.train_and_trial, pipeline.gather). Effects are
+placed with `delay_pct` (a stack sleeps that share of each step's own time: a known ratio on any machine). Series:
+- A/A: the default config with both variants eager fp32: CIs containing 1.0, intervals called better or worse
+  against the speedup margin, approvals (a no-op is vetoed: the interval's own verdict is counted too);
+- known effect: the baseline 20% slower (true 1.20x): approved;
+- at the threshold: the baseline 5% slower (true ratio = speedup_min, 1.05x): never both approved and rejected;
+- default: the default config (`auto`): approved and rejected never both; `auto`'s choice agreement;
+- capacity: whole `phase2 run`s with the capacity search at one replica count: each run's interval against the
+  series median;
+- `phase2 compare` on same-code pairs (false regressions) and on pairs that lost the known effect.
+Each series prints its outcomes, rates, median replicates to a decision and wall time. Serving (2c) is left out of
+the training series: the candidate's outcome there is its training gates' (speedup and convergence).
+Usage: .venv/bin/python benchmarks/verdict_bench.py [--quick] [--aa 10 --known 10 --near 10 --default 10
+--capacity 6]
 """
 
 from __future__ import annotations
@@ -21,50 +22,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import psutil
 import ray
-import torch
 
 from phase2_ray.config import load_config
-from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.train import Trainer
 from phase2_ray.dataprep import prepare_data
 from phase2_ray.pipeline import RunState, gather, train_and_trial
 from phase2_ray.report import compare, write_run_dir
+from phase2_ray.report.gates import find_gate
+from phase2_ray.report.verdict import combine, judge
 from phase2_ray.runlog import RunLog
-from phase2_ray.training.actors import loop_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_bench import QUICK_MODEL, machine  # noqa: E402  (one description of the machine for every benchmark)
 from train_bench import QUICK_RUN as QUICK  # noqa: E402
+from train_bench import machine  # noqa: E402  (one description of the machine for every benchmark)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "configs/phase2.yaml"
+SMOKE = ROOT / "configs/smoke.yaml"
+TRAINING_GATES = ("training_completed", "training_speedup", "val_loss_delta_pct")
 AA = ["variants.optimized.auto=false"]
-# A model of many small tensors: the per-tensor AdamW loop is a large share of its step, so fused AdamW wins
-# by a wide margin on any CPU (measured alone below before it is used as the known effect).
-POWER = [
-    "model.n_layer=8",
-    "model.n_head=2",
-    "model.d_model=16",
-    "model.block_size=32",
-    "validation.prompt_tokens=8",
-    "validation.max_tokens=16",
-    "variants.optimized.auto=false",
-    "variants.optimized.fused_adamw=true",
+KNOWN = [*AA, "variants.baseline.delay_pct=20"]  # the optimized stack (eager) is truly 1.20x faster
+NEAR = [*AA, "variants.baseline.delay_pct=5"]  # true ratio 1.05 = targets.speedup_min
+CAPACITY = [  # the smoke model, the default capacity search (3 replicated searches) at one replica count
+    "validation.concurrency=[1]",
+    "validation.replica_sweep=[1]",
+    "validation.inprocess_reference=false",
+    "serve.int8=false",
+    "validation.capacity.level_s=2",
+    "validation.capacity.max_s=15",
+    "validation.capacity.min_requests=24",
+    "validation.capacity.rel_tol=0.15",
+    "validation.capacity.max_levels=8",
 ]
-POWER_AA = [x for x in POWER if "fused" not in x]
 
 
 _data_cache: dict[str, object] = {}
@@ -86,59 +83,32 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_dir(run_dir, report, run.training_dicts(), {}, render=False)  # compare reads the data only
     c = report["comparison"]["optimized"]
-    gates = {
-        g["name"]: g["passed"]
-        for g in report["decision"]["gates"]
-        if g["name"].startswith("training_speedup")
-    }
     sp = c["speedup"]
+    gate = find_gate(report["decision"]["gates"], "training_speedup", "optimized")
+    mine = [
+        g for g in report["decision"]["gates"] if g["variant"] == "optimized" and g["name"] in TRAINING_GATES
+    ]
+    seq = sp.get("sequential") or {}
     return {
         "label": label,
         "seed": seed,
         "dir": str(run_dir),
         "stack": c.get("noop_reason") or report["training"]["optimized"]["settings"],
         "auto_chose": (report["training"]["optimized"].get("auto") or {}).get("chosen"),
-        "auto": report["training"]["optimized"].get("auto"),  # the probe's record: every candidate's time
+        "auto": report["training"]["optimized"].get("auto"),  # the probe's record: every candidate's interval
         "ratio": sp["ratio"],
         "ci": [sp["ci_low"], sp["ci_high"]],
         "contains_1": sp["ci_low"] <= 1 <= sp["ci_high"],
-        "speedup_approved": all(gates.values()) and bool(gates),
-        # what the gates would say without the no-op veto: the calibration of the measurement itself
-        "speedup_pass_without_veto": bool(
-            sp["ratio"] is not None and sp["ratio"] >= cfg.targets.speedup_min and sp["ci_low"] > 1.0
-        ),
+        "verdict": gate["verdict"],  # the no-op veto included
+        "interval_verdict": judge(sp["ci_low"], sp["ci_high"], ">=", cfg.targets.speedup_min),
+        "relation": gate["outcome"],  # better / equivalent / worse / inconclusive against the margin
+        "outcome": combine([g["verdict"] for g in mine]),  # the candidate's training outcome
+        "replicates": sp["replicates"],
+        "looks": seq.get("looks"),
+        "mde_ratio": sp.get("mde_ratio"),
         "concurrent_ratio": c["concurrent"]["step_time_ratio"]["ratio"],
         "s": round(time.time() - t0, 1),
     }
-
-
-def margin_alone(overrides: list[str], steps: int, rounds: int) -> dict:
-    """The known effect measured without any pairing: each stack trains alone in this process on one core,
-    one after the other (A B A B ...), and the ratio of their median step times is taken per round."""
-    cfg = load_config(DEFAULT, overrides)
-    d = prepare_data(cfg)
-    gpt = GPTConfig(**cfg.model.gpt_fields(d.vocab_size))
-    ts = replace(loop_settings(cfg.training, cfg.training.seed), steps=steps)
-    proc = psutil.Process()
-    before = proc.cpu_affinity()
-    proc.cpu_affinity([before[-1]])
-    torch.set_num_threads(1)
-    ratios = []
-    try:
-        for _ in range(rounds):
-            med = {}
-            for name, stack in (
-                ("eager", OptimizationSettings()),
-                ("fused", OptimizationSettings(fused_adamw=True)),
-            ):
-                tr = Trainer(gpt, ts, stack, d.train_tokens)
-                for _ in range(steps):
-                    tr.train_step()
-                med[name] = statistics.median(tr.times[5:])
-            ratios.append(med["eager"] / med["fused"])
-    finally:
-        proc.cpu_affinity(before)
-    return {"ratios": ratios, "median": statistics.median(ratios), "steps": steps}
 
 
 def series(name: str, overrides: list[str], n: int, out_dir: Path, seed: int) -> list[dict]:
@@ -148,67 +118,90 @@ def series(name: str, overrides: list[str], n: int, out_dir: Path, seed: int) ->
         r = one_run(overrides, seed, out_dir, f"{name}{i}")
         rows.append(r)
         print(
-            f"  {name} {i + 1}/{n}: {r['ratio']:.3f}x [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
-            f"{'APPROVED' if r['speedup_approved'] else 'rejected'}"
+            f"  {name} {i + 1}/{n}: {r['ratio']:.3f}x [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] after "
+            f"{r['replicates']} replicates ({r['looks']} looks): {r['outcome'].upper()} (interval alone: "
+            f"{r['interval_verdict']}, {r['relation']})"
             + (f" auto={r['auto_chose']}" if r["auto_chose"] else "")
-            + f" (concurrent {r['concurrent_ratio']:.3f}x, {r['s']} s)",
+            + f" ({r['s']} s)",
             flush=True,
         )
     return rows
 
 
-def compare_pairs(pairs: list[tuple[str, str]]) -> list[int]:
-    return [compare.compare_runs(a, b)["regressions"] for a, b in pairs]
+def compare_pairs(pairs: list[tuple[str, str]]) -> list[str]:
+    """`phase2 compare`'s outcome for each pair: regression / inconclusive / no regression."""
+    return [compare.compare_runs(a, b)["outcome"] for a, b in pairs]
 
 
-def full_runs(n: int, out_dir: Path, quick: bool) -> list[int]:
-    codes = []
+def capacity_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
+    """`n` whole `phase2 run`s of the smoke config with the capacity search (replicated) at one replica count:
+    what each run's capacity interval says about the next run."""
+    rows = []
     for i in range(n):
-        cmd = [
-            sys.executable,
-            "-m",
-            "phase2_ray",
-            "run",
-            "-c",
-            str(DEFAULT),
-            "--quiet",
-            "--output",
-            str(out_dir / f"full{i}"),
-        ]
-        cmd += ["--set", f"serve.port={18200 + i}"]
+        out = out_dir / f"capacity{i}"
+        cmd = [sys.executable, "-m", "phase2_ray", "run", "-c", str(SMOKE), "--quiet", "--output", str(out)]
+        sets = [*CAPACITY, f"serve.port={18200 + i}"]
         if quick:
-            cmd += [x for o in QUICK for x in ("--set", o)]
-            cmd += [
-                "--set",
-                "validation.requests=4",
-                "--set",
-                "validation.concurrency=[1]",
-                "--set",
-                "validation.replica_sweep=[]",
-            ]
+            sets += ["validation.capacity.replicates=2", "validation.capacity.max_s=4", "training.steps=20"]
+            sets += ["speed_trial.replicates=2", "speed_trial.max_replicates=2", "validation.max_rounds=4"]
+        cmd += [x for o in sets for x in ("--set", o)]
         t0 = time.time()
-        codes.append(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode)
-        print(f"  full run {i + 1}/{n}: exit {codes[-1]} ({time.time() - t0:.0f} s)", flush=True)
-    return codes
+        rc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode
+        runs = json.loads((out / "report.json").read_text())["serving"]["capacity"]["runs"]
+        r = next(x for x in runs if x["replicas"] == 1)
+        rows.append(
+            {
+                "dir": str(out),
+                "exit_code": rc,
+                "capacity_rps": r["capacity_rps"],
+                "ci": [r["ci_low"], r["ci_high"]],
+                "estimates": r.get("replicate_estimates"),
+                "s": round(time.time() - t0, 1),
+            }
+        )
+        print(
+            f"  capacity {i + 1}/{n}: {_num(r['capacity_rps'])} req/s [{_num(r['ci_low'])}, {_num(r['ci_high'])}] "
+            f"from searches {r.get('replicate_estimates')} (exit {rc}, {rows[-1]['s']} s)",
+            flush=True,
+        )
+    return rows
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def series_summary(rows: list[dict]) -> dict:
+    """Outcomes, rates and the replicates a decision took, for one series."""
+    n = len(rows)
+    return {
+        "runs": n,
+        "outcomes": dict(Counter(r["outcome"] for r in rows)),
+        "interval_verdicts": dict(Counter(r["interval_verdict"] for r in rows)),
+        "relations": dict(Counter(r["relation"] for r in rows)),
+        "ci_contains_1": sum(r["contains_1"] for r in rows),
+        "both_firm": {"approved", "rejected"} <= {r["outcome"] for r in rows},
+        "median_replicates": float(np.median([r["replicates"] for r in rows])) if rows else None,
+        "ratios": [round(r["ratio"], 4) for r in rows],
+        "wall_s": round(sum(r["s"] for r in rows), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--quick", action="store_true", help="tiny runs, a few of each (the test suite runs this)"
+        "--quick", action="store_true", help="tiny runs, one or two of each (the test suite runs this)"
     )
-    ap.add_argument("--aa", type=int, default=20)
-    ap.add_argument("--power", type=int, default=10)
+    ap.add_argument("--aa", type=int, default=10)
+    ap.add_argument("--known", type=int, default=10)
+    ap.add_argument("--near", type=int, default=10)
     ap.add_argument("--default", type=int, default=10)
-    ap.add_argument(
-        "--full", type=int, default=0, help="also this many whole `phase2 run`s of the default config"
-    )
+    ap.add_argument("--capacity", type=int, default=6, help="whole smoke runs with the capacity search")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
-    extra = QUICK if args.quick else []
-    # --quick also shrinks the default model where a series does not bring its own (the power series does)
-    small = QUICK_MODEL if args.quick else []
-    n_aa, n_pow, n_pow_aa, n_def = (2, 1, 1, 1) if args.quick else (args.aa, args.power, 3, args.default)
+    # --quick: a tiny model and a minimal sequential trial (at most 4 replicates), so every path runs in seconds
+    extra = [*QUICK, "speed_trial.max_replicates=4", "speed_trial.look_replicates=2"] if args.quick else []
+    n = (2, 1, 1, 1, 1) if args.quick else (args.aa, args.known, args.near, args.default, args.capacity)
     print(json.dumps(machine()), flush=True)
     t_start = time.time()
     # A process already connected (the test suite's session cluster) keeps its cluster.
@@ -227,81 +220,60 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="verdict-") as tmp:
         runs = Path(tmp)
-        margin = margin_alone(POWER + extra, steps=40 if args.quick else 150, rounds=1 if args.quick else 3)
-        out["known_effect_alone"] = margin
-        print(
-            f"known effect alone (fused AdamW, many small tensors): {margin['median']:.3f}x {margin['ratios']}",
-            flush=True,
-        )
         seed = load_config(DEFAULT).training.seed
-        aa = series("aa", AA + extra + small, n_aa, runs, seed)
-        power = series("power", POWER + extra, n_pow, runs, seed)
-        power_aa = series("power-aa", POWER_AA + extra, n_pow_aa, runs, seed)
-        default = series("default", extra + small, n_def, runs, seed)
+        aa = series("aa", AA + extra, n[0], runs, seed)
+        known = series("known", KNOWN + extra, n[1], runs, seed)
+        near = series("near", NEAR + extra, n[2], runs, seed)
+        default = series("default", extra, n[3], runs, seed)
         same_pairs = [(aa[i]["dir"], aa[i + 1]["dir"]) for i in range(0, len(aa) - 1, 2)]
         same_pairs += [(default[i]["dir"], default[i + 1]["dir"]) for i in range(0, len(default) - 1, 2)]
-        slow_pairs = [(power[i]["dir"], power_aa[i % len(power_aa)]["dir"]) for i in range(len(power_aa))]
-        false_reg = compare_pairs(same_pairs)
-        caught = compare_pairs(slow_pairs)
-        codes = full_runs(args.full, runs, args.quick) if args.full else []
-    if started:
-        ray.shutdown()
-    decisions = Counter(r["speedup_approved"] for r in default)
-    sp = [r["ratio"] for r in default]
-    p10, p90 = np.percentile(sp, [10, 90]) if sp else (float("nan"), float("nan"))
-    out.update(
-        aa=aa,
-        power=power,
-        power_aa=power_aa,
-        default=default,
-        compare_same_code=false_reg,
-        compare_slowdown=caught,
-        full_exit_codes=codes,
-        wall_s=time.time() - t_start,
+        lost_pairs = [(known[i]["dir"], aa[i % len(aa)]["dir"]) for i in range(min(len(known), 3))]
+        same = compare_pairs(same_pairs)
+        lost = compare_pairs(lost_pairs)
+        if started:  # the capacity runs start an embedded Ray of their own
+            ray.shutdown()
+        cap = capacity_runs(n[4], runs, args.quick)
+        cap_pairs = compare_pairs([(cap[i]["dir"], cap[i + 1]["dir"]) for i in range(len(cap) - 1)])
+    found = [c["capacity_rps"] for c in cap if c["capacity_rps"]]
+    median = float(np.median(found)) if found else None
+    covers = sum(
+        1 for c in cap if median is not None and None not in c["ci"] and c["ci"][0] <= median <= c["ci"][1]
     )
     summary = {
-        "aa_runs": len(aa),
-        "aa_ci_contains_1": sum(r["contains_1"] for r in aa),
-        "aa_false_approvals": sum(r["speedup_approved"] for r in aa),
-        "aa_pass_without_veto": sum(r["speedup_pass_without_veto"] for r in aa),
-        "power_runs": len(power),
-        "power_detected": sum(r["speedup_approved"] for r in power),
-        "default_runs": len(default),
-        "default_agreement": max(decisions.values()),
-        "default_decision": "approved" if decisions.most_common(1)[0][0] else "rejected",
-        "default_speedup_p10_p90": [float(p10), float(p90)],
-        "default_speedup_spread_pct": float((p90 / p10 - 1) * 100),
+        "aa": series_summary(aa),
+        "known": series_summary(known),
+        "near": series_summary(near),
+        "default": series_summary(default),
         "default_auto_choices": dict(Counter(r["auto_chose"] for r in default)),
-        "compare_same_code_pairs": len(false_reg),
-        "compare_false_regression_pairs": sum(1 for x in false_reg if x),
-        "compare_slowdown_pairs": len(caught),
-        "compare_slowdown_flagged": sum(1 for x in caught if x),
-        "known_effect_alone": margin["median"],
-        "full_runs_exit_codes": codes,
+        "capacity": {"runs": len(cap), "median_rps": median, "intervals_containing_median": covers},
+        "compare_same_code": dict(Counter(same)),
+        "compare_lost_effect": dict(Counter(lost)),
+        "compare_capacity_pairs": dict(Counter(cap_pairs)),
         "wall_s": round(time.time() - t_start),
     }
-    out["summary"] = summary
+    out.update(aa=aa, known=known, near=near, default=default, capacity=cap, summary=summary)
+    s, fa = summary, summary["aa"]
     print("\nsummary")
     print(
-        f"  A/A: {summary['aa_ci_contains_1']}/{len(aa)} CIs contain 1.0; speedup gate passed "
-        f"{summary['aa_false_approvals']}/{len(aa)} (false approvals; without the no-op veto "
-        f"{summary['aa_pass_without_veto']}/{len(aa)})"
+        f"  A/A: {fa['ci_contains_1']}/{fa['runs']} CIs contain 1.0; outcomes {fa['outcomes']}; interval alone "
+        f"{fa['interval_verdicts']}; called {fa['relations']} (better or worse = a false call)"
+    )
+    for name in ("known", "near", "default"):
+        x = s[name]
+        print(
+            f"  {name}: outcomes {x['outcomes']}; approved and rejected both: {x['both_firm']}; median "
+            f"replicates {x['median_replicates']}; ratios {min(x['ratios']):.3f}-{max(x['ratios']):.3f}; "
+            f"{x['wall_s']} s"
+        )
+    print(f"  default: auto chose {s['default_auto_choices']}")
+    print(
+        f"  capacity: {covers}/{len(cap)} intervals contain the series median ({_num(median)} req/s); "
+        f"compare of consecutive runs {s['compare_capacity_pairs']}"
     )
     print(
-        f"  power: known effect alone {margin['median']:.3f}x; gate passed {summary['power_detected']}/{len(power)}"
+        f"  compare: same-code pairs {s['compare_same_code']}; lost known effect {s['compare_lost_effect']}"
     )
-    print(
-        f"  default: {summary['default_agreement']}/{len(default)} runs {summary['default_decision']}; headline "
-        f"speedup p10-p90 {p10:.3f}-{p90:.3f} (spread {summary['default_speedup_spread_pct']:.1f}%); auto chose "
-        f"{summary['default_auto_choices']}"
-    )
-    print(
-        f"  compare: {summary['compare_false_regression_pairs']}/{len(false_reg)} same-code pairs exit 1; "
-        f"{summary['compare_slowdown_flagged']}/{len(caught)} lost-speedup pairs flagged"
-    )
-    if codes:
-        print(f"  full default runs: exit codes {codes}")
-    print(f"  wall {summary['wall_s']} s")
+    print(f"  wall {s['wall_s']} s")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=str))
     return 0
