@@ -39,6 +39,7 @@ from phase2_ray.core.generate import BatchDecoder, SamplingParams  # noqa: E402
 from phase2_ray.core.model import GPT, GPTConfig  # noqa: E402
 from phase2_ray.dataprep import prepare_data  # noqa: E402
 from phase2_ray.loadtest.actors import run_level, start_clients  # noqa: E402
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec  # noqa: E402
 from phase2_ray.loadtest.reference import inprocess_reference  # noqa: E402
 from phase2_ray.report.serving import request_frame  # noqa: E402
 from phase2_ray.report.stats import summarize_requests  # noqa: E402
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = Tokenizer.from_str(d.tokenizer_json)
     lens = [len(tok.encode(x).ids) for x in d.prompts]
     sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
-    load = dict(warmup=8, seed=0, timeout_s=60.0, api_key=None, **sampling)
+    load = dict(seed=0, timeout_s=60.0, api_key=None, **sampling)
     out: dict = {"machine": machine(), "prompt_tokens": lens, "max_tokens": v.max_tokens, "quick": args.quick}
     print(json.dumps(out["machine"]), flush=True)
     print(
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         clients = start_clients(v.clients, f"serve-bench-{os.getpid()}")
 
         def records(url: str, model: str, conc: int, n: int) -> list[dict]:
-            return run_level(clients, url, model, d.prompts, n=n, concurrency=conc, request_rate=None, **load)
+            endpoint = Endpoint(base_url=url, prompts=d.prompts, **load)
+            return run_level(clients, endpoint, LevelSpec(model=model, n=n, concurrency=conc, warmup=8))
 
         def deploy(replicas: int, models: dict) -> None:
             name, route = APPS["engine"]

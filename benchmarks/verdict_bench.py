@@ -2,7 +2,7 @@
 
 Runs the verdict's own code path many times in one Ray session: the concurrent training actors (2a/2b), the
 sequential paired speed trial and the report's gates (pipeline.train_and_trial, pipeline.gather). Effects are
-placed with `delay_pct` (a stack sleeps that share of each step's own time: a known ratio on any machine). Series:
+placed with `delay_pct` (a stack busy-waits that share of each step's own time: a known ratio on any machine). Series:
 - A/A: the default config with both variants eager fp32: CIs containing 1.0, intervals called better or worse
   against the speedup margin, approvals (a no-op is vetoed: the interval's own verdict is counted too);
 - known effect: the baseline 20% slower (true 1.20x): approved;
@@ -50,7 +50,6 @@ SMOKE = ROOT / "configs/smoke.yaml"
 TRAINING_GATES = ("training_completed", "training_speedup", "val_loss_delta_pct")
 AA = ["variants.optimized.auto=false"]
 KNOWN = [*AA, "variants.baseline.delay_pct=20"]  # the optimized stack (eager) is truly 1.20x faster
-NEAR = [*AA, "variants.baseline.delay_pct=5"]  # true ratio 1.05 = targets.speedup_min
 CAPACITY = [  # the smoke model, the default capacity search (3 replicated searches) at one replica count
     "validation.concurrency=[1]",
     "validation.replica_sweep=[1]",
@@ -61,6 +60,7 @@ CAPACITY = [  # the smoke model, the default capacity search (3 replicated searc
     "validation.capacity.min_requests=24",
     "validation.capacity.rel_tol=0.15",
     "validation.capacity.max_levels=8",
+    "validation.capacity.replicates=3",
 ]
 
 
@@ -167,6 +167,61 @@ def capacity_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
     return rows
 
 
+SERVING_AA = [  # the smoke model, one level, the baseline's checkpoint served a second time as `baseline-aa`
+    "validation.aa_control=true",
+    "validation.concurrency=[1]",
+    "validation.replica_sweep=[]",
+    "validation.capacity.enabled=false",
+    "validation.inprocess_reference=false",
+    "serve.int8=false",
+    "speed_trial.max_replicates=6",
+]
+RATIO_GATES = (
+    "ttft_p50_vs_baseline",
+    "tpot_p50_vs_baseline",
+    "e2e_p50_vs_baseline",
+    "decode_rate_p50_vs_baseline",
+)
+
+
+def serving_aa_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
+    """`n` whole smoke runs with the A/A control: the same checkpoint under two names, measured in the same
+    interleaved rounds. Each serving ratio of `baseline-aa` against `baseline` should come out equivalent or
+    inconclusive, its interval containing 1.0; better or worse is a false call."""
+    rows = []
+    for i in range(n):
+        out = out_dir / f"serving-aa{i}"
+        cmd = [sys.executable, "-m", "phase2_ray", "run", "-c", str(SMOKE), "--quiet", "--output", str(out)]
+        sets = [*SERVING_AA, f"serve.port={18300 + i}"]
+        if quick:
+            sets += ["training.steps=20", "speed_trial.replicates=2", "speed_trial.max_replicates=2"]
+            sets += ["validation.max_rounds=6"]
+        cmd += [x for o in sets for x in ("--set", o)]
+        t0 = time.time()
+        rc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode
+        rep = json.loads((out / "report.json").read_text())
+        gates = [
+            g for g in rep["decision"]["gates"] if g["variant"] == "baseline-aa" and g["name"] in RATIO_GATES
+        ]
+        rows.append(
+            {
+                "exit_code": rc,
+                "outcomes": {g["name"]: g["outcome"] for g in gates},
+                "intervals": {g["name"]: [g["low"], g["high"]] for g in gates},
+                "covers_1": sum(1 for g in gates if g["low"] is not None and g["low"] <= 1 <= g["high"]),
+                "false_calls": sum(1 for g in gates if g["outcome"] in ("better", "worse")),
+                "rounds": (rep["serving"]["headline_rounds"]["looks"] or [None])[-1],
+                "s": round(time.time() - t0, 1),
+            }
+        )
+        print(
+            f"  serving A/A {i + 1}/{n}: {rows[-1]['outcomes']} after {rows[-1]['rounds']} rounds; intervals "
+            f"containing 1.0: {rows[-1]['covers_1']}/{len(gates)} (exit {rc}, {rows[-1]['s']} s)",
+            flush=True,
+        )
+    return rows
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
@@ -195,13 +250,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aa", type=int, default=10)
     ap.add_argument("--known", type=int, default=10)
     ap.add_argument("--near", type=int, default=10)
+    ap.add_argument(
+        "--near-delay",
+        type=float,
+        default=5.0,
+        help="the at-the-threshold series' delay_pct (true ratio 1 + it/100)",
+    )
     ap.add_argument("--default", type=int, default=10)
     ap.add_argument("--capacity", type=int, default=6, help="whole smoke runs with the capacity search")
+    ap.add_argument(
+        "--serving-aa", type=int, default=10, help="whole smoke runs with the serving A/A control"
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=["near", "capacity", "serving-aa"],
+        help="run these series alone (the others are then left out)",
+    )
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     # --quick: a tiny model and a minimal sequential trial (at most 4 replicates), so every path runs in seconds
     extra = [*QUICK, "speed_trial.max_replicates=4", "speed_trial.look_replicates=2"] if args.quick else []
-    n = (2, 1, 1, 1, 1) if args.quick else (args.aa, args.known, args.near, args.default, args.capacity)
+    n = (
+        (2, 1, 1, 1, 1, 1)
+        if args.quick
+        else (args.aa, args.known, args.near, args.default, args.capacity, args.serving_aa)
+    )
+    if args.only:
+        keep = {{"near": 2, "capacity": 4, "serving-aa": 5}[x] for x in args.only}
+        n = tuple(x if i in keep else 0 for i, x in enumerate(n))
     print(json.dumps(machine()), flush=True)
     t_start = time.time()
     # A process already connected (the test suite's session cluster) keeps its cluster.
@@ -223,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         seed = load_config(DEFAULT).training.seed
         aa = series("aa", AA + extra, n[0], runs, seed)
         known = series("known", KNOWN + extra, n[1], runs, seed)
-        near = series("near", NEAR + extra, n[2], runs, seed)
+        near = series(
+            "near", [*AA, f"variants.baseline.delay_pct={args.near_delay:g}", *extra], n[2], runs, seed
+        )
         default = series("default", extra, n[3], runs, seed)
         same_pairs = [(aa[i]["dir"], aa[i + 1]["dir"]) for i in range(0, len(aa) - 1, 2)]
         same_pairs += [(default[i]["dir"], default[i + 1]["dir"]) for i in range(0, len(default) - 1, 2)]
@@ -234,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
         cap = capacity_runs(n[4], runs, args.quick)
         cap_pairs = compare_pairs([(cap[i]["dir"], cap[i + 1]["dir"]) for i in range(len(cap) - 1)])
+        saa = serving_aa_runs(n[5], runs, args.quick)
     found = [c["capacity_rps"] for c in cap if c["capacity_rps"]]
     median = float(np.median(found)) if found else None
     covers = sum(
@@ -246,12 +326,19 @@ def main(argv: list[str] | None = None) -> int:
         "default": series_summary(default),
         "default_auto_choices": dict(Counter(r["auto_chose"] for r in default)),
         "capacity": {"runs": len(cap), "median_rps": median, "intervals_containing_median": covers},
+        "serving_aa": {
+            "runs": len(saa),
+            "runs_with_a_false_call": sum(1 for r in saa if r["false_calls"]),
+            "ratios_judged": sum(len(r["outcomes"]) for r in saa),
+            "intervals_containing_1": sum(r["covers_1"] for r in saa),
+            "outcomes": dict(Counter(o for r in saa for o in r["outcomes"].values())),
+        },
         "compare_same_code": dict(Counter(same)),
         "compare_lost_effect": dict(Counter(lost)),
         "compare_capacity_pairs": dict(Counter(cap_pairs)),
         "wall_s": round(time.time() - t_start),
     }
-    out.update(aa=aa, known=known, near=near, default=default, capacity=cap, summary=summary)
+    out.update(aa=aa, known=known, near=near, default=default, capacity=cap, serving_aa=saa, summary=summary)
     s, fa = summary, summary["aa"]
     print("\nsummary")
     print(
@@ -260,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("known", "near", "default"):
         x = s[name]
+        if not x["runs"]:
+            continue
         print(
             f"  {name}: outcomes {x['outcomes']}; approved and rejected both: {x['both_firm']}; median "
             f"replicates {x['median_replicates']}; ratios {min(x['ratios']):.3f}-{max(x['ratios']):.3f}; "
@@ -269,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  capacity: {covers}/{len(cap)} intervals contain the series median ({_num(median)} req/s); "
         f"compare of consecutive runs {s['compare_capacity_pairs']}"
+    )
+    sa = s["serving_aa"]
+    print(
+        f"  serving A/A: {sa['runs_with_a_false_call']}/{sa['runs']} runs with a ratio called better or worse; "
+        f"{sa['intervals_containing_1']}/{sa['ratios_judged']} intervals contain 1.0; outcomes {sa['outcomes']}"
     )
     print(
         f"  compare: same-code pairs {s['compare_same_code']}; lost known effect {s['compare_lost_effect']}"

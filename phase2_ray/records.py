@@ -80,6 +80,8 @@ class TrainResult:
     checkpoint_uri: str | None
     phase: str = "concurrent"
     restarts: int = 0
+    val_windows: list[float] | None = None
+    """The final model's loss on each val window, in a fixed order shared by every variant (pairs by window)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report's view: every field but the checkpoint bytes."""
@@ -92,6 +94,10 @@ class RequestRecord:
 
     variant: str
     index: int
+    level: str = ""
+    """The load level it was sent at (c1, poisson50, replicas2, capacity:r1:optimized:s0:3, ...)."""
+    round: int | None = None
+    """The interleaved round of its level (the models take turns round by round); None outside rounds."""
     warmup: bool = False
     """True for a warm-up request (negative index), which the summaries leave out; False for a measured one."""
     ok: bool = False

@@ -248,6 +248,8 @@ class Config(Section):
         candidates = [x for x in self.variants if x != "baseline"]
         if self.serve.int8 and "optimized" in self.variants:
             candidates.append("optimized-int8")  # the int8 copy the serving stage makes (loadtest.run)
+        if self.validation.aa_control:
+            candidates.append("baseline-aa")  # the A/A control (validation.aa_control)
         unknown = sorted(set(t.candidates) - set(candidates))
         if unknown:
             raise ValueError(

@@ -243,6 +243,12 @@ class ValidationConfig(Section):
     max_extra_s: float = Field(
         120.0, gt=0, description="Time budget of the headline level's extra rounds, in seconds."
     )
+    aa_control: bool = Field(
+        False,
+        description="Also serve the baseline's checkpoint as `baseline-aa`, an A/A control: an informative "
+        "candidate measured in the same rounds, whose serving ratios against the baseline should come out "
+        "equivalent or inconclusive; a firm better or worse says the comparison is miscalibrated here.",
+    )
     prompt_tokens: int = Field(32, ge=1, description="Prompt length, cut from held-out text.")
     max_tokens: int = Field(64, ge=1, description="Tokens generated per request.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")

@@ -249,7 +249,7 @@ class VariantConfig(Section):
         0.0,
         ge=0.0,
         le=1000.0,
-        description="Calibration instrument, not an optimization: sleep this percentage of each training "
+        description="Calibration instrument, not an optimization: busy-wait this percentage of each training "
         "step's own time after it (a known slowdown, true ratio 1 + delay_pct/100), to place an effect where "
         "you want it and check the verdict. Counts as part of the stack (the no-op guard sees it).",
     )

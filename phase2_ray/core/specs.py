@@ -38,7 +38,7 @@ class OptimizationSettings:
     sdpa_backend: str = "default"
     """Attention kernel: default (PyTorch picks), math, flash or efficient."""
     delay_pct: float = 0.0
-    """A calibration instrument, not an optimization: after each training step, sleep this percentage of the
+    """A calibration instrument, not an optimization: after each training step, busy-wait this percentage of the
     step's own compute time, so a known slowdown of this stack (true ratio 1 + delay_pct/100) can be placed
     anywhere to check the verdict (A/A runs, a known effect, an effect at the threshold)."""
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -55,6 +56,8 @@ class TrainResult:
     model: torch.nn.Module = field(repr=False)
     resumed_from: int | None = None
     """The step this run continued from (a training state saved by an earlier attempt), or None."""
+    val_windows: list[float] | None = None
+    """The final model's loss on each val window (evaluate_windows), in the windows' fixed order."""
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -81,6 +84,23 @@ def evaluate(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size
         n += len(x)
     model.train(was_training)
     return total / n
+
+
+@torch.no_grad()
+def evaluate_windows(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> list[float]:
+    """Each fixed val window's own mean next-token loss, eager fp32: the same windows for every variant, so two
+    models' losses pair window by window (the convergence gate's interval is over these pairs)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for i in range(0, len(offsets), batch_size):
+        x, y = (t.to(device) for t in get_batch(tokens, offsets[i : i + batch_size], model.cfg.block_size))
+        logits, _ = model(x)
+        per_token = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+        out += per_token.mean(dim=1).tolist()
+    model.train(was_training)
+    return out
 
 
 class Trainer:
@@ -141,7 +161,11 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         lv = loss.item()
         if self.ko.settings.delay_pct:  # the calibration delay: a known share of this step's own time
-            time.sleep((time.perf_counter() - t0) * self.ko.settings.delay_pct / 100.0)
+            # A busy wait, not a sleep: a sleeping core drops its clock and caches and the next step pays for
+            # it (a 5% sleep measured as a ~6.5% slowdown); spinning keeps the core as a slower kernel would.
+            until = time.perf_counter() + (time.perf_counter() - t0) * self.ko.settings.delay_pct / 100.0
+            while time.perf_counter() < until:
+                pass
         self.times.append(time.perf_counter() - t0)
         self.losses.append(lv)
         return lv
@@ -258,4 +282,7 @@ def train(
         data_order_sha256=tr.data_order_sha256,
         model=tr.model,
         resumed_from=resumed_from,
+        val_windows=evaluate_windows(tr.model, val_tokens, voffsets, settings.batch_size)
+        if status == "ok"
+        else None,
     )

@@ -8,6 +8,7 @@ import time
 import ray
 
 from phase2_ray.loadtest.client import run_requests
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 from phase2_ray.telemetry import RequestTelemetry
 
 
@@ -27,11 +28,11 @@ class LoadClient:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, base_url: str, model: str, prompts: list[str], level: str = "", **kwargs) -> list[dict]:
+    def run(self, endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
         t = time.thread_time()  # the event loop runs on this thread: its time is the generator's own work
-        records = run_requests(base_url, model, prompts, **kwargs)
+        records = run_requests(endpoint, spec)
         self.busy_cpu_s += time.thread_time() - t
-        self.telemetry.record(records, level)
+        self.telemetry.record(records, spec.level)
         return records
 
 
@@ -43,36 +44,9 @@ def start_clients(n: int, run_id: str) -> list:
     ]
 
 
-def run_level(
-    clients: list,
-    base_url: str,
-    model: str,
-    prompts: list[str],
-    *,
-    n: int,
-    concurrency: int,
-    first_index: int = 0,
-    **kw,
-):
-    """One load level split over the clients (each its share of requests and concurrency); merged records.
-    Request indices (and so their sampling seeds) start at `first_index`."""
-    k = max(1, min(len(clients), concurrency, n))
-    refs = []
-    first = first_index
-    for i in range(k):
-        share_n = n // k + (i < n % k)
-        share_c = concurrency // k + (i < concurrency % k)
-        rate = kw.get("request_rate")
-        refs.append(
-            clients[i].run.remote(
-                base_url,
-                model,
-                prompts,
-                n=share_n,
-                concurrency=share_c,
-                first_index=first,
-                **{**kw, "request_rate": rate / k if rate else None},
-            )
-        )
-        first += share_n
+def run_level(clients: list, endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
+    """One load level split over the clients (each its share of requests and concurrency: LevelSpec.shares);
+    their records merged."""
+    k = max(1, min(len(clients), spec.concurrency, spec.n))
+    refs = [c.run.remote(endpoint, share) for c, share in zip(clients, spec.shares(k), strict=False)]
     return [r for part in ray.get(refs) for r in part]

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.special import ndtri, stdtrit
 
+from phase2_ray.report import request_metrics
+
 
 @dataclass(frozen=True)
 class Slo:
@@ -36,17 +38,8 @@ class Slo:
 
 
 def meets_slo(rec: dict, slo: Slo) -> bool:
-    """A request is good when it succeeded and both its TTFT and TPOT are within the SLO."""
-    if not rec.get("ok") or rec.get("ttft_ms") is None:
-        return False
-    if rec["ttft_ms"] > slo.ttft_ms:
-        return False
-    n = rec.get("output_tokens") or 0
-    if n > 1 and rec.get("e2e_ms") is not None:
-        tpot = (rec["e2e_ms"] - rec["ttft_ms"]) / (n - 1)
-        if tpot > slo.tpot_ms:
-            return False
-    return True
+    """A request is good when it succeeded and met the SLO (request_metrics.meets_slo: the one rule of goodput)."""
+    return request_metrics.meets_slo(rec, slo.ttft_ms, slo.tpot_ms)
 
 
 @dataclass
@@ -342,15 +335,12 @@ class CapacitySearch:
 def _latency(recs: Sequence[dict]) -> dict:
     ok = [r for r in recs if r.get("ok") and r.get("ttft_ms") is not None]
     ttft = [r["ttft_ms"] for r in ok]
-    tpot = [
-        (r["e2e_ms"] - r["ttft_ms"]) / (r["output_tokens"] - 1)
-        for r in ok
-        if (r.get("output_tokens") or 0) > 1 and r.get("e2e_ms") is not None
-    ]
+    tpot = [request_metrics.tpot_ms(r.get("e2e_ms"), r["ttft_ms"], r.get("output_tokens")) for r in ok]
     out: dict = {"ok": len(ok)}
-    for name, xs in (("ttft", ttft), ("tpot", tpot)):
+    for name, xs in (("ttft", ttft), ("tpot", [x for x in tpot if x is not None])):
+        d = request_metrics.describe(xs, (50, 99)) or {}
         for q in (50, 99):
-            out[f"{name}_p{q}_ms"] = float(np.percentile(xs, q)) if xs else None
+            out[f"{name}_p{q}_ms"] = d.get(f"p{q}")
     return out
 
 

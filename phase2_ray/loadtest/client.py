@@ -16,7 +16,9 @@ from dataclasses import asdict
 
 import aiohttp
 
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 from phase2_ray.records import RequestRecord
+from phase2_ray.report.request_metrics import spread_gap
 
 
 def _sse_events(buf: bytearray, chunk: bytes, pending: list[str]) -> list[str]:
@@ -101,7 +103,7 @@ async def stream_completion(
                     else:
                         gap = (now - last) * 1000.0
                         record.write_gap_ms.append(gap)
-                        record.itl_ms.extend([gap / k] * k)
+                        record.itl_ms.extend(spread_gap(gap, k))
                     last = now
     except TimeoutError as e:  # asyncio.timeout's, and aiohttp's own timeouts (subclasses)
         if done_at is None:  # a stall after [DONE] costs nothing: the answer was whole
@@ -142,28 +144,10 @@ def _judge(record: RequestRecord, done_at: float | None, t0: float) -> None:
         record.ok = True
 
 
-def run_requests(
-    base_url: str,
-    model: str,
-    prompts: list[str],
-    *,
-    n: int,
-    warmup: int,
-    concurrency: int,
-    max_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float = 1.0,
-    seed: int,
-    timeout_s: float,
-    first_index: int = 0,
-    request_rate: float | None = None,
-    api_key: str | None = None,
-    stop_when_full: bool = False,
-    exact_rate: bool = False,
-) -> list[dict]:
-    """Sends `warmup` then `n` streaming requests and returns their records: warm-ups first (indices -1, -2, ...,
-    `warmup: True`, kept so a failing warm-up shows), then the measured ones, each group sorted by index.
+def run_requests(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
+    """Sends `spec.warmup` then `spec.n` streaming requests and returns their records, tagged with the spec's
+    level and round: warm-ups first (indices -1, -2, ..., `warmup: True`, kept so a failing warm-up shows), then
+    the measured ones, each group sorted by index.
 
     Closed loop (llmperf): `concurrency` requests in flight, each sent as soon as one finishes. With
     `request_rate`: open loop, Poisson arrivals at that mean rate (at most `concurrency` in flight); each
@@ -174,24 +158,7 @@ def run_requests(
     `stop_when_full` (open loop, the capacity search): an arrival that finds `concurrency` requests in flight
     stops the level (over-saturation: the queue only grows from there); it and the later arrivals are recorded
     as `not_sent` failures, so they count as missed."""
-    return asyncio.run(
-        _run(
-            base_url,
-            model,
-            prompts,
-            n=n,
-            warmup=warmup,
-            concurrency=concurrency,
-            payload_args=dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p),
-            seed=seed,
-            timeout_s=timeout_s,
-            first_index=first_index,
-            request_rate=request_rate,
-            api_key=api_key,
-            stop_when_full=stop_when_full,
-            exact_rate=exact_rate,
-        )
-    )
+    return asyncio.run(_run(endpoint, spec))
 
 
 def poisson_schedule(start: float, n: int, rate: float, seed: int, exact: bool = False) -> list[float]:
@@ -211,23 +178,10 @@ def poisson_schedule(start: float, n: int, rate: float, seed: int, exact: bool =
     return times
 
 
-async def _run(
-    base_url,
-    model,
-    prompts,
-    *,
-    n,
-    warmup,
-    concurrency,
-    payload_args,
-    seed,
-    timeout_s,
-    first_index,
-    request_rate,
-    api_key,
-    stop_when_full=False,
-    exact_rate=False,
-) -> list[dict]:
+async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
+    base_url, model, prompts, seed = endpoint.base_url, spec.model, endpoint.prompts, endpoint.seed
+    concurrency, n, first_index, request_rate = spec.concurrency, spec.n, spec.first_index, spec.request_rate
+    timeout_s, api_key, payload_args = endpoint.timeout_s, endpoint.api_key, endpoint.payload_args
     url = base_url.rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
 
@@ -245,7 +199,7 @@ async def _run(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def one(i: int, scheduled: float | None = None) -> RequestRecord:
-            record = RequestRecord(model, i, warmup=i < 0)
+            record = RequestRecord(model, i, level=spec.level, round=spec.round, warmup=i < 0)
             return await stream_completion(
                 client, url, payload(i), record, timeout_s, headers, scheduled=scheduled
             )
@@ -261,7 +215,7 @@ async def _run(
             await asyncio.gather(*(worker() for _ in range(min(concurrency, len(indices)))))
             return out
 
-        warm = await closed_loop([-1 - i for i in range(warmup)]) if warmup else []
+        warm = await closed_loop([-1 - i for i in range(spec.warmup)]) if spec.warmup else []
         indices = list(range(first_index, first_index + n))
         if request_rate is None:
             records = await closed_loop(indices)
@@ -282,14 +236,14 @@ async def _run(
                     # everywhere would send k clients' requests in bursts of k and repeat one pattern every round.
                     indices,
                     poisson_schedule(
-                        time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index, exact_rate
+                        time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index, spec.exact_rate
                     ),
                     strict=True,
                 )
             )
             for k, (i, at) in enumerate(schedule):
                 await asyncio.sleep(max(0.0, at - time.perf_counter()))
-                if stop_when_full and gate.locked():
+                if spec.stop_when_full and gate.locked():
                     unsent = schedule[k:]
                     break
                 # how late this process woke up for the arrival: the generator's own lag, not the server's
@@ -298,7 +252,15 @@ async def _run(
             records = list(await asyncio.gather(*tasks))
             wall0 = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
             for i, at in unsent:
-                r = RequestRecord(model, i, error_type="not_sent", scheduled=wall0 + at, start=wall0 + at)
+                r = RequestRecord(
+                    model,
+                    i,
+                    level=spec.level,
+                    round=spec.round,
+                    error_type="not_sent",
+                    scheduled=wall0 + at,
+                    start=wall0 + at,
+                )
                 r.error = f"not sent: {concurrency} requests were in flight (over-saturated)"
                 r.end = r.start
                 records.append(r)

@@ -7,7 +7,7 @@ round pairs the models moments apart (the between-model ratios take Student's t 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,64 @@ def interleaved_schedule(
             rng.shuffle(order)
             out += [Slot(name, r, m, n, sum(sizes[:r])) for m in order]
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where a stage's requests go and how each one asks: the same for every level it runs."""
+
+    base_url: str
+    """The server's root (the client appends /v1/completions)."""
+    prompts: list
+    """Prompt texts, or a workload's (prompt, max_tokens) pairs; request i takes prompts[i % len]."""
+    max_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float = 1.0
+    seed: int
+    """Request i samples with seed + i, so every model gets the same requests."""
+    timeout_s: float
+    api_key: str | None = None
+
+    @property
+    def payload_args(self) -> dict:
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelSpec:
+    """One load level as a client runs it: which model, how many requests and how they arrive, and the level
+    and round its records are tagged with."""
+
+    model: str
+    n: int
+    concurrency: int
+    level: str = ""
+    round: int | None = None
+    warmup: int = 0
+    """Requests sent first and kept apart (indices -1, -2, ...); closed loop always."""
+    first_index: int = 0
+    """Index of the first measured request (its sampling seed and prompt follow the index)."""
+    request_rate: float | None = None
+    """Open loop: Poisson arrivals at this mean rate (at most `concurrency` in flight); None: closed loop."""
+    stop_when_full: bool = False
+    """Open loop (the capacity search): an arrival that finds `concurrency` in flight stops the level."""
+    exact_rate: bool = False
+    """Open loop: arrivals conditioned on their count (the level offers exactly the rate it names)."""
+
+    def shares(self, k: int) -> list[LevelSpec]:
+        """This level split over `k` clients: each its share of requests, concurrency and rate, and its own
+        consecutive run of indices."""
+        out, first = [], self.first_index
+        for i in range(k):
+            n = self.n // k + (i < self.n % k)
+            c = self.concurrency // k + (i < self.concurrency % k)
+            rate = self.request_rate / k if self.request_rate else None
+            out.append(replace(self, n=n, concurrency=c, request_rate=rate, first_index=first))
+            first += n
+        return out

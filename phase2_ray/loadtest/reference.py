@@ -17,6 +17,7 @@ from phase2_ray.core.generate import SamplingParams
 from phase2_ray.core.train import evaluate
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import RequestRecord
+from phase2_ray.report.request_metrics import spread_gap
 from phase2_ray.storage import materialize
 
 
@@ -76,12 +77,13 @@ async def _sequential(engine, model_id, token_prompts, sampling, n, warmup, max_
             if per_yield:
                 gaps.append((now - last) * 1000.0)
             per_yield.append(len(tokens))
-            for j, _ in enumerate(tokens):  # tokens that arrive together are 0 ms apart, as at an HTTP client
-                if ttft is None:
-                    ttft = (now - t0) * 1000.0
-                else:
-                    itl.append((now - last) * 1000.0 if j == 0 else 0.0)
-                count += 1
+            # as the HTTP client counts them (request_metrics): the first yield gives TTFT, every later one its gap
+            # spread over the tokens it carries
+            if ttft is None:
+                ttft = (now - t0) * 1000.0
+            else:
+                itl.extend(spread_gap((now - last) * 1000.0, len(tokens)))
+            count += len(tokens)
             last = now
         if i >= 0:
             rec = RequestRecord(model_id, i, ok=True, start=start, end=time.time(), scheduled=start)

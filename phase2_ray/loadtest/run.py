@@ -8,7 +8,7 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import ray
 from ray import serve
@@ -19,14 +19,17 @@ from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import Slo
-from phase2_ray.loadtest.plan import Slot, interleaved_schedule, rounds_for
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.loadtest.search import capacity_search
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.report.gates import undecided_serving
-from phase2_ray.report.serving import combine_searches, request_frame, serving_vs_baseline
+from phase2_ray.report.serving import combine_searches, goodput_slo, request_frame, serving_vs_baseline
 from phase2_ray.runlog import RunLog
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
+
+AA_CONTROL = "baseline-aa"
+"""The model id of validation.aa_control: the baseline's checkpoint served a second time."""
 
 # Access logs of every request would drown the progress lines; warnings and errors still show.
 QUIET_SERVE = {"log_level": "WARNING", "enable_access_log": False}
@@ -54,6 +57,12 @@ class ValidationStage:
             uris,
         )
         sc, v = cfg.serve, cfg.validation
+        if (
+            v.aa_control and "baseline" in checkpoints
+        ):  # the same checkpoint under a second name: an A/A control
+            self.checkpoints = checkpoints = {**checkpoints, AA_CONTROL: checkpoints["baseline"]}
+            if uris and "baseline" in uris:
+                self.uris = uris = {**uris, AA_CONTROL: uris["baseline"]}
         self.int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
         self.models = model_specs(checkpoints, self.int8_of, uris, sc.int8_kernel)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
@@ -209,37 +218,22 @@ class ValidationStage:
         )
         serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
 
-    def _load(
-        self,
-        model: str,
-        level: str,
-        rnd: int,
-        n: int,
-        concurrency: int,
-        rate: float | None,
-        first: int,
-        warm: bool,
-    ) -> list[dict]:
-        """One model at one level: the requests split over the clients; records tagged with level and round."""
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where 2c's requests go (known once Serve runs) and how each one asks."""
         v = self.cfg.validation
-        recs = run_level(
-            self.clients,
-            self.base_url,
-            model,
-            self.d.requests,
-            n=n,
-            concurrency=concurrency,
-            request_rate=rate,
-            level=level,
-            first_index=first,
-            warmup=v.warmup_requests if warm else 0,
+        return Endpoint(
+            base_url=self.base_url,
+            prompts=self.d.requests,
             seed=self.cfg.training.seed,
             timeout_s=v.timeout_s,
             api_key=self.cfg.serve.resolved_api_key(),
             **self.sampling,
         )
-        for r in recs:
-            r["level"], r["round"] = level, rnd
+
+    def _load(self, spec: LevelSpec) -> list[dict]:
+        """One model at one level: the requests split over the clients; records tagged with level and round."""
+        recs = run_level(self.clients, self.endpoint, spec)
         self.out["records"] += recs
         return recs
 
@@ -259,19 +253,21 @@ class ValidationStage:
             self.cfg.training.seed,
         )
         self.out["schedule"] = [asdict(s) for s in schedule]
-        spec = {name: (c, rate) for name, c, rate in levels}
+        how = {name: (c, rate) for name, c, rate in levels}
         done: dict[tuple[str, str], list[dict]] = {}
         for slot in schedule:
-            conc, rate = spec[slot.level]
+            conc, rate = how[slot.level]
             recs = self._load(
-                slot.model,
-                slot.level,
-                slot.round,
-                slot.requests,
-                conc,
-                rate,
-                slot.first_index,
-                slot.round == 0,
+                LevelSpec(
+                    model=slot.model,
+                    level=slot.level,
+                    round=slot.round,
+                    n=slot.requests,
+                    concurrency=conc,
+                    request_rate=rate,
+                    first_index=slot.first_index,
+                    warmup=v.warmup_requests if slot.round == 0 else 0,
+                )
             )
             done.setdefault((slot.model, slot.level), []).extend(recs)
         for (model, name), recs in done.items():
@@ -296,7 +292,9 @@ class ValidationStage:
         rng = random.Random(self.cfg.training.seed + 1)
         models = list(self.models)
         while looks[-1] < n_max and "baseline" in models and tol is not None:
-            vs = serving_vs_baseline(request_frame(self.out["records"]), models, name, looks, n_max)
+            vs = serving_vs_baseline(
+                request_frame(self.out["records"]), models, name, looks, n_max, goodput_slo(self.cfg.targets)
+            )
             undecided = undecided_serving(vs, tol)
             if not undecided:
                 break
@@ -309,7 +307,9 @@ class ValidationStage:
             for rnd in range(looks[-1], looks[-1] + add):
                 rng.shuffle(models)  # a fresh order every round, as in the first rounds
                 for m in models:
-                    self._load(m, name, rnd, per, conc, None, first, False)
+                    self._load(
+                        LevelSpec(model=m, level=name, round=rnd, n=per, concurrency=conc, first_index=first)
+                    )
                     self.out["schedule"].append(asdict(Slot(name, rnd, m, per, first)))
                 first += per
             looks.append(looks[-1] + add)
@@ -331,7 +331,14 @@ class ValidationStage:
             self._deploy(n)
             start = time.time()
             recs = self._load(
-                target, f"replicas{n}", 0, v.scaling_requests, v.scaling_concurrency, None, 0, True
+                LevelSpec(
+                    model=target,
+                    level=f"replicas{n}",
+                    round=0,
+                    n=v.scaling_requests,
+                    concurrency=v.scaling_concurrency,
+                    warmup=v.warmup_requests,
+                )
             )
             stats = replica_stats(n)
             self.out["scaling"]["runs"].append(
@@ -387,16 +394,11 @@ class ValidationStage:
         v = self.cfg.validation
         res, recs = capacity_search(
             self.clients,
-            self.base_url,
+            replace(self.endpoint, seed=self.cfg.training.seed + 7919 * replicate),
             model,
-            self.d.requests,
             v.capacity.model_copy(update={"start_rps": start_rps}),
             self.slo,
             level_prefix=f"capacity:r{replicas}:{model}:s{replicate}",
-            seed=self.cfg.training.seed + 7919 * replicate,
-            timeout_s=v.timeout_s,
-            api_key=self.cfg.serve.resolved_api_key(),
-            sampling=self.sampling,
         )
         self.out["capacity_records"] += recs
         return {"replicate": replicate, **res}

@@ -10,25 +10,15 @@ import ray
 from phase2_ray.config.serving import CapacityConfig
 from phase2_ray.loadtest.actors import run_level
 from phase2_ray.loadtest.capacity import CapacitySearch, Slo, level_outcome, requests_to_show
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 
 
 def capacity_search(
-    clients: list,
-    base_url: str,
-    model: str,
-    prompts: list[str],
-    cap: CapacityConfig,
-    slo: Slo,
-    *,
-    level_prefix: str,
-    seed: int,
-    timeout_s: float,
-    api_key: str | None,
-    sampling: dict,
+    clients: list, endpoint: Endpoint, model: str, cap: CapacityConfig, slo: Slo, *, level_prefix: str
 ) -> tuple[dict, list[dict]]:
-    """One search: open-loop Poisson levels from `cap.start_rps` (loadtest.capacity decides the next rate), each
-    drained before the next; latency counts from each request's scheduled arrival. Returns the search's result
-    (every level, `search_s`) and its request records."""
+    """One search of `model` at `endpoint`: open-loop Poisson levels from `cap.start_rps` (loadtest.capacity
+    decides the next rate), each drained before the next; latency counts from each request's scheduled arrival.
+    Returns the search's result (every level, `search_s`) and its request records."""
     search = CapacitySearch(
         goodput_min=cap.goodput_min,
         start_rps=cap.start_rps or 4.0,
@@ -47,26 +37,21 @@ def capacity_search(
         cpu0 = sum(ray.get([c.cpu_s.remote() for c in clients]))
         recs = run_level(
             clients,
-            base_url,
-            model,
-            prompts,
-            n=n,
-            concurrency=cap.max_inflight,
-            request_rate=rate,
-            level=level,
-            first_index=first,
-            warmup=0,
-            seed=seed,
-            timeout_s=timeout_s,
-            api_key=api_key,
-            stop_when_full=True,
-            exact_rate=True,
-            **sampling,
+            endpoint,
+            LevelSpec(
+                model=model,
+                level=level,
+                round=0,
+                n=n,
+                concurrency=cap.max_inflight,
+                request_rate=rate,
+                first_index=first,
+                stop_when_full=True,
+                exact_rate=True,
+            ),
         )
         cpu = sum(ray.get([c.cpu_s.remote() for c in clients])) - cpu0
         first += n
-        for r in recs:
-            r["level"], r["round"] = level, 0
         records += recs
         sent = [r for r in recs if r["error_type"] != "not_sent"]
         o = level_outcome(recs, rate, slo, stopped_early=len(sent) < len(recs), confirm=confirm)

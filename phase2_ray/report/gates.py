@@ -9,6 +9,7 @@ memory budget), and the baseline's serving targets are shown without deciding (t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from phase2_ray.report.serving import paired_capacity_ratio
@@ -48,6 +49,8 @@ class Gate:
     relative_margin: float | None = None
     """A relative gate's declared margin m (fraction): its band [1/(1+m), 1+m] for `outcome`."""
     higher_is_better: bool = True
+    percent: bool = False
+    """The figure is a percent change: its ratio, for `outcome`, is 1 + value / 100."""
     verdict: str = FAIL
     """pass / fail / inconclusive."""
     outcome: str | None = None
@@ -68,21 +71,26 @@ class Gate:
 
     def __post_init__(self) -> None:
         measured = finite(self.value)
-        lo = self.low if self.low is not None else self.value
-        hi = self.high if self.high is not None else self.value
+        if self.low is None and self.high is None:  # measured once: the value is its own interval
+            lo = hi = self.value
+        else:  # an end not shown leaves the interval open on that side
+            lo = self.low if self.low is not None else -math.inf
+            hi = self.high if self.high is not None else math.inf
         if self.veto:
             self.verdict = FAIL
             self.detail = f"{self.veto}; {self.detail}" if self.detail else self.veto
         elif measured and self.undecided:
             self.verdict = INCONCLUSIVE
             self.detail = f"{self.undecided}; {self.detail}" if self.detail else self.undecided
+        elif not measured:  # None, NaN or infinite: not a measurement, whatever the interval says
+            self.verdict = FAIL
         else:
             self.verdict = judge(lo, hi, self.op, self.threshold)
         self.passed = self.verdict == PASS
         if self.relative_margin is not None and not self.undecided:
             self.outcome = relation(
-                lo,
-                hi,
+                1 + lo / 100 if self.percent else lo,
+                1 + hi / 100 if self.percent else hi,
                 higher_is_better=self.higher_is_better,
                 margin=self.relative_margin,
                 rule=self.rule,  # type: ignore[arg-type]
@@ -307,6 +315,9 @@ SERVING_RATIOS = {
     "tpot_ms": ("tpot_p50_vs_baseline", False),
     "e2e_ms": ("e2e_p50_vs_baseline", False),
     "rate": ("decode_rate_p50_vs_baseline", True),
+    "ttft_p99_ms": ("ttft_p99_vs_baseline", False),
+    "output_tps": ("output_tps_vs_baseline", True),
+    "goodput": ("goodput_vs_baseline", True),
 }
 """serving.vs_baseline's ratios judged as gates: (gate name, higher is better)."""
 
@@ -342,7 +353,8 @@ def _vs_baseline_gates(report: dict, targets: dict) -> list[Gate]:
                     if few
                     else "",
                     detail=f"{r.get('metric')} {m} / baseline at {r.get('level')}, {r.get('rounds') or 0} "
-                    f"interleaved rounds",
+                    f"interleaved rounds in {r.get('looks') or 1} look(s)"
+                    + (f", resolves ±{(r['mde_ratio'] - 1) * 100:.1f}%" if r.get("mde_ratio") else ""),
                 )
             )
     return gates
@@ -383,17 +395,42 @@ def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
             f"replicates{looks})",
             veto=veto,
         ),
-        Gate(
-            "val_loss_delta_pct",
-            variant,
-            c.get("val_loss_delta_pct"),
-            "<=",
-            c.get("val_loss_tolerance_pct", targets["val_loss_delta_pct_max"]),
-            "%",
-            detail=c.get("val_loss_tolerance_basis", ""),
-        ),
+        _convergence_gate(variant, c, targets),
     ]
     return gates
+
+
+def _convergence_gate(variant: str, c: dict, targets: dict) -> Gate:
+    """Convergence. With one seed: the signed val-loss change (+ = the variant's loss is higher) and its
+    interval over the paired val windows, non-inferiority against the tolerance (a lower loss never fails).
+    With seeds: |Δ| of the seed means against the seed-derived tolerance, as measured."""
+    tol = c.get("val_loss_tolerance_pct", targets["val_loss_delta_pct_max"])
+    ci = c.get("val_loss_change_ci")
+    if ci and c.get("val_loss_change_pct") is not None:
+        return Gate(
+            "val_loss_delta_pct",
+            variant,
+            c["val_loss_change_pct"],
+            "<=",
+            tol,
+            "%",
+            low=ci[0],
+            high=ci[1],
+            rule="non-inferiority",
+            relative_margin=tol / 100,
+            higher_is_better=False,
+            percent=True,
+            detail=f"{c.get('val_loss_change_basis', '')}; tolerance: {c.get('val_loss_tolerance_basis', '')}",
+        )
+    return Gate(
+        "val_loss_delta_pct",
+        variant,
+        c.get("val_loss_delta_pct"),
+        "<=",
+        tol,
+        "%",
+        detail=c.get("val_loss_tolerance_basis", ""),
+    )
 
 
 def _num(x: float | None) -> str:

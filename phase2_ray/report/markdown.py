@@ -25,7 +25,7 @@ from phase2_ray.report.markdown_training import (
     speedup_breakdown,
     training_timeline,
 )
-from phase2_ray.report.serving import SERVING_HEADLINE
+from phase2_ray.report.serving import RATIO_HEADLINES, SERVING_HEADLINE
 from phase2_ray.report.stats import ratio
 from phase2_ray.report.verdict import decision_outcome, gate_verdict
 
@@ -164,9 +164,15 @@ def _glance_training(r: dict) -> list[str]:
         lines += textwrap.wrap(
             speed_explanation(r, v), WIDTH - 4, initial_indent="    ", subsequent_indent="    "
         )
+        ci = c.get("val_loss_change_ci")
+        change = (
+            f"Δ {fmt(c.get('val_loss_change_pct'), 3, '%')} [{fmt(ci[0], 3)}, {fmt(ci[1], 3)}] over the val windows"
+            if ci
+            else f"|Δ| {fmt(c.get('val_loss_delta_pct'), 3, '%')}"
+        )
         lines.append(
             f"  convergence: val loss {fmt(tr['baseline']['val_loss'], 4)} → {fmt(tr[v]['val_loss'], 4)}, "
-            f"|Δ| {fmt(c.get('val_loss_delta_pct'), 3, '%')} (tolerance {fmt(c.get('val_loss_tolerance_pct'), 2, '%')})"
+            f"{change} (tolerance {fmt(c.get('val_loss_tolerance_pct'), 2, '%')})"
         )
     lines += [
         f"  {v}: {fmt(t['tokens_per_s'], 0, ' tok/s')} (median step, concurrent run), "
@@ -245,7 +251,7 @@ def _comparative_table(r: dict) -> str:
             rows.append(
                 [
                     f"{x['metric']} ({m} ÷ baseline, {x['level']})",
-                    *_ci_cell(x, SERVING_HEADLINE[key].better),
+                    *_ci_cell(x, RATIO_HEADLINES[key].better),
                     "within rounds",
                 ]
             )

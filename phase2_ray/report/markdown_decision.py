@@ -149,6 +149,12 @@ GATE_ADVICE = {
     "than the tolerance (targets.serving_regression_pct_max)",
     "e2e_p50_vs_baseline": "this model's end-to-end latency must not be worse than the baseline model's by more "
     "than the tolerance (targets.serving_regression_pct_max)",
+    "ttft_p99_vs_baseline": "this model's TTFT tail must not be worse than the baseline model's by more than the "
+    "tolerance (targets.serving_regression_pct_max)",
+    "output_tps_vs_baseline": "this model's output tokens per second must not be lower than the baseline model's "
+    "by more than the tolerance (targets.serving_regression_pct_max)",
+    "goodput_vs_baseline": "this model's share of requests meeting the SLO must not be lower than the baseline "
+    "model's by more than the tolerance (targets.serving_regression_pct_max)",
     "decode_rate_p50_vs_baseline": "this model's per-request decode rate must not be lower than the baseline "
     "model's by more than the tolerance (targets.serving_regression_pct_max)",
     "training_completed": "training must finish with finite loss (lower training.lr, keep grad_clip on)",

@@ -12,18 +12,18 @@ import pandas as pd
 from scipy.special import stdtrit
 
 from phase2_ray.records import RequestRecord
+from phase2_ray.report.request_metrics import meets_slo
 from phase2_ray.report.stats import (
     look_levels,
     ratio,
     round_paired_ratio_ci,
+    round_paired_stat_ci,
     summarize_requests,
     with_per_request,
 )
 
-_RECORD = [f.name for f in fields(RequestRecord)]
-REQUEST_COLUMNS = [_RECORD[0], "level", "round", *_RECORD[1:]]
-"""requests.csv's columns: a RequestRecord's fields, with the load level and interleaved round the driver sets
-on each record next to the model's name."""
+REQUEST_COLUMNS = [f.name for f in fields(RequestRecord)]
+"""requests.csv's columns: a RequestRecord's fields (its load level and interleaved round among them)."""
 LIST_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.default_factory is list)
 
 
@@ -41,6 +41,15 @@ SERVING_HEADLINE = {
 }
 """The per-request serving metrics (columns of stats.with_per_request) compared between models: in a run, each
 model / the baseline model with a CI (`serving.vs_baseline`); between two runs by `phase2 compare`."""
+
+ROUND_STATS = {
+    "ttft_p99_ms": Headline("TTFT p99", "ms", "lower"),
+    "output_tps": Headline("output tok/s", "tok/s", "higher"),
+    "goodput": Headline("goodput", "share", "higher"),
+}
+"""Serving ratios whose statistic is of a round as a whole (a tail, a rate over the round's window, a share of its
+requests): each model / the baseline model in `serving.vs_baseline`, paired by round as the medians are."""
+RATIO_HEADLINES = {**SERVING_HEADLINE, **ROUND_STATS}
 
 
 def request_frame(records: list[dict]) -> pd.DataFrame:
@@ -61,32 +70,63 @@ def serving_vs_baseline(
     level: str | None,
     looks: list[int] | None = None,
     max_rounds: int | None = None,
+    slo: dict | None = None,
 ) -> dict:
     """{model: {metric: ratio-with-CI}} of every model against the baseline model at `level`: medians of the
-    successful measured requests, paired by interleaved round (stats.round_paired_ratio_ci). With `looks`
-    (rounds at each look of a sequential headline level) the interval is at the last look's spent level."""
+    successful measured requests, TTFT p99, output tok/s of each round's window and (with `slo`) goodput, each
+    paired by interleaved round (stats.round_paired_stat_ci). With `looks` (rounds at each look of a sequential
+    headline level) the interval is at the last look's spent level."""
     confidence = SERVING_CONFIDENCE
     if looks and max_rounds:
         confidence = look_levels(looks, max(max_rounds, looks[-1]), SERVING_CONFIDENCE)[-1]
     if "baseline" not in models or level is None:
         return {}
-    ok = with_per_request(req[req["ok"].astype(bool) & ~req["warmup"] & (req["level"] == level)])
+    measured = req[~req["warmup"] & (req["level"] == level)]
+    ok = with_per_request(measured[measured["ok"].astype(bool)])
     base = ok[ok["variant"] == "baseline"]
+    stats = {
+        "ttft_p99_ms": (ok, lambda g: float(np.percentile(g["ttft_ms"].dropna(), 99)), "p99s"),
+        "output_tps": (ok, _output_tps, "output tok/s of the round's window"),
+    }
+    if slo is not None:
+        good = measured.assign(
+            good=[meets_slo(r, slo["ttft_ms"], slo["tpot_ms"]) for r in measured.to_dict("records")]
+        )
+        stats["goodput"] = (good, lambda g: float(g["good"].mean()), "goodput shares")
     out = {}
     for m in models:
         if m == "baseline":
             continue
         mine = ok[ok["variant"] == m]
+        ratios = {k: round_paired_ratio_ci(base, mine, k, confidence=confidence) for k in SERVING_HEADLINE}
+        for k, (frame, stat, what) in stats.items():
+            ratios[k] = round_paired_stat_ci(
+                frame[frame["variant"] == "baseline"],
+                frame[frame["variant"] == m],
+                stat,
+                confidence=confidence,
+                what=what,
+            )
         out[m] = {
-            k: {
-                **round_paired_ratio_ci(base, mine, k, confidence=confidence),
-                "metric": h.name,
-                "level": level,
-                "looks": len(looks or [1]),
-            }
-            for k, h in SERVING_HEADLINE.items()
+            k: {**r, "metric": RATIO_HEADLINES[k].name, "level": level, "looks": len(looks or [1])}
+            for k, r in ratios.items()
         }
     return out
+
+
+def goodput_slo(targets) -> dict:
+    """Goodput's SLO from the targets: TTFT within the TTFT target, and a per-request pace (TPOT) at least as
+    fast as the throughput target asks of one stream."""
+    return {
+        "ttft_ms": targets.ttft_p50_ms_max,
+        "tpot_ms": 1000.0 / max(targets.output_tokens_per_s_min, 1e-9),
+    }
+
+
+def _output_tps(g: pd.DataFrame) -> float:
+    """Output tokens of a round's successful requests per second of the round's window."""
+    span = float(g["end"].max() - g["start"].min())
+    return float(g["output_tokens"].sum()) / span if span > 0 else float("nan")
 
 
 def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
@@ -95,9 +135,7 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
         return {}, {}
     req = request_frame(validation["records"])
     levels = validation.get("levels", [])
-    # Goodput SLOs from the targets: TTFT within the TTFT target, and a per-request pace (TPOT) at least as fast
-    # as the throughput target asks of one stream.
-    slo = {"ttft_ms": targets.ttft_p50_ms_max, "tpot_ms": 1000.0 / max(targets.output_tokens_per_s_min, 1e-9)}
+    slo = goodput_slo(targets)
     inf = {m: _model_summary(m, req, validation, slo) for m in validation["models"]}
     serving: dict = {
         "vs_baseline": serving_vs_baseline(
@@ -106,6 +144,7 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
             levels[0] if levels else None,
             validation.get("headline_looks"),
             validation.get("headline_max_rounds"),
+            slo,
         ),
         "schedule": validation.get("schedule", []),
         # the headline level's rounds at each look (more were run while a serving ratio was undecided)

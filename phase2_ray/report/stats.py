@@ -1,4 +1,5 @@
-"""Metric names and the summaries computed from raw per-step and per-request records.
+"""Metric names and the summaries computed from raw per-step and per-request records (each request's own metrics
+are defined once, in request_metrics: PERCENTILES and describe are re-exported from there).
 
 Definitions follow vLLM's benchmark: TTFT = request sent -> first token chunk, at the client;
 TPOT = (E2E - TTFT) / (output_tokens - 1); ITL = gaps between chunks; failed requests are counted, not averaged."""
@@ -10,11 +11,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from phase2_ray.report.request_metrics import describe, meets_slo
+
 TTFT_MS = "ttft_ms"
 TPOT_MS = "tpot_ms"
 ITL_MS = "itl_ms"
 E2E_MS = "e2e_ms"
-PERCENTILES = (50, 90, 99)
 
 
 def t_quantile(q: float, df: float) -> float:
@@ -33,22 +35,10 @@ def t_two_sided_p(t: float, df: float) -> float:
     return float(2 * stdtr(df, -abs(t)))
 
 
-def describe(values) -> dict[str, float] | None:
-    """p50/p90/p99/mean of `values` (None when there are none: an unmeasured figure is not reported)."""
-    arr = np.asarray(list(values), dtype=float)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        return None
-    out = {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES}
-    out["mean"] = float(arr.mean())
-    out["n"] = int(arr.size)
-    return out
-
-
 def tpot_ms(requests: pd.DataFrame) -> pd.Series:
-    """Each request's time per output token after the first: (E2E - TTFT) / (output_tokens - 1). A request of
-    one token has none; it divides by 1 here, and the summaries that report TPOT keep requests of 2+ tokens."""
-    return (requests[E2E_MS] - requests[TTFT_MS]) / (requests["output_tokens"] - 1).clip(lower=1)
+    """request_metrics.tpot_ms over a frame: (E2E - TTFT) / (output_tokens - 1), NaN for a one-token request."""
+    n = requests["output_tokens"]
+    return ((requests[E2E_MS] - requests[TTFT_MS]) / (n - 1).clip(lower=1)).where(n > 1)
 
 
 def decode_rate(requests: pd.DataFrame) -> pd.Series:
@@ -116,7 +106,7 @@ def summarize_requests(requests: pd.DataFrame, slo: dict[str, float] | None = No
     else:
         out.update(output_tokens=0, measured_s=None, output_tokens_per_s=None, requests_per_s=None)
     if slo is not None:
-        good = int(((ok[TTFT_MS] <= slo["ttft_ms"]) & (tpot_ms(ok) <= slo["tpot_ms"])).sum())
+        good = sum(meets_slo(r, slo["ttft_ms"], slo["tpot_ms"]) for r in ok.to_dict("records"))
         window = out.get("measured_s")
         out["goodput"] = {
             "slo": dict(slo),
@@ -277,13 +267,33 @@ def round_paired_ratio_ci(
     medians, and Student's t over the rounds' log ratios gives the interval. Requests of one round share the
     machine's moment and are not independent: resampling requests would be over-confident."""
     xa, xb = a[[column, strata]].dropna(), b[[column, strata]].dropna()
+    return round_paired_stat_ci(
+        xa, xb, lambda g: float(np.median(g[column])), strata=strata, confidence=confidence, what="medians"
+    )
+
+
+def round_paired_stat_ci(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    stat,
+    *,
+    strata: str = "round",
+    confidence: float = 0.95,
+    what: str = "statistics",
+) -> dict:
+    """round_paired_ratio_ci for any per-round statistic `stat(frame) -> float` (a median, a p99, output tokens
+    per second of the round's window, the share of requests meeting the SLO): stat(b) / stat(a) per round, the
+    geometric mean over rounds and Student's t over their log ratios."""
     out = {"ratio": None, "ci_low": None, "ci_high": None, "significant": False, "rounds": 0}
-    if len(xa) < 1 or len(xb) < 1:
+    if len(a) < 1 or len(b) < 1:
         return out
-    out["ratio"] = out["pooled_ratio"] = float(np.median(xb[column]) / np.median(xa[column]))
-    ma, mb = xa.groupby(strata)[column].median(), xb.groupby(strata)[column].median()
+    pa, pb = stat(a), stat(b)
+    out["ratio"] = out["pooled_ratio"] = float(pb / pa) if pa else None
+    ma = pd.Series({k: stat(g) for k, g in a.groupby(strata)}, dtype=float)
+    mb = pd.Series({k: stat(g) for k, g in b.groupby(strata)}, dtype=float)
     both = ma.index.intersection(mb.index)
-    logs = np.log((mb[both] / ma[both]).to_numpy(dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log((mb[both] / ma[both]).to_numpy(dtype=float))
     logs = logs[np.isfinite(logs)]
     out["rounds"] = int(logs.size)
     if logs.size < 2:
@@ -299,7 +309,9 @@ def round_paired_ratio_ci(
         confidence=confidence,
         significant=bool(lo > 1.0 or hi < 1.0),
         p_value=t_two_sided_p(centre / se, logs.size - 1) if se > 0 else float(centre == 0),
-        method="Student-t over rounds of per-round ratios of medians (log scale)",
+        # the smallest ratio this many rounds could tell from 1.0 (the interval's half-width, as a ratio)
+        mde_ratio=float(np.exp(t * se)),
+        method=f"Student-t over rounds of per-round ratios of {what} (log scale)",
     )
     return out
 

@@ -18,6 +18,7 @@ from phase2_ray.report.stats import (
     ratio,
     sequential_speedup,
     summarize_training,
+    t_quantile,
 )
 
 TRIAL_REPLICATE_KEYS = (
@@ -87,6 +88,7 @@ def summarize_run(v: str, r: dict, extra_runs, *, skip: int, tokens_per_step: in
         "val_loss": r["val_curve"][-1][1] if r["val_curve"] else None,
         "loss_curve": [[i + 1, x] for i, x in enumerate(r["losses"])],
         "val_curve": [list(p) for p in r["val_curve"]],
+        "val_windows": r.get("val_windows"),
         "optimizations": r["applied"],
         "settings": r["settings"],
         "auto": r.get("auto"),
@@ -169,7 +171,11 @@ def compare_variant(
         "driver and Ray's processes, and the machine's drift, differ between the two actors.",
     }
     c["same_data_order"] = t["data_order_sha256"] == base["data_order_sha256"]
-    c.update(convergence(base["repeats"], t["repeats"], val_loss_tol_pct))
+    c.update(
+        convergence(
+            base["repeats"], t["repeats"], val_loss_tol_pct, base.get("val_windows"), t.get("val_windows")
+        )
+    )
     iso_b, iso_v = _isolated(extra_runs, "baseline", base["seed"]), _isolated(extra_runs, v, t["seed"])
     if iso_b and iso_v and t["phase"] == "concurrent":
         iso = block_bootstrap_ratio_ci(iso_b["step_times"][skip:], iso_v["step_times"][skip:], seed=seed)
@@ -243,12 +249,23 @@ def _stack_name(settings: dict) -> str:
     return "+".join(on) or "eager fp32"
 
 
-def convergence(base_runs: list[dict], var_runs: list[dict], fixed_tol_pct: float) -> dict:
+def convergence(
+    base_runs: list[dict],
+    var_runs: list[dict],
+    fixed_tol_pct: float,
+    base_windows: list[float] | None = None,
+    var_windows: list[float] | None = None,
+    confidence: float = 0.95,
+) -> dict:
     """|Δ val loss| between the variant and the baseline, and the tolerance it is held to.
 
-    With one seed the tolerance is the configured one. With >= 2 seeds of the baseline it is derived from
-    seed-to-seed variance, like MLPerf's reference convergence points: 2 standard deviations of the baseline's
-    final val loss, relative to its mean (the spread a different seed alone produces ~95% of the time)."""
+    With one seed the tolerance is the configured one, and the signed change (+ = the variant's loss is higher)
+    gets an interval from the val windows: both final models are scored on the same fixed windows, so the
+    windows pair, and Student's t over the per-window differences (relative to the baseline's mean) says how
+    far the change could be on this distribution of text. With >= 2 seeds of the baseline the tolerance is
+    derived from seed-to-seed variance, like MLPerf's reference convergence points: 2 standard deviations of the
+    baseline's final val loss, relative to its mean (the spread a different seed alone produces ~95% of the
+    time), and the seed means are compared as measured."""
     b = [x["val_loss"] for x in base_runs if x["val_loss"] is not None and math.isfinite(x["val_loss"])]
     o = [x["val_loss"] for x in var_runs if x["val_loss"] is not None and math.isfinite(x["val_loss"])]
     out = {
@@ -257,6 +274,22 @@ def convergence(base_runs: list[dict], var_runs: list[dict], fixed_tol_pct: floa
         else None,
         "val_loss_seeds": len(b),
     }
+    paired = (
+        len(b) == 1
+        and base_windows
+        and var_windows
+        and len(base_windows) == len(var_windows) >= 2
+        and all(map(math.isfinite, var_windows))
+    )
+    if paired:
+        bw, d = np.asarray(base_windows), np.asarray(var_windows) - np.asarray(base_windows)
+        scale = 100.0 / float(bw.mean())
+        half = t_quantile(0.5 + confidence / 2, d.size - 1) * float(d.std(ddof=1)) / math.sqrt(d.size)
+        out["val_loss_change_pct"] = float(d.mean()) * scale
+        out["val_loss_change_ci"] = [float(d.mean() - half) * scale, float(d.mean() + half) * scale]
+        out["val_loss_change_basis"] = (
+            f"signed change over {d.size} val windows paired by window; {confidence * 100:g}% Student-t interval"
+        )
     if len(b) >= 2:
         sd = float(np.std(b, ddof=1))
         out["val_loss_tolerance_pct"] = 2 * sd / float(np.mean(b)) * 100.0

@@ -51,12 +51,12 @@ def finite(x: float | None) -> bool:
 
 def judge(low: float | None, high: float | None, op: str, threshold: float) -> Verdict:
     """pass / fail / inconclusive of `[low, high] op threshold`: pass when every value of the interval passes,
-    fail when none does. An unmeasured figure fails (a gate must be shown, not assumed)."""
+    fail when none does. An unmeasured figure (None, NaN) fails: a gate must be shown, not assumed."""
     if op not in OPS:
         raise ValueError(f"gate op {op!r} is not one of {sorted(OPS)}")
-    if not (finite(low) and finite(high)):
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
         return FAIL
-    lo, hi = min(low, high), max(low, high)
+    lo, hi = min(low, high), max(low, high)  # an end may be infinite: an interval open on that side
     test = OPS[op]
     if op == "==":
         return PASS if lo == hi == threshold else (FAIL if not lo <= threshold <= hi else INCONCLUSIVE)

@@ -277,6 +277,7 @@ class TrainerActor:
             train_s=res.train_s,
             data_order_sha256=res.data_order_sha256,
             resumed_from_step=res.resumed_from,
+            val_windows=res.val_windows,
             checkpoint=files,
             checkpoint_uri=uri,
             **_device_fields(device),

@@ -42,7 +42,7 @@ CONTRACT_INFERENCE = {
 
 
 CLEARLY_FASTER = [
-    # the baseline sleeps half of each step's own time after it (a calibrated slowdown): the optimized stack is
+    # the baseline busy-waits half of each step's own time after it (a calibrated slowdown): the optimized stack is
     # ~1.5x faster whatever the machine, so this run has an outcome to assert, approved
     "variants.baseline.delay_pct=50",
     # two copies of one architecture this small are too noisy per round (2 requests of 16 tokens) for a 10%

@@ -125,9 +125,17 @@ def test_malformed_bodies_get_4xx_and_server_stays_healthy(base_url, content, ct
 def load(base_url: str, model: str, prompts: list[str], *, n: int, max_tokens: int, **kw) -> list[dict]:
     """`n` streaming requests, all in flight at once unless `concurrency` says otherwise, no warm-up."""
     from phase2_ray.loadtest.client import run_requests
+    from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 
-    args = dict(warmup=0, concurrency=n, temperature=0.8, top_k=20, seed=0, timeout_s=60) | kw
-    return run_requests(base_url, model, prompts, n=n, max_tokens=max_tokens, **args)
+    asking = {k: kw.pop(k) for k in ("temperature", "top_k", "seed") if k in kw}
+    ep = Endpoint(
+        **{"temperature": 0.8, "top_k": 20, "seed": 0, **asking},
+        base_url=base_url,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        timeout_s=60,
+    )
+    return run_requests(ep, LevelSpec(**{"model": model, "n": n, "concurrency": n, **kw}))
 
 
 def test_concurrent_requests_are_batched_and_all_complete(base_url, ray_cluster):

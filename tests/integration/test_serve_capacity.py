@@ -73,6 +73,7 @@ def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early
     slow_app, ray_cluster, cluster_job
 ):
     from phase2_ray.loadtest.actors import start_clients
+    from phase2_ray.loadtest.plan import Endpoint
     from phase2_ray.loadtest.search import capacity_search
 
     # The knee is computed for this stack on cores it has to itself: the session's background cluster job (a
@@ -93,19 +94,16 @@ def test_the_search_finds_the_known_knee_and_stops_an_over_saturated_level_early
         max_inflight=24,
         goodput_min=GOODPUT,
     )
-    res, records = capacity_search(
-        clients,
-        slow_app,
-        "slow",
-        ["def main():", "import os", "class A:"],
-        cap,
-        SLO,
-        level_prefix="cap",
+    endpoint = Endpoint(
+        base_url=slow_app,
+        prompts=["def main():", "import os", "class A:"],
+        max_tokens=TOKENS,
+        temperature=0.0,
+        top_k=None,
         seed=0,
         timeout_s=30,
-        api_key=None,
-        sampling=dict(max_tokens=TOKENS, temperature=0.0, top_k=None, top_p=1.0),
     )
+    res, records = capacity_search(clients, endpoint, "slow", cap, SLO, level_prefix="cap")
     for c in clients:
         ray_cluster.kill(c)
     levels = res["levels"]

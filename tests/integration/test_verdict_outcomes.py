@@ -1,5 +1,5 @@
 """The verdict end to end through the CLI, on effects placed where the test wants them: a calibrated delay
-(`delay_pct`: sleep that share of each step's own time) makes a stack truly slower by a known ratio on any
+(`delay_pct`: busy-wait that share of each step's own time) makes a stack truly slower by a known ratio on any
 machine. The smoke run in test_pipeline_e2e is the clearly faster case (approved); here, the clearly slower one
 (rejected, exit 1) and one a little above the threshold (never called a firm opposite: not rejected).
 
@@ -49,8 +49,8 @@ def test_a_clearly_slower_variant_is_rejected(serve_url, tmp_path):
 
 
 def test_an_effect_just_above_the_threshold_is_never_called_a_firm_opposite(serve_url, tmp_path):
-    """True ratio 1.10 against a 1.05 target (the baseline sleeps 10% of its step; the optimized stack is the
-    same eager fp32 code without the sleep). Approved, or inconclusive when the trial's noise keeps the interval
+    """True ratio 1.10 against a 1.05 target (the baseline busy-waits 10% of its step; the optimized stack is the
+    same eager fp32 code without the wait). Approved, or inconclusive when the trial's noise keeps the interval
     over 1.05 within its budget; never rejected. At 99% confidence a firm wrong call is at most 0.5%."""
     rc, r = _run(
         tmp_path,

@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from phase2_ray.config import ServeConfig, TargetsConfig
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.loadtest.client import run_requests
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 from phase2_ray.report.gates import evaluate_gates
 from phase2_ray.report.serving import request_frame
 from phase2_ray.report.stats import summarize_requests
@@ -49,12 +51,14 @@ def test_soak_1000_requests_at_c16(served):
     stable p50/p90, and it is the same replica, warm-up and bounds."""
     from phase2_ray.serving.build import replica_stats
 
-    args = dict(warmup=0, concurrency=16, max_tokens=8, temperature=0.8, top_k=20, seed=0, timeout_s=30)
     prompts = ["def f(x):", "import os", "class A:", "return"]
-    run_requests(served, "tiny", prompts, n=100, **args)  # warm-up: allocator, caches, Serve's routing tables
+    ep = Endpoint(
+        base_url=served, prompts=prompts, max_tokens=8, temperature=0.8, top_k=20, seed=0, timeout_s=30
+    )
+    run_requests(ep, LevelSpec(model="tiny", n=100, concurrency=16))  # warm-up: allocator, caches, routing
     before = replica_stats(1)[0]
     t0 = time.time()
-    recs = run_requests(served, "tiny", prompts, n=1000, **args)
+    recs = run_requests(ep, LevelSpec(model="tiny", n=1000, concurrency=16))
     took = time.time() - t0
     after = replica_stats(1)[0]
     assert after["pid"] == before["pid"]  # the same replica served all of it
@@ -80,11 +84,11 @@ def test_replica_killed_under_load(served):
 
     before = replica_stats(1)[0]
     out: dict = {}
-    args = dict(
-        n=120, warmup=0, concurrency=4, max_tokens=48, temperature=0.8, top_k=20, seed=0, timeout_s=10
+    ep = Endpoint(
+        base_url=served, prompts=["def f(x):"], max_tokens=48, temperature=0.8, top_k=20, seed=0, timeout_s=10
     )
     load = threading.Thread(
-        target=lambda: out.update(recs=run_requests(served, "tiny", ["def f(x):"], **args))
+        target=lambda: out.update(recs=run_requests(ep, LevelSpec(model="tiny", n=120, concurrency=4)))
     )
     t0 = time.time()
     load.start()
@@ -118,7 +122,7 @@ def test_replica_killed_under_load(served):
     else:
         pytest.fail("the killed replica was not replaced within 90 s")
     assert httpx.get(f"{served}/healthz", timeout=10).status_code == 200
-    again = run_requests(served, "tiny", ["import os"], **{**args, "n": 8})
+    again = run_requests(replace(ep, prompts=["import os"]), LevelSpec(model="tiny", n=8, concurrency=4))
     assert all(r["ok"] for r in again)
     print(f"replica replaced {time.time() - t0:.1f}s after the load began; errors {summary['errors']}")
 

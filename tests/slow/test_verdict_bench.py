@@ -19,6 +19,8 @@ def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
     s = res["summary"]
     assert [s[k]["runs"] for k in ("aa", "known", "near", "default")] == [2, 1, 1, 1]
     assert s["capacity"]["runs"] == 1 and len(res["capacity"][0]["estimates"]) == 2
+    # the serving A/A control: the baseline's checkpoint under a second name, its four ratios judged
+    assert s["serving_aa"]["runs"] == 1 and s["serving_aa"]["ratios_judged"] == 4
     for r in res["aa"]:
         # an A/A run is a no-op: whatever the trial measured, it is rejected, and says why
         assert r["verdict"] == "fail" and r["outcome"] == "rejected" and "eager fp32" in str(r["stack"])
@@ -34,5 +36,5 @@ def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
     assert chosen["accepted"]
     assert chosen["name"] == "eager-fp32" or chosen["ci_low"] > 1 + auto["min_gain_pct"] / 100
     assert (chosen["name"] == "eager-fp32") == (not any(x["faster"] for x in auto["candidates"]))
-    assert "A/A:" in stdout and "compare:" in stdout and "capacity:" in stdout
+    assert "A/A:" in stdout and "compare:" in stdout and "capacity:" in stdout and "serving A/A:" in stdout
     assert ray_cluster.is_initialized()  # the bench left the session's cluster running

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from phase2_ray.loadtest.client import _sse_events, poisson_schedule, run_requests, stream_completion
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec
 from phase2_ray.records import RequestRecord
 
 GAP = 0.3  # seconds between the test server's writes: long enough that two writes never share a read
@@ -104,9 +105,11 @@ def serve(script: Callable[[_Stream, dict], None]):
         thread.join(5)
 
 
-def _run(url: str, **kw) -> list[dict]:
-    args = dict(n=1, warmup=0, concurrency=1, max_tokens=8, temperature=0.0, top_k=None, seed=0, timeout_s=20)
-    return run_requests(url, "tiny", ["p"], **{**args, **kw})
+def _run(url: str, seed: int = 0, **kw) -> list[dict]:
+    endpoint = Endpoint(
+        base_url=url, prompts=["p"], max_tokens=8, temperature=0.0, top_k=None, seed=seed, timeout_s=20
+    )
+    return run_requests(endpoint, LevelSpec(**{"model": "tiny", "n": 1, "concurrency": 1, **kw}))
 
 
 def _good(stream: _Stream, body: dict) -> None:

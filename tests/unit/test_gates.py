@@ -200,3 +200,29 @@ def test_model_memory_gate_reads_weights_and_kv_cache():
     r["inference"]["optimized"]["model_memory_mb"] = 300.0
     g = by_name(evaluate_gates(r, {**TARGETS, "model_memory_mb_max": 200.0}))
     assert g[("model_memory_mb", "baseline")].passed and not g[("model_memory_mb", "optimized")].passed
+
+
+def test_convergence_is_judged_on_the_paired_val_windows():
+    """One seed: the signed val-loss change over the same val windows, paired window by window; a 3% higher
+    loss is firmly worse, a noisy +0.9% straddles the 1% tolerance (inconclusive), a lower loss never fails."""
+    import numpy as np
+
+    from phase2_ray.report.training import convergence
+
+    rng = np.random.default_rng(0)
+    base = [5.0 + 0.1 * (i % 7) for i in range(64)]
+
+    def gate(var):
+        c = convergence([{"val_loss": np.mean(base)}], [{"val_loss": np.mean(var)}], 1.0, base, var)
+        r = report()
+        r["comparison"]["optimized"] = {**r["comparison"]["optimized"], **c}
+        return by_name(evaluate_gates(r, TARGETS))[("val_loss_delta_pct", "optimized")]
+
+    same = gate(list(base))
+    assert (same.low, same.high, same.verdict, same.outcome) == (0.0, 0.0, "pass", "equivalent")
+    worse = gate([x * 1.03 for x in base])
+    assert worse.value == pytest.approx(3.0) and worse.verdict == "fail" and worse.outcome == "worse"
+    noisy = gate([x * (1 + rng.normal(0.009, 0.03)) for x in base])
+    assert noisy.low < 1.0 < noisy.high and noisy.verdict == "inconclusive"
+    better = gate([x * 0.95 for x in base])
+    assert better.verdict == "pass" and better.outcome == "better" and better.rule == "non-inferiority"
