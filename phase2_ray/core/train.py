@@ -161,8 +161,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         lv = loss.item()
         if self.ko.settings.delay_pct:  # the calibration delay: a known share of this step's own time
-            # A busy wait, not a sleep: a sleeping core drops its clock and caches and the next step pays for
-            # it (a 5% sleep measured as a ~6.5% slowdown); spinning keeps the core as a slower kernel would.
+            # A busy wait, not a sleep: the stack keeps its core as a slower kernel would, instead of letting it
+            # idle (an idle core changes clock and caches, a machine state no real optimization produces).
             until = time.perf_counter() + (time.perf_counter() - t0) * self.ko.settings.delay_pct / 100.0
             while time.perf_counter() < until:
                 pass
