@@ -133,21 +133,28 @@ def compare_pairs(pairs: list[tuple[str, str]]) -> list[str]:
     return [compare.compare_runs(a, b)["outcome"] for a, b in pairs]
 
 
+def smoke_run(out: Path, sets: list[str]) -> tuple[int, dict, float]:
+    """One whole `phase2 run` of the smoke config with `sets`, in a process (and a Ray) of its own: its exit code,
+    report.json and wall seconds."""
+    cmd = [sys.executable, "-m", "phase2_ray", "run", "-c", str(SMOKE), "--quiet", "--output", str(out)]
+    cmd += [x for o in sets for x in ("--set", o)]
+    t0 = time.time()
+    rc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode
+    return rc, json.loads((out / "report.json").read_text()), round(time.time() - t0, 1)
+
+
 def capacity_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
     """`n` whole `phase2 run`s of the smoke config with the capacity search (replicated) at one replica count:
     what each run's capacity interval says about the next run."""
     rows = []
     for i in range(n):
         out = out_dir / f"capacity{i}"
-        cmd = [sys.executable, "-m", "phase2_ray", "run", "-c", str(SMOKE), "--quiet", "--output", str(out)]
         sets = [*CAPACITY, f"serve.port={18200 + i}"]
         if quick:
             sets += ["validation.capacity.replicates=2", "validation.capacity.max_s=4", "training.steps=20"]
             sets += ["speed_trial.replicates=2", "speed_trial.max_replicates=2", "validation.max_rounds=4"]
-        cmd += [x for o in sets for x in ("--set", o)]
-        t0 = time.time()
-        rc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode
-        runs = json.loads((out / "report.json").read_text())["serving"]["capacity"]["runs"]
+        rc, rep, took = smoke_run(out, sets)
+        runs = rep["serving"]["capacity"]["runs"]
         r = next(x for x in runs if x["replicas"] == 1)
         rows.append(
             {
@@ -156,7 +163,7 @@ def capacity_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
                 "capacity_rps": r["capacity_rps"],
                 "ci": [r["ci_low"], r["ci_high"]],
                 "estimates": r.get("replicate_estimates"),
-                "s": round(time.time() - t0, 1),
+                "s": took,
             }
         )
         print(
@@ -191,15 +198,11 @@ def serving_aa_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
     rows = []
     for i in range(n):
         out = out_dir / f"serving-aa{i}"
-        cmd = [sys.executable, "-m", "phase2_ray", "run", "-c", str(SMOKE), "--quiet", "--output", str(out)]
         sets = [*SERVING_AA, f"serve.port={18300 + i}"]
         if quick:
             sets += ["training.steps=20", "speed_trial.replicates=2", "speed_trial.max_replicates=2"]
             sets += ["validation.max_rounds=6"]
-        cmd += [x for o in sets for x in ("--set", o)]
-        t0 = time.time()
-        rc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).returncode
-        rep = json.loads((out / "report.json").read_text())
+        rc, rep, took = smoke_run(out, sets)
         gates = [
             g for g in rep["decision"]["gates"] if g["variant"] == "baseline-aa" and g["name"] in RATIO_GATES
         ]
@@ -211,7 +214,7 @@ def serving_aa_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
                 "covers_1": sum(1 for g in gates if g["low"] is not None and g["low"] <= 1 <= g["high"]),
                 "false_calls": sum(1 for g in gates if g["outcome"] in ("better", "worse")),
                 "rounds": (rep["serving"]["headline_rounds"]["looks"] or [None])[-1],
-                "s": round(time.time() - t0, 1),
+                "s": took,
             }
         )
         print(

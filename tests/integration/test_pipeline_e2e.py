@@ -439,7 +439,7 @@ def test_pipeline_with_a_storage_uri(smoke):
     """With storage.uri set, training writes the checkpoints there, the replicas and the driver read from there, and
     only the URI crosses the object store."""
     rc, out, _, report, store = smoke
-    assert rc in (0, 1)
+    assert rc == 0  # the clearly faster smoke run is approved (test_exit_code_matches_decision...)
     run_id = report["run_id"]
     for v in ("baseline", "optimized"):
         uri = report["training"][v]["checkpoint_uri"]
