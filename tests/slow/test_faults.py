@@ -88,11 +88,20 @@ def test_replica_killed_under_load(served):
         base_url=served, prompts=["def f(x):"], max_tokens=48, temperature=0.8, top_k=20, seed=0, timeout_s=10
     )
     load = threading.Thread(
-        target=lambda: out.update(recs=run_requests(ep, LevelSpec(model="tiny", n=120, concurrency=4)))
+        target=lambda: out.update(recs=run_requests(ep, LevelSpec(model="tiny", n=120, concurrency=16)))
     )
+
+    def decode_steps() -> int:
+        return replica_stats(1)[0]["models"]["tiny"]["decode_steps"]
+
+    # The kill lands by the load's progress, not by the clock (a fixed 1.5 s came after all 120 requests had
+    # finished on a fast machine): 16 requests of 48 tokens decode together, so after 100 decode steps two waves
+    # have finished and the third is mid-stream (its first tokens sent: Serve cannot retry those elsewhere).
+    s0 = decode_steps()
     t0 = time.time()
     load.start()
-    time.sleep(1.5)
+    while decode_steps() - s0 < 100 and time.time() - t0 < 60:
+        time.sleep(0.02)
     os.kill(before["pid"], signal.SIGKILL)
     load.join(timeout=300)
     assert not load.is_alive(), "the load run hung after the replica died"
