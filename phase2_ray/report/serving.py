@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.special import stdtrit
 
 from phase2_ray.records import RequestRecord
 from phase2_ray.report.request_metrics import meets_slo
@@ -19,6 +18,7 @@ from phase2_ray.report.stats import (
     round_paired_ratio_ci,
     round_paired_stat_ci,
     summarize_requests,
+    t_half_width,
     with_per_request,
 )
 
@@ -405,9 +405,7 @@ def combine_searches(searches: list[dict], confidence: float = 0.95) -> dict:
     if len(found) == 1:  # one search: its own interval, which holds its levels' noise alone
         out["ci_low"], out["ci_high"] = searches[0].get("ci_low"), searches[0].get("ci_high")
         return out
-    half = (
-        float(stdtrit(len(found) - 1, 0.5 + confidence / 2)) * float(logs.std(ddof=1)) / math.sqrt(len(found))
-    )
+    half = t_half_width(logs, confidence)
     out["ci_low"], out["ci_high"] = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
     return out
 
@@ -422,6 +420,5 @@ def paired_capacity_ratio(a: dict, b: dict, confidence: float = 0.95) -> tuple[f
     ]
     if len(pairs) < 2:
         return None
-    m, sd = float(np.mean(pairs)), float(np.std(pairs, ddof=1))
-    half = float(stdtrit(len(pairs) - 1, 0.5 + confidence / 2)) * sd / math.sqrt(len(pairs))
+    m, half = float(np.mean(pairs)), t_half_width(pairs, confidence)
     return math.exp(m), math.exp(m - half), math.exp(m + half)

@@ -28,6 +28,12 @@ def t_quantile(q: float, df: float) -> float:
     return float(stdtrit(df, q))
 
 
+def t_half_width(values, confidence: float) -> float:
+    """Half-width of the Student-t interval of the mean of `values` (at least 2) at `confidence`."""
+    x = np.asarray(values, dtype=float)
+    return t_quantile(0.5 + confidence / 2, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+
+
 def t_two_sided_p(t: float, df: float) -> float:
     """Two-sided p-value of Student's t statistic `t` (2 * stats.t.sf(|t|, df))."""
     from scipy.special import stdtr

@@ -18,7 +18,7 @@ from phase2_ray.report.stats import (
     ratio,
     sequential_speedup,
     summarize_training,
-    t_quantile,
+    t_half_width,
 )
 
 TRIAL_REPLICATE_KEYS = (
@@ -284,7 +284,7 @@ def convergence(
     if paired:
         bw, d = np.asarray(base_windows), np.asarray(var_windows) - np.asarray(base_windows)
         scale = 100.0 / float(bw.mean())
-        half = t_quantile(0.5 + confidence / 2, d.size - 1) * float(d.std(ddof=1)) / math.sqrt(d.size)
+        half = t_half_width(d, confidence)
         out["val_loss_change_pct"] = float(d.mean()) * scale
         out["val_loss_change_ci"] = [float(d.mean() - half) * scale, float(d.mean() + half) * scale]
         out["val_loss_change_basis"] = (
