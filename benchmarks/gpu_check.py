@@ -38,7 +38,7 @@ from phase2_ray.core.engine import AsyncBatchEngine  # noqa: E402
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops  # noqa: E402
 from phase2_ray.core.generate import SamplingParams  # noqa: E402
 from phase2_ray.core.model import GPTConfig  # noqa: E402
-from phase2_ray.core.optimize import OptimizationSettings  # noqa: E402
+from phase2_ray.core.specs import OptimizationSettings  # noqa: E402
 from phase2_ray.core.train import TrainSettings, train  # noqa: E402
 from phase2_ray.report.stats import block_bootstrap_ratio_ci, describe  # noqa: E402
 
@@ -89,7 +89,7 @@ def device_info(device: str) -> dict:
 def train_variant(
     name: str, optim: dict, model_cfg: GPTConfig, ts: TrainSettings, d: dict, device: str
 ) -> dict:
-    settings = OptimizationSettings(**{k: v for k, v in optim.items() if k in OPTIM_FIELDS})
+    settings = OptimizationSettings.of(**{k: v for k, v in optim.items() if k in OPTIM_FIELDS})
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     res = train(model_cfg, ts, settings, d["train"], d["val"], device=device)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     base = runs["baseline"]
     results: dict = {"machine": info, "peaks_measured": peaks, "datasheet_bf16_peak": sheet, "training": {}}
     for name, r in runs.items():
-        dtype = "bfloat16" if r["optimizations"].get("bf16_autocast") else "float32"
+        dtype = "bfloat16" if any(c["name"] == "bf16" for c in r["optimizations"]) else "float32"
         achieved = fpt * r["tokens_per_s"]
         row = {k: v for k, v in r.items() if not k.startswith("_")}
         row.update(

@@ -44,7 +44,7 @@ from phase2_ray.loadtest.reference import inprocess_reference  # noqa: E402
 from phase2_ray.report.serving import request_frame  # noqa: E402
 from phase2_ray.report.stats import summarize_requests  # noqa: E402
 from phase2_ray.serving.app import DEPLOYMENT  # noqa: E402
-from phase2_ray.serving.build import build_app, engine_options, model_specs  # noqa: E402
+from phase2_ray.serving.build import build_app, engine_options, plain_specs  # noqa: E402
 from phase2_ray.serving.requests import parse_completion  # noqa: E402
 from phase2_ray.serving.stream import CompletionStream  # noqa: E402
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ref = ray.get(
             inprocess_reference.remote(
-                model_specs(files, "default"),
+                plain_specs(files, "default"),
                 [tok.encode(x).ids for x in d.prompts],
                 {"tokens": d.val_tokens[:4096], "offsets": torch.tensor([0]), "batch_size": 1},
                 threads=1,
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             name, route = APPS["engine"]
             serve.run(
                 build_app(
-                    models, sc, int8_of="default" if "default" in models else None, num_replicas=replicas
+                    plain_specs(models, "default" if "default" in models else None), sc, num_replicas=replicas
                 ),
                 name=name,
                 route_prefix=route,

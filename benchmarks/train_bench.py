@@ -31,12 +31,12 @@ import torch
 from phase2_ray.config import load_config
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
 from phase2_ray.core.train import train
 from phase2_ray.dataprep import prepare_data
 from phase2_ray.pipeline import RunState, gather, train_and_trial
 from phase2_ray.provenance import cpu_model, cpu_simd_flags
 from phase2_ray.runlog import RunLog
+from phase2_ray.stacks import variant_stack
 from phase2_ray.training.actors import loop_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def plain_loop(cfg, d, skip: int) -> dict:
         res = train(
             GPTConfig(**cfg.model.gpt_fields(d.vocab_size)),
             loop_settings(cfg.training, cfg.training.seed),
-            OptimizationSettings(**cfg.variants["baseline"].model_dump(exclude={"auto", "auto_compile"})),
+            variant_stack(cfg.variants["baseline"]),
             d.train_tokens,
             d.val_tokens,
         )

@@ -153,7 +153,7 @@ def _train(run: RunState, preload: dict) -> None:
         raise
     except Exception as e:  # an actor could not even start; report what is known
         run.stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
-    if len(run.training) < len(run.cfg.variants):
+    if len(run.training) < len(run.cfg.trained()):
         run.failure = "training stage failed"
 
 
@@ -219,7 +219,7 @@ def _mark_interrupted(run: RunState) -> None:
     running = [s for s in run.stages if s.status == "running"]
     for s in running:
         s.status, s.end, s.detail = "interrupted", run.interrupted, "interrupted"
-    if not running and len(run.training) < len(run.cfg.variants):
+    if not running and len(run.training) < len(run.cfg.trained()):
         run.stages.append(
             Stage("2a/2b", None, "interrupted", run.interrupted, run.interrupted, "interrupted")
         )

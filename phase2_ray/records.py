@@ -63,9 +63,11 @@ class TrainResult:
     losses: list[float]
     step_times: list[float]
     val_curve: list[tuple[int, float]]
-    applied: dict[str, Any]
+    applied: list[dict[str, Any]]
+    """Each converter that ran: name, args, hooks (core.converters.ConverterStack.applied)."""
     settings: dict[str, Any]
-    """The optimization stack that ran (OptimizationSettings as a dict): `auto`'s choice, when it chose."""
+    """The optimization stack that ran (OptimizationSettings as a dict: converters with their sources, and the
+    calibration delay): `auto`'s choice, when it chose."""
     auto: dict[str, Any] | None
     start_barrier_wait_s: float
     peak_flops: dict[str, float]
@@ -82,6 +84,8 @@ class TrainResult:
     restarts: int = 0
     val_windows: list[float] | None = None
     """The final model's loss on each val window, in a fixed order shared by every variant (pairs by window)."""
+    peak_memory: dict[str, Any] | None = None
+    """{"bytes", "method"}: peak tensor memory of one steady training step (core.memory), primary runs only."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report's view: every field but the checkpoint bytes."""

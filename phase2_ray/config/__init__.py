@@ -7,7 +7,6 @@ small sections; loading.py: YAML, overrides and error messages."""
 from phase2_ray.config.base import ConfigError
 from phase2_ray.config.loading import apply_override, format_errors, load_config, parse_yaml, yaml_error
 from phase2_ray.config.schema import (
-    ABLATION_PARTS,
     Config,
     DataConfig,
     ModelConfig,
@@ -19,6 +18,7 @@ from phase2_ray.config.schema import (
 from phase2_ray.config.serving import AutoscalingConfig, ServeConfig, ValidationConfig
 from phase2_ray.config.training import (
     AutoConfig,
+    ConverterUse,
     FaultToleranceConfig,
     MeasurementConfig,
     PlacementConfig,
@@ -29,7 +29,6 @@ from phase2_ray.config.training import (
 )
 
 __all__ = [
-    "ABLATION_PARTS",
     "AutoConfig",
     "AutoscalingConfig",
     "Config",
@@ -47,6 +46,7 @@ __all__ = [
     "TrackingConfig",
     "TrainingConfig",
     "ValidationConfig",
+    "ConverterUse",
     "VariantConfig",
     "apply_override",
     "format_errors",

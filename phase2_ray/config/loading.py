@@ -101,7 +101,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
-    return resolve_config(cfg)  # model.init_from: the shape comes from the checkpoint
+    if any(v.converters for v in cfg.variants.values()):
+        # A user's converters are imported and checked now, in the driver: a bad one exits 2 before Ray starts.
+        from phase2_ray.stacks import absolute_uses, check_variants
+
+        base = Path(path).resolve().parent if path is not None else Path.cwd()
+        for v in cfg.variants.values():
+            absolute_uses(v, base)
+        check_variants(cfg.variants)
+    return resolve_config(
+        cfg
+    )  # model.init_from: the shape comes from the checkpoint  # model.init_from: the shape comes from the checkpoint
 
 
 def format_errors(err: ValidationError) -> str:

@@ -100,8 +100,20 @@ class TargetsConfig(Section):
         description="Largest |final val loss change| vs baseline, in percent (with training.measurement.repeats >= 2 "
         "the tolerance comes from seed-to-seed variance instead).",
     )
+    training_memory_ratio_max: float | None = Field(
+        None,
+        gt=0,
+        description="Optional: a candidate's peak training memory (tensor bytes of a steady step) over the "
+        "baseline's must be at most this (1.0: no more memory; 0.8: 20% less). Unset: reported, not gated.",
+    )
     int8_val_loss_delta_pct_max: float = Field(
         2.0, ge=0, description="Largest val-loss increase of the int8 model over its fp32 source, in percent."
+    )
+    served_val_loss_delta_pct_max: float = Field(
+        2.0,
+        ge=0,
+        description="Largest val-loss increase of a served copy (variants.<name>.serve_from) over its source, in "
+        "percent.",
     )
     serving_regression_pct_max: float = Field(
         10.0,
@@ -169,14 +181,41 @@ class ExportConfig(Section):
     )
 
 
-# One optimization alone per variant, then all together: each part's contribution to speed and loss.
-ABLATION_PARTS = {
-    "compile": VariantConfig(compile=True),
-    "fused_adamw": VariantConfig(fused_adamw=True),
-    "bf16": VariantConfig(bf16=True),
-    "sdpa_math": VariantConfig(sdpa_backend="math"),
-    "all": VariantConfig(compile=True, fused_adamw=True, bf16=True, sdpa_backend="math"),
-}
+def part_name(spec_name: str) -> str:
+    """A converter's name as a variant name (lower case, [a-z0-9_-], at most 32 characters)."""
+    s = re.sub(r"[^a-z0-9_-]+", "-", spec_name.lower()).strip("-") or "part"
+    return (s if s[0].isalpha() else "c-" + s)[:32]
+
+
+def ablation_parts(variants: dict[str, VariantConfig]) -> dict[str, VariantConfig]:
+    """`phase2 ablate`: each optimization alone and all together, beside the baseline. The optimizations are the
+    converters the config's variants list (a user's own included); a config that lists none ablates the
+    built-ins."""
+    listed: list = []
+    for name, vc in variants.items():
+        if name == "baseline" or vc.serve_from is not None:
+            continue
+        for c in vc.converters:
+            if c not in listed:
+                listed.append(c)
+    if not listed:
+        return {
+            "compile": VariantConfig(compile=True),
+            "fused_adamw": VariantConfig(fused_adamw=True),
+            "bf16": VariantConfig(bf16=True),
+            "sdpa_math": VariantConfig(sdpa_backend="math"),
+            "all": VariantConfig(compile=True, fused_adamw=True, bf16=True, sdpa_backend="math"),
+        }
+    parts: dict[str, VariantConfig] = {}
+    for c in listed:
+        use = c if isinstance(c, str) else c.use
+        name = part_name(use.rpartition(":")[2] if ":" in use else use)
+        while name in parts or name == "baseline":
+            name = (name + "-2")[:32]
+        parts[name] = VariantConfig(converters=[c])
+    if len(listed) > 1:
+        parts["all"] = VariantConfig(converters=list(listed))
+    return parts
 
 
 def _default_variants() -> dict[str, VariantConfig]:
@@ -214,7 +253,12 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         if self.ablation:
-            self.variants = {"baseline": self.variants.get("baseline", VariantConfig()), **ABLATION_PARTS}
+            self.variants = {
+                "baseline": self.variants.get("baseline", VariantConfig()),
+                **ablation_parts(self.variants),
+            }
+        if self.variants.get("baseline") is not None and self.variants["baseline"].serve_from is not None:
+            raise ValueError("variants.baseline.serve_from: the baseline is trained (it is the reference)")
         bad = [v for v in self.variants if not re.match(VARIANT_NAME, v)]
         if bad:
             raise ValueError(f"variant names {bad} must match {VARIANT_NAME}")
@@ -259,6 +303,14 @@ class Config(Section):
         if self.data.vocab_size > 65536:
             raise ValueError("data.vocab_size must fit int32 token ids")
         return self
+
+    def trained(self) -> dict[str, VariantConfig]:
+        """The variants stages 2a/2b train (all but the served copies)."""
+        return {k: v for k, v in self.variants.items() if v.serve_from is None}
+
+    def served_copies(self) -> dict[str, VariantConfig]:
+        """Variants that are not trained: a trained variant's checkpoint served through their converters."""
+        return {k: v for k, v in self.variants.items() if v.serve_from is not None}
 
     def capacity_slo(self) -> tuple[float, float]:
         """The capacity search's SLO (TTFT ms, TPOT ms): as configured, else from the Phase 1 targets."""

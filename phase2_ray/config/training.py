@@ -235,7 +235,29 @@ class SpeedTrialConfig(Section):
         return self
 
 
+class ConverterUse(Section):
+    use: str = Field(
+        description="A built-in converter's name (compile, fused_adamw, bf16, sdpa, int8), "
+        "'package.module:Class', or 'path/file.py:Class' (absolute, or relative to the config file)."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments the class is built with."
+    )
+
+
 class VariantConfig(Section):
+    converters: list[str | ConverterUse] = Field(
+        default_factory=list,
+        description="The optimization stack as converters, applied in order (README: 'Write your own "
+        "optimization'): a built-in's name, 'package.module:Class', 'path/file.py:Class', or {use, args}. "
+        "The switches below are shorthands for the built-ins (fused_adamw, bf16 and sdpa before these, compile "
+        "after).",
+    )
+    serve_from: str | None = Field(
+        None,
+        description="Not trained: serve this other variant's checkpoint through this variant's converters "
+        "(serve hooks only), judged as a candidate of its own (a serving-only optimization).",
+    )
     compile: bool = Field(False, description="torch.compile the model (inductor).")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode."
@@ -256,6 +278,38 @@ class VariantConfig(Section):
     auto: bool = Field(
         False,
         description="Probe candidate stacks on this hardware and keep the fastest that matches fp32 loss "
-        "(the other fields are then ignored).",
+        "(the other fields are then ignored). With `converters` listed, the candidates are those converters, "
+        "each alone and all together; without, the built-ins.",
     )
     auto_compile: bool = Field(True, description="Let `auto` try torch.compile (costs a compile per try).")
+
+    @model_validator(mode="after")
+    def _served_copy(self) -> VariantConfig:
+        if self.serve_from is not None:
+            on = [k for k in ("compile", "fused_adamw", "bf16", "auto") if getattr(self, k)]
+            on += ["sdpa_backend"] if self.sdpa_backend != "default" else []
+            on += ["delay_pct"] if self.delay_pct else []
+            if on:
+                raise ValueError(
+                    f"serve_from makes a served copy, which is not trained: {', '.join(on)} cannot apply "
+                    "(train it as a variant of its own instead)"
+                )
+            if not self.converters:
+                raise ValueError(
+                    "serve_from needs converters with a serve hook (a copy without any is its source)"
+                )
+        return self
+
+    def uses(self) -> list[tuple[str, dict]]:
+        """(use, args) of each listed converter, in order."""
+        return [(c, {}) if isinstance(c, str) else (c.use, dict(c.args)) for c in self.converters]
+
+    def shorthands(self) -> dict[str, Any]:
+        """The legacy switches, as OptimizationSettings.of takes them."""
+        return {
+            "compile": self.compile,
+            "compile_mode": self.compile_mode,
+            "fused_adamw": self.fused_adamw,
+            "bf16": self.bf16,
+            "sdpa_backend": self.sdpa_backend,
+        }

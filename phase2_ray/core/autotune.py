@@ -13,24 +13,10 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings
 from phase2_ray.core.train import Trainer, TrainSettings
 
 REFERENCE = "eager-fp32"
-
-
-def candidate_stacks(include_compile: bool = True) -> dict[str, OptimizationSettings]:
-    """The stacks `auto` tries; the first is the fp32 eager reference every other is judged against."""
-    c = {
-        REFERENCE: OptimizationSettings(),
-        "fused": OptimizationSettings(fused_adamw=True),
-        "fused+sdpa-math": OptimizationSettings(fused_adamw=True, sdpa_backend="math"),
-        "fused+bf16": OptimizationSettings(fused_adamw=True, bf16=True),
-    }
-    if include_compile:
-        c["compile+fused"] = OptimizationSettings(compile=True, fused_adamw=True)
-        c["compile+fused+bf16"] = OptimizationSettings(compile=True, fused_adamw=True, bf16=True)
-    return c
 
 
 @dataclass
@@ -58,9 +44,7 @@ class ProbeResult:
 
 def parts(settings: dict) -> int:
     """How many optimizations a stack turns on: the simpler stack wins a tie."""
-    return sum(
-        1 for k, x in settings.items() if k != "compile_mode" and x not in (False, None, "default", 0.0)
-    )
+    return len(OptimizationSettings.from_dict(settings).converters)
 
 
 def probe(

@@ -307,17 +307,30 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def load_for_serving(spec: dict, device: str = "cpu") -> tuple[GPT, dict, object]:
-    """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files on `device`, compressed
-    to int8 when `spec["int8"]` (kernel `spec["int8_kernel"]`, default auto), straight from the checkpoint's
-    tensors. The Serve replica and the in-process reference both load through here, so they serve the same
-    model; `meta["int8"]` says which kernel and why."""
+    """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files on `device`, passed
+    through `spec["converters"]`' serve hooks in order (a copy such as `optimized-int8` is its source's checkpoint
+    with the int8 converter). The Serve replica and the in-process reference both load through here, so they serve
+    the same model; `meta["converters"]` says what ran, `meta["int8"]` which int8 kernel and why."""
     from phase2_ray.core.checkpoint import load_checkpoint, read_checkpoint  # checkpoint imports the model
+    from phase2_ray.core.converters import ConverterStack
 
-    if not spec.get("int8"):
-        model, meta, tok = load_checkpoint(spec["checkpoint"])
-        return model.to(device), meta, tok
-    state, meta, tok = read_checkpoint(spec["checkpoint"])
-    comp = SemanticCompressor(spec.get("int8_kernel", "auto"), device)
-    model = comp.compress_state(state, GPTConfig(**meta["model"]))
-    del state
-    return model, {**meta, "int8": {"kernel": comp.kernel, "method": comp.method, **comp.choice}}, tok
+    convs = list(spec.get("converters") or [])
+    if spec.get("int8"):  # a spec from before converters
+        convs = [{"name": "int8", "use": "int8", "args": {"kernel": spec.get("int8_kernel", "auto")}}]
+    if [c["name"] for c in convs] == ["int8"] and convs[0]["use"] == "int8":
+        # The int8 copy alone: compressed straight from the checkpoint's tensors, no fp32 model built first.
+        state, meta, tok = read_checkpoint(spec["checkpoint"])
+        comp = SemanticCompressor(convs[0].get("args", {}).get("kernel", "auto"), device)
+        model = comp.compress_state(state, GPTConfig(**meta["model"]))
+        del state
+        info = {"kernel": comp.kernel, "method": comp.method, **comp.choice}
+        applied = [{"name": "int8", "args": convs[0].get("args", {}), "hooks": ["serve"], "info": info}]
+        return model, {**meta, "int8": info, "converters": applied}, tok
+    model, meta, tok = load_checkpoint(spec["checkpoint"])
+    model = model.to(device)
+    if not convs:
+        return model, meta, tok
+    stack = ConverterStack(convs)
+    model = stack.serve(model)
+    int8 = next((a.get("info") for a in stack.applied if a["name"] == "int8" and a.get("info")), None)
+    return model, {**meta, "int8": int8, "converters": stack.applied}, tok

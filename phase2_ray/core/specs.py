@@ -4,7 +4,8 @@ import torch. The modules that build models and optimizers import them from here
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import dataclass, field
 
 
 @dataclass(kw_only=True)
@@ -25,35 +26,136 @@ class GPTConfig:
     """Biases on the attention and MLP projections (GPT-2 checkpoints have them; our own models do not)."""
 
 
+BUILTIN_HOOKS: dict[str, list[str]] = {
+    "compile": ["convert"],
+    "fused_adamw": ["optimizer"],
+    "bf16": ["step_context"],
+    "sdpa": ["step_context"],
+    "int8": ["serve"],
+}
+"""The built-in converters (core/converters.py) and their hooks, readable without torch (a test keeps them equal)."""
+
+LEGACY_KEYS = ("compile", "compile_mode", "fused_adamw", "bf16", "sdpa_backend")
+"""The switches a variant had before converters; they remain shorthands for the built-in converters."""
+
+
+def builtin_spec(name: str, args: dict | None = None) -> dict:
+    """A resolved spec of a built-in converter (plugins.resolve gives the same, without importing torch)."""
+    if name not in BUILTIN_HOOKS:
+        raise ValueError(f"{name!r} is not a built-in converter ({', '.join(BUILTIN_HOOKS)})")
+    return {
+        "name": name,
+        "use": name,
+        "args": dict(args or {}),
+        "hooks": list(BUILTIN_HOOKS[name]),
+        "changes_numerics": True,
+        "source": {"kind": "builtin", "package": "phase2_ray"},
+    }
+
+
+def shorthand_specs(
+    *,
+    compile: bool = False,
+    compile_mode: str = "default",
+    fused_adamw: bool = False,
+    bf16: bool = False,
+    sdpa_backend: str = "default",
+) -> tuple[list[dict], list[dict]]:
+    """(converters before a user's, after them) for the legacy switches: torch.compile last, so that it compiles
+    the model every other converter has made."""
+    before = [builtin_spec("fused_adamw")] if fused_adamw else []
+    if bf16:
+        before.append(builtin_spec("bf16"))
+    if sdpa_backend != "default":
+        before.append(builtin_spec("sdpa", {"backend": sdpa_backend}))
+    after = (
+        [builtin_spec("compile", {} if compile_mode == "default" else {"mode": compile_mode})]
+        if compile
+        else []
+    )
+    return before, after
+
+
 @dataclass(kw_only=True)
 class OptimizationSettings:
-    compile: bool = False
-    """Wrap the model in torch.compile (inductor)."""
-    compile_mode: str = "default"
-    """torch.compile mode: default, reduce-overhead or max-autotune."""
-    fused_adamw: bool = False
-    """Use AdamW's fused kernel (one kernel over all parameters) instead of the per-tensor loop."""
-    bf16: bool = False
-    """bfloat16 autocast for the forward pass (AMX on CPU, tensor cores on GPU); loss stays fp32."""
-    sdpa_backend: str = "default"
-    """Attention kernel: default (PyTorch picks), math, flash or efficient."""
+    """A variant's optimization stack: its converters in order (resolved specs, core/plugins.resolve), plus the
+    calibration delay. Equal stacks run the same code."""
+
+    converters: list[dict] = field(default_factory=list)
+    """Resolved converter specs: name, use, args, hooks, changes_numerics, source."""
     delay_pct: float = 0.0
     """A calibration instrument, not an optimization: after each training step, busy-wait this percentage of the
     step's own compute time, so a known slowdown of this stack (true ratio 1 + delay_pct/100) can be placed
     anywhere to check the verdict (A/A runs, a known effect, an effect at the threshold)."""
 
+    @classmethod
+    def of(
+        cls, *, converters: list[dict] | None = None, delay_pct: float = 0.0, **shorthands
+    ) -> OptimizationSettings:
+        """A stack from the legacy switches (compile, compile_mode, fused_adamw, bf16, sdpa_backend) and/or specs."""
+        before, after = shorthand_specs(**shorthands)
+        return cls(converters=[*before, *(converters or []), *after], delay_pct=delay_pct)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OptimizationSettings:
+        """A stored stack: today's form, or a report.json from before converters (the legacy switches)."""
+        legacy = {k: d[k] for k in LEGACY_KEYS if k in d}
+        return cls.of(
+            converters=list(d.get("converters") or []), delay_pct=float(d.get("delay_pct", 0.0)), **legacy
+        )
+
+    def names(self) -> list[str]:
+        return [c["name"] for c in self.converters]
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    def changes_numerics(self) -> bool:
+        """Whether any converter that touches training says it changes numerics (then the convergence gate
+        decides); a serve-only converter's numerics are judged where it serves."""
+        return any(
+            c.get("changes_numerics", True) and set(c.get("hooks", [])) - {"serve"} for c in self.converters
+        )
+
+    def training_converters(self) -> list[dict]:
+        return [c for c in self.converters if set(c.get("hooks", [])) - {"serve"}]
+
+    def serve_converters(self) -> list[dict]:
+        return [c for c in self.converters if "serve" in c.get("hooks", [])]
+
+    def label(self) -> str:
+        """One line for logs and tables: `fused_adamw, sdpa(backend=math)`; `eager fp32` when empty."""
+        parts = [
+            c["name"]
+            + (
+                "(" + ", ".join(f"{k}={v}" for k, v in c.get("args", {}).items()) + ")"
+                if c.get("args")
+                else ""
+            )
+            for c in self.converters
+        ]
+        if self.delay_pct:
+            parts.append(f"delay {self.delay_pct:g}%")
+        return ", ".join(parts) or "eager fp32"
+
+
+def converter_key(c: dict) -> tuple:
+    """What makes two converters the same code: the name, where its code came from (sha256 / version; not a path,
+    which differs between machines) and its args."""
+    src = c.get("source") or {}
+    origin = (
+        src.get("sha256") or (src.get("package"), src.get("version"))
+        if src.get("kind") != "builtin"
+        else "builtin"
+    )
+    return (c["name"], str(origin), json.dumps(c.get("args", {}), sort_keys=True, default=str))
+
 
 def same_stack(a: OptimizationSettings | dict, b: OptimizationSettings | dict) -> bool:
     """Whether two stacks run the same code: the no-op check (a variant equal to its baseline is no speedup)."""
 
-    def effective(x: OptimizationSettings | dict) -> dict:
-        # a stored stack may predate a field (delay_pct): missing fields are their defaults
-        d = {
-            **asdict(OptimizationSettings()),
-            **(asdict(x) if isinstance(x, OptimizationSettings) else dict(x)),
-        }
-        if not d.get("compile"):
-            d.pop("compile_mode", None)  # only matters when compiling
-        return d
+    def key(x: OptimizationSettings | dict) -> tuple:
+        s = x if isinstance(x, OptimizationSettings) else OptimizationSettings.from_dict(x)
+        return (tuple(converter_key(c) for c in s.training_converters()), s.delay_pct)
 
-    return effective(a) == effective(b)
+    return key(a) == key(b)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings
 from phase2_ray.core.train import Trainer, TrainSettings
 
 

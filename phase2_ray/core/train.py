@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from phase2_ray.core.converters import ConverterStack
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
 from phase2_ray.core.model import GPT, GPTConfig
-from phase2_ray.core.optimize import KernelOptimizer, OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_META = "train_state.json"
@@ -49,7 +50,8 @@ class TrainResult:
     losses: list[float]
     step_times: list[float]
     val_curve: list[tuple[int, float]]
-    applied: dict[str, object]
+    applied: list[dict]
+    """Each converter that ran: name, args, hooks (ConverterStack.applied)."""
     train_s: float
     data_order_sha256: str
     """Hash of the batch schedule: equal across variants means the same data in the same order."""
@@ -127,9 +129,10 @@ class Trainer:
         if init_state is not None:  # model.init_from: given weights instead of the seeded init
             self.model.load_state_dict(init_state, strict=True)
         self.model.to(self.device)
-        self.ko = KernelOptimizer(optim, self.device)
-        self.step_fn = self.ko.wrap_model(self.model)
-        self.opt = self.ko.make_optimizer(
+        self.optim = optim
+        self.stack = ConverterStack(optim.converters)
+        self.step_fn = self.stack.convert(self.model)
+        self.opt = self.stack.optimizer(
             self.model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95)
         )
         self.schedule = batch_schedule(
@@ -152,7 +155,7 @@ class Trainer:
         x, y = (
             t.to(self.device) for t in get_batch(self.tokens, self.schedule[step], self.model.cfg.block_size)
         )
-        with self.ko.step_context():
+        with self.stack.step_context():
             _, loss = self.step_fn(x, y)
         loss.backward()
         if s.grad_clip > 0:
@@ -160,10 +163,10 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         lv = loss.item()
-        if self.ko.settings.delay_pct:  # the calibration delay: a known share of this step's own time
+        if self.optim.delay_pct:  # the calibration delay: a known share of this step's own time
             # A busy wait, not a sleep: the stack keeps its core as a slower kernel would, instead of letting it
             # idle (an idle core changes clock and caches, a machine state no real optimization produces).
-            until = time.perf_counter() + (time.perf_counter() - t0) * self.ko.settings.delay_pct / 100.0
+            until = time.perf_counter() + (time.perf_counter() - t0) * self.optim.delay_pct / 100.0
             while time.perf_counter() < until:
                 pass
         self.times.append(time.perf_counter() - t0)
@@ -277,7 +280,7 @@ def train(
         losses=tr.losses,
         step_times=tr.times,
         val_curve=val_curve,
-        applied=tr.ko.applied,
+        applied=tr.stack.applied,
         train_s=time.perf_counter() - t_start,
         data_order_sha256=tr.data_order_sha256,
         model=tr.model,

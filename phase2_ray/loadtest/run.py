@@ -27,6 +27,7 @@ from phase2_ray.report.gates import undecided_serving
 from phase2_ray.report.serving import combine_searches, goodput_slo, request_frame, serving_vs_baseline
 from phase2_ray.runlog import RunLog
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
+from phase2_ray.stacks import INT8_SUFFIX, converters_env, serve_plan
 
 AA_CONTROL = "baseline-aa"
 """The model id of validation.aa_control: the baseline's checkpoint served a second time."""
@@ -63,8 +64,10 @@ class ValidationStage:
             self.checkpoints = checkpoints = {**checkpoints, AA_CONTROL: checkpoints["baseline"]}
             if uris and "baseline" in uris:
                 self.uris = uris = {**uris, AA_CONTROL: uris["baseline"]}
-        self.int8_of = "optimized" if sc.int8 and "optimized" in checkpoints else None
-        self.models = model_specs(checkpoints, self.int8_of, uris, sc.int8_kernel)
+        plan = serve_plan(cfg, checkpoints)
+        self.int8_of = "optimized" if "optimized" + INT8_SUFFIX in plan else None
+        self.models = model_specs(checkpoints, plan, uris)
+        self.runtime_env = converters_env(cfg)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
         cap = v.capacity
@@ -91,6 +94,8 @@ class ValidationStage:
             },
             "records": [],
             "int8_of": self.int8_of,
+            "copies": {m: p["source"] for m, p in plan.items() if p["source"] != m},
+            "served_converters": {m: p["converters"] for m, p in plan.items() if p["converters"]},
             "models": list(self.models),
             "seed": cfg.training.seed,
         }
@@ -172,7 +177,9 @@ class ValidationStage:
             "batch_size": cfg.training.batch_size,
         }
         task = inprocess_reference.options(
-            num_cpus=min(sc.cpus_per_replica, cpus), num_gpus=sc.gpus_per_replica
+            num_cpus=min(sc.cpus_per_replica, cpus),
+            num_gpus=sc.gpus_per_replica,
+            runtime_env=self.runtime_env or None,
         )
         self.out["reference"] = ray.get(
             task.remote(
@@ -206,12 +213,11 @@ class ValidationStage:
         total = ray.cluster_resources()
         # Every replica must fit at once: shrink their logical CPU (and GPU) share if the cluster is smaller.
         app = build_app(
-            self.checkpoints,
+            self.models,
             sc,
-            int8_of=self.int8_of,
+            runtime_env=self.runtime_env,
             cpus_per_replica=min(sc.cpus_per_replica, total.get("CPU", 1) / n),
             gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
-            uris=self.uris,
             num_replicas=replicas,
             # one version for the whole stage: the replica sweep adds replicas instead of replacing them all
             version=self.version,

@@ -134,6 +134,21 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
                 detail=f"val loss of {comp['model']} vs {comp['source']} on the same windows (+ = worse)",
             )
         )
+    for m, cp in (report.get("serving", {}).get("copies") or {}).items():
+        if comp and m == comp["model"]:
+            continue  # the int8 copy has its own gate above
+        gates.append(
+            Gate(
+                "served_val_loss_delta_pct",
+                m,
+                cp["val_loss_delta_pct"],
+                "<=",
+                targets.get("served_val_loss_delta_pct_max", 2.0),
+                "%",
+                detail=f"val loss of {m} ({', '.join(c['name'] for c in cp['converters'])}) vs its source "
+                f"{cp['source']} on the same windows (+ = worse)",
+            )
+        )
     for variant, c in report.get("comparison", {}).items():
         gates += _training_gates(variant, c, targets)
     gates += _capacity_gates((report.get("serving") or {}).get("capacity"), targets)
@@ -397,6 +412,26 @@ def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
         ),
         _convergence_gate(variant, c, targets),
     ]
+    if c.get("changes_numerics") is False:
+        # Its converters declare bit-identical training: the loss change is shown, and not what decides.
+        gates[-1].deciding = False
+        gates[-1].detail = (
+            "informative: the stack's converters declare changes_numerics = False; " + gates[-1].detail
+        )
+    cap = targets.get("training_memory_ratio_max")
+    mem = c.get("training_memory") or {}
+    if cap is not None:
+        gates.append(
+            Gate(
+                "training_memory_ratio",
+                variant,
+                mem.get("ratio"),
+                "<=",
+                cap,
+                "x",
+                detail=f"peak training tensor bytes, {variant} / baseline ({mem.get('method') or 'not measured'})",
+            )
+        )
     return gates
 
 

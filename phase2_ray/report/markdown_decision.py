@@ -134,6 +134,10 @@ GATE_ADVICE = {
     "if a smaller gain is worth shipping",
     "val_loss_delta_pct": "the variant must converge to within {threshold:g}% of the baseline's val loss "
     "(check bf16 / compile numerics, or the learning-rate schedule)",
+    "training_memory_ratio": "peak training memory must be at most {threshold:g}x the baseline's (a stack that "
+    "trades memory for speed: activation checkpointing, bf16, a smaller optimizer state)",
+    "served_val_loss_delta_pct": "the served copy must lose at most {threshold:g}% val loss against its source "
+    "(a gentler serve converter)",
     "int8_val_loss_delta_pct": "int8 weights must lose at most {threshold:g}% val loss (keep more layers in fp32)",
     "ttft_p50_ms": "TTFT p50 must come down to {threshold:g} ms (fewer requests in flight per replica, more "
     "replicas, a smaller prompt)",

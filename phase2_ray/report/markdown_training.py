@@ -9,6 +9,7 @@ import textwrap
 from tabulate import tabulate
 
 from phase2_ray.report.ascii import WIDTH, bar, fit, fmt, line_chart, pct
+from phase2_ray.report.training import stack_label
 from phase2_ray.report.verdict import FAIL, PASS, judge
 
 
@@ -24,9 +25,8 @@ def training_timeline(r: dict) -> str:
     lines = []
     for v, t in tr.items():
         stage = next((s["name"] for s in r["stages"] if s.get("variant") == v), "?")
-        # Only the parts switched on (all off: eager fp32), so the line fits 100 columns.
-        on = [f"{k}={val}" for k, val in t["optimizations"].items() if val not in (False, None, "default")]
-        opt = ", ".join(on) or "none (eager fp32)"
+        opt = stack_label(t["settings"])
+        opt = "none (eager fp32)" if opt == "eager fp32" else opt
         if t.get("auto"):
             opt = f"auto → {t['auto']['chosen']}: {opt}"
         lines += [
@@ -262,7 +262,8 @@ def _contributions_table(r: dict) -> str:
     rows = []
     for v, t in r["training"].items():
         c = r["comparison"].get(v)
-        opts = ", ".join(f"{k}={x}" for k, x in t["settings"].items() if x not in (False, "default"))
+        opts = stack_label(t["settings"])
+        opts = "" if opts == "eager fp32" else opts
         rows.append(
             [
                 v,

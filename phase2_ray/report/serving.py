@@ -172,7 +172,33 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     src = validation.get("int8_of")
     if src and src + "-int8" in inf and "val_loss" in inf[src + "-int8"]:
         serving["compression"] = _compression(inf, src, targets.int8_val_loss_delta_pct_max)
+    copies = {
+        m: _copy(inf, m, s, (validation.get("served_converters") or {}).get(m, []))
+        for m, s in (validation.get("copies") or {}).items()
+        if m in inf and s in inf and "val_loss" in inf[m] and "val_loss" in inf[s]
+    }
+    if copies:
+        serving["copies"] = copies
     return inf, serving
+
+
+def _copy(inf: dict, m: str, src: str, converters: list[dict]) -> dict:
+    """A served copy (a trained checkpoint through serve converters) against its source: quality and size."""
+    a, b = inf[src], inf[m]
+    return {
+        "model": m,
+        "source": src,
+        "converters": [
+            {k: c.get(k) for k in ("name", "args", "source", "changes_numerics")} for c in converters
+        ],
+        "changes_numerics": any(c.get("changes_numerics", True) for c in converters),
+        "val_loss_source": a["val_loss"],
+        "val_loss_copy": b["val_loss"],
+        "val_loss_delta_pct": (b["val_loss"] - a["val_loss"]) / a["val_loss"] * 100.0,
+        "weight_bytes_source": a["weight_bytes"],
+        "weight_bytes_copy": b["weight_bytes"],
+        "weight_bytes_ratio": ratio(b["weight_bytes"], a["weight_bytes"]),
+    }
 
 
 def _model_summary(m: str, req: pd.DataFrame, validation: dict, slo: dict) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from phase2_ray.core.flops import MFU_FORMULA, flops_per_token, mfu
-from phase2_ray.core.specs import GPTConfig, same_stack
+from phase2_ray.core.specs import GPTConfig, OptimizationSettings, same_stack
 from phase2_ray.report.stats import (
     block_bootstrap_ratio_ci,
     paired_speedup,
@@ -91,6 +91,8 @@ def summarize_run(v: str, r: dict, extra_runs, *, skip: int, tokens_per_step: in
         "val_windows": r.get("val_windows"),
         "optimizations": r["applied"],
         "settings": r["settings"],
+        "stack": stack_label(r["settings"]),
+        "peak_memory": r.get("peak_memory"),
         "auto": r.get("auto"),
         "start_barrier_wait_s": r.get("start_barrier_wait_s"),
         "placement": r["placement"],
@@ -171,6 +173,33 @@ def compare_variant(
         "driver and Ray's processes, and the machine's drift, differ between the two actors.",
     }
     c["same_data_order"] = t["data_order_sha256"] == base["data_order_sha256"]
+    mb, mv = (x.get("peak_memory") or {} for x in (base, t))
+    c["training_memory"] = {
+        "baseline_bytes": mb.get("bytes"),
+        "variant_bytes": mv.get("bytes"),
+        "ratio": ratio(mv.get("bytes"), mb.get("bytes")),
+        "method": mv.get("method") or mb.get("method"),
+        "basis": "peak tensor bytes of one steady training step (variant / baseline; below 1 = less memory), "
+        "measured on a fresh copy of each stack after training: deterministic, so it has no interval",
+    }
+    # Only a stack whose converters say they change numerics is held to the convergence gate; one that says it
+    # does not (activation checkpointing recomputes the same values) shows its Δ val loss without deciding by it.
+    c["changes_numerics"] = OptimizationSettings.from_dict(t["settings"]).changes_numerics()
+    sp = c["speedup"]
+    if (
+        not c["noop"]
+        and _identical(raw["baseline"], raw[v])
+        and c["training_memory"]["ratio"] in (None, 1.0)
+        and sp.get("ci_low") is not None
+        and sp["ci_low"] <= 1.0 <= sp["ci_high"]
+    ):
+        # A converter whose hooks change nothing (or nothing that matters) is refused like the baseline's own stack.
+        c["noop"] = True
+        c["noop_reason"] = (
+            f"{stack_label(t['settings'])} changes nothing measurable: the baseline's loss at every step, bit for "
+            f"bit, the same peak memory, and a speed ratio whose interval holds 1 ({sp['ci_low']:.3f}, "
+            f"{sp['ci_high']:.3f})"
+        )
     c.update(
         convergence(
             base["repeats"], t["repeats"], val_loss_tol_pct, base.get("val_windows"), t.get("val_windows")
@@ -184,6 +213,13 @@ def compare_variant(
             (conc["ratio"] / iso["ratio"] - 1) * 100 if iso["ratio"] and conc["ratio"] else None
         )
     return c
+
+
+def _identical(a: dict, b: dict) -> bool:
+    """Whether two runs trained bit-identically (every step's loss and every val point equal)."""
+    return (
+        bool(a.get("losses")) and a["losses"] == b.get("losses") and a.get("val_curve") == b.get("val_curve")
+    )
 
 
 def _isolated(extra_runs, variant: str, seed: int) -> dict | None:
@@ -220,7 +256,7 @@ def speed_claim(
         "noop": noop,
         "noop_reason": (
             f"{'auto kept' if t.get('auto') else 'configured as'} the baseline's own stack "
-            f"({_stack_name(t['settings'])}): the same code, so no speedup can be claimed"
+            f"({stack_label(t['settings'])}): the same code, so no speedup can be claimed"
             if noop
             else None
         ),
@@ -244,9 +280,9 @@ def looks_of(reps: list[dict]) -> list[int]:
     return out
 
 
-def _stack_name(settings: dict) -> str:
-    on = [k for k, x in settings.items() if x not in (False, None, "default")]
-    return "+".join(on) or "eager fp32"
+def stack_label(settings: dict) -> str:
+    """A stored stack in one line (today's converters, or a pre-converter report's switches)."""
+    return OptimizationSettings.from_dict(settings).label()
 
 
 def convergence(

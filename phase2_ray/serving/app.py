@@ -32,7 +32,6 @@ from phase2_ray.storage import materialize
 
 APP_NAME = "phase2"
 DEPLOYMENT = "InferenceScalingEngine"
-INT8_SUFFIX = "-int8"
 
 
 api = FastAPI(title="phase2_ray inference", docs_url=None, redoc_url=None)

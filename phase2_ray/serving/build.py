@@ -10,7 +10,8 @@ from ray import serve
 
 from phase2_ray.config import ServeConfig
 from phase2_ray.core.checkpoint import read_dir
-from phase2_ray.serving.app import APP_NAME, DEPLOYMENT, INT8_SUFFIX, InferenceScalingEngine
+from phase2_ray.core.specs import builtin_spec
+from phase2_ray.serving.app import APP_NAME, DEPLOYMENT, InferenceScalingEngine
 
 
 def engine_options(
@@ -41,42 +42,57 @@ def engine_options(
 
 def model_specs(
     checkpoints: dict[str, dict[str, bytes]],
-    int8_of: str | None,
+    plan: dict[str, dict],
     uris: dict[str, str] | None = None,
-    int8_kernel: str = "auto",
 ) -> dict[str, dict]:
-    """Every served model id -> its checkpoint: the files, or only their storage URI when `uris` has one (the
-    replica reads it there); `int8: True` marks the compressed copy of `int8_of` (multiplied by `int8_kernel`)."""
+    """Every served model id -> its spec: its source checkpoint's files (or only their storage URI when `uris` has
+    one: the replica reads it there), and the converters whose serve hooks it goes through (stacks.serve_plan)."""
     uris = uris or {}
-    models: dict[str, dict] = {
-        v: {"checkpoint_uri": uris[v]} if v in uris else {"checkpoint": files}
-        for v, files in checkpoints.items()
-    }
+    out: dict[str, dict] = {}
+    for model_id, p in plan.items():
+        src = p["source"]
+        spec: dict = {"checkpoint_uri": uris[src]} if src in uris else {"checkpoint": checkpoints[src]}
+        if p["converters"]:
+            spec["converters"] = p["converters"]
+        if src != model_id:
+            spec["copy_of"] = src
+        out[model_id] = spec
+    return out
+
+
+def plain_specs(
+    checkpoints: dict[str, dict[str, bytes]], int8_of: str | None = None, kernel: str = "auto"
+) -> dict[str, dict]:
+    """Model specs without a config: each checkpoint as it is, plus `<int8_of>-int8` through the int8 converter
+    (tests and benchmarks serve this way)."""
+    plan: dict[str, dict] = {v: {"source": v, "converters": []} for v in checkpoints}
     if int8_of is not None:
-        models[int8_of + INT8_SUFFIX] = {**models[int8_of], "int8": True, "int8_kernel": int8_kernel}
-    return models
+        args = {} if kernel == "auto" else {"kernel": kernel}
+        plan[int8_of + "-int8"] = {"source": int8_of, "converters": [builtin_spec("int8", args)]}
+    return model_specs(checkpoints, plan)
 
 
 def build_app(
-    checkpoints: dict[str, dict[str, bytes]],
+    models: dict[str, dict],
     serve_cfg: ServeConfig,
     *,
-    int8_of: str | None = None,
+    runtime_env: dict | None = None,
     cpus_per_replica: float | None = None,
     gpus_per_replica: float | None = None,
     num_replicas: int | None = None,
-    uris: dict[str, str] | None = None,
     version: str | None = None,
 ) -> serve.Application:
-    """The application serving each checkpoint under its variant's name, plus `<int8_of>-int8` when asked.
+    """The application serving each model spec (model_specs) under its id. `runtime_env` carries a user's
+    converter files to the replicas (stacks.converters_env).
 
     `version` names the replicas' code and models (one run's stage 2c passes its run id): `serve.run` of the same
     version with another replica count then only starts or stops the difference, as a config-file redeploy does,
     instead of replacing every replica. Without it Serve draws a new version on each `serve.run`."""
-    models = model_specs(checkpoints, int8_of, uris, serve_cfg.int8_kernel)
     # The key is read from the driver's environment (PHASE2_API_KEY); a replica's process may not have it.
     replica_cfg = serve_cfg.model_copy(update={"api_key": serve_cfg.resolved_api_key()})
     opts = engine_options(serve_cfg, cpus_per_replica, gpus_per_replica)
+    if runtime_env:
+        opts["ray_actor_options"]["runtime_env"] = {**opts["ray_actor_options"]["runtime_env"], **runtime_env}
     if num_replicas is not None:
         opts.pop("autoscaling_config", None)
         opts["num_replicas"] = num_replicas
@@ -91,21 +107,23 @@ def build_app(
 def app(args: dict) -> serve.Application:
     """Application builder for `serve run phase2_ray.serving.build:app config=... checkpoints=RUN_DIR`."""
     from phase2_ray.config import load_config
+    from phase2_ray.stacks import converters_env, serve_plan
 
     cfg = load_config(args.get("config"))
-    checkpoints, int8_of = checkpoints_of(args["checkpoints"])
-    return build_app(checkpoints, cfg.serve, int8_of=int8_of if cfg.serve.int8 else None)
+    checkpoints = checkpoints_of(args["checkpoints"])
+    models = model_specs(checkpoints, serve_plan(cfg, checkpoints))
+    return build_app(models, cfg.serve, runtime_env=converters_env(cfg))
 
 
-def checkpoints_of(run_dir: str | Path) -> tuple[dict[str, dict[str, bytes]], str | None]:
-    """Every variant checkpoint saved in RUN_DIR/checkpoints, and the variant to compress (optimized, if there)."""
+def checkpoints_of(run_dir: str | Path) -> dict[str, dict[str, bytes]]:
+    """Every variant checkpoint saved in RUN_DIR/checkpoints."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist: pass the directory of a finished run")
     found = {d.name: read_dir(d) for d in sorted(root.iterdir()) if (d / "meta.json").is_file()}
     if not found:
         raise FileNotFoundError(f"no checkpoint (meta.json) under {root}")
-    return found, ("optimized" if "optimized" in found else None)
+    return found
 
 
 def running_serve() -> tuple[str, int] | None:

@@ -14,6 +14,7 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.serving.build import APP_NAME, build_app, checkpoints_of, model_specs
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
+from phase2_ray.stacks import converters_env, serve_plan
 
 
 def serve_checkpoints(
@@ -23,7 +24,7 @@ def serve_checkpoints(
 
     Raises ConfigError (exit 2) before Ray starts when RUN_DIR holds no checkpoint."""
     try:
-        checkpoints, int8_of = checkpoints_of(run_dir)
+        checkpoints = checkpoints_of(run_dir)
     except (FileNotFoundError, ckpt.ChecksumError) as e:
         raise ConfigError(f"--checkpoints: {e}") from e
     started = connect(cfg, address)
@@ -34,9 +35,9 @@ def serve_checkpoints(
     try:
         warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
         serve.start(http_options={"host": sc.host, "port": sc.port})
-        int8 = int8_of if sc.int8 else None
-        serve.run(build_app(checkpoints, sc, int8_of=int8), name=APP_NAME, route_prefix="/")
-        models = sorted(model_specs(checkpoints, int8))
+        specs = model_specs(checkpoints, serve_plan(cfg, checkpoints))
+        serve.run(build_app(specs, sc, runtime_env=converters_env(cfg)), name=APP_NAME, route_prefix="/")
+        models = sorted(specs)
         print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
         if not block:
             stop = False  # the caller stops Serve (and Ray) when it is done with them

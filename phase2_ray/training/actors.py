@@ -15,11 +15,12 @@ import ray
 import torch
 
 from phase2_ray.config import ModelConfig, TrainingConfig, VariantConfig
-from phase2_ray.core.autotune import candidate_stacks, probe, select_stack
+from phase2_ray.core.autotune import probe, select_stack
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.flops import measure_peak_flops
+from phase2_ray.core.memory import peak_training_memory
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings
 from phase2_ray.core.train import STATE_META, STATE_TENSORS, TrainSettings, train
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import TrainJob, TrainResult
@@ -44,6 +45,10 @@ class TrainSpec:
     vocab_size: int
     training: TrainingConfig
     stack: VariantConfig
+    optim: OptimizationSettings
+    """The variant's stack, resolved (converters imported and hashed by the driver)."""
+    auto_candidates: dict[str, OptimizationSettings] | None
+    """What `auto` tries (stacks.auto_candidates), when the variant asks for it."""
     tokenizer_json: str
     config_json: dict[str, Any]
     """The run's redacted config, kept in the checkpoint's metadata."""
@@ -137,7 +142,7 @@ class TrainerActor:
     ):
         """(stack as a dict, auto's probe record, state to resume from): a resumed run continues as its first
         attempt chose (no second probe); `auto` probes the candidates on this hardware; else the config's."""
-        stack = spec.stack.model_dump(exclude={"auto", "auto_compile"})
+        stack = asdict(spec.optim)
         if saved is not None:
             state = saved["state"]
             resume = get_checkpoint(state["uri"], (STATE_TENSORS, STATE_META)) if "uri" in state else state
@@ -152,7 +157,7 @@ class TrainerActor:
         results = probe(
             gpt_cfg,
             settings,
-            candidate_stacks(include_compile=spec.stack.auto_compile),
+            spec.auto_candidates,
             train_tokens,
             ac.probe_steps,
             # Keep rotating with the other actors while probing, or this actor would squat on their core.
@@ -229,7 +234,7 @@ class TrainerActor:
         optim, probe_info, resume = self._choose_stack(
             spec, gpt_cfg, settings, train_tokens, rotation, saved, label, init_state
         )
-        stack = OptimizationSettings(**optim)
+        stack = OptimizationSettings.from_dict(optim)
         if rotation is not None:
             rotation.tick(time.time())
         peaks = _peak_flops(stack, device)
@@ -254,6 +259,12 @@ class TrainerActor:
         finally:
             tele.close()
         files, uri = self._checkpoint(spec, res, model_cfg)
+        # Peak tensor memory of one steady step, on a fresh copy of the stack: the timed run is not tracked.
+        memory = (
+            peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
+            if res.status == "ok" and job.primary
+            else None
+        )
         return TrainResult(
             variant=job.variant,
             seed=job.seed,
@@ -272,6 +283,7 @@ class TrainerActor:
             applied=res.applied,
             settings=asdict(stack),
             auto=probe_info,
+            peak_memory=memory,
             start_barrier_wait_s=waited,
             peak_flops=peaks,
             train_s=res.train_s,
@@ -306,7 +318,7 @@ class TrainerActor:
 def _peak_flops(stack: OptimizationSettings, device: str) -> dict[str, float]:
     """The MFU denominator: best matmul rate in this process, with its threads and cores, per dtype it uses."""
     peaks = {"float32": measure_peak_flops(torch.float32, device=device)}
-    if stack.bf16:
+    if stack.has("bf16"):
         peaks["bfloat16"] = measure_peak_flops(torch.bfloat16, device=device)
     return peaks
 

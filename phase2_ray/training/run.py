@@ -15,6 +15,7 @@ from phase2_ray.dataprep import PreparedData
 from phase2_ray.records import Stage, TrainJob, TrainResult
 from phase2_ray.report.orchestrator import redacted_config
 from phase2_ray.runlog import RunLog, error_text
+from phase2_ray.stacks import auto_candidates, converters_env, variant_stack
 from phase2_ray.storage import get_checkpoint, join
 from phase2_ray.training.actors import TrainerActor, TrainHandles, TrainSpec
 from phase2_ray.training.coordination import CorePool, StartBarrier, TrainStateStore
@@ -25,7 +26,7 @@ def plan_training(cfg: Config) -> tuple[list[TrainJob], list[TrainJob]]:
     """(jobs started together, jobs run one at a time) for the configured isolation and repeats."""
     m = cfg.training.measurement
     seeds = [cfg.training.seed + r for r in range(m.repeats)]
-    variants = list(cfg.variants)
+    variants = list(cfg.trained())
     together, alone = [], []
     if m.isolation in ("concurrent", "both"):
         together = [TrainJob(v, s, "concurrent", s == seeds[0]) for s in seeds for v in variants]
@@ -61,7 +62,7 @@ class TrainingStage:
         # Before any actor exists: a placement the cluster cannot give is a config error (exit 2).
         self.placement = TrainingPlacement(
             pc.policy,
-            list(cfg.variants),
+            list(cfg.trained()),
             cfg.training.measurement.repeats if self.together else 0,
             pc.cpus_per_actor,
             pc.gpus_per_actor,
@@ -137,6 +138,10 @@ class TrainingStage:
             vocab_size=self.d.vocab_size,
             training=cfg.training,
             stack=cfg.variants[job.variant],
+            optim=variant_stack(cfg.variants[job.variant]),
+            auto_candidates=auto_candidates(cfg.variants[job.variant])
+            if cfg.variants[job.variant].auto
+            else None,
             tokenizer_json=self.d.tokenizer_json,
             config_json=self.config_json,
             progress=self.log.progress,
@@ -155,6 +160,8 @@ class TrainingStage:
             num_cpus=pc.cpus_per_actor,
             num_gpus=pc.gpus_per_actor,
             scheduling_strategy=self.placement.strategy(job.variant) if job.phase == "concurrent" else None,
+            # a user's converter files travel with the actor (py_modules), to whichever node it lands on
+            runtime_env=converters_env(self.cfg) or None,
         ).remote()
         self.live.append(actor)
         if job.phase != "concurrent":
@@ -166,7 +173,7 @@ class TrainingStage:
         how = self.placement_info["strategy"] or "Ray's scheduler, queued when the cluster is full"
         self.log.event(
             "train.start",
-            f"2a/2b: training {len(self.together)} runs concurrently: {', '.join(self.cfg.variants)} "
+            f"2a/2b: training {len(self.together)} runs concurrently: {', '.join(self.cfg.trained())} "
             f"(placement {tc.placement.policy}: {how})",
         )
         started = {}

@@ -11,8 +11,7 @@ import torch
 
 from phase2_ray.config import Config
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.specs import same_stack
+from phase2_ray.core.specs import OptimizationSettings, same_stack
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.dataprep import PreparedData
@@ -22,6 +21,7 @@ from phase2_ray.report.stats import sequential_speedup
 from phase2_ray.report.training import looks_of
 from phase2_ray.report.verdict import INCONCLUSIVE, judge
 from phase2_ray.runlog import RunLog, error_text
+from phase2_ray.stacks import converters_env
 from phase2_ray.training.actors import loop_settings
 from phase2_ray.training.placement import node_cores, pin_all_threads
 
@@ -54,8 +54,8 @@ def speed_trial(
                 r = paired_trial(
                     model_cfg,
                     settings,
-                    OptimizationSettings(**baseline),
-                    OptimizationSettings(**stack),
+                    OptimizationSettings.from_dict(baseline),
+                    OptimizationSettings.from_dict(stack),
                     train_tokens,
                     TrialSettings(**trial, seed=seed, a_first=a_first),
                     device=device,
@@ -142,7 +142,9 @@ def run_speed_trial(
             started = time.time()
             plan = replicate_plan(range(done, done + n), len(slots), cfg.training.seed)
             refs = [
-                speed_trial.options(num_cpus=per, num_gpus=pc.gpus_per_actor).remote(
+                speed_trial.options(
+                    num_cpus=per, num_gpus=pc.gpus_per_actor, runtime_env=converters_env(cfg) or None
+                ).remote(
                     model,
                     loop_settings(cfg.training, cfg.training.seed),
                     base.settings,

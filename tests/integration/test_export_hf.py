@@ -44,7 +44,7 @@ def test_export_loads_in_transformers_and_matches_our_logits_and_the_engines_gre
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from phase2_ray.core.checkpoint import load_checkpoint, read_dir
-    from phase2_ray.serving.build import build_app
+    from phase2_ray.serving.build import build_app, plain_specs
 
     out = tmp_path / "hf"
     assert phase2(["export", str(run_dir), "--format", "hf", "--output", str(out)]) == 0
@@ -67,7 +67,7 @@ def test_export_loads_in_transformers_and_matches_our_logits_and_the_engines_gre
     ]
     assert len(greedy) == n  # no early stop: the checkpoint never produced the end-of-text token here
     serve.run(
-        build_app({"optimized": files}, ServeConfig(cpus_per_replica=0, int8=False)),
+        build_app(plain_specs({"optimized": files}), ServeConfig(cpus_per_replica=0, int8=False)),
         name=APP,
         route_prefix=ROUTE,
     )

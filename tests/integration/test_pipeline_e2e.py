@@ -225,12 +225,17 @@ def test_decision_is_consistent_with_gates(smoke):
     c = r["comparison"]["optimized"]
     # the gate's value recomputes from report.json: the speed trial's raw pairs, replicate by replicate
     reps = c["speed_trial"]["replicates"]
-    assert len(reps) == 4 and all(len(x["pairs"]) == 4 for x in reps)
+    # sequential: a first look of 4 replicates, then more only while the interval straddles the target
+    n = len(reps)
+    assert n >= 4 and n == 4 + sum(1 for x in reps if x["look"] > 0)
+    assert sorted({x["look"] for x in reps}) == list(range(1 + max(x["look"] for x in reps)))
+    assert all(len(x["pairs"]) == 4 for x in reps)
     logs = [sum(math.log(p["a_s"] / p["b_s"]) for p in x["pairs"]) / 4 for x in reps]
-    assert sp["value"] == pytest.approx(math.exp(sum(logs) / 4))
+    assert sp["value"] == pytest.approx(math.exp(sum(logs) / n))
     assert c["speedup"]["ci_low"] <= c["speedup"]["ratio"] <= c["speedup"]["ci_high"]
-    # a balanced design: half the replicates build A first, half the pairs of each are ABBA
-    assert not c["noop"] and sorted(x["build_order"] for x in reps) == ["AB"] * 2 + ["BA"] * 2
+    # a balanced first look: half its replicates build A first, half the pairs of each are ABBA
+    first = [x["build_order"] for x in reps if x["look"] == 0]
+    assert not c["noop"] and sorted(first) == ["AB"] * 2 + ["BA"] * 2
     assert all(sorted(p["order"] for p in x["pairs"]) == ["ABBA", "ABBA", "BAAB", "BAAB"] for x in reps)
     trial = next(s for s in r["stages"] if s["name"] == "speed-trial")
     assert trial["status"] == "ok" and trial["start"] >= max(

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ray
 def base_url(serve_url, tiny_corpus):
     from ray import serve
 
-    from phase2_ray.serving.build import APP_NAME, build_app
+    from phase2_ray.serving.build import APP_NAME, build_app, plain_specs
 
     _, tok, *_ = tiny_corpus
     cfg = {
@@ -33,7 +33,9 @@ def base_url(serve_url, tiny_corpus):
     files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
     serve_cfg = ServeConfig(cpus_per_replica=0, max_batch_size=4, max_waiting=8, api_key=None)
     serve.run(
-        build_app({"tiny": files, "tiny2": files}, serve_cfg, int8_of="tiny"), name=APP_NAME, route_prefix="/"
+        build_app(plain_specs({"tiny": files, "tiny2": files}, "tiny"), serve_cfg),
+        name=APP_NAME,
+        route_prefix="/",
     )
     yield serve_url
     serve.delete(APP_NAME)

@@ -33,7 +33,7 @@ ROUTE = "/slow"
 def slow_app(serve_url, tiny_corpus):
     from ray import serve
 
-    from phase2_ray.serving.build import build_app
+    from phase2_ray.serving.build import build_app, plain_specs
 
     _, tok, *_ = tiny_corpus
     cfg = dict(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=16, dropout=0.0)
@@ -42,7 +42,7 @@ def slow_app(serve_url, tiny_corpus):
     sc = ServeConfig(
         cpus_per_replica=0, max_batch_size=SLOTS, max_waiting=256, min_step_ms=STEP_S * 1000, api_key=None
     )
-    serve.run(build_app({"slow": files}, sc, int8_of=None), name="capacity-test", route_prefix=ROUTE)
+    serve.run(build_app(plain_specs({"slow": files}), sc), name="capacity-test", route_prefix=ROUTE)
     yield serve_url + ROUTE
     serve.delete("capacity-test")
 

@@ -31,14 +31,14 @@ def served(serve_url, tiny_corpus):
     then the kill test, which ends with the replaced replica serving again."""
     from ray import serve
 
-    from phase2_ray.serving.build import APP_NAME, build_app
+    from phase2_ray.serving.build import APP_NAME, build_app, plain_specs
 
     _, tok, *_ = tiny_corpus
     cfg = dict(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=1, n_head=2, d_model=16, dropout=0.0)
     torch.manual_seed(0)
     files = checkpoint_files(GPT(GPTConfig(**cfg)), {"model": cfg}, tok.to_str())
     sc = ServeConfig(cpus_per_replica=0, max_batch_size=16, max_waiting=64, int8=False)
-    serve.run(build_app({"tiny": files}, sc), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(plain_specs({"tiny": files}), sc), name=APP_NAME, route_prefix="/")
     yield serve_url
     serve.delete(APP_NAME)
 

@@ -32,7 +32,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
         import torch
 
         from phase2_ray.core.model import GPTConfig
-        from phase2_ray.core.optimize import OptimizationSettings
+        from phase2_ray.core.specs import OptimizationSettings
         from phase2_ray.core.train import train as core_train
         from phase2_ray.training.actors import loop_settings
 

@@ -30,7 +30,7 @@ def test_gpu_check_quick_trains_both_variants_and_generates_on_the_cpu(tmp_path,
         assert r["mfu_vs_measured"] > 0 and r["flops_per_token"] > 0
         assert r["cuda_max_allocated_mb"] is None and r["mfu_vs_datasheet_bf16"] is None
     opt = tr["optimized"]["optimizations"]
-    assert opt["compile"] is False and opt["fused_adamw"] is True and opt["bf16_autocast"] is True
+    assert [c["name"] for c in opt] == ["fused_adamw", "bf16"]  # compile off on the CPU quick run
     # MFU against the peak of the dtype each variant computes in: bf16 autocast against the bf16 matmul's
     for name, dtype in (("baseline", "float32"), ("optimized", "bfloat16")):
         r = tr[name]

@@ -94,7 +94,7 @@ def test_training_starts_from_the_given_weights(hf_gpt2, smoke_init, tiny_corpus
     seeded = train(gcfg, s, OptimizationSettings(), train_ids, val_ids)
     runs = [
         train(gcfg, s, st, train_ids, val_ids, init_state=init.state)
-        for st in (OptimizationSettings(), OptimizationSettings(fused_adamw=True))
+        for st in (OptimizationSettings(), OptimizationSettings.of(fused_adamw=True))
     ]
     assert runs[0].val_curve[0][1] == pytest.approx(want, rel=1e-6)
     assert seeded.val_curve[0][1] != pytest.approx(want, rel=1e-3)

@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from phase2_ray.config import load_config
-from phase2_ray.core.autotune import REFERENCE, ProbeResult, candidate_stacks, probe, select_stack
+from phase2_ray.config import VariantConfig, load_config
+from phase2_ray.core.autotune import REFERENCE, ProbeResult, probe, select_stack
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embedding_params
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.report.stats import block_bootstrap_ratio_ci
 from phase2_ray.report.training import convergence
+from phase2_ray.stacks import auto_candidates
 from phase2_ray.training.placement import CoreAllocator
 
 
@@ -129,7 +130,11 @@ def test_probe_runs_each_candidate_from_the_same_start(tiny_corpus):
     _, tok, train_ids, val_ids = tiny_corpus
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=16)
     s = TrainSettings(steps=100, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_windows=4)
-    stacks = {k: v for k, v in candidate_stacks(include_compile=False).items() if k != "fused+bf16"}
+    stacks = {
+        k: v
+        for k, v in auto_candidates(VariantConfig(auto=True, auto_compile=False)).items()
+        if k != "fused+bf16"
+    }
     out = probe(cfg, s, stacks, train_ids, steps=6, rounds=3, block_steps=2)
     assert [r.name for r in out] == list(stacks)
     assert all(r.median_step_ms > 0 and len(r.block_s) == 3 for r in out)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings
 from phase2_ray.core.train import TrainSettings, train
 
 
-@pytest.mark.parametrize("optim", [OptimizationSettings(), OptimizationSettings(fused_adamw=True)])
+@pytest.mark.parametrize("optim", [OptimizationSettings(), OptimizationSettings.of(fused_adamw=True)])
 def test_resumed_core_run_is_bit_identical(tiny_corpus, optim):
     _, tok, tr_ids, va = tiny_corpus
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, d_model=32)

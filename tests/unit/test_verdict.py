@@ -9,8 +9,7 @@ import pytest
 
 from phase2_ray.config import load_config
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.optimize import OptimizationSettings
-from phase2_ray.core.specs import same_stack
+from phase2_ray.core.specs import OptimizationSettings, same_stack
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial, trial_steps
 from phase2_ray.core.train import TrainSettings
 from phase2_ray.loadtest.plan import interleaved_schedule, rounds_for
@@ -71,7 +70,7 @@ def test_paired_speedup_finds_a_real_effect():
 def test_same_stack_is_the_no_op_check():
     assert same_stack(OptimizationSettings(), OptimizationSettings())
     assert same_stack(
-        OptimizationSettings(compile_mode="max-autotune"),
+        OptimizationSettings.of(compile_mode="max-autotune"),
         {
             "compile": False,
             "fused_adamw": False,
@@ -80,9 +79,10 @@ def test_same_stack_is_the_no_op_check():
             "compile_mode": "default",
         },
     )
-    assert not same_stack(OptimizationSettings(), OptimizationSettings(fused_adamw=True))
+    assert not same_stack(OptimizationSettings(), OptimizationSettings.of(fused_adamw=True))
     assert not same_stack(
-        OptimizationSettings(compile=True), OptimizationSettings(compile=True, compile_mode="max-autotune")
+        OptimizationSettings.of(compile=True),
+        OptimizationSettings.of(compile=True, compile_mode="max-autotune"),
     )
 
 
@@ -116,7 +116,7 @@ def test_paired_trial_on_a_tiny_model_is_reproducible_from_its_seed(tiny_corpus)
                 cfg,
                 ts,
                 OptimizationSettings(),
-                OptimizationSettings(fused_adamw=True),
+                OptimizationSettings.of(fused_adamw=True),
                 train_ids,
                 TrialSettings(pairs=5, block_steps=1, warmup_steps=1, seed=s),
             )["pairs"]
