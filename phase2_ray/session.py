@@ -41,6 +41,13 @@ def connect(cfg: Config, address: str | None, text_log: bool = True) -> str | No
             dashboard_host=cfg.ray.dashboard_host,
             num_cpus=cfg.ray.num_cpus,
         )
+    from phase2_ray.stacks import converters_env
+
+    # A user's converter files and local packages reach every actor and replica, on any node, with the job
+    # (Ray takes local py_modules at the job level only); a process connected already loads them by path.
+    env = converters_env(cfg)
+    if env:
+        kwargs["runtime_env"] = env
     ray.init(**kwargs)
     return "joined" if target else "embedded"
 

@@ -104,8 +104,15 @@ def _import(use: str, source: dict | None = None) -> type:
     try:
         if is_file(where):
             path, sha = Path(where), (source or {}).get("sha256")
+            rel = (source or {}).get("relpath")
+            if sha is not None and not path.is_file() and rel and (Path.cwd() / rel).is_file():
+                path = (
+                    Path.cwd() / rel
+                )  # another node, in the job's working_dir (ray job submit --working-dir)
             if sha is not None and not path.is_file():
-                mod = _shipped_module(path.stem, sha)  # on a cluster node: shipped through runtime_env
+                mod = _shipped_module(
+                    path.stem, sha
+                )  # another node: shipped by the job's runtime_env py_modules
             else:
                 mod = _module_from_file(path, sha)
         else:
@@ -144,7 +151,12 @@ def source_of(use: str, cls: type) -> dict:
         return {"kind": "builtin", "package": "phase2_ray", "version": _version(version, "phase2_ray")}
     where, _ = parts
     if is_file(where):
-        return {"kind": "file", "path": where, "sha256": sha256_file(where)}
+        out = {"kind": "file", "path": where, "sha256": sha256_file(where)}
+        try:  # where the job's working_dir puts it on another node (the driver's cwd is that working_dir)
+            out["relpath"] = str(Path(where).resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            pass
+        return out
     mod = sys.modules.get(cls.__module__)
     f = getattr(mod, "__file__", None)
     top = where.split(".")[0]

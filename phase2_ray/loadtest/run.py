@@ -27,7 +27,7 @@ from phase2_ray.report.gates import undecided_serving
 from phase2_ray.report.serving import combine_searches, goodput_slo, request_frame, serving_vs_baseline
 from phase2_ray.runlog import RunLog
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
-from phase2_ray.stacks import INT8_SUFFIX, converters_env, serve_plan
+from phase2_ray.stacks import INT8_SUFFIX, serve_plan
 
 AA_CONTROL = "baseline-aa"
 """The model id of validation.aa_control: the baseline's checkpoint served a second time."""
@@ -67,7 +67,6 @@ class ValidationStage:
         plan = serve_plan(cfg, checkpoints)
         self.int8_of = "optimized" if "optimized" + INT8_SUFFIX in plan else None
         self.models = model_specs(checkpoints, plan, uris)
-        self.runtime_env = converters_env(cfg)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
         cap = v.capacity
@@ -179,7 +178,6 @@ class ValidationStage:
         task = inprocess_reference.options(
             num_cpus=min(sc.cpus_per_replica, cpus),
             num_gpus=sc.gpus_per_replica,
-            runtime_env=self.runtime_env or None,
         )
         self.out["reference"] = ray.get(
             task.remote(
@@ -215,7 +213,6 @@ class ValidationStage:
         app = build_app(
             self.models,
             sc,
-            runtime_env=self.runtime_env,
             cpus_per_replica=min(sc.cpus_per_replica, total.get("CPU", 1) / n),
             gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
             num_replicas=replicas,

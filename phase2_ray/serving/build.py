@@ -76,14 +76,12 @@ def build_app(
     models: dict[str, dict],
     serve_cfg: ServeConfig,
     *,
-    runtime_env: dict | None = None,
     cpus_per_replica: float | None = None,
     gpus_per_replica: float | None = None,
     num_replicas: int | None = None,
     version: str | None = None,
 ) -> serve.Application:
-    """The application serving each model spec (model_specs) under its id. `runtime_env` carries a user's
-    converter files to the replicas (stacks.converters_env).
+    """The application serving each model spec (model_specs) under its id.
 
     `version` names the replicas' code and models (one run's stage 2c passes its run id): `serve.run` of the same
     version with another replica count then only starts or stops the difference, as a config-file redeploy does,
@@ -91,8 +89,6 @@ def build_app(
     # The key is read from the driver's environment (PHASE2_API_KEY); a replica's process may not have it.
     replica_cfg = serve_cfg.model_copy(update={"api_key": serve_cfg.resolved_api_key()})
     opts = engine_options(serve_cfg, cpus_per_replica, gpus_per_replica)
-    if runtime_env:
-        opts["ray_actor_options"]["runtime_env"] = {**opts["ray_actor_options"]["runtime_env"], **runtime_env}
     if num_replicas is not None:
         opts.pop("autoscaling_config", None)
         opts["num_replicas"] = num_replicas
@@ -107,12 +103,12 @@ def build_app(
 def app(args: dict) -> serve.Application:
     """Application builder for `serve run phase2_ray.serving.build:app config=... checkpoints=RUN_DIR`."""
     from phase2_ray.config import load_config
-    from phase2_ray.stacks import converters_env, serve_plan
+    from phase2_ray.stacks import serve_plan
 
     cfg = load_config(args.get("config"))
     checkpoints = checkpoints_of(args["checkpoints"])
     models = model_specs(checkpoints, serve_plan(cfg, checkpoints))
-    return build_app(models, cfg.serve, runtime_env=converters_env(cfg))
+    return build_app(models, cfg.serve)
 
 
 def checkpoints_of(run_dir: str | Path) -> dict[str, dict[str, bytes]]:

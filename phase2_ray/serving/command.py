@@ -14,7 +14,7 @@ from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.serving.build import APP_NAME, build_app, checkpoints_of, model_specs
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
-from phase2_ray.stacks import converters_env, serve_plan
+from phase2_ray.stacks import serve_plan
 
 
 def serve_checkpoints(
@@ -36,7 +36,7 @@ def serve_checkpoints(
         warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
         serve.start(http_options={"host": sc.host, "port": sc.port})
         specs = model_specs(checkpoints, serve_plan(cfg, checkpoints))
-        serve.run(build_app(specs, sc, runtime_env=converters_env(cfg)), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(specs, sc), name=APP_NAME, route_prefix="/")
         models = sorted(specs)
         print(f"serving {', '.join(models)} at {url}/v1 (OpenAI-compatible); Ctrl-C stops", flush=True)
         if not block:

@@ -15,7 +15,7 @@ from phase2_ray.dataprep import PreparedData
 from phase2_ray.records import Stage, TrainJob, TrainResult
 from phase2_ray.report.orchestrator import redacted_config
 from phase2_ray.runlog import RunLog, error_text
-from phase2_ray.stacks import auto_candidates, converters_env, variant_stack
+from phase2_ray.stacks import auto_candidates, variant_stack
 from phase2_ray.storage import get_checkpoint, join
 from phase2_ray.training.actors import TrainerActor, TrainHandles, TrainSpec
 from phase2_ray.training.coordination import CorePool, StartBarrier, TrainStateStore
@@ -160,8 +160,6 @@ class TrainingStage:
             num_cpus=pc.cpus_per_actor,
             num_gpus=pc.gpus_per_actor,
             scheduling_strategy=self.placement.strategy(job.variant) if job.phase == "concurrent" else None,
-            # a user's converter files travel with the actor (py_modules), to whichever node it lands on
-            runtime_env=converters_env(self.cfg) or None,
         ).remote()
         self.live.append(actor)
         if job.phase != "concurrent":

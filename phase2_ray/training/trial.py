@@ -21,7 +21,6 @@ from phase2_ray.report.stats import sequential_speedup
 from phase2_ray.report.training import looks_of
 from phase2_ray.report.verdict import INCONCLUSIVE, judge
 from phase2_ray.runlog import RunLog, error_text
-from phase2_ray.stacks import converters_env
 from phase2_ray.training.actors import loop_settings
 from phase2_ray.training.placement import node_cores, pin_all_threads
 
@@ -142,9 +141,7 @@ def run_speed_trial(
             started = time.time()
             plan = replicate_plan(range(done, done + n), len(slots), cfg.training.seed)
             refs = [
-                speed_trial.options(
-                    num_cpus=per, num_gpus=pc.gpus_per_actor, runtime_env=converters_env(cfg) or None
-                ).remote(
+                speed_trial.options(num_cpus=per, num_gpus=pc.gpus_per_actor).remote(
                     model,
                     loop_settings(cfg.training, cfg.training.seed),
                     base.settings,
