@@ -91,7 +91,9 @@ def run_pipeline(
     try:
         preflight.check_cluster(cfg)
         train_and_trial(run, preload)
-        if run.failure is None:
+        if run.failure is None or (run.failure == TRAINING_FAILED and "baseline" in run.training):
+            # A variant that failed (a user's converter that raised) is its own loss: the others are still
+            # served and judged, and their checkpoints kept; the run exits 3 all the same.
             _validate(run, own_cluster=started == "embedded")
     except KeyboardInterrupt:
         _mark_interrupted(run)
@@ -106,6 +108,9 @@ def run_pipeline(
                     ray.shutdown()
         restore_sigterm(previous)
     return _report(run, resumed=bool(resume_id))
+
+
+TRAINING_FAILED = "training stage failed"
 
 
 def train_and_trial(run: RunState, preload: dict | None = None) -> None:
@@ -154,7 +159,7 @@ def _train(run: RunState, preload: dict) -> None:
     except Exception as e:  # an actor could not even start; report what is known
         run.stages.append(Stage("2a", "baseline", "failed", time.time(), time.time(), repr(e)))
     if len(run.training) < len(run.cfg.trained()):
-        run.failure = "training stage failed"
+        run.failure = TRAINING_FAILED
 
 
 def _speed_trial(run: RunState) -> None:

@@ -22,6 +22,8 @@ class Stage:
     start: float = 0.0
     end: float | None = None
     detail: str = ""
+    traceback: str | None = None
+    """A failed stage's whole remote traceback (a user's converter that raised: its frames), colour codes removed."""
 
 
 @dataclass(frozen=True)

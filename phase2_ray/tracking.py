@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import importlib.util
+import json
 import math
 import os
 import re
@@ -160,7 +161,9 @@ def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, 
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
-        params = [Param(k[:250], v[:6000]) for k, v in flatten(report["config"]).items()]
+        params = [
+            Param(k[:250], v[:6000]) for k, v in {**flatten(report["config"]), **stack_params(report)}.items()
+        ]
         metrics = [Metric(k, v, now, 0) for k, v in headline_metrics(report).items()]
         metrics += [Metric(k, v, now, step) for k, step, v in curves(report)]
         for i in range(0, len(params), 100):
@@ -212,6 +215,23 @@ def _log_models(client, exp_id: str, run_id: str, report: dict, exports: dict[st
     return out
 
 
+def stack_params(report: dict) -> dict[str, str]:
+    """Each trained variant's optimization stack as it ran (`auto`'s choice included): one line, then each
+    converter's name, args and source (a file's sha256, a package's version), so two runs' stacks compare."""
+    out: dict[str, str] = {}
+    for v, t in (report.get("training") or {}).items():
+        settings = t.get("settings") or {}
+        out[f"stack.{v}"] = t.get("stack") or ""
+        for i, c in enumerate(settings.get("converters") or []):
+            src = c.get("source") or {}
+            out[f"stack.{v}.{i}.name"] = str(c.get("name"))
+            out[f"stack.{v}.{i}.args"] = json.dumps(c.get("args") or {}, sort_keys=True)
+            out[f"stack.{v}.{i}.source"] = str(
+                src.get("sha256") or f"{src.get('package')}=={src.get('version')}" if src else None
+            )
+    return out
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     """The config as MLflow params: one dotted key per leaf, lists and None as text."""
     out: dict[str, str] = {}
@@ -242,11 +262,13 @@ def headline_metrics(report: dict) -> dict[str, float]:
     for v, t in (report.get("training") or {}).items():
         for k in ("tokens_per_s", "val_loss", "final_loss", "initial_val_loss", "params", "train_s"):
             m[_name("train", v, k)] = _finite(t.get(k))
+        m[_name("train", v, "peak_memory_bytes")] = _finite((t.get("peak_memory") or {}).get("bytes"))
     for v, c in (report.get("comparison") or {}).items():
         sp = c.get("speedup") or {}
         for k in ("ratio", "ci_low", "ci_high"):
             m[_name("speedup", v, k)] = _finite(sp.get(k))
         m[_name("val_loss_delta_pct", v)] = _finite(c.get("val_loss_delta_pct"))
+        m[_name("training_memory_ratio", v)] = _finite((c.get("training_memory") or {}).get("ratio"))
     for model, i in (report.get("inference") or {}).items():
         for k in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
             for q in ("p50", "p99"):

@@ -116,6 +116,18 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
         for v, t in training.items()
         if t.get("status") != "ok"
     ]
+    # a variant whose training actor raised (a converter that failed) has no result, only its failed stage
+    gates += [
+        Gate(
+            "training_completed",
+            v,
+            0.0,
+            "==",
+            1.0,
+            detail=(s.get("detail") or "").splitlines()[-1:][0] if s.get("detail") else "",
+        )
+        for v, s in _failed_training(report).items()
+    ]
     # Every trained variant must have been served (a missing one fails as "not measured"), plus any extra model.
     for variant in list(training) + [m for m in inference if m not in training]:
         gates += _serving_gates(variant, inference.get(variant, {}), targets)
@@ -217,13 +229,30 @@ DECISION_RULE = (
 )
 
 
+def _failed_training(report: dict) -> dict[str, dict]:
+    """{variant: its failed training stage} for variants that have no training result at all."""
+    return {
+        s["variant"]: s
+        for s in report.get("stages", [])
+        if s.get("variant")
+        and s["status"] == "failed"
+        and s["variant"] not in report["training"]
+        and (s["name"] in ("2a", "2b") or s["name"].startswith("train"))
+    }
+
+
 def candidate_roles(report: dict, targets: dict) -> dict[str, str]:
     """required / informative for every candidate (each model but the baseline): trained variants are required
     and served copies (int8) informative, unless targets.candidates says otherwise."""
-    names = [v for v in report["training"] if v != "baseline"]
+    names = [v for v in [*report["training"], *_failed_training(report)] if v != "baseline"]
     names += [m for m in report["inference"] if m != "baseline" and m not in names]
     chosen = targets.get("candidates") or {}
-    return {m: chosen.get(m, "required" if m in report["training"] else "informative") for m in names}
+    return {
+        m: chosen.get(
+            m, "required" if m in report["training"] or m in _failed_training(report) else "informative"
+        )
+        for m in names
+    }
 
 
 def decide(report: dict, targets: dict) -> dict:

@@ -44,6 +44,7 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
     parts = [
         _header(r),
         _at_a_glance(r),
+        _failed_stages(r),
         _charts(plots or {}),
         training_timeline(r),
         speedup_breakdown(r),
@@ -58,6 +59,21 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         recommendation(r),
     ]
     return "\n".join(p for p in parts if p) + "\n"
+
+
+def _failed_stages(r: dict) -> str:
+    """Each failed stage with why, and its traceback's last lines (a user's converter that raised: its frames)."""
+    failed = [s for s in r["stages"] if s["status"] == "failed"]
+    if not failed:
+        return ""
+    out = ["## Failed Stages\n"]
+    for s in failed:
+        who = f" ({s['variant']})" if s.get("variant") else ""
+        out.append(f"- **{s['name']}{who}**: {s['detail'].splitlines()[-1] if s.get('detail') else 'failed'}")
+        if s.get("traceback"):
+            tail = "\n".join(s["traceback"].splitlines()[-30:])
+            out.append(f"\n```\n{tail}\n```")
+    return "\n".join(out) + "\n"
 
 
 def _header(r: dict) -> str:

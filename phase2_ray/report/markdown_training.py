@@ -41,6 +41,13 @@ def training_timeline(r: dict) -> str:
             f"├─ Optimizations: {opt}",
             *(
                 [
+                    f"├─ Peak training memory: {fmt(t['peak_memory']['bytes'] / 2**20, 2, ' MB')} ({_memory_vs(r, v)})"
+                ]
+                if t.get("peak_memory")
+                else []
+            ),
+            *(
+                [
                     f"├─ Restarts: {t['restarts']} (its process died; resumed from the state saved at step "
                     f"{t['resumed_from_step']})"
                 ]
@@ -53,6 +60,13 @@ def training_timeline(r: dict) -> str:
             "",
         ]
     return "## Training Timeline\n\n```\n" + "\n".join(fit(lines)) + "```\n"
+
+
+def _memory_vs(r: dict, v: str) -> str:
+    """The memory figure's basis, and for a candidate its ratio to the baseline's."""
+    m = (r["comparison"].get(v) or {}).get("training_memory") or {}
+    method = r["training"][v]["peak_memory"].get("method", "")
+    return f"{fmt(m['ratio'], 3, 'x')} the baseline's; {method}" if m.get("ratio") else method
 
 
 def _verdict(sp: dict) -> str:

@@ -199,6 +199,7 @@ class TrainingStage:
             res: TrainResult = ray.get(ref)
         except ray.exceptions.RayError as e:
             st.status, st.detail, st.start, st.end = "failed", error_text(e), time.time(), time.time()
+            st.traceback = error_text(e, limit=20_000)
             self.stages.append(st)
             self.log.event("train.failed", f"{st.name} {job.variant}: FAILED ({type(e).__name__})")
             return

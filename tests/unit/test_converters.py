@@ -190,7 +190,9 @@ def test_hooks_compose_in_order_and_a_raising_hook_is_named(tmp_path, tiny_corpu
     stack = OptimizationSettings(converters=[resolve(f"{f}:A"), resolve(f"{f}:B")])
     tr = Trainer(tiny(tok), loop(2), stack, train_ids)
     tr.train_step()
-    log = sys.modules[next(m for m in sys.modules if m.startswith("phase2_plugin_") and m.endswith("_hooks"))].LOG
+    log = sys.modules[
+        next(m for m in sys.modules if m.startswith("phase2_plugin_") and m.endswith("_hooks"))
+    ].LOG
     assert log == ["A.convert", "B.convert", "A.enter", "B.enter", "B.exit", "A.exit"]
     bad = OptimizationSettings(converters=[resolve(f"{f}:Boom")])
     with pytest.raises(
