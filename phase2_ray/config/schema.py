@@ -198,6 +198,8 @@ def ablation_parts(variants: dict[str, VariantConfig]) -> dict[str, VariantConfi
         for c in vc.converters:
             if c not in listed:
                 listed.append(c)
+    if not listed and any(v.serve_from for v in variants.values()):
+        return {}  # only serving converters: their copies are what to measure
     if not listed:
         return {
             "compile": VariantConfig(compile=True),
@@ -253,9 +255,12 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         if self.ablation:
+            # served copies of the baseline stay: a serving-only converter is measured as its copy
+            copies = {k: v for k, v in self.variants.items() if v.serve_from == "baseline"}
             self.variants = {
                 "baseline": self.variants.get("baseline", VariantConfig()),
                 **ablation_parts(self.variants),
+                **copies,
             }
         if self.variants.get("baseline") is not None and self.variants["baseline"].serve_from is not None:
             raise ValueError("variants.baseline.serve_from: the baseline is trained (it is the reference)")

@@ -52,7 +52,7 @@ def test_gpu_check_runs_on_the_core_alone(tmp_path):
     for r in tr.values():
         assert r["status"] == "ok" and r["steps"] == 30 and r["tokens_per_s"] > 0
         assert 0 < r["mfu_vs_measured"] < 1 and r["cuda_max_allocated_mb"] is None
-    assert tr["optimized"]["optimizations"]["fused_adamw"] is True
+    assert "fused_adamw" in [c["name"] for c in tr["optimized"]["optimizations"]]
     sp = tr["optimized"]["speedup"]
     assert sp["ci_low"] <= sp["ratio"] <= sp["ci_high"]
     # Same seed, same data order: fused AdamW lands on the baseline's loss.

@@ -121,8 +121,15 @@ def test_report_json_carries_the_contract(smoke):
         assert 0 < t["tokens_per_s"] and t["val_loss"] < t["initial_val_loss"]
         # steady-state throughput is never slower than the whole stage's, which includes start-up and evals
         assert t["tokens_per_s"] >= t["tokens"] / t["train_s"]
-    assert r["training"]["optimized"]["optimizations"]["fused_adamw"] is True
-    assert r["training"]["baseline"]["optimizations"]["fused_adamw"] is False
+    assert [c["name"] for c in r["training"]["optimized"]["optimizations"]] == ["fused_adamw"]
+    assert r["training"]["optimized"]["settings"]["converters"][0]["source"]["kind"] == "builtin"
+    assert (
+        r["training"]["baseline"]["optimizations"] == [] and r["training"]["baseline"]["stack"] == "delay 50%"
+    )
+    mem = r["comparison"]["optimized"]["training_memory"]  # fused AdamW keeps the same tensors
+    assert mem["baseline_bytes"] > 0 and mem["ratio"] == pytest.approx(
+        mem["variant_bytes"] / mem["baseline_bytes"]
+    )
 
 
 def test_training_actors_ran_concurrently_on_their_own_cores(smoke):

@@ -261,6 +261,9 @@ def test_ablation_parts_are_the_listed_converters(tmp_path):
     )
     assert list(cfg.variants) == ["baseline", "fused_adamw", "actcheckpoint", "all"]
     assert variant_stack(cfg.variants["all"]).names() == ["fused_adamw", "ActCheckpoint"]
+    # a config of serving converters alone ablates to its copies (the serve hook alone is the copy)
+    prune = load_config(EXAMPLES / "prune.yaml", ["ablation=true"])
+    assert list(prune.variants) == ["baseline", "pruned"]
     builtin = load_config(None, ["ablation=true"])
     assert list(builtin.variants) == ["baseline", "compile", "fused_adamw", "bf16", "sdpa_math", "all"]
 
