@@ -50,6 +50,12 @@ SMOKE = ROOT / "configs/smoke.yaml"
 TRAINING_GATES = ("training_completed", "training_speedup", "val_loss_delta_pct")
 AA = ["variants.optimized.auto=false"]
 KNOWN = [*AA, "variants.baseline.delay_pct=20"]  # the optimized stack (eager) is truly 1.20x faster
+# the same two series with the optimized stack a user's converter file that builds the baseline's own optimizer:
+# the plugin path (config, import, runtime_env, the stack in every actor) must not change the verdict's rates
+PLUGIN = [
+    *AA,
+    f"variants.optimized.converters=['{Path(__file__).resolve().parent / 'plugins/same_adamw.py'}:SameAdamW']",
+]
 CAPACITY = [  # the smoke model, the default capacity search (3 replicated searches) at one replica count
     "validation.concurrency=[1]",
     "validation.replica_sweep=[1]",
@@ -99,6 +105,7 @@ def one_run(overrides: list[str], seed: int, out_dir: Path, label: str) -> dict:
         "ratio": sp["ratio"],
         "ci": [sp["ci_low"], sp["ci_high"]],
         "contains_1": sp["ci_low"] <= 1 <= sp["ci_high"],
+        "noop": c["noop"],
         "verdict": gate["verdict"],  # the no-op veto included
         "interval_verdict": judge(sp["ci_low"], sp["ci_high"], ">=", cfg.targets.speedup_min),
         "relation": gate["outcome"],  # better / equivalent / worse / inconclusive against the margin
@@ -238,6 +245,7 @@ def series_summary(rows: list[dict]) -> dict:
         "interval_verdicts": dict(Counter(r["interval_verdict"] for r in rows)),
         "relations": dict(Counter(r["relation"] for r in rows)),
         "ci_contains_1": sum(r["contains_1"] for r in rows),
+        "noops": sum(bool(r.get("noop")) for r in rows),
         "both_firm": {"approved", "rejected"} <= {r["outcome"] for r in rows},
         "median_replicates": float(np.median([r["replicates"] for r in rows])) if rows else None,
         "ratios": [round(r["ratio"], 4) for r in rows],
@@ -267,20 +275,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["near", "capacity", "serving-aa"],
+        choices=["aa", "known", "near", "capacity", "serving-aa", "plugin"],
         help="run these series alone (the others are then left out)",
     )
+    ap.add_argument("--plugin-aa", type=int, default=0, help="A/A through a user's converter file")
+    ap.add_argument("--plugin-known", type=int, default=0, help="the known effect through a user's converter")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     # --quick: a tiny model and a minimal sequential trial (at most 4 replicates), so every path runs in seconds
     extra = [*QUICK, "speed_trial.max_replicates=4", "speed_trial.look_replicates=2"] if args.quick else []
     n = (
-        (2, 1, 1, 1, 1, 1)
+        (2, 1, 1, 1, 1, 1, 1, 1)
         if args.quick
-        else (args.aa, args.known, args.near, args.default, args.capacity, args.serving_aa)
+        else (
+            args.aa,
+            args.known,
+            args.near,
+            args.default,
+            args.capacity,
+            args.serving_aa,
+            args.plugin_aa,
+            args.plugin_known,
+        )
     )
     if args.only:
-        keep = {{"near": 2, "capacity": 4, "serving-aa": 5}[x] for x in args.only}
+        index = {"aa": [0], "known": [1], "near": [2], "capacity": [4], "serving-aa": [5], "plugin": [6, 7]}
+        keep = {i for x in args.only for i in index[x]}
         n = tuple(x if i in keep else 0 for i, x in enumerate(n))
     print(json.dumps(machine()), flush=True)
     t_start = time.time()
@@ -307,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             "near", [*AA, f"variants.baseline.delay_pct={args.near_delay:g}", *extra], n[2], runs, seed
         )
         default = series("default", extra, n[3], runs, seed)
+        plugin_aa = series("plugin-aa", PLUGIN + extra, n[6], runs, seed)
+        plugin_known = series(
+            "plugin-known", [*PLUGIN, "variants.baseline.delay_pct=20", *extra], n[7], runs, seed
+        )
         same_pairs = [(aa[i]["dir"], aa[i + 1]["dir"]) for i in range(0, len(aa) - 1, 2)]
         same_pairs += [(default[i]["dir"], default[i + 1]["dir"]) for i in range(0, len(default) - 1, 2)]
         lost_pairs = [(known[i]["dir"], aa[i % len(aa)]["dir"]) for i in range(min(len(known), 3))]
@@ -327,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "known": series_summary(known),
         "near": series_summary(near),
         "default": series_summary(default),
+        "plugin_aa": series_summary(plugin_aa),
+        "plugin_known": series_summary(plugin_known),
         "default_auto_choices": dict(Counter(r["auto_chose"] for r in default)),
         "capacity": {"runs": len(cap), "median_rps": median, "intervals_containing_median": covers},
         "serving_aa": {
@@ -342,13 +368,20 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - t_start),
     }
     out.update(aa=aa, known=known, near=near, default=default, capacity=cap, serving_aa=saa, summary=summary)
+    out.update(plugin_aa=plugin_aa, plugin_known=plugin_known)
     s, fa = summary, summary["aa"]
     print("\nsummary")
     print(
         f"  A/A: {fa['ci_contains_1']}/{fa['runs']} CIs contain 1.0; outcomes {fa['outcomes']}; interval alone "
         f"{fa['interval_verdicts']}; called {fa['relations']} (better or worse = a false call)"
     )
-    for name in ("known", "near", "default"):
+    pa = s["plugin_aa"]
+    if pa["runs"]:
+        print(
+            f"  plugin A/A: {pa['ci_contains_1']}/{pa['runs']} CIs contain 1.0; outcomes {pa['outcomes']}; interval "
+            f"alone {pa['interval_verdicts']}; called {pa['relations']}; no-op guard fired {pa['noops']}/{pa['runs']}"
+        )
+    for name in ("known", "plugin_known", "near", "default"):
         x = s[name]
         if not x["runs"]:
             continue

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from phase2_ray.core.plugins import HOOKS, load_class
+from phase2_ray.core.plugins import HOOKS, hooks_of, load_class
 
 
 class Converter:
@@ -220,5 +220,4 @@ class ConverterStack:
 
 
 def _has(obj: object, hook: str) -> bool:
-    fn = getattr(type(obj), hook, None)
-    return callable(fn) and fn is not getattr(Converter, hook)
+    return hook in hooks_of(type(obj))

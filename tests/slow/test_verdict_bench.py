@@ -37,4 +37,11 @@ def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
     assert chosen["name"] == "eager-fp32" or chosen["ci_low"] > 1 + auto["min_gain_pct"] / 100
     assert (chosen["name"] == "eager-fp32") == (not any(x["faster"] for x in auto["candidates"]))
     assert "A/A:" in stdout and "compare:" in stdout and "capacity:" in stdout and "serving A/A:" in stdout
+    # the plugin series: the optimized stack is a user's converter file, recorded with its source
+    assert s["plugin_aa"]["runs"] == 1 and s["plugin_known"]["runs"] == 1
+    pa = res["plugin_aa"][0]
+    assert pa["outcome"] == "rejected"  # the same optimizer as the baseline's: never approved
+    if not pa["noop"]:  # the no-op guard fires unless noise kept the interval off 1.0
+        assert not pa["contains_1"]
+    assert "plugin A/A:" in stdout
     assert ray_cluster.is_initialized()  # the bench left the session's cluster running
