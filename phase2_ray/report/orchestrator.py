@@ -11,8 +11,13 @@ from phase2_ray.report.gates import decide
 from phase2_ray.report.serving import summarize_inference
 from phase2_ray.report.training import compare_variant, mfu_peak, summarize_run
 
-SCHEMA_VERSION = "1.2"
-"""1.2: decision.outcome (approved | rejected | inconclusive), decision.candidates, each gate's interval (low,
+SCHEMA_VERSION = "1.3"
+"""1.3: optimization stacks as converters: training.<v>.settings is {converters: [{name, use, args, hooks,
+changes_numerics, source}], delay_pct}, training.<v>.optimizations the list of converters that ran, training.<v>.stack
+one line; training.<v>.peak_memory and comparison.<v>.training_memory (with an optional training_memory_ratio gate);
+comparison.<v>.changes_numerics; serving.copies (served copies: serve_from and the int8 copy); a failed stage's
+traceback. Reports of 1.2 render and compare (their switches read as the built-in converters).
+1.2: decision.outcome (approved | rejected | inconclusive), decision.candidates, each gate's interval (low,
 high), rule, verdict and outcome; a sequential speed trial (replicates carry their `look`; speed_trial.max_replicates
 and confidence; speedup.sequential and mde_ratio); the replica's memory as one gate (replica_peak_memory_mb).
 1.1: the speedup comes from the paired speed trial (comparison.<v>.speed_trial); training tokens/s from the
