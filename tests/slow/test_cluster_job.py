@@ -30,6 +30,12 @@ SETS += [
 ]
 SETS += ["training.steps=30", "training.eval_interval=0", "data.max_chars=100000"]
 SETS += ["serve.int8=false", "validation.inprocess_reference=false", "validation.capacity.enabled=false"]
+# the optimized stack a converter file (relative to the config file, inside the job's working_dir): the job's
+# runtime_env (working_dir from `ray job submit`, py_modules from phase2's ray.init) carries it to every node
+SETS += [
+    "variants.optimized.fused_adamw=false",
+    "variants.optimized.converters=['../examples/converters/foreach_adamw.py:ForeachAdamW']",
+]
 
 
 @dataclass
@@ -93,6 +99,12 @@ def test_job_on_a_token_authenticated_three_node_cluster_spreads_the_variants(cl
     assert [s["status"] for s in report["stages"]] == ["ok"] * 6  # data, 2a, 2b, speed-trial, 2c, 2d
     assert report["environment"]["ray_cluster_resources"]["CPU"] == 3.0
     assert (out / "checkpoints" / "optimized" / "meta.json").exists()
+    import hashlib
+
+    conv = report["training"]["optimized"]["settings"]["converters"]
+    sha = hashlib.sha256((ROOT / "examples/converters/foreach_adamw.py").read_bytes()).hexdigest()
+    assert [c["name"] for c in conv] == ["ForeachAdamW"] and conv[0]["source"]["sha256"] == sha
+    assert [c["name"] for c in report["training"]["optimized"]["optimizations"]] == ["ForeachAdamW"]
 
     # The STRICT_SPREAD group put baseline and optimized on two different nodes of this cluster.
     p = report["placement"]

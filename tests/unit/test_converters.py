@@ -302,3 +302,25 @@ def test_torch_compile_trains_for_real(tiny_corpus):
     assert [c["name"] for c in compiled.applied] == ["compile"]
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
     assert compiled.step_times[0] > 5 * max(compiled.step_times[2:])  # the first step compiled
+
+
+def test_a_file_missing_on_this_node_loads_from_what_the_job_shipped(tmp_path, monkeypatch):
+    # On another node the driver's path does not exist: the class comes from the job's working_dir (relpath) or the
+    # module Ray's py_modules shipped (importable by the file's stem), and only if its sha256 is the driver's.
+    from phase2_ray.core.plugins import PluginError, load_class
+
+    src = write(tmp_path, "shipme.py", "class Ship:\n    def serve(self, model):\n        return model\n")
+    spec = resolve(f"{src}:Ship")
+    gone = {**spec, "use": f"{tmp_path / 'elsewhere' / 'shipme.py'}:Ship"}
+    monkeypatch.syspath_prepend(str(tmp_path))  # what py_modules does on the node
+    assert load_class(gone).__name__ == "Ship"
+    wd = tmp_path / "wd" / "opt"
+    wd.mkdir(parents=True)
+    (wd / "shipme.py").write_text(src.read_text())
+    monkeypatch.chdir(tmp_path / "wd")  # a job's working_dir, with the file at its relative path
+    rel = {**gone, "source": {**spec["source"], "relpath": "opt/shipme.py"}}
+    assert load_class(rel).__name__ == "Ship"
+    src.write_text(src.read_text() + "# edited\n")  # another file under the same name: refused
+    sys.modules.pop("shipme", None)
+    with pytest.raises(PluginError, match="is not the converter file"):
+        load_class(gone)
