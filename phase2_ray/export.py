@@ -15,6 +15,7 @@ from safetensors.torch import save as st_save
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.checkpoint import read_checkpoint, read_dir
 from phase2_ray.core.gpt2_format import gpt2_config, to_gpt2
+from phase2_ray.serving.chat import DEFAULT_CHAT_TEMPLATE
 
 EOS = "<|endoftext|>"
 
@@ -46,6 +47,8 @@ def export_hf(run_dir: str | Path, output: str | Path, variant: str = "optimized
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model["block_size"],
+        # the template our server applies to chat requests, so another server (transformers serve) chats alike
+        "chat_template": meta.get("chat_template") or DEFAULT_CHAT_TEMPLATE,
         **specials,
     }
     gen_cfg = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}

@@ -197,6 +197,9 @@ class InitWeights:
     tokenizer: object
     info: dict
     """What report.json records under `init_from`: path, kind, shape, sha256 of each file read."""
+    chat_template: str | None = None
+    """The checkpoint's own chat template (tokenizer_config.json, or a phase2 checkpoint's meta), kept with the
+    trained checkpoints so that chat requests see the conversation as the model was taught it."""
 
 
 def _sha256_file(path: Path) -> str:
@@ -261,4 +264,19 @@ def load_init(cfg: Config) -> InitWeights | None:
     info = {"path": str(src.path.resolve()), "kind": src.kind, "model": asdict(gpt), "sha256": sha}
     if m.block_size < src.shape["block_size"]:
         info["positions_used"] = f"{m.block_size} of {src.shape['block_size']}"
-    return InitWeights({k: state[k] for k in want}, tok, info)
+    return InitWeights({k: state[k] for k in want}, tok, info, _chat_template(src))
+
+
+def _chat_template(src: InitSource) -> str | None:
+    """A Hugging Face directory's tokenizer_config.json `chat_template` (a string, or the one named "default" of a
+    list), or a phase2 checkpoint's; None when it has none."""
+    if src.kind == "phase2":
+        meta = json.loads((src.path / "meta.json").read_text())
+        return meta.get("chat_template")
+    f = src.path / "tokenizer_config.json"
+    if not f.is_file():
+        return None
+    t = json.loads(f.read_text()).get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None

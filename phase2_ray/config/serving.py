@@ -252,6 +252,12 @@ class ValidationConfig(Section):
     prompt_tokens: int = Field(32, ge=1, description="Prompt length, cut from held-out text.")
     max_tokens: int = Field(64, ge=1, description="Tokens generated per request.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
+    api: Literal["completions", "chat"] = Field(
+        "completions",
+        description="Which OpenAI API the load generator drives: completions (each prompt as `prompt`) or chat "
+        "(each prompt as one user message, through the model's chat template: leave room in model.block_size for the "
+        "template's wrapping, about 20 tokens with the default one).",
+    )
     top_k: int | None = Field(50, ge=1, description="Sample from the k most likely tokens.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")

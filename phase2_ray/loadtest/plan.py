@@ -47,7 +47,7 @@ class Endpoint:
     """Where a stage's requests go and how each one asks: the same for every level it runs."""
 
     base_url: str
-    """The server's root (the client appends /v1/completions)."""
+    """The server's root (the client appends /v1/completions or /v1/chat/completions)."""
     prompts: list
     """Prompt texts, or a workload's (prompt, max_tokens) pairs; request i takes prompts[i % len]."""
     max_tokens: int
@@ -58,6 +58,8 @@ class Endpoint:
     """Request i samples with seed + i, so every model gets the same requests."""
     timeout_s: float
     api_key: str | None = None
+    api: str = "completions"
+    """completions (POST /v1/completions, `prompt`) or chat (POST /v1/chat/completions, one user message)."""
 
     @property
     def payload_args(self) -> dict:

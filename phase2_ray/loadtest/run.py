@@ -231,6 +231,7 @@ class ValidationStage:
             seed=self.cfg.training.seed,
             timeout_s=v.timeout_s,
             api_key=self.cfg.serve.resolved_api_key(),
+            api=v.api,
             **self.sampling,
         )
 

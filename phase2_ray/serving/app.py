@@ -1,4 +1,5 @@
-"""Stage 2c's Serve deployment: InferenceScalingEngine, an OpenAI-compatible completions server.
+"""Stage 2c's Serve deployment: InferenceScalingEngine, an OpenAI-compatible server (/v1/completions and
+/v1/chat/completions, streamed or whole).
 
 One deployment, FastAPI ingress, every model id loaded in each replica. Why not one deployment per variant behind
 a router: each Serve hop costs milliseconds (a handle call is several times a plain actor call), and the proxy
@@ -26,7 +27,8 @@ from phase2_ray.core.engine import AsyncBatchEngine, Overloaded
 from phase2_ray.core.generate import SamplingParams
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import ReplicaStats
-from phase2_ray.serving.requests import error, parse_completion
+from phase2_ray.serving.chat import TemplateError, render_chat
+from phase2_ray.serving.requests import error, parse_chat, parse_completion
 from phase2_ray.serving.stream import CompletionStream
 from phase2_ray.storage import materialize
 
@@ -94,9 +96,28 @@ class InferenceScalingEngine:
         req = await parse_completion(request, self.engines, self.cfg.max_prompt_chars)
         if isinstance(req, JSONResponse):
             return req
-        engine, tok = self.engines[req.model], self.tokenizers[req.model]
-        ids = tok.encode(req.prompt).ids
-        params = SamplingParams(req.max_tokens, req.temperature, req.top_k, req.top_p, req.seed)
+        return await self._complete(req.model, req.prompt, req.max_tokens, req, chat=False)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        if not self._authorized(request):
+            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        req = await parse_chat(request, self.engines, self.cfg.max_prompt_chars)
+        if isinstance(req, JSONResponse):
+            return req
+        try:  # the checkpoint's own template where it has one, else the documented default (serving/chat.py)
+            prompt = render_chat(
+                [m.model_dump() for m in req.messages], self.meta[req.model].get("chat_template")
+            )
+        except TemplateError as e:
+            return error(400, str(e))
+        return await self._complete(req.model, prompt, req.limit, req, chat=True)
+
+    async def _complete(self, model: str, prompt: str, max_tokens: int, req, *, chat: bool):
+        """One completion of `prompt`: streamed as server-sent events, or whole."""
+        engine, tok = self.engines[model], self.tokenizers[model]
+        ids = tok.encode(prompt).ids
+        params = SamplingParams(max_tokens, req.temperature, req.top_k, req.top_p, req.seed)
         gen = engine.generate(ids, params)
         try:
             # Validation and admission errors surface here, before any byte is sent.
@@ -105,7 +126,7 @@ class InferenceScalingEngine:
             return error(400, str(e))
         except Overloaded as e:
             return error(429, f"server busy: {e}; retry later", "overloaded", {"Retry-After": "1"})
-        out = CompletionStream(req.model, tok, len(ids), req.max_tokens)
+        out = CompletionStream(model, tok, len(ids), max_tokens, chat=chat)
         if not req.stream:
             tokens = list(first)
             async for more in gen:

@@ -1,5 +1,5 @@
-"""How a completion goes out over HTTP: OpenAI's text_completion chunks as server-sent events, one event per
-token, batched into few writes, closed by a usage chunk and `data: [DONE]`."""
+"""How a completion goes out over HTTP: OpenAI's text_completion chunks (or, for chat, chat.completion.chunk deltas)
+as server-sent events, one event per token, batched into few writes, closed by a usage chunk and `data: [DONE]`."""
 
 from __future__ import annotations
 
@@ -14,19 +14,29 @@ from phase2_ray.core.engine import IncrementalDetokenizer
 class CompletionStream:
     """The chunks of one completion (streamed or whole), numbered and detokenized as they go."""
 
-    def __init__(self, model: str, tokenizer, prompt_tokens: int, max_tokens: int) -> None:
-        self.rid, self.created = f"cmpl-{uuid.uuid4().hex[:16]}", int(time.time())
+    def __init__(
+        self, model: str, tokenizer, prompt_tokens: int, max_tokens: int, *, chat: bool = False
+    ) -> None:
+        self.rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
+        self.created, self.chat = int(time.time()), chat
+        self.object = "chat.completion.chunk" if chat else "text_completion"
         self.model, self.prompt_tokens, self.max_tokens = model, prompt_tokens, max_tokens
         self.detok = IncrementalDetokenizer(tokenizer)
         self.sent = 0
 
     def chunk(self, text: str, finish: str | None) -> dict:
+        if self.chat:
+            # the first delta names the role, as OpenAI's does; later ones carry content only
+            delta = {"role": "assistant", "content": text} if self.sent <= 1 else {"content": text}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {
             "id": self.rid,
-            "object": "text_completion",
+            "object": self.object,
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            "choices": [choice],
         }
 
     def usage(self, n: int) -> dict:
@@ -38,10 +48,18 @@ class CompletionStream:
 
     def whole(self, tokens: list[int]) -> dict:
         """The non-streamed response."""
-        return {
-            **self.chunk("".join(self.detok.push(t) for t in tokens), "length"),
-            "usage": self.usage(len(tokens)),
-        }
+        text = "".join(self.detok.push(t) for t in tokens)
+        if self.chat:
+            message = {"role": "assistant", "content": text}
+            return {
+                "id": self.rid,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "length", "logprobs": None}],
+                "usage": self.usage(len(tokens)),
+            }
+        return {**self.chunk(text, "length"), "usage": self.usage(len(tokens))}
 
     def sse(self, tokens: list[int]) -> str:
         parts = []
@@ -67,5 +85,7 @@ class CompletionStream:
                 flushed, pending = now, []
         if pending:
             yield self.sse(pending)
-        tail = {"id": self.rid, "object": "text_completion", "created": self.created, "model": self.model}
+        # Always the usage chunk (OpenAI's `stream_options.include_usage` form: no choices), so a client counts the
+        # tokens from the server's own number; OpenAI's clients skip a chunk without choices.
+        tail = {"id": self.rid, "object": self.object, "created": self.created, "model": self.model}
         yield f"data: {json.dumps({**tail, 'choices': [], 'usage': self.usage(self.sent)})}\n\ndata: [DONE]\n\n"

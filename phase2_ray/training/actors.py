@@ -56,6 +56,8 @@ class TrainSpec:
     """bar (a person at a terminal), lines (a plain line per interval: CI logs, `ray job logs`) or off."""
     storage_uri: str | None = None
     """Set when checkpoints and saved states go to storage instead of the object store."""
+    chat_template: str | None = None
+    """model.init_from's chat template, kept in the checkpoint's metadata (serving applies it to chat requests)."""
 
 
 @dataclass
@@ -308,6 +310,8 @@ class TrainerActor:
             "model": model_cfg,
             "optimizations": res.applied,
         }
+        if spec.chat_template:
+            meta["chat_template"] = spec.chat_template
         files = checkpoint_files(res.model, meta, spec.tokenizer_json)
         if spec.storage_uri:
             # Too large for the object store (the user says): the weights go to storage, only the URI travels.

@@ -146,6 +146,7 @@ class TrainingStage:
             config_json=self.config_json,
             progress=self.log.progress,
             storage_uri=join(cfg.storage.uri, self.run_id) if cfg.storage.uri else None,
+            chat_template=self.d.init.chat_template if self.d.init else None,
         )
 
     def _submit(self, job: TrainJob, handles: TrainHandles):

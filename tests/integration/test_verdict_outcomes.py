@@ -37,7 +37,12 @@ def _run(tmp_path, sets: list[str]) -> tuple[int, dict]:
 
 
 def test_a_clearly_slower_variant_is_rejected(serve_url, tmp_path):
-    rc, r = _run(tmp_path, ["variants.optimized.delay_pct=60"])  # fused AdamW + a 1.6x slowdown
+    # 2c drives the chat endpoint here (each prompt as a user message through the default template)
+    rc, r = _run(
+        tmp_path, ["variants.optimized.delay_pct=60", "validation.api=chat"]
+    )  # fused AdamW + 1.6x slower
+    assert r["config"]["validation"]["api"] == "chat"
+    assert all(i["success_rate"] == 1.0 and i["succeeded"] > 0 for i in r["inference"].values())
     sp = next(g for g in r["decision"]["gates"] if g["name"] == "training_speedup")
     assert sp["verdict"] == "fail" and sp["high"] < 1.05 and sp["outcome"] in ("worse", "inconclusive")
     assert r["decision"]["candidates"]["optimized"]["outcome"] == "rejected"

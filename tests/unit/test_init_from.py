@@ -211,6 +211,14 @@ def test_export_then_init_from_gives_back_the_same_model(smoke_init, tmp_path, t
     want = model.state_dict()
     assert set(init.state) == set(want)
     assert all(torch.equal(init.state[k], want[k]) for k in want)
+    # the export carries the chat template our server applies, and init_from takes it back
+    from phase2_ray.serving.chat import DEFAULT_CHAT_TEMPLATE
+
+    assert (
+        json.loads((tmp_path / "hf/tokenizer_config.json").read_text())["chat_template"]
+        == DEFAULT_CHAT_TEMPLATE
+    )
+    assert init.chat_template == DEFAULT_CHAT_TEMPLATE
 
 
 def test_null_takes_the_checkpoints_value_and_every_mismatch_is_named_at_once(hf_gpt2):
