@@ -2,8 +2,10 @@
 
 Errors travel inside the record (llmperf's habit): one bad request never stops the run.
 
-A request counts as ok only when its stream ends with `data: [DONE]` and the token events received match the
-server's own `usage.completion_tokens`. The server packs several token events into one HTTP write, so timings
+A request counts as ok when its stream is whole, as the API defines it: a chunk with a `finish_reason`, then
+`data: [DONE]` where the server sends one (OpenAI, vLLM and phase2_ray do; transformers serve ends the body instead),
+and the token events received equal to the server's own `usage.completion_tokens` (asked for with
+`stream_options.include_usage`; a server that sends no usage has its events counted). The server packs several token events into one HTTP write, so timings
 are taken per arrival (one received chunk of the body), and an arrival's gap is spread over its tokens."""
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ async def stream_completion(
     record.queue_ms = (sent - t0) * 1000.0
     record.scheduled = record.start - (sent - t0)
     first = last = done_at = None
+    finished = closed_at = None  # when a chunk carried a finish_reason; when the body ended without [DONE]
+    usage = False  # whether the stream carried a usage object (then it must account for every token)
     texts: list[str] = []
     buf, pending = bytearray(), []
     try:
@@ -87,11 +91,14 @@ async def stream_completion(
                             record.error_type, record.error = "stream_error", str(event["error"])
                             return record
                         if event.get("usage"):
+                            usage = True
                             record.prompt_tokens = event["usage"].get("prompt_tokens")
                             record.completion_tokens = event["usage"].get("completion_tokens")
                         if not event.get("choices"):  # the closing usage-only chunk carries no token
                             continue
                         choice = event["choices"][0]
+                        if choice.get("finish_reason"):
+                            finished = now
                         # completions carry `text`; chat completions a `delta` with `content`
                         texts.append(
                             choice["text"]
@@ -111,6 +118,8 @@ async def stream_completion(
                         record.write_gap_ms.append(gap)
                         record.itl_ms.extend(spread_gap(gap, k))
                     last = now
+                if done_at is None:
+                    closed_at = time.perf_counter()  # the server ended the body without [DONE]
     except TimeoutError as e:  # asyncio.timeout's, and aiohttp's own timeouts (subclasses)
         if done_at is None:  # a stall after [DONE] costs nothing: the answer was whole
             record.error_type, record.error = "timeout", f"{type(e).__name__} after {timeout_s}s"
@@ -128,18 +137,19 @@ async def stream_completion(
         record.end = time.time()
         record.text = "".join(texts)
     if record.error_type is None:
-        _judge(record, done_at, t0)
+        # whole: [DONE], or (a server that sends none) a finish_reason before the body ended
+        _judge(record, done_at if done_at is not None else (closed_at if finished else None), t0, usage)
     return record
 
 
-def _judge(record: RequestRecord, done_at: float | None, t0: float) -> None:
+def _judge(record: RequestRecord, done_at: float | None, t0: float, usage: bool = True) -> None:
     """Marks a stream that raised nothing ok, or says why it is not (vLLM counts only whole answers)."""
     if done_at is None:
         record.error_type = "truncated"
-        record.error = f"stream ended without [DONE] after {record.output_tokens} tokens"
+        record.error = f"stream ended without [DONE] or a finish_reason after {record.output_tokens} tokens"
     elif record.output_tokens == 0:
         record.error_type, record.error = "empty", "stream ended without a token"
-    elif record.completion_tokens != record.output_tokens:
+    elif usage and record.completion_tokens != record.output_tokens:
         record.error_type = "token_count_mismatch"
         record.error = (
             f"{record.output_tokens} token events arrived but usage.completion_tokens is "
@@ -196,9 +206,10 @@ async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
         p = prompts[i % len(prompts)]
         text, limit = (p, None) if isinstance(p, str) else p  # a workload's (prompt, max_tokens)
         body = {"model": model, "seed": seed + i, "stream": True, **payload_args}
+        # the server's own token count, in a closing chunk (OpenAI servers send it only when asked)
+        body["stream_options"] = {"include_usage": True}
         if chat:  # the prompt as one user message; the server applies the model's chat template
             body["messages"] = [{"role": "user", "content": text}]
-            body["stream_options"] = {"include_usage": True}
         else:
             body["prompt"] = text
         if limit is not None:

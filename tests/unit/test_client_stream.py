@@ -262,3 +262,49 @@ def test_warmups_come_back_flagged_and_a_failing_one_is_kept():
         assert not r["ok"] and r["status"] == 500 and r["error_type"] == "http_500"
         assert "cold start failed" in r["error"]
     assert all(r["ok"] and r["queue_ms"] == 0.0 for r in records[2:]), records
+
+
+def _final(text: str, finish: str = "length", chat: bool = False) -> str:
+    """A token event that closes the answer (finish_reason set), as completions or as a chat delta."""
+    choice = {"index": 0, "finish_reason": finish}
+    choice.update({"delta": {"content": text}} if chat else {"text": text})
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    return f"data: {json.dumps({'id': 'x', 'object': obj, 'created': 0, 'model': 'tiny', 'choices': [choice]})}\n\n"
+
+
+@pytest.mark.parametrize("with_usage", [True, False], ids=["usage", "no_usage_at_all"])
+def test_a_server_that_sends_no_done_is_whole_after_a_finish_reason(with_usage):
+    # transformers serve ends its stream with a finish_reason chunk (and usage when asked), never `data: [DONE]`
+    def script(stream: _Stream, body: dict) -> None:
+        assert body["stream_options"] == {"include_usage": True}  # the client asks for the server's count
+        stream.start()
+        stream.send(_tokens("abc") + _final("d") + (_tail(4, done=False) if with_usage else ""))
+        stream.end()
+
+    with serve(script) as url:
+        (r,) = _run(url)
+    assert r["ok"] and r["output_tokens"] == 4 and r["text"] == "abcd" and r["e2e_ms"] > 0, r
+    assert r["completion_tokens"] == (4 if with_usage else None)
+
+
+def test_chat_deltas_are_tokens_and_a_lying_usage_still_fails():
+    def script(stream: _Stream, body: dict) -> None:
+        assert body["messages"] == [{"role": "user", "content": "hello"}] and "prompt" not in body
+        stream.start()
+        stream.send(_final("a", None, chat=True) + _final("b", None, chat=True) + _final("c", chat=True))
+        stream.send(_tail(5))  # usage says 5, three arrived
+        stream.end()
+
+    with serve(script) as url:
+        ep = Endpoint(
+            base_url=url,
+            prompts=["hello"],
+            max_tokens=3,
+            temperature=0.0,
+            top_k=None,
+            seed=0,
+            timeout_s=10,
+            api="chat",
+        )
+        (r,) = run_requests(ep, LevelSpec(model="tiny", n=1, concurrency=1))
+    assert not r["ok"] and r["error_type"] == "token_count_mismatch" and r["text"] == "abc"
