@@ -195,12 +195,13 @@ def poisson_schedule(start: float, n: int, rate: float, seed: int, exact: bool =
 
 
 async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
-    base_url, model, prompts, seed = endpoint.base_url, spec.model, endpoint.prompts, endpoint.seed
+    route, prompts, seed = endpoint.route(spec.model), endpoint.prompts, endpoint.seed
+    model = route.model  # the name its server knows it by; records keep the model id (spec.model)
     concurrency, n, first_index, request_rate = spec.concurrency, spec.n, spec.first_index, spec.request_rate
-    timeout_s, api_key, payload_args = endpoint.timeout_s, endpoint.api_key, endpoint.payload_args
-    chat = endpoint.api == "chat"
-    url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    timeout_s, payload_args = endpoint.timeout_s, endpoint.payload_args
+    chat = route.api == "chat"
+    url = route.base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
+    headers = {"Authorization": f"Bearer {route.api_key}"} if route.api_key else None
 
     def payload(i: int) -> dict:
         p = prompts[i % len(prompts)]
@@ -223,7 +224,7 @@ async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def one(i: int, scheduled: float | None = None) -> RequestRecord:
-            record = RequestRecord(model, i, level=spec.level, round=spec.round, warmup=i < 0)
+            record = RequestRecord(spec.model, i, level=spec.level, round=spec.round, warmup=i < 0)
             return await stream_completion(
                 client, url, payload(i), record, timeout_s, headers, scheduled=scheduled
             )
@@ -277,7 +278,7 @@ async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
             wall0 = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
             for i, at in unsent:
                 r = RequestRecord(
-                    model,
+                    spec.model,
                     i,
                     level=spec.level,
                     round=spec.round,

@@ -42,6 +42,17 @@ def interleaved_schedule(
     return out
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where one model id's requests go: a server's root URL, the name that server knows the model by, the API it
+    speaks and its key (read from the environment by whoever builds the route, never stored in a report)."""
+
+    base_url: str
+    model: str
+    api: str = "completions"
+    api_key: str | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
     """Where a stage's requests go and how each one asks: the same for every level it runs."""
@@ -60,6 +71,14 @@ class Endpoint:
     api_key: str | None = None
     api: str = "completions"
     """completions (POST /v1/completions, `prompt`) or chat (POST /v1/chat/completions, one user message)."""
+    routes: dict[str, Route] | None = None
+    """Model ids served elsewhere (another server, another name, another API); the others go to `base_url`."""
+
+    def route(self, model_id: str) -> Route:
+        """Where model `model_id`'s requests go."""
+        if self.routes and model_id in self.routes:
+            return self.routes[model_id]
+        return Route(self.base_url, model_id, self.api, self.api_key)
 
     @property
     def payload_args(self) -> dict:
