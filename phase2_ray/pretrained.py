@@ -273,10 +273,16 @@ def _chat_template(src: InitSource) -> str | None:
     if src.kind == "phase2":
         meta = json.loads((src.path / "meta.json").read_text())
         return meta.get("chat_template")
+    jinja = src.path / "chat_template.jinja"  # where recent transformers save it
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
     f = src.path / "tokenizer_config.json"
     if not f.is_file():
         return None
-    t = json.loads(f.read_text()).get("chat_template")
+    try:
+        t = json.loads(f.read_text(encoding="utf-8")).get("chat_template")
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"model.init_from: {f} is not a JSON object ({e})") from None
     if isinstance(t, list):
         t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
     return t if isinstance(t, str) else None

@@ -48,7 +48,21 @@ def connect(cfg: Config, address: str | None, text_log: bool = True) -> str | No
     env = converters_env(cfg)
     if env:
         kwargs["runtime_env"] = env
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except ValueError as e:
+        # Inside `ray job submit` with py_modules of its own, Ray refuses a second set: the job's working_dir then
+        # carries the converter files (workers find them at their path relative to it).
+        if not env or "py_modules" not in str(e):
+            raise
+        print(
+            f"phase2: the job's runtime_env already sets py_modules ({e}); converter files travel in its "
+            "working_dir instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        kwargs.pop("runtime_env")
+        ray.init(**kwargs)
     return "joined" if target else "embedded"
 
 

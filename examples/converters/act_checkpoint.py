@@ -4,7 +4,7 @@ runs twice). The recomputation is exact, so training is bit-for-bit the baseline
 and the convergence gate is shown but does not decide.
 
 Use: variants.optimized.converters: ["examples/converters/act_checkpoint.py:ActCheckpoint"]
-     (configs/examples/act_checkpoint.yaml; `phase2 ablate` shows its memory and time beside the baseline's)."""
+     (examples/converters/act_checkpoint.yaml; `phase2 ablate` shows its memory and time beside the baseline's)."""
 
 import functools
 

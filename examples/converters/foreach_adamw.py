@@ -1,11 +1,11 @@
 """AdamW's multi-tensor ("foreach") implementation: one vectorized update over lists of tensors instead of a Python
 loop of small ops per parameter. phase2_ray's baseline pins the per-tensor loop (`foreach=False`), so this is the
-optimization a user would try first on a CPU, and it pays most where a model has many small tensors: a deep,
-narrow model (configs/examples/foreach_adamw.yaml: 8 layers of width 32). The update is the same arithmetic in
-another order of kernels, so the losses may differ in the last bits: `changes_numerics` stays True (the default)
-and the convergence gate decides.
+optimization a user would try first on a CPU, and it pays most where a model has many small tensors: a deep, narrow
+model (foreach_adamw.yaml beside this file: 16 layers of width 32, batches of 2 x 32 tokens). The update is the same
+arithmetic in another order of kernels, so the losses may differ in the last bits: `changes_numerics` stays True
+(the default) and the convergence gate decides.
 
-Use: variants.optimized.converters: ["examples/converters/foreach_adamw.py:ForeachAdamW"]"""
+Use: variants.optimized.converters: ["examples/converters/foreach_adamw.py:ForeachAdamW"] (relative to the config)"""
 
 import torch
 

@@ -5,7 +5,7 @@ judged as a served copy (`serve_from`): its val loss against its source's on the
 as fast on zeros as on other numbers, so expect no speed-up from this step alone: the report says so.
 
 Use: variants.pruned: {serve_from: baseline, converters: [{use: "examples/converters/prune.py:MagnitudePrune",
-     args: {sparsity: 0.3}}]}  (configs/examples/prune.yaml)."""
+     args: {sparsity: 0.3}}]}  (examples/converters/prune.yaml)."""
 
 import torch
 from torch import nn

@@ -191,11 +191,19 @@ def ablation_parts(variants: dict[str, VariantConfig]) -> dict[str, VariantConfi
     """`phase2 ablate`: each optimization alone and all together, beside the baseline. The optimizations are the
     converters the config's variants list (a user's own included); a config that lists none ablates the
     built-ins."""
+    from phase2_ray.config.training import ConverterUse
+
     listed: list = []
     for name, vc in variants.items():
-        if name == "baseline" or vc.serve_from is not None:
+        if name == "baseline" or vc.serve_from is not None or not vc.converters:
             continue
-        for c in vc.converters:
+        # a variant's switches are converters too (fused_adamw, bf16, sdpa before the listed ones, compile after)
+        before = [ConverterUse(use="fused_adamw")] if vc.fused_adamw else []
+        before += [ConverterUse(use="bf16")] if vc.bf16 else []
+        if vc.sdpa_backend != "default":
+            before.append(ConverterUse(use="sdpa", args={"backend": vc.sdpa_backend}))
+        after = [ConverterUse(use="compile", args={"mode": vc.compile_mode})] if vc.compile else []
+        for c in [*before, *vc.converters, *after]:
             if c not in listed:
                 listed.append(c)
     if not listed and any(v.serve_from for v in variants.values()):
@@ -211,9 +219,10 @@ def ablation_parts(variants: dict[str, VariantConfig]) -> dict[str, VariantConfi
     parts: dict[str, VariantConfig] = {}
     for c in listed:
         use = c if isinstance(c, str) else c.use
-        name = part_name(use.rpartition(":")[2] if ":" in use else use)
-        while name in parts or name == "baseline":
-            name = (name + "-2")[:32]
+        base = part_name(use.rpartition(":")[2] if ":" in use else use)
+        name, n = base, 2
+        while name in parts or name in ("baseline", "all"):
+            name, n = f"{base[:28]}-{n}", n + 1
         parts[name] = VariantConfig(converters=[c])
     if len(listed) > 1:
         parts["all"] = VariantConfig(converters=list(listed))

@@ -73,8 +73,11 @@ class FusedAdamW(Converter):
 class BF16(Converter):
     """bfloat16 autocast for the forward pass (AMX / AVX512-BF16 on CPU, tensor cores on GPU); the loss stays fp32."""
 
+    device: str | None = None
+    """The training device's type, set by the stack that runs it (autocast must name the device it casts on)."""
+
     def step_context(self):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
@@ -144,9 +147,12 @@ def build(spec: dict) -> Any:
 class ConverterStack:
     """A variant's converters, in order, applied where training and serving reach their hooks."""
 
-    def __init__(self, specs: list[dict]) -> None:
+    def __init__(self, specs: list[dict], device: torch.device | str | None = None) -> None:
         self.specs = list(specs)
         self.objs = [build(s) for s in self.specs]
+        for o in self.objs:
+            if isinstance(o, BF16) and device is not None:
+                o.device = torch.device(device).type
         makers = [s["name"] for s, o in zip(self.specs, self.objs, strict=True) if _has(o, "optimizer")]
         if len(makers) > 1:
             raise ConverterFailed(f"converters {makers} each build the optimizer; a stack may have one")
@@ -198,8 +204,12 @@ class ConverterStack:
 
     def step_context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
-        for s, o in self._with("step_context"):
-            stack.enter_context(self._call(s, "step_context", o.step_context))
+        try:
+            for s, o in self._with("step_context"):
+                stack.enter_context(self._call(s, "step_context", o.step_context))
+        except BaseException:
+            stack.close()  # the contexts entered before the one that failed are left again (autocast off)
+            raise
         return stack
 
     def serve(self, model: nn.Module) -> nn.Module:

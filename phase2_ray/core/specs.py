@@ -4,6 +4,7 @@ import torch. The modules that build models and optimizers import them from here
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -49,8 +50,18 @@ def builtin_spec(name: str, args: dict | None = None) -> dict:
         "args": dict(args or {}),
         "hooks": list(BUILTIN_HOOKS[name]),
         "changes_numerics": True,
-        "source": {"kind": "builtin", "package": "phase2_ray"},
+        "source": {"kind": "builtin", "package": "phase2_ray", "version": _own_version()},
     }
+
+
+@functools.lru_cache(maxsize=1)
+def _own_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("phase2_ray")
+    except PackageNotFoundError:
+        return None
 
 
 def shorthand_specs(

@@ -130,7 +130,8 @@ class Trainer:
             self.model.load_state_dict(init_state, strict=True)
         self.model.to(self.device)
         self.optim = optim
-        self.stack = ConverterStack(optim.converters)
+        # serve-only converters (int8) are not built here: training reaches none of their hooks
+        self.stack = ConverterStack(optim.training_converters(), self.device)
         self.step_fn = self.stack.convert(self.model)
         self.opt = self.stack.optimizer(
             self.model, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95)

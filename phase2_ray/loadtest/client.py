@@ -99,12 +99,15 @@ async def stream_completion(
                         choice = event["choices"][0]
                         if choice.get("finish_reason"):
                             finished = now
-                        # completions carry `text`; chat completions a `delta` with `content`
-                        texts.append(
-                            choice["text"]
-                            if "text" in choice
-                            else (choice.get("delta") or {}).get("content") or ""
-                        )
+                        if "text" in choice:  # completions: every event is one token (its text may be empty)
+                            texts.append(choice["text"] or "")
+                        else:
+                            # chat: a delta with content is a token; a role-only opening delta, or a closing
+                            # one that only carries the finish_reason, is not (OpenAI's and vLLM's streams have both)
+                            delta = choice.get("delta") or {}
+                            if "content" not in delta or ("role" in delta and not delta["content"]):
+                                continue
+                            texts.append(delta["content"] or "")
                         k += 1
                     if k == 0:
                         continue

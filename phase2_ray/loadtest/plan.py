@@ -7,7 +7,7 @@ round pairs the models moments apart (the between-model ratios take Student's t 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Route:
     base_url: str
     model: str
     api: str = "completions"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a log line
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +68,7 @@ class Endpoint:
     seed: int
     """Request i samples with seed + i, so every model gets the same requests."""
     timeout_s: float
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     api: str = "completions"
     """completions (POST /v1/completions, `prompt`) or chat (POST /v1/chat/completions, one user message)."""
     routes: dict[str, Route] | None = None

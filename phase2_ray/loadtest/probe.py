@@ -84,8 +84,11 @@ def _read_sse(s: httpx.Response, where: str) -> tuple[list[dict], bool, bool]:
     for line in s.iter_lines():
         if not line or line.startswith(":"):
             continue  # event separators and SSE comments (keep-alives)
-        if not line.startswith("data:"):
-            raise EndpointError(f"{where}: malformed SSE: a line that is not `data: ...`: {line[:80]!r}")
+        field = line.split(":", 1)[0]
+        if field in ("event", "id", "retry"):
+            continue  # other SSE fields: allowed, and carry no token
+        if field != "data":
+            raise EndpointError(f"{where}: malformed SSE: a line that is no SSE field: {line[:80]!r}")
         data = line[5:].strip()
         if data == "[DONE]":
             done = True

@@ -441,6 +441,8 @@ def _training_gates(variant: str, c: dict, targets: dict) -> list[Gate]:
         ),
         _convergence_gate(variant, c, targets),
     ]
+    if c.get("changes_numerics_note"):
+        gates[-1].detail = f"{c['changes_numerics_note']}: deciding; " + gates[-1].detail
     if c.get("changes_numerics") is False:
         # Its converters declare bit-identical training: the loss change is shown, and not what decides.
         gates[-1].deciding = False

@@ -184,7 +184,11 @@ def compare_variant(
     }
     # Only a stack whose converters say they change numerics is held to the convergence gate; one that says it
     # does not (activation checkpointing recomputes the same values) shows its Δ val loss without deciding by it.
-    c["changes_numerics"] = OptimizationSettings.from_dict(t["settings"]).changes_numerics()
+    declared = OptimizationSettings.from_dict(t["settings"]).changes_numerics()
+    # a claim of unchanged numerics is believed only as far as the losses bear it out
+    c["changes_numerics"] = declared or not _identical(raw["baseline"], raw[v])
+    if not declared and c["changes_numerics"]:
+        c["changes_numerics_note"] = "its converters declare changes_numerics = False, but its losses differ"
     sp = c["speedup"]
     if (
         not c["noop"]

@@ -26,9 +26,7 @@ class CompletionStream:
 
     def chunk(self, text: str, finish: str | None) -> dict:
         if self.chat:
-            # the first delta names the role, as OpenAI's does; later ones carry content only
-            delta = {"role": "assistant", "content": text} if self.sent <= 1 else {"content": text}
-            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish, "logprobs": None}
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {
@@ -38,6 +36,16 @@ class CompletionStream:
             "model": self.model,
             "choices": [choice],
         }
+
+    def role_chunk(self) -> str:
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "finish_reason": None,
+            "logprobs": None,
+        }
+        head = {"id": self.rid, "object": self.object, "created": self.created, "model": self.model}
+        return f"data: {json.dumps({**head, 'choices': [choice]})}\n\n"
 
     def usage(self, n: int) -> dict:
         return {
@@ -72,7 +80,10 @@ class CompletionStream:
     async def events(
         self, first: list[int], rest: AsyncIterator[list[int]], per_write: int, interval_s: float
     ) -> AsyncIterator[str]:
-        yield self.sse(first)  # the first token goes out at once: it is the TTFT
+        # Chat: a role-only delta first, as OpenAI's and vLLM's streams begin (a client does not count it as a
+        # token), in the same write as the first token.
+        role = self.role_chunk() if self.chat else ""
+        yield role + self.sse(first)  # the first token goes out at once: it is the TTFT
         flushed, pending = time.perf_counter(), []
         async for batch in rest:
             pending += batch

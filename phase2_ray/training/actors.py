@@ -262,11 +262,12 @@ class TrainerActor:
             tele.close()
         files, uri = self._checkpoint(spec, res, model_cfg)
         # Peak tensor memory of one steady step, on a fresh copy of the stack: the timed run is not tracked.
-        memory = (
-            peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
-            if res.status == "ok" and job.primary
-            else None
-        )
+        memory = None
+        if res.status == "ok" and job.primary:
+            try:
+                memory = peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
+            except Exception as e:  # a figure lost, not the training result
+                memory = {"bytes": None, "method": None, "error": f"{type(e).__name__}: {e}"}
         return TrainResult(
             variant=job.variant,
             seed=job.seed,

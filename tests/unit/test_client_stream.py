@@ -308,3 +308,33 @@ def test_chat_deltas_are_tokens_and_a_lying_usage_still_fails():
         )
         (r,) = run_requests(ep, LevelSpec(model="tiny", n=1, concurrency=1))
     assert not r["ok"] and r["error_type"] == "token_count_mismatch" and r["text"] == "abc"
+
+
+def test_an_openai_style_chat_stream_counts_only_content_deltas():
+    # OpenAI and vLLM open with a role-only delta and may close with an empty delta carrying the finish_reason
+    def delta(d: dict, finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": d, "finish_reason": finish}
+        return f"data: {json.dumps({'id': 'x', 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
+
+    def script(stream: _Stream, body: dict) -> None:
+        stream.start()
+        stream.send(delta({"role": "assistant", "content": ""}))
+        time.sleep(GAP)
+        stream.send(delta({"content": "a"}) + delta({"content": ""}) + delta({"content": "c"}))
+        stream.send(delta({}, "stop") + _tail(3))
+        stream.end()
+
+    with serve(script) as url:
+        ep = Endpoint(
+            base_url=url,
+            prompts=["hi"],
+            max_tokens=3,
+            temperature=0.0,
+            top_k=None,
+            seed=0,
+            timeout_s=10,
+            api="chat",
+        )
+        (r,) = run_requests(ep, LevelSpec(model="tiny", n=1, concurrency=1))
+    assert r["ok"] and r["output_tokens"] == 3 and r["text"] == "ac", r
+    assert r["ttft_ms"] >= GAP * 1000 * 0.8  # timed at the first token, not at the role announcement

@@ -87,7 +87,10 @@ CASES = {
     "wrong model": ({"models": ["other", "x"]}, "serves no model 'm' (it lists: other, x)"),
     "bad key": ({"auth": "Bearer right"}, "refuses the API key (HTTP 401): set CAND_KEY to its key"),
     "no streaming": ({"ctype": "application/json", "stream": b"{}"}, "does not stream"),
-    "malformed SSE, not data": ({"stream": b"event: x\nhello\n\n"}, "malformed SSE: a line that is not"),
+    "malformed SSE, not a field": (
+        {"stream": b"event: x\nhello\n\n"},
+        "malformed SSE: a line that is no SSE field",
+    ),
     "malformed SSE, not JSON": ({"stream": b"data: {oops\n\n"}, "malformed SSE: an event that is not JSON"),
     "no chat endpoint": ({"post_status": 404}, "has no /v1/completions (HTTP 404)"),
     "server error": ({"post_status": 500}, "got HTTP 500"),
@@ -100,7 +103,9 @@ def test_a_bad_endpoint_is_one_line_naming_it(case):
     behaviour, fragment = CASES[case]
     with served(**behaviour) as s:
         with pytest.raises(EndpointError) as e:
-            probe_endpoint("candidate", Route(s.url, "m", api_key="sk-secret-123"), timeout_s=5, key_env="CAND_KEY")
+            probe_endpoint(
+                "candidate", Route(s.url, "m", api_key="sk-secret-123"), timeout_s=5, key_env="CAND_KEY"
+            )
     msg = str(e.value)
     assert (
         "\n" not in msg and msg.startswith(f"endpoint 'candidate' ({s.url}, model 'm')") and fragment in msg
