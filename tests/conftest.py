@@ -29,6 +29,18 @@ def benchmark(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+LEAN_2C = [
+    "validation.concurrency=[1]",
+    "validation.replica_sweep=[]",
+    "validation.capacity.enabled=false",
+    "validation.inprocess_reference=false",
+    "serve.int8=false",
+    # two copies of one tiny architecture: too noisy per round for a 10% serving margin (see test_pipeline_e2e)
+    "targets.serving_regression_pct_max=100",
+]
+"""A smoke run's 2c kept lean (one level, no sweep, no capacity search, no int8 copy): for runs about the decision."""
+
+
 def free_port() -> int:
     """A port nothing listens on now (Serve's proxy uses SO_REUSEPORT: a shared port would split traffic)."""
     with socket.socket() as s:

@@ -15,7 +15,7 @@ import pytest
 
 from phase2_ray import cli
 from phase2_ray.core import checkpoint as ckpt
-from tests.conftest import ROOT
+from tests.conftest import LEAN_2C, ROOT
 
 pytestmark = pytest.mark.ray
 
@@ -66,15 +66,7 @@ class Boom:
         raise RuntimeError("custom kernel libfoo.so not found on this node")
 '''
 
-LEAN = [
-    "validation.concurrency=[1]",
-    "validation.replica_sweep=[]",
-    "validation.capacity.enabled=false",
-    "validation.inprocess_reference=false",
-    "serve.int8=false",
-    "targets.serving_regression_pct_max=100",  # two copies of one tiny model: too noisy per round (see smoke)
-    "variants.baseline.delay_pct=50",
-]
+LEAN = [*LEAN_2C, "variants.baseline.delay_pct=50"]
 
 
 @pytest.fixture(scope="module")

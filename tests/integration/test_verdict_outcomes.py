@@ -12,19 +12,11 @@ import json
 import pytest
 
 from phase2_ray import cli
-from tests.conftest import ROOT
+from tests.conftest import LEAN_2C, ROOT
 
 pytestmark = pytest.mark.ray
 
-LEAN = [
-    "validation.concurrency=[1]",
-    "validation.replica_sweep=[]",
-    "validation.capacity.enabled=false",
-    "validation.inprocess_reference=false",
-    "serve.int8=false",
-    # two copies of one tiny architecture: too noisy per round for a 10% serving margin (see test_pipeline_e2e)
-    "targets.serving_regression_pct_max=100",
-]
+LEAN = LEAN_2C
 
 
 def _run(tmp_path, sets: list[str]) -> tuple[int, dict]:

@@ -105,9 +105,16 @@ def serve(script: Callable[[_Stream, dict], None]):
         thread.join(5)
 
 
-def _run(url: str, seed: int = 0, **kw) -> list[dict]:
+def _run(url: str, seed: int = 0, api: str = "completions", prompt: str = "p", **kw) -> list[dict]:
     endpoint = Endpoint(
-        base_url=url, prompts=["p"], max_tokens=8, temperature=0.0, top_k=None, seed=seed, timeout_s=20
+        base_url=url,
+        prompts=[prompt],
+        max_tokens=8,
+        temperature=0.0,
+        top_k=None,
+        seed=seed,
+        timeout_s=20,
+        api=api,
     )
     return run_requests(endpoint, LevelSpec(**{"model": "tiny", "n": 1, "concurrency": 1, **kw}))
 
@@ -296,17 +303,7 @@ def test_chat_deltas_are_tokens_and_a_lying_usage_still_fails():
         stream.end()
 
     with serve(script) as url:
-        ep = Endpoint(
-            base_url=url,
-            prompts=["hello"],
-            max_tokens=3,
-            temperature=0.0,
-            top_k=None,
-            seed=0,
-            timeout_s=10,
-            api="chat",
-        )
-        (r,) = run_requests(ep, LevelSpec(model="tiny", n=1, concurrency=1))
+        (r,) = _run(url, api="chat", prompt="hello")
     assert not r["ok"] and r["error_type"] == "token_count_mismatch" and r["text"] == "abc"
 
 
@@ -325,16 +322,6 @@ def test_an_openai_style_chat_stream_counts_only_content_deltas():
         stream.end()
 
     with serve(script) as url:
-        ep = Endpoint(
-            base_url=url,
-            prompts=["hi"],
-            max_tokens=3,
-            temperature=0.0,
-            top_k=None,
-            seed=0,
-            timeout_s=10,
-            api="chat",
-        )
-        (r,) = run_requests(ep, LevelSpec(model="tiny", n=1, concurrency=1))
+        (r,) = _run(url, api="chat")
     assert r["ok"] and r["output_tokens"] == 3 and r["text"] == "ac", r
     assert r["ttft_ms"] >= GAP * 1000 * 0.8  # timed at the first token, not at the role announcement
