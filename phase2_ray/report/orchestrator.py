@@ -103,6 +103,7 @@ class MetricsOrchestrator:
                 confidence=self.cfg.speed_trial.confidence,
                 val_loss_tol_pct=self.cfg.targets.val_loss_delta_pct_max,
                 max_replicates=self.cfg.speed_trial.max_replicates,
+                speedup_min=self.cfg.targets.speedup_min,
             )
             for v in training
             if v != "baseline"

@@ -154,6 +154,7 @@ def compare_variant(
     confidence: float,
     val_loss_tol_pct: float,
     max_replicates: int | None = None,
+    speedup_min: float = 1.05,
 ) -> dict:
     """report.json's `comparison.<v>`: variant `v` against the baseline. The speed claim comes from the paired
     trial; the concurrent run's ratios are descriptive; convergence is |Δ val loss| against its tolerance."""
@@ -190,19 +191,23 @@ def compare_variant(
     if not declared and c["changes_numerics"]:
         c["changes_numerics_note"] = "its converters declare changes_numerics = False, but its losses differ"
     sp = c["speedup"]
+    band = max(speedup_min - 1.0, 0.0)  # the speedup gate's margin: within it, no effect worth the name
     if (
         not c["noop"]
+        and band > 0
         and _identical(raw["baseline"], raw[v])
         and c["training_memory"]["ratio"] in (None, 1.0)
         and sp.get("ci_low") is not None
-        and sp["ci_low"] <= 1.0 <= sp["ci_high"]
+        and 1 / (1 + band) <= sp["ci_low"] <= 1.0 <= sp["ci_high"] <= 1 + band
     ):
         # A converter whose hooks change nothing (or nothing that matters) is refused like the baseline's own stack.
+        # Only when the trial shows it equivalent: an interval that merely holds 1 is too little evidence (a real
+        # speedup measured by too few replicates), and stays inconclusive.
         c["noop"] = True
         c["noop_reason"] = (
             f"{stack_label(t['settings'])} changes nothing measurable: the baseline's loss at every step, bit for "
-            f"bit, the same peak memory, and a speed ratio whose interval holds 1 ({sp['ci_low']:.3f}, "
-            f"{sp['ci_high']:.3f})"
+            f"bit, the same peak memory, and a speed ratio shown equivalent to 1 ({sp['ci_low']:.3f}, "
+            f"{sp['ci_high']:.3f}, within ±{band * 100:g}%)"
         )
     c.update(
         convergence(
