@@ -40,7 +40,8 @@ def test_verdict_bench_quick_runs_every_series(ray_cluster, tmp_path, capsys):
     # the plugin series: the optimized stack is a user's converter file, recorded with its source
     assert s["plugin_aa"]["runs"] == 1 and s["plugin_known"]["runs"] == 1
     pa = res["plugin_aa"][0]
-    assert pa["outcome"] == "rejected"  # the same optimizer as the baseline's: never approved
+    # the same optimizer as the baseline's: never approved (rejected once shown equivalent, else inconclusive)
+    assert pa["outcome"] in ("rejected", "inconclusive")
     # the no-op guard fires when the trial shows the stack equivalent to the baseline, and only then
     assert pa["noop"] == (pa["relation"] == "equivalent")
     assert "plugin A/A:" in stdout
