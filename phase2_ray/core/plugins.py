@@ -146,9 +146,7 @@ def source_of(use: str, cls: type) -> dict:
     sha256 and its distribution's name and version."""
     parts = split_use(use)
     if parts is None:
-        from importlib.metadata import version
-
-        return {"kind": "builtin", "package": "phase2_ray", "version": _version(version, "phase2_ray")}
+        raise ValueError(f"{use!r} is a built-in: its spec is specs.builtin_spec's")
     where, _ = parts
     if is_file(where):
         out = {"kind": "file", "path": where, "sha256": sha256_file(where)}
@@ -199,9 +197,12 @@ def resolve(use: str, args: dict | None = None) -> dict:
         raise PluginError(
             f"converter {use!r}: {cls.__name__}(**{args}) raised {type(e).__name__}: {e}"
         ) from e
-    name = use if split_use(use) is None else cls.__name__
+    if split_use(use) is None:  # a built-in: the one spec specs.builtin_spec makes (also without torch)
+        from phase2_ray.core.specs import builtin_spec
+
+        return builtin_spec(use, args)
     return {
-        "name": name,
+        "name": cls.__name__,
         "use": use,
         "args": args,
         "hooks": hooks,

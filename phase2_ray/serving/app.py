@@ -39,6 +39,10 @@ DEPLOYMENT = "InferenceScalingEngine"
 api = FastAPI(title="phase2_ray inference", docs_url=None, redoc_url=None)
 
 
+def unauthorized() -> JSONResponse:
+    return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+
+
 @serve.deployment(name=DEPLOYMENT, health_check_period_s=5)
 @serve.ingress(api)
 class InferenceScalingEngine:
@@ -83,7 +87,7 @@ class InferenceScalingEngine:
     @api.get("/v1/models")
     def models(self, request: Request):
         if not self._authorized(request):
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+            return unauthorized()
         return {
             "object": "list",
             "data": [{"id": m, "object": "model", "owned_by": "phase2_ray"} for m in sorted(self.engines)],
@@ -92,7 +96,7 @@ class InferenceScalingEngine:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         if not self._authorized(request):
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+            return unauthorized()
         req = await parse_completion(request, self.engines, self.cfg.max_prompt_chars)
         if isinstance(req, JSONResponse):
             return req
@@ -101,7 +105,7 @@ class InferenceScalingEngine:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         if not self._authorized(request):
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+            return unauthorized()
         req = await parse_chat(request, self.engines, self.cfg.max_prompt_chars)
         if isinstance(req, JSONResponse):
             return req
