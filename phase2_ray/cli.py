@@ -20,6 +20,11 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run stages 2a-2d; exit 0 approved, 1 rejected, 2 bad config, 3 stage failed, 4 inconclusive",
     )
+    val = sub.add_parser(
+        "validate",
+        help="stages 2c and 2d alone on the config's endpoints (OpenAI-compatible servers or this run's own "
+        "Serve deployment), no training; exit codes as run",
+    )
     ablate = sub.add_parser(
         "ablate", help="like run, with each optimization alone and all together as concurrent variants"
     )
@@ -60,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--speedup-noise-pct", type=float, default=5.0, help="the speedup must change by more than this"
     )
-    for p_ in (run, ablate, srv):
+    for p_ in (run, val, ablate, srv):
         _run_args(p_)
     run.add_argument(
         "--resume",
@@ -141,9 +146,15 @@ def main(argv: list[str] | None = None) -> int:
 
             serve_checkpoints(cfg, args.checkpoints, address=args.address)
             return 0
+        mode = "quiet" if args.quiet else "json" if args.json_logs else "text"
+        if args.command == "validate":
+            from phase2_ray.validate import run_validate
+
+            code, md = run_validate(cfg, output=args.output, address=args.address, log_mode=mode)
+            print(md)
+            return code
         from phase2_ray.pipeline import run_pipeline
 
-        mode = "quiet" if args.quiet else "json" if args.json_logs else "text"
         code, md = run_pipeline(
             cfg, output=resume_dir or args.output, address=args.address, log_mode=mode, resume_id=resume_id
         )

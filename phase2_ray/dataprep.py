@@ -36,8 +36,11 @@ class PreparedData:
         return self.workload.requests if self.workload else self.prompts
 
 
-def prepare_data(cfg: Config) -> PreparedData:
-    """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input."""
+def prepare_data(cfg: Config, prompt_tokenizer=None) -> PreparedData:
+    """Corpus, tokenizer (train split only), token ids and validation prompts. Raises ConfigError on bad input.
+
+    `prompt_tokenizer` (phase2 validate: an endpoint's own tokenizer): prompts and the workload are sized in its
+    tokens instead of the model's."""
     st = Stage("data", None, start=time.time())
     init = load_init(cfg)  # model.init_from's weights and tokenizer (then none is trained here); errors first
     try:
@@ -55,16 +58,18 @@ def prepare_data(cfg: Config) -> PreparedData:
                 f"data: the {name} split has {len(ids)} tokens, fewer than model.block_size + 2 = {need}; "
                 "give more text (data.max_chars, data.paths) or lower data.val_fraction"
             )
-    prompts = validation_prompts(tok, val_ids, cfg.validation.prompt_tokens, 16)
+    ptok = prompt_tokenizer or tok
+    pval = corpus_data.encode(ptok, corpus.val_text) if prompt_tokenizer else val_ids
+    prompts = validation_prompts(ptok, pval, cfg.validation.prompt_tokens, 16)
     work = None
     if cfg.validation.workload:
         v = cfg.validation
         try:
             work = build_workload(
                 v.workload,
-                tok,
-                val_ids.tolist(),
-                block_size=cfg.model.block_size,
+                ptok,
+                pval.tolist(),
+                block_size=cfg.model.block_size if cfg.serves_own() else 1 << 30,
                 default_prompt_tokens=v.prompt_tokens,
                 default_max_tokens=v.max_tokens,
                 seed=cfg.training.seed,
@@ -75,6 +80,8 @@ def prepare_data(cfg: Config) -> PreparedData:
     st.detail = f"{corpus.chars} chars from {len(corpus.files)} files; {len(train_ids)}+{len(val_ids)} tokens"
     if init:
         st.detail += f"; weights and tokenizer from {init.info['path']}"
+    if prompt_tokenizer:
+        st.detail += "; prompts sized with the baseline endpoint's tokenizer"
     # The embedding's rows: a checkpoint's may exceed its tokenizer's size (padded vocabularies).
     vocab = init.info["model"]["vocab_size"] if init else tok.get_vocab_size()
     return PreparedData(

@@ -69,6 +69,8 @@ def run_pipeline(
     out_dir = Path(output) if output else Path("results") / run_id
     preflight.check_writable(out_dir)
     preflight.check_before_start(cfg, address)
+    if cfg.endpoints:  # an endpoint that cannot be load-tested costs seconds now, not a whole training run
+        preflight.check_endpoints(cfg, "run")
     preload = resume.load_states(out_dir) if resume_id else {}
     if resume_id and not preload:
         raise ConfigError(f"--resume {out_dir}: no saved training state under {out_dir / resume.STATES_DIR}")
@@ -173,8 +175,6 @@ def _speed_trial(run: RunState) -> None:
 
 
 def _validate(run: RunState, own_cluster: bool) -> None:
-    from phase2_ray.loadtest.run import ValidationStage
-
     ok = {v: r for v, r in run.training.items() if r.status == "ok"}
     uris = {v: r.checkpoint_uri for v, r in ok.items() if r.checkpoint_uri}
     # The run directory keeps a copy either way (phase2 serve and phase2 report read it from there).
@@ -183,17 +183,33 @@ def _validate(run: RunState, own_cluster: bool) -> None:
         ckpt.save_dir(files, run.out_dir / "checkpoints" / variant)
     if not servable:
         return
+    for name, e in run.cfg.endpoints.items():  # `self: VARIANT` under another name: that checkpoint again
+        if not e.external and e.self_ in servable and name not in servable:
+            servable[name] = servable[e.self_]
+            if e.self_ in uris:
+                uris[name] = uris[e.self_]
+    measure(run, servable, uris, own_cluster)
+
+
+def measure(run: RunState, servable: dict, uris: dict, own_cluster: bool) -> None:
+    """Stage 2c on `servable` (model id -> checkpoint files) and the config's external endpoints."""
+    from phase2_ray.loadtest.run import ValidationStage
+
     st = Stage("2c", None, start=time.time())
     run.stages.append(st)
+    stage = ValidationStage(run.cfg, servable, run.data, run.log, run.run_id, uris)
     try:
-        run.validation = ValidationStage(run.cfg, servable, run.data, run.log, run.run_id, uris).run(
-            own_cluster
-        )
+        run.validation = stage.run(own_cluster)
         st.status = "ok"
     except Exception as e:  # the stage failed; keep what was measured and report it
         st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
+        run.validation = stage.out if stage.out.get("records") else {}
         run.failure = "validation stage failed"
     st.end = time.time()
+    dead = (run.validation.get("endpoints") or {}).get("baseline", {}).get("failure")
+    if dead:  # the reference stopped answering: nothing after it could be compared
+        st.detail = dead
+        run.failure = run.failure or f"the baseline endpoint failed: {dead}"
 
 
 def _export_hf(run: RunState) -> dict[str, Path] | None:

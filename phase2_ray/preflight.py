@@ -27,6 +27,21 @@ def check_writable(out_dir: Path) -> None:
         raise ConfigError(f"--output {out_dir}: {p} is not writable by this user")
 
 
+def check_endpoints(cfg: Config, command: str) -> dict[str, dict]:
+    """The config's endpoints, before Ray starts (ConfigError, exit 2, one line naming the endpoint): what the
+    command needs of them, then each external one probed (it answers, knows the model, takes the key, streams
+    well-formed SSE). Returns what each probe learned."""
+    from phase2_ray.config.endpoints import check_endpoints as check_for_command
+    from phase2_ray.loadtest.endpoints import probe_all
+    from phase2_ray.loadtest.probe import EndpointError
+
+    try:
+        check_for_command(cfg.endpoints, list(cfg.variants), command)
+        return probe_all(cfg)
+    except (ValueError, EndpointError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_before_start(cfg: Config, address: str | None) -> None:
     """What can be checked before Ray starts, raised as ConfigError (exit 2, nothing started): the storage URI,
     and for an embedded Ray, which runs on this machine, its resources and the Serve port."""
@@ -50,6 +65,8 @@ def check_before_start(cfg: Config, address: str | None) -> None:
     gpus = torch.cuda.device_count()
     _require(_gpu_fields(cfg), gpus, f"the {gpus} GPUs of this machine")
     sc = cfg.serve
+    if not cfg.serves_own():
+        return  # phase2 validate on endpoints served elsewhere: no Serve here
     with socket.socket(socket.AF_INET6 if ":" in sc.host else socket.AF_INET) as s:
         # SO_REUSEADDR: a port left in TIME_WAIT by an earlier run is free; one with a listener is not.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -121,7 +121,8 @@ class RequestRecord:
     e2e_ms: float | None = None
     """From the same origin as ttft_ms to the arrival of `data: [DONE]`; set only when ok."""
     output_tokens: int = 0
-    """Token events received (one SSE event with a non-empty `choices` is one token)."""
+    """The server's `usage.completion_tokens` when its stream carried usage; else the token events received (one
+    SSE event with a non-empty `choices` is one token)."""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     """`usage.completion_tokens` from the server's closing usage chunk, or None when none came."""
@@ -135,12 +136,15 @@ class RequestRecord:
     itl_ms: list[float] = field(default_factory=list)
     """Per-token inter-token latency: each arrival after the first adds k entries of gap/k for its k tokens
     (gap = time since the previous token-carrying arrival); the first arrival adds none, so
-    len(itl_ms) == output_tokens - tokens_per_write[0] and sum(itl_ms) == first-to-last arrival time."""
+    len(itl_ms) == sum(tokens_per_write) - tokens_per_write[0] and sum(itl_ms) == first-to-last arrival time."""
     write_gap_ms: list[float] = field(default_factory=list)
     """Gap between consecutive token-carrying arrivals (len(tokens_per_write) - 1 entries)."""
     tokens_per_write: list[int] = field(default_factory=list)
     """Token events in each token-carrying arrival (received chunk of the body), the first one included."""
     text: str = ""
+    token_events: int | None = None
+    """Token-carrying events received, when the server sent usage (output_tokens is then usage's count, and
+    itl_ms spreads over the events); None when output_tokens counts the events themselves."""
 
 
 @dataclass

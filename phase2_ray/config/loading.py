@@ -101,17 +101,18 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    for e in cfg.endpoints.values():  # a tokenizer path is relative to the config file, as converters are
+        if e.tokenizer is not None and not Path(e.tokenizer).is_absolute():
+            e.tokenizer = str(base / e.tokenizer)
     if any(v.converters for v in cfg.variants.values()):
         # A user's converters are imported and checked now, in the driver: a bad one exits 2 before Ray starts.
         from phase2_ray.stacks import absolute_uses, check_variants
 
-        base = Path(path).resolve().parent if path is not None else Path.cwd()
         for v in cfg.variants.values():
             absolute_uses(v, base)
         check_variants(cfg.variants)
-    return resolve_config(
-        cfg
-    )  # model.init_from: the shape comes from the checkpoint  # model.init_from: the shape comes from the checkpoint
+    return resolve_config(cfg)  # model.init_from: the shape comes from the checkpoint
 
 
 def format_errors(err: ValidationError) -> str:
@@ -134,7 +135,11 @@ def format_errors(err: ValidationError) -> str:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = Config
+    keyed = False  # the previous part was a dict field: this part is a free-form key (a variant's name, ...)
     for part in loc:
+        if keyed:
+            keyed = False
+            continue
         field = model.model_fields.get(str(part))
         if field is None:  # a free-form key such as a variant name: its value is a VariantConfig
             model = VariantConfig
@@ -143,5 +148,5 @@ def _allowed_keys(loc: tuple) -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         elif getattr(ann, "__origin__", None) is dict:
-            model = ann.__args__[1]
-    return sorted(model.model_fields)
+            model, keyed = ann.__args__[1], True
+    return sorted(f.alias or n for n, f in model.model_fields.items())

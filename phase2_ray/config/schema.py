@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from phase2_ray.config.base import Section
+from phase2_ray.config.endpoints import EndpointConfig
 from phase2_ray.config.serving import ServeConfig, ValidationConfig
 from phase2_ray.config.training import SpeedTrialConfig, TrainingConfig, VariantConfig
 
@@ -255,6 +256,11 @@ class Config(Section):
     targets: TargetsConfig = Field(default_factory=TargetsConfig, description="Approval gates.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Exports at the end of a run.")
+    endpoints: dict[str, EndpointConfig] = Field(
+        default_factory=dict,
+        description="OpenAI-compatible endpoints to judge: with phase2 validate, `baseline` and the candidates "
+        "(no training); with phase2 run, further candidates judged against the trained baseline.",
+    )
     ablation: bool = Field(
         False,
         description="Replace the optimized variants with each optimization alone and all together "
@@ -283,7 +289,7 @@ class Config(Section):
             )
         v = self.validation
         w = v.workload
-        if w and w.output_tokens:
+        if w and w.output_tokens and self.serves_own():
             # a prompt too long for the room its output leaves is cut (the report counts the cuts)
             o = w.output_tokens.upper
             if o >= self.model.block_size:
@@ -291,7 +297,7 @@ class Config(Section):
                     f"validation.workload.output_tokens (up to {o}) must leave room for a prompt in "
                     f"model.block_size ({self.model.block_size})"
                 )
-        if v.prompt_tokens + v.max_tokens > self.model.block_size:
+        if self.serves_own() and v.prompt_tokens + v.max_tokens > self.model.block_size:
             raise ValueError(
                 f"validation.prompt_tokens ({v.prompt_tokens}) + validation.max_tokens "
                 f"({v.max_tokens}) must fit model.block_size ({self.model.block_size})"
@@ -308,6 +314,7 @@ class Config(Section):
             candidates.append("optimized-int8")  # the int8 copy the serving stage makes (loadtest.run)
         if self.validation.aa_control:
             candidates.append("baseline-aa")  # the A/A control (validation.aa_control)
+        candidates += [e for e in self.endpoints if e != "baseline"]
         unknown = sorted(set(t.candidates) - set(candidates))
         if unknown:
             raise ValueError(
@@ -317,6 +324,11 @@ class Config(Section):
         if self.data.vocab_size > 65536:
             raise ValueError("data.vocab_size must fit int32 token ids")
         return self
+
+    def serves_own(self) -> bool:
+        """Whether 2c serves models of this run (phase2 run always does; phase2 validate only `self` endpoints)."""
+        base = self.endpoints.get("baseline")
+        return base is None or not base.external or any(not e.external for e in self.endpoints.values())
 
     def trained(self) -> dict[str, VariantConfig]:
         """The variants stages 2a/2b train (all but the served copies)."""

@@ -4,8 +4,9 @@ Errors travel inside the record (llmperf's habit): one bad request never stops t
 
 A request counts as ok when its stream is whole, as the API defines it: a chunk with a `finish_reason`, then
 `data: [DONE]` where the server sends one (OpenAI, vLLM and phase2_ray do; transformers serve ends the body instead),
-and the token events received equal to the server's own `usage.completion_tokens` (asked for with
-`stream_options.include_usage`; a server that sends no usage has its events counted). The server packs several token events into one HTTP write, so timings
+and at least one token. Output tokens are the server's own `usage.completion_tokens` (asked for with
+`stream_options.include_usage`; a server that sends no usage has its token events counted); usage must account
+for every token event (one event may carry several tokens, never none). The server packs several token events into one HTTP write, so timings
 are taken per arrival (one received chunk of the body), and an arrival's gap is spread over its tokens."""
 
 from __future__ import annotations
@@ -152,13 +153,18 @@ def _judge(record: RequestRecord, done_at: float | None, t0: float, usage: bool 
         record.error = f"stream ended without [DONE] or a finish_reason after {record.output_tokens} tokens"
     elif record.output_tokens == 0:
         record.error_type, record.error = "empty", "stream ended without a token"
-    elif usage and record.completion_tokens != record.output_tokens:
+    elif usage and (record.completion_tokens is None or record.completion_tokens < record.output_tokens):
+        # fewer events than tokens is allowed (one event may carry several); more is not: each carries one at least
         record.error_type = "token_count_mismatch"
         record.error = (
             f"{record.output_tokens} token events arrived but usage.completion_tokens is "
             f"{record.completion_tokens}"
         )
     else:
+        if (
+            usage
+        ):  # the server's own count: one event may carry several tokens (and events are what ITL spreads)
+            record.token_events, record.output_tokens = record.output_tokens, record.completion_tokens
         record.e2e_ms = (done_at - t0) * 1000.0
         record.ok = True
 

@@ -1,6 +1,10 @@
 """Stage 2c on the driver: the in-process reference, then every model served over HTTP at each load level in
 interleaved rounds, then the replica sweep. Returns the raw records (each tagged with its model, level and round),
-replica stats and the reference, for the report to summarise."""
+replica stats and the reference, for the report to summarise.
+
+Models served elsewhere (the config's external `endpoints`) take their turns in the same rounds, with the same
+prompts, seeds and arrivals; they have no reference, replica stats or sweep. One that stops answering mid-run keeps
+what it measured and is left out of the rounds after (`endpoints.<name>.failure`)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import Slo
+from phase2_ray.loadtest.endpoints import external as external_endpoints
+from phase2_ray.loadtest.endpoints import load_tokenizer, route_of, still_up, token_check
 from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.loadtest.search import capacity_search
@@ -66,12 +72,15 @@ class ValidationStage:
                 self.uris = uris = {**uris, AA_CONTROL: uris["baseline"]}
         plan = serve_plan(cfg, checkpoints)
         self.int8_of = "optimized" if "optimized" + INT8_SUFFIX in plan else None
-        self.models = model_specs(checkpoints, plan, uris)
+        self.models = model_specs(checkpoints, plan, uris)  # what this run serves
+        self.external = external_endpoints(cfg)  # what is served elsewhere
+        self.model_ids = [*self.models, *self.external]  # every model 2c measures
+        self.failed: dict[str, str] = {}  # endpoint -> why it was dropped (it stopped answering)
         self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
         cap = v.capacity
         # the replica sweep's model (the variant the int8 copy comes from, else the first): what would ship
-        self.capacity_model = cap.model or self.int8_of or next(iter(checkpoints))
+        self.capacity_model = cap.model or self.int8_of or next(iter(checkpoints), None)
         ttft, tpot = cfg.capacity_slo()
         self.slo = Slo(ttft_ms=ttft, tpot_ms=tpot)
         self.out: dict = {
@@ -95,8 +104,12 @@ class ValidationStage:
             "int8_of": self.int8_of,
             "copies": {m: p["source"] for m, p in plan.items() if p["source"] != m},
             "served_converters": {m: p["converters"] for m, p in plan.items() if p["converters"]},
-            "models": list(self.models),
+            "models": list(self.model_ids),
             "seed": cfg.training.seed,
+            "endpoints": {
+                **{m: {"kind": "self", "api": v.api} for m in self.models},
+                **{n: e.describe() for n, e in self.external.items()},
+            },
         }
         self.deployed: int | None = None  # replicas of the running application, when a fixed number
         # Unique per stage, not the run id: a resumed run keeps its id, and Serve would keep replicas of an earlier
@@ -104,7 +117,8 @@ class ValidationStage:
         self.version = f"{run_id}:{uuid.uuid4().hex[:8]}"
 
     def run(self, own_cluster: bool) -> dict:
-        out, v = self.out, self.cfg.validation
+        if not self.models:  # only endpoints served elsewhere: no reference, Serve, replica stats or sweep
+            return self._measure(expected=None)
         self._reference()  # before Serve starts, so that nothing else competes for the cores while it is timed
         if not self.log.text:
             # --quiet / --json-logs promise a parseable stream: Serve's driver-side INFO lines would break it.
@@ -127,33 +141,13 @@ class ValidationStage:
         try:
             t_deploy = time.time()
             self._deploy(None)
-            out["deploy_s"] = time.time() - t_deploy
+            self.out["deploy_s"] = time.time() - t_deploy
             self.log.event(
                 "serve.ready",
                 f"2c: serving {', '.join(self.models)} at {self.base_url}/v1/completions "
-                f"({out['deploy_s']:.1f}s to deploy)",
+                f"({self.out['deploy_s']:.1f}s to deploy)",
             )
-            self.clients = start_clients(v.clients, self.run_id)
-            out["clients"] = [
-                {"name": f"{self.run_id}:2c:client{i}", "node_id": n}
-                for i, n in enumerate(ray.get([c.node_id.remote() for c in self.clients]))
-            ]
-            if out["capacity"] is not None:  # what bounds a scaling efficiency: the cores everything shares
-                out["capacity"]["cluster"] = {
-                    "cpus": ray.cluster_resources().get("CPU", 0),
-                    "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
-                    "load_clients": len(self.clients),
-                }
-            self._levels()
-            self._extend_headline()
-            expected = sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas
-            out["replicas"] = replica_stats(expected)
-            if not v.replica_sweep:  # else each replica count of the sweep gets its search
-                self._capacity_searches(expected, out["replicas"], first=True)
-            self._replica_sweep()
-            for c in self.clients:
-                ray.kill(c)
-            return out
+            return self._measure(expected=sc.autoscaling.max_replicas if sc.autoscaling else sc.num_replicas)
         finally:
             # The cluster is left as this run found it. One this run started goes down whole with ray.shutdown();
             # on a shared one, Serve stops if this run started it, and otherwise loses only this application
@@ -162,6 +156,63 @@ class ValidationStage:
                 serve.delete(APP_NAME)
             elif not own_cluster:
                 serve.shutdown()
+
+    def _measure(self, expected: int | None) -> dict:
+        """Load clients, the levels in rounds, the headline's extra looks, then capacity and the replica sweep
+        (`expected`: this run's replica count; None when it serves nothing itself)."""
+        out, v = self.out, self.cfg.validation
+        for name, e in self.external.items():  # checked before Ray started; checked again now it is time
+            why = still_up(name, e)
+            if why:
+                self._drop(name, f"{why} (at the start of 2c)")
+        self.clients = start_clients(v.clients, self.run_id)
+        out["clients"] = [
+            {"name": f"{self.run_id}:2c:client{i}", "node_id": n}
+            for i, n in enumerate(ray.get([c.node_id.remote() for c in self.clients]))
+        ]
+        if out["capacity"] is not None:  # what bounds a scaling efficiency: the cores everything shares
+            out["capacity"]["cluster"] = {
+                "cpus": ray.cluster_resources().get("CPU", 0),
+                "nodes": sum(1 for n in ray.nodes() if n["Alive"]),
+                "load_clients": len(self.clients),
+            }
+        self._levels()
+        self._extend_headline()
+        if expected is not None:
+            out["replicas"] = replica_stats(expected)
+        if not v.replica_sweep or expected is None:  # else each replica count of the sweep gets its search
+            self._capacity_searches(expected or 1, out.get("replicas") or [], first=True)
+        if expected is not None:
+            self._replica_sweep()
+        self._token_checks()
+        for c in self.clients:
+            ray.kill(c)
+        return out
+
+    def _drop(self, name: str, why: str) -> None:
+        """An endpoint that stopped answering: what it measured is kept; it sits out every later slot."""
+        self.failed[name] = why
+        self.out["endpoints"][name]["failure"] = why
+        self.log.event("endpoint.failed", f"2c: {why}", endpoint=name)
+
+    def _live(self, models: list[str]) -> list[str]:
+        return [m for m in models if m not in self.failed]
+
+    def _token_checks(self) -> None:
+        """Each model's token accounting: usage present, and the re-tokenized count of every answer against it
+        (the endpoint's own tokenizer; a self-served model's checkpoint tokenizer)."""
+        by_model: dict[str, list[dict]] = {}
+        for r in self.out["records"]:
+            by_model.setdefault(r["variant"], []).append(r)
+        for m in self.model_ids:
+            tok, source = None, None
+            if m in self.external and self.external[m].tokenizer:
+                source = self.external[m].tokenizer
+                tok = load_tokenizer(source)
+            elif m in self.models and "checkpoint" in self.models[m]:
+                source = "the served checkpoint's tokenizer.json"
+                tok = Tokenizer.from_str(self.models[m]["checkpoint"]["tokenizer.json"].decode("utf-8"))
+            self.out["endpoints"][m]["tokens"] = token_check(by_model.get(m, []), tok, source)
 
     def _reference(self) -> None:
         cfg, v, sc, d = self.cfg, self.cfg.validation, self.cfg.serve, self.d
@@ -232,6 +283,7 @@ class ValidationStage:
             timeout_s=v.timeout_s,
             api_key=self.cfg.serve.resolved_api_key(),
             api=v.api,
+            routes={n: route_of(e) for n, e in self.external.items()},
             **self.sampling,
         )
 
@@ -239,7 +291,20 @@ class ValidationStage:
         """One model at one level: the requests split over the clients; records tagged with level and round."""
         recs = run_level(self.clients, self.endpoint, spec)
         self.out["records"] += recs
+        self._check_alive(spec, recs)
         return recs
+
+    def _check_alive(self, spec: LevelSpec, recs: list[dict]) -> None:
+        """An external endpoint whose requests broke off (refused, cut, timed out) is probed again: one that no
+        longer answers is dropped, named, from here on (a slow one that still answers keeps its turns)."""
+        m = spec.model
+        if m not in self.external or m in self.failed:
+            return
+        broken = [r for r in recs if r.get("error_type") in ("connection", "truncated", "timeout")]
+        if broken:
+            why = still_up(m, self.external[m])
+            if why:
+                self._drop(m, f"{why}: stopped answering mid-run ({spec.level}, round {spec.round})")
 
     def _levels(self) -> None:
         """One model and level at a time (concurrent load would make them measure each other), the models taking
@@ -250,7 +315,7 @@ class ValidationStage:
             levels.append((f"poisson{v.request_rate:g}", max(v.concurrency), v.request_rate))
         self.out["levels"] = [name for name, _, _ in levels]
         schedule = interleaved_schedule(
-            list(self.models),
+            self._live(self.model_ids),
             [(name, c) for name, c, _ in levels],
             v.requests,
             v.rounds,
@@ -260,6 +325,8 @@ class ValidationStage:
         how = {name: (c, rate) for name, c, rate in levels}
         done: dict[tuple[str, str], list[dict]] = {}
         for slot in schedule:
+            if slot.model in self.failed or "baseline" in self.failed:
+                continue  # a dropped endpoint sits out; without the baseline nothing is compared
             conc, rate = how[slot.level]
             recs = self._load(
                 LevelSpec(
@@ -294,8 +361,9 @@ class ValidationStage:
         per, n_max = max(1, v.requests // k0), max(v.max_rounds, k0)
         looks, first, t0, last = [k0], v.requests, time.time(), 0.0
         rng = random.Random(self.cfg.training.seed + 1)
-        models = list(self.models)
-        while looks[-1] < n_max and "baseline" in models and tol is not None:
+        models = self._live(self.model_ids)
+        while looks[-1] < n_max and "baseline" in self._live(models) and tol is not None:
+            models = self._live(models)
             vs = serving_vs_baseline(
                 request_frame(self.out["records"]), models, name, looks, n_max, goodput_slo(self.cfg.targets)
             )
@@ -364,19 +432,22 @@ class ValidationStage:
         self, replicas: int, stats: list[dict], first: bool, closed_rps: float | None = None
     ) -> None:
         """The capacity search at this replica count: the searched model, and the baseline model too at the first
-        count when a relative gate needs it."""
+        count when a relative gate needs it; each external endpoint at the first count (its replicas are its own)."""
         if self.out["capacity"] is None:
             return
-        models = [self.capacity_model]
-        if first and self.cfg.validation.capacity.baseline and "baseline" != self.capacity_model:
+        models = [self.capacity_model] if self.capacity_model in self.models else []
+        if first and (self.cfg.validation.capacity.baseline or self.external) and "baseline" not in models:
             models.append("baseline")
+        if first:
+            models += [m for m in self.external if m not in models]
+        models = self._live(models)
         cap = self.cfg.validation.capacity
         start = cap.start_rps or (round(closed_rps / 2, 1) if closed_rps else 4.0)
         searches: dict[str, list[dict]] = {m: [] for m in models}
         for i in range(cap.replicates):  # the models take turns, so replicate i of each is paired in time
-            for m in models:
+            for m in self._live(models):
                 searches[m].append(self._capacity(replicas, m, start, i))
-        for m in models:
+        for m in [m for m in models if searches[m]]:
             run = {"replicas": replicas, "model": m, **combine_searches(searches[m])}
             run["replica_ids"] = [r.get("replica_id") for r in stats]
             run["replica_nodes"] = [r.get("node_id") for r in stats]
@@ -405,6 +476,7 @@ class ValidationStage:
             level_prefix=f"capacity:r{replicas}:{model}:s{replicate}",
         )
         self.out["capacity_records"] += recs
+        self._check_alive(LevelSpec(model=model, level="capacity", round=replicate, n=0, concurrency=1), recs)
         return {"replicate": replicate, **res}
 
 

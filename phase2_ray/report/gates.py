@@ -48,10 +48,18 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
         )
         for v, s in _failed_training(report).items()
     ]
+    endpoints = (report.get("serving") or {}).get("endpoints") or {}
+    elsewhere = {m for m, e in endpoints.items() if e.get("kind") == "external"}
+    # an endpoint that stopped answering: its candidate failed, whatever it measured before
+    gates += [
+        Gate("endpoint_available", m, 0.0, "==", 1.0, detail=e["failure"])
+        for m, e in endpoints.items()
+        if e.get("failure")
+    ]
     # Every trained variant must have been served (a missing one fails as "not measured"), plus any extra model.
     for variant in list(training) + [m for m in inference if m not in training]:
-        gates += _serving_gates(variant, inference.get(variant, {}), targets)
-    gates += _replica_memory_gate(inference, targets)
+        gates += _serving_gates(variant, inference.get(variant, {}), targets, own=variant not in elsewhere)
+    gates += _replica_memory_gate({m: i for m, i in inference.items() if m not in elsewhere}, targets)
     gates += _vs_baseline_gates(report, targets)
     comp = report.get("serving", {}).get("compression")
     if comp:
@@ -88,55 +96,57 @@ def evaluate_gates(report: dict, targets: dict) -> list[Gate]:
 
 
 def _capacity_gates(cap: dict | None, targets: dict) -> list[Gate]:
-    """The optional capacity gates, on the first replica count's searches: an absolute floor, judged on the
-    capacity's interval (a capacity must be shown, not hoped), and the searched model against the baseline."""
+    """The optional capacity gates, on the first replica count's searches, for each searched candidate (the
+    searched model, each external endpoint): an absolute floor, judged on the capacity's interval (a capacity must
+    be shown, not hoped), and the candidate against the baseline (paired over replicated searches)."""
     floor, rel = targets.get("capacity_rps_min"), targets.get("capacity_vs_baseline_min")
     if not (floor or rel):
         return []
     runs = (cap or {}).get("runs") or []
     first = min((r["replicas"] for r in runs), default=None)
     at_first = {r["model"]: r for r in runs if r["replicas"] == first}
-    main = next((r for m, r in at_first.items() if m != "baseline"), at_first.get("baseline"))
-    model = main["model"] if main else "n/a"
+    base = at_first.get("baseline")
+    mains = [r for m, r in at_first.items() if m != "baseline"] or [base]
     gates = []
-    if floor:
-        gates.append(
-            Gate(
-                "capacity_rps",
-                model,
-                main and main.get("capacity_rps"),
-                ">=",
-                floor,
-                "req/s",
-                low=main and main.get("ci_low"),
-                high=main and main.get("ci_high"),
-                detail=f"capacity under the SLO with {first} replica(s), CI [{_num(main and main.get('ci_low'))}, "
-                f"{_num(main and main.get('ci_high'))}]",
+    for main in mains:
+        model = main["model"] if main else "n/a"
+        if floor:
+            gates.append(
+                Gate(
+                    "capacity_rps",
+                    model,
+                    main and main.get("capacity_rps"),
+                    ">=",
+                    floor,
+                    "req/s",
+                    low=main and main.get("ci_low"),
+                    high=main and main.get("ci_high"),
+                    detail=f"capacity under the SLO with {first} replica(s), CI "
+                    f"[{_num(main and main.get('ci_low'))}, {_num(main and main.get('ci_high'))}]",
+                )
             )
-        )
-    if rel:
-        base = at_first.get("baseline")
-        both = main and base and main is not base and main["capacity_rps"] and base["capacity_rps"]
-        paired = paired_capacity_ratio(main, base) if both else None
-        gates.append(
-            Gate(
-                "capacity_vs_baseline",
-                model,
-                paired[0] if paired else (main["capacity_rps"] / base["capacity_rps"] if both else None),
-                ">=",
-                rel,
-                "x",
-                low=paired[1] if paired else None,
-                high=paired[2] if paired else None,
-                detail=f"capacity {model} / baseline with {first} replica(s): "
-                f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s"
-                + (
-                    f", paired over {len(main.get('searches') or [])} replicated searches"
-                    if paired
-                    else " (one search each: a point, judged as measured)"
-                ),
+        if rel:
+            both = main and base and main is not base and main["capacity_rps"] and base["capacity_rps"]
+            paired = paired_capacity_ratio(main, base) if both else None
+            gates.append(
+                Gate(
+                    "capacity_vs_baseline",
+                    model,
+                    paired[0] if paired else (main["capacity_rps"] / base["capacity_rps"] if both else None),
+                    ">=",
+                    rel,
+                    "x",
+                    low=paired[1] if paired else None,
+                    high=paired[2] if paired else None,
+                    detail=f"capacity {model} / baseline with {first} replica(s): "
+                    f"{_num(main and main.get('capacity_rps'))} / {_num(base and base.get('capacity_rps'))} req/s"
+                    + (
+                        f", paired over {len(main.get('searches') or [])} replicated searches"
+                        if paired
+                        else " (one search each: a point, judged as measured)"
+                    ),
+                )
             )
-        )
     return gates
 
 
@@ -162,17 +172,15 @@ def _failed_training(report: dict) -> dict[str, dict]:
 
 
 def candidate_roles(report: dict, targets: dict) -> dict[str, str]:
-    """required / informative for every candidate (each model but the baseline): trained variants are required
-    and served copies (int8) informative, unless targets.candidates says otherwise."""
+    """required / informative for every candidate (each model but the baseline): trained variants and configured
+    endpoints are required and served copies (int8) informative, unless targets.candidates says otherwise."""
+    endpoints = (report.get("serving") or {}).get("endpoints") or {}
     names = [v for v in [*report["training"], *_failed_training(report)] if v != "baseline"]
-    names += [m for m in report["inference"] if m != "baseline" and m not in names]
+    names += [m for m in [*report["inference"], *endpoints] if m != "baseline" and m not in names]
     chosen = targets.get("candidates") or {}
-    return {
-        m: chosen.get(
-            m, "required" if m in report["training"] or m in _failed_training(report) else "informative"
-        )
-        for m in names
-    }
+    # configured endpoints are what the user asked to judge: required, as trained variants are
+    judged = {*report["training"], *_failed_training(report), *report.get("config", {}).get("endpoints", {})}
+    return {m: chosen.get(m, "required" if m in judged else "informative") for m in names}
 
 
 def decide(report: dict, targets: dict) -> dict:
@@ -215,9 +223,10 @@ def find_gate(gates: list[dict], name: str, variant: str) -> dict | None:
     return next((g for g in gates if g["name"] == name and g["variant"] == variant), None)
 
 
-def _serving_gates(variant: str, inf: dict, targets: dict) -> list[Gate]:
-    """One served model's bound gates (its own figures; the replica's memory is gated once, below)."""
-    return [
+def _serving_gates(variant: str, inf: dict, targets: dict, own: bool = True) -> list[Gate]:
+    """One served model's bound gates (its own figures; the replica's memory is gated once, below). A model served
+    elsewhere (`own` False) has no memory figure here: its server's memory is its own business."""
+    gates = [
         Gate(
             "ttft_p50_ms",
             variant,
@@ -252,6 +261,7 @@ def _serving_gates(variant: str, inf: dict, targets: dict) -> list[Gate]:
             detail="the model's own bytes: weights + preallocated KV cache + activation peak",
         ),
     ]
+    return gates if own else gates[:-1]
 
 
 def _replica_memory_gate(inference: dict, targets: dict) -> list[Gate]:

@@ -165,6 +165,8 @@ def summarize_inference(validation: dict, targets) -> tuple[dict, dict]:
     sc = validation.get("scaling") or {}
     if sc.get("runs"):
         serving["replica_scaling"] = _replica_scaling(req, sc, validation.get("scaling_concurrency"))
+    if validation.get("endpoints"):  # each model's endpoint (self / external), failure and token accounting
+        serving["endpoints"] = validation["endpoints"]
     if validation.get("workload"):
         serving["workload"] = validation["workload"]
     if validation.get("capacity"):
