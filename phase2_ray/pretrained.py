@@ -179,11 +179,12 @@ def resolve_config(cfg: Config) -> Config:
             f"{'; '.join(wrong)} ({m.init_from}): leave {keys} out of the config, or --set each to null, to "
             "take the checkpoint's"
         )
-    raw = cfg.model_dump(mode="json")
+    # Only what was set: a default stays a default (the load generator tells a set top_k from the default one).
+    raw = cfg.model_dump(mode="json", exclude_unset=True, by_alias=True)
     block = m.block_size if "block_size" in given else src.shape["block_size"]
     # The resolved path: a resumed run, started from another directory, finds the same checkpoint.
     raw["model"].update({k: src.shape[k] for k in SHAPE}, block_size=block, init_from=str(src.path.resolve()))
-    raw["data"]["vocab_size"] = src.shape["vocab_size"]
+    raw.setdefault("data", {})["vocab_size"] = src.shape["vocab_size"]
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

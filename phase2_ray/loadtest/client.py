@@ -101,6 +101,8 @@ async def stream_completion(
                         if choice.get("finish_reason"):
                             finished = now
                         if "text" in choice:  # completions: every event is one token (its text may be empty)
+                            if choice.get("finish_reason") and not choice["text"]:
+                                continue  # a closing event that carries only the finish_reason (transformers)
                             texts.append(choice["text"] or "")
                         else:
                             # chat: a delta with content is a token; a role-only opening delta, or a closing

@@ -82,12 +82,9 @@ class Endpoint:
 
     @property
     def payload_args(self) -> dict:
-        return {
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-        }
+        """Sampling fields of every request; top_k (not in OpenAI's API: vLLM's and ours) only when set."""
+        args = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        return args if self.top_k is None else {**args, "top_k": self.top_k}
 
 
 @dataclass(frozen=True, kw_only=True)

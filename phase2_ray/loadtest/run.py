@@ -76,7 +76,10 @@ class ValidationStage:
         self.external = external_endpoints(cfg)  # what is served elsewhere
         self.model_ids = [*self.models, *self.external]  # every model 2c measures
         self.failed: dict[str, str] = {}  # endpoint -> why it was dropped (it stopped answering)
-        self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=v.top_k, top_p=v.top_p)
+        # top_k is no OpenAI field (servers such as transformers serve refuse it): with endpoints served
+        # elsewhere it is sent, to every model alike, only when the config sets it
+        top_k = v.top_k if not external_endpoints(cfg) or "top_k" in v.model_fields_set else None
+        self.sampling = dict(max_tokens=v.max_tokens, temperature=v.temperature, top_k=top_k, top_p=v.top_p)
         self.base_url = f"http://{sc.host}:{sc.port}"
         cap = v.capacity
         # the replica sweep's model (the variant the int8 copy comes from, else the first): what would ship

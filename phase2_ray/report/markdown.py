@@ -17,7 +17,7 @@ from phase2_ray.report.markdown_decision import (
     recommendation,
     run_timeline,
 )
-from phase2_ray.report.markdown_serving import inference_vs_targets, serving_section
+from phase2_ray.report.markdown_serving import endpoints_section, inference_vs_targets, serving_section
 from phase2_ray.report.markdown_training import (
     loss_chart,
     mfu_cell,
@@ -51,6 +51,7 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         loss_chart(r),
         inference_vs_targets(r),
         serving_section(r),
+        endpoints_section(r),
         gates_table(r),
         dashboard(r),
         _comparative_table(r),
@@ -130,7 +131,8 @@ def _init_line(r: dict) -> str:
         return ""
     files = ", ".join(f"{name} sha256 {h[:12]}…" for name, h in sorted(init["sha256"].items()))
     used = f", {init['positions_used']} positions used" if init.get("positions_used") else ""
-    return f"Both variants started from `{init['path']}` ({init['kind']}: {files}{used}).\n"
+    who = "Both variants started" if r["training"] else "The self-served endpoints serve the weights"
+    return f"{who} from `{init['path']}` ({init['kind']}: {files}{used}).\n"
 
 
 def _placement_line(r: dict) -> str:
@@ -169,6 +171,8 @@ def _at_a_glance(r: dict) -> str:
 
 def _glance_training(r: dict) -> list[str]:
     tr = r["training"]
+    if not tr and not r.get("comparison") and (r.get("serving") or {}).get("endpoints"):
+        return []  # phase2 validate: endpoints only
     lines = ["Training"]
     for v, c in r.get("comparison", {}).items():
         sp = c["speedup"]
@@ -225,13 +229,16 @@ def _glance_health(r: dict) -> list[str]:
         "Architecture health",
         f"  stages: {len(r['stages'])} run, " + (f"FAILED: {', '.join(failed)}" if failed else "all ok"),
     ]
-    if inf:
-        first = next(iter(inf.values()))
+    eps = (r.get("serving") or {}).get("endpoints") or {}
+    own = {m: i for m, i in inf.items() if (eps.get(m) or {}).get("kind") != "external"}
+    if own:
+        first = next(iter(own.values()))
         lines.append(f"  replica peak RSS {fmt(first.get('peak_memory_mb'), 0, ' MB')} (holds every model)")
         lines += [
             f"  {m}: weights + KV cache + activations {fmt(i.get('model_memory_mb'), 2, ' MB')}"
-            for m, i in inf.items()
+            for m, i in own.items()
         ]
+    lines += [f"  endpoint {m} FAILED: {e['failure']}" for m, e in eps.items() if e.get("failure")]
     rsc = (r.get("serving") or {}).get("replica_scaling")
     if rsc:
         lines.append(

@@ -23,7 +23,7 @@ TARGET_ROWS = (
     ),
     (
         "Peak replica memory (RSS)",
-        "peak_memory_mb",
+        "replica_peak_memory_mb",  # one gate, on the replica that holds every model (variant "replica")
         "peak_memory_mb",
         None,
         "MB",
@@ -103,12 +103,18 @@ def _target_bars(r: dict, row: tuple) -> list[str]:
         f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})",
         f"  {'target':<{w}} {bar(target, scale, 40, '█'):<40} {target:g} {unit}",
     ]
+    elsewhere = {
+        m for m, e in ((r.get("serving") or {}).get("endpoints") or {}).items() if e.get("kind") == "external"
+    }
     for v, x in vals.items():
         if x is None:
-            lines.append(f"  {v:<{w}} not measured")
+            lines.append(
+                f"  {v:<{w}} "
+                + ("not measured here (served elsewhere)" if v in elsewhere else "not measured")
+            )
             continue
         head = (target / x if kind == "max" else x / target) if x else float("inf")
-        g = find_gate(r["decision"]["gates"], gate, v)
+        g = find_gate(r["decision"]["gates"], gate, v) or find_gate(r["decision"]["gates"], gate, "replica")
         side = {"pass": "within", "fail": "MISSES"}.get(gate_verdict(g) if g else "fail", "UNDECIDED")
         lines.append(
             f"  {v:<{w}} {bar(x, scale, 40):<40} {fmt(x, 2)} {unit} ({side}; "
@@ -331,3 +337,48 @@ def _cap_level_row(lv: dict) -> list:
         fmt(lv.get("client_cpu_ms_per_request"), 2),
         ", ".join(note),
     ]
+
+
+def endpoints_section(r: dict) -> str:
+    """Each model's endpoint (this run's Serve deployment or a server elsewhere), whether it failed, and how its
+    output tokens were counted and checked."""
+    eps = (r.get("serving") or {}).get("endpoints") or {}
+    if not any(e.get("kind") == "external" for e in eps.values()):
+        return ""
+    rows = []
+    for m, e in eps.items():
+        t = e.get("tokens") or {}
+        rate = t.get("mismatch_rate")
+        rows.append(
+            [
+                m,
+                "this run (Ray Serve)" if e["kind"] == "self" else e["url"],
+                e.get("model") or m,
+                e["api"],
+                t.get("output_tokens_from", "n/a"),
+                "no tokenizer"
+                if rate is None
+                else f"{rate * 100:.1f}% (mean abs diff {t['mean_abs_diff']:.2f})",
+                fmt(t.get("prompt_tokens_usage_mean"), 1),
+                f"FAILED: {e['failure']}" if e.get("failure") else "ok",
+            ]
+        )
+    headers = [
+        "endpoint",
+        "served by",
+        "model",
+        "API",
+        "output tokens from",
+        "re-tokenized ≠ usage",
+        "prompt tokens (usage)",
+        "status",
+    ]
+    return (
+        "## Endpoints\n\nEvery endpoint got the same prompts, seeds and arrivals, in interleaved rounds. Output "
+        "tokens are the server's own `usage.completion_tokens`. Each answer's text is re-tokenized with the "
+        "endpoint's tokenizer and the share of answers whose count differs is shown: under sampling a token "
+        "sequence need not be its text's canonical encoding, so compare the rate across endpoints with the same "
+        "tokenizer; a far higher one says a wrong tokenizer or wrong usage counts.\n\n"
+        + tabulate(rows, headers=headers, tablefmt="github")
+        + "\n"
+    )

@@ -19,6 +19,8 @@ def mfu_cell(value: float | None) -> str:
 
 def training_timeline(r: dict) -> str:
     tr = r["training"]
+    if not tr and not any(s["name"].startswith(("2a", "2b", "train")) for s in r["stages"]):
+        return ""  # phase2 validate: nothing was trained
     if not tr:
         return "## Training Timeline\n\nNo variant finished training.\n"
     longest = max(t["stage_s"] for t in tr.values())

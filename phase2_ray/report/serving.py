@@ -223,7 +223,8 @@ def _model_summary(m: str, req: pd.DataFrame, validation: dict, slo: dict) -> di
     s["headline_level"] = levels[0] if levels else None
     s["levels"] = per_level
     ref = (validation.get("reference") or {}).get(m)
-    if validation.get("replicas"):
+    elsewhere = ((validation.get("endpoints") or {}).get(m) or {}).get("kind") == "external"
+    if validation.get("replicas") and not elsewhere:  # this run's replicas hold only its own models
         s.update(_memory(m, validation["replicas"], (ref or {}).get("activation_bytes")))
     if ref:
         s.update(_inprocess(ref))
