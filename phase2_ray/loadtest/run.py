@@ -298,12 +298,17 @@ class ValidationStage:
         return recs
 
     def _check_alive(self, spec: LevelSpec, recs: list[dict]) -> None:
-        """An external endpoint whose requests broke off (refused, cut, timed out) is probed again: one that no
+        """An external endpoint whose requests broke off (refused, cut, timed out, 5xx) is probed again: one that no
         longer answers is dropped, named, from here on (a slow one that still answers keeps its turns)."""
         m = spec.model
         if m not in self.external or m in self.failed:
             return
-        broken = [r for r in recs if r.get("error_type") in ("connection", "truncated", "timeout")]
+        broken = [
+            r
+            for r in recs
+            if r.get("error_type") in ("connection", "truncated", "timeout")
+            or str(r.get("error_type")).startswith("http_5")
+        ]
         if broken:
             why = still_up(m, self.external[m])
             if why:

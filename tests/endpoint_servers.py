@@ -1,0 +1,213 @@
+"""Servers nobody here wrote, and a proxy in front of them, for the endpoint tests and benchmarks/endpoint_bench.py.
+
+- `export_model`: a seeded phase2_ray checkpoint exported as a Hugging Face directory (phase2 export's own code).
+- `TransformersServe`: `transformers serve DIR` in a subprocess on a free port (OpenAI-compatible; its streams end
+  with a finish_reason and no `data: [DONE]`).
+- `DelayProxy`: forwards to an upstream server, adding a fixed delay before each streamed SSE event; it can
+  demand an API key, and can stop listening after some requests (a server that dies mid-run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def export_model(
+    out: Path, *, block_size: int = 128, n_layer: int = 1, d_model: int = 32, seed: int = 0, steps: int = 150
+) -> Path:
+    """A seeded GPT with a tokenizer trained on a slice of the stdlib corpus, trained a little on it (an untrained
+    one samples stray bytes that no server can turn into text), saved as a checkpoint and exported by phase2
+    export's code to `out/export` (the directory transformers serve loads and init_from reads)."""
+    import torch
+
+    from phase2_ray.core import data
+    from phase2_ray.core.checkpoint import checkpoint_files, save_dir
+    from phase2_ray.core.model import GPT, GPTConfig
+    from phase2_ray.export import export_hf
+
+    corpus = data.load_corpus(data.stdlib_files(), 100_000, 0.1)
+    tok = data.train_tokenizer(corpus.train_text, 512)
+    torch.manual_seed(seed)
+    shape = dict(
+        vocab_size=tok.get_vocab_size(), block_size=block_size, n_layer=n_layer, n_head=2, d_model=d_model
+    )
+    model = GPT(GPTConfig(**shape))
+    ids = data.encode(tok, corpus.train_text).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        starts = torch.randint(
+            0, len(ids) - block_size - 1, (16,), generator=torch.Generator().manual_seed(step)
+        )
+        x = torch.stack([ids[i : i + block_size] for i in starts])
+        y = torch.stack([ids[i + 1 : i + block_size + 1] for i in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    meta = {
+        "run_id": None,
+        "variant": "baseline",
+        "step": 0,
+        "model": {**shape, "dropout": 0.0, "bias": False},
+    }
+    save_dir(checkpoint_files(model, meta, tok.to_str()), out / "run" / "checkpoints" / "baseline")
+    return export_hf(out / "run", out / "export", "baseline")
+
+
+class TransformersServe:
+    """`transformers serve DIR --port P` for the life of a `with` block; the model id is DIR's path."""
+
+    def __init__(
+        self, model_dir: Path, *, continuous_batching: bool = False, timeout_s: float = 120.0
+    ) -> None:
+        self.model_dir, self.port = str(model_dir), free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        cli = Path(sys.executable).with_name("transformers")
+        args = [str(cli), "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--log-level", "warning", "--device", "cpu"]
+        if continuous_batching:
+            args.append("--continuous-batching")
+        self.args, self.timeout_s, self.proc = args, timeout_s, None
+
+    def __enter__(self) -> TransformersServe:
+        import httpx
+
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + self.timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError(f"transformers serve did not answer within {self.timeout_s} s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class DelayProxy:
+    """An OpenAI-compatible endpoint in front of `upstream` (a base URL ending in /v1) on a free port, in a thread.
+
+    `delay_ms`: slept before forwarding each SSE event of a streamed answer (a slower server, by a known amount).
+    `api_key`: requests without `Authorization: Bearer <api_key>` get 401. `die_after`: the POST after that many
+    has its connection cut, and the proxy stops listening (refused from then on): a server that died mid-run."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        delay_ms: float = 0.0,
+        api_key: str | None = None,
+        die_after: int | None = None,
+    ) -> None:
+        self.upstream, self.delay_s = upstream.rstrip("/"), delay_ms / 1000
+        self.api_key, self.die_after = api_key, die_after
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.posts = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> DelayProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def stop() -> None:
+            await self.session.close()
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        async with self.session.get(f"{self.upstream}/models") as r:
+            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        self.posts += 1
+        if self.die_after is not None and self.posts > self.die_after:
+            for site in list(self.runner.sites):  # stop listening: later connections are refused
+                await site.stop()
+            request.transport.abort()  # and this one is cut
+            return web.Response(status=500)
+        body = await request.read()
+        async with self.session.post(
+            f"{self.upstream}/{request.match_info['path']}",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            out = web.StreamResponse(
+                status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "")}
+            )
+            await out.prepare(request)
+            buf = b""
+            async for chunk in r.content.iter_any():
+                buf += chunk
+                *events, buf = buf.split(b"\n\n")
+                for e in events:
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    await out.write(e + b"\n\n")
+            if buf:
+                await out.write(buf)
+            await out.write_eof()
+            return out
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self.session = aiohttp.ClientSession()
+            app = web.Application()
+            app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/v1/{path:.*}", self._post)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+        self._loop.run_until_complete(start())
+        self._ready.set()
+        self._loop.run_forever()
