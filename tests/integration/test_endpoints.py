@@ -168,3 +168,29 @@ def test_a_bad_endpoint_exits_2_in_one_line_before_any_load(exported, hf_server,
     rc, r, logs = _validate(tmp_path, {"baseline": good, "candidate": {**good, **change}})
     line = logs.strip().splitlines()[-1]
     assert rc == 2 and not r and all(w in line for w in words), logs
+
+
+def test_phase2_run_judges_an_external_candidate_beside_its_trained_variants(
+    serve_url, exported, hf_server, tmp_path
+):
+    """serve our baseline, and judge a deployment elsewhere against it in the same rounds"""
+    from tests.conftest import LEAN_2C, ROOT
+
+    sets = [*LEAN_2C, f"endpoints.theirs.url={hf_server.url}", f"endpoints.theirs.model={exported}"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = cli.main(
+            ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(tmp_path)]
+            + [a for s in sets for a in ("--set", s)]
+        )
+    r = json.loads((tmp_path / "report.json").read_text())
+    assert set(r["inference"]) == {"baseline", "optimized", "theirs"} and set(r["training"]) == {
+        "baseline",
+        "optimized",
+    }
+    theirs = r["decision"]["candidates"]["theirs"]
+    assert theirs["role"] == "required" and theirs["outcome"] == "rejected"
+    assert _gate(r, "tpot_p50_vs_baseline", "theirs")["outcome"] == "worse"
+    assert (
+        r["inference"]["theirs"]["success_rate"] == 1.0 and "peak_memory_mb" not in r["inference"]["theirs"]
+    )
+    assert rc == 1 and r["decision"]["outcome"] == "rejected"
