@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from phase2_ray import cli
-from tests.endpoint_servers import DelayProxy, TransformersServe, export_model
+from tests.conftest import benchmark
+
+servers = benchmark("endpoint_servers")
+DelayProxy, TransformersServe, export_model = (
+    servers.DelayProxy,
+    servers.TransformersServe,
+    servers.export_model,
+)
 
 pytestmark = pytest.mark.ray
 

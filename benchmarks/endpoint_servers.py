@@ -1,4 +1,4 @@
-"""Servers nobody here wrote, and a proxy in front of them, for the endpoint tests and benchmarks/endpoint_bench.py.
+"""Servers nobody here wrote, and a proxy in front of them, for benchmarks/endpoint_bench.py and the endpoint tests.
 
 - `export_model`: a seeded phase2_ray checkpoint exported as a Hugging Face directory (phase2 export's own code).
 - `TransformersServe`: `transformers serve DIR` in a subprocess on a free port (OpenAI-compatible; its streams end
@@ -28,7 +28,14 @@ def free_port() -> int:
 
 
 def export_model(
-    out: Path, *, block_size: int = 128, n_layer: int = 1, d_model: int = 32, seed: int = 0, steps: int = 150
+    out: Path,
+    *,
+    block_size: int = 128,
+    n_layer: int = 1,
+    n_head: int = 2,
+    d_model: int = 32,
+    seed: int = 0,
+    steps: int = 150,
 ) -> Path:
     """A seeded GPT with a tokenizer trained on a slice of the stdlib corpus, trained a little on it (an untrained
     one samples stray bytes that no server can turn into text), saved as a checkpoint and exported by phase2
@@ -44,7 +51,11 @@ def export_model(
     tok = data.train_tokenizer(corpus.train_text, 512)
     torch.manual_seed(seed)
     shape = dict(
-        vocab_size=tok.get_vocab_size(), block_size=block_size, n_layer=n_layer, n_head=2, d_model=d_model
+        vocab_size=tok.get_vocab_size(),
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
     )
     model = GPT(GPTConfig(**shape))
     ids = data.encode(tok, corpus.train_text).long()
@@ -188,13 +199,22 @@ class DelayProxy:
                 buf += chunk
                 *events, buf = buf.split(b"\n\n")
                 for e in events:
-                    if self.delay_s:
-                        await asyncio.sleep(self.delay_s)
+                    await self._delay()
                     await out.write(e + b"\n\n")
             if buf:
                 await out.write(buf)
             await out.write_eof()
             return out
+
+    async def _delay(self) -> None:
+        """The per-event delay. asyncio's timers have a 1 ms grain (epoll), so a shorter one is a busy wait: the
+        delay a benchmark asks for (a share of a ~1 ms token time) is then the delay it gets."""
+        if self.delay_s >= 0.002:
+            await asyncio.sleep(self.delay_s)
+        elif self.delay_s > 0:
+            end = time.perf_counter() + self.delay_s
+            while time.perf_counter() < end:
+                pass
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
