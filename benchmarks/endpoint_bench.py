@@ -206,11 +206,13 @@ def ours_vs_aiperf(aiperf: str, url: str, model: str, export: Path, prompts: lis
         timeout_s=60.0,
         routes={"x": Route(url.removesuffix("/v1"), model)},
     )
-    ours = summarize_requests(
-        request_frame(run_level(clients, ep, LevelSpec(model="x", n=n, concurrency=1, warmup=4)))
-    )
-    for c in clients:
-        ray.kill(c)
+
+    def ours_once() -> dict:
+        recs = run_level(clients, ep, LevelSpec(model="x", n=n, concurrency=1, warmup=4))
+        s = summarize_requests(request_frame(recs))
+        return {"ttft_p50_ms": p50(s["ttft_ms"]), "e2e_p50_ms": p50(s["e2e_ms"]), "n": s["succeeded"]}
+
+    ours = ours_once()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "prompts.jsonl"
         data.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts))
@@ -219,24 +221,29 @@ def ours_vs_aiperf(aiperf: str, url: str, model: str, export: Path, prompts: lis
             "--streaming", "--concurrency", "1", "--request-count", str(n), "--warmup-request-count", "4",
             "--input-file", str(data), "--custom-dataset-type", "single_turn", "--tokenizer", str(export),
             "--output-tokens-mean", "64", "--extra-inputs", "temperature:0.0", "--artifact-dir", tmp,
-            "--ui-type", "none",
+            "--ui-type", "none", "--use-server-token-count",
         ]  # fmt: skip
         done = subprocess.run(args, capture_output=True, text=True, timeout=900)
-        found = sorted(Path(tmp).rglob("profile_export_aiperf.json"))
-        if done.returncode != 0 or not found:
-            return {"ours": ours, "aiperf": None, "error": (done.stderr or done.stdout)[-1500:]}
-        a = json.loads(found[0].read_text())
+        found = sorted(Path(tmp).glob("profile_export_aiperf.json"))
+        a = json.loads(found[0].read_text()) if done.returncode == 0 and found else None
+    after = ours_once()  # ours again after AIPerf: the drift between runs, beside their difference
+    for c in clients:
+        ray.kill(c)
+    if a is None:
+        return {
+            "ours": ours,
+            "ours_after": after,
+            "aiperf": None,
+            "error": (done.stderr or done.stdout)[-1500:],
+        }
     pick = lambda k: (a.get(k) or {}).get("p50")  # noqa: E731
     return {
-        "ours": {
-            "ttft_p50_ms": p50(ours["ttft_ms"]),
-            "e2e_p50_ms": p50(ours["e2e_ms"]),
-            "n": ours["succeeded"],
-        },
+        "ours": ours,
+        "ours_after": after,
         "aiperf": {
             "ttft_p50_ms": pick("time_to_first_token"),
             "e2e_p50_ms": pick("request_latency"),
-            "raw": a,
+            "raw": {k: a.get(k) for k in ("time_to_first_token", "request_latency", "inter_token_latency")},
         },
     }
 
@@ -452,8 +459,10 @@ def print_report(out: dict) -> None:
         a = out["aiperf"]
         if a["aiperf"]:
             print(
-                f"\nload generator vs AIPerf on transformers --cb, c1: TTFT p50 {_f(a['ours']['ttft_p50_ms'])} vs "
-                f"{_f(a['aiperf']['ttft_p50_ms'])} ms; E2E p50 {_f(a['ours']['e2e_p50_ms'])} vs {_f(a['aiperf']['e2e_p50_ms'])} ms"
+                f"\nload generator vs AIPerf on transformers --cb, c1 (ours, AIPerf, ours again): TTFT p50 "
+                f"{_f(a['ours']['ttft_p50_ms'])}, {_f(a['aiperf']['ttft_p50_ms'])}, {_f(a['ours_after']['ttft_p50_ms'])} ms;"
+                f" E2E p50 {_f(a['ours']['e2e_p50_ms'])}, {_f(a['aiperf']['e2e_p50_ms'])}, "
+                f"{_f(a['ours_after']['e2e_p50_ms'])} ms"
             )
         else:
             print(f"\nAIPerf failed: {a['error'][-300:]}")
