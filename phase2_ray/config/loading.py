@@ -103,8 +103,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(format_errors(e)) from None
     base = Path(path).resolve().parent if path is not None else Path.cwd()
     for e in cfg.endpoints.values():  # a tokenizer path is relative to the config file, as converters are
-        if e.tokenizer is not None and not Path(e.tokenizer).is_absolute():
-            e.tokenizer = str(base / e.tokenizer)
+        if e.tokenizer is not None:
+            e.tokenizer = str(base / Path(e.tokenizer).expanduser())  # an absolute path stays as it is
     if any(v.converters for v in cfg.variants.values()):
         # A user's converters are imported and checked now, in the driver: a bad one exits 2 before Ray starts.
         from phase2_ray.stacks import absolute_uses, check_variants

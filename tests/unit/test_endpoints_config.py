@@ -92,3 +92,15 @@ def test_token_check_counts_usage_and_the_retokenized_mismatch(tiny_corpus):
     assert t["mismatched"] == 1 and t["mismatch_rate"] == 0.5 and t["mean_abs_diff"] == 1.0
     assert t["prompt_tokens_usage_mean"] == 5.0
     assert token_check(recs, None, None)["mismatch_rate"] is None
+
+
+def test_the_shipped_validate_config_loads_and_names_what_this_machine_lacks(tmp_path, monkeypatch):
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "configs/validate.yaml")
+    assert set(cfg.endpoints) == {"baseline", "candidate"} and cfg.endpoints["candidate"].api == "chat"
+    assert "~" not in cfg.endpoints["baseline"].tokenizer  # expanded
+    assert cfg.validation.capacity.baseline  # capacity_vs_baseline_min turns the baseline's search on
+    monkeypatch.setenv("CANDIDATE_API_KEY", "k")
+    with pytest.raises(ValueError, match="endpoints.baseline.tokenizer: .*no tokenizer.json"):
+        check_endpoints(cfg.endpoints, list(cfg.variants), "validate")
