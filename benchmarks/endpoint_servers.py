@@ -93,7 +93,9 @@ class TransformersServe:
         args = [str(cli), "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--log-level", "warning", "--device", "cpu"]
         if continuous_batching:
-            args.append("--continuous-batching")
+            # its paged KV cache, sized for this host's RAM by default (14 GB resident here); 8,192 tokens hold
+            # 16 requests of 512 tokens
+            args += ["--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "256"]
         self.args, self.timeout_s, self.proc = args, timeout_s, None
 
     def __enter__(self) -> TransformersServe:
