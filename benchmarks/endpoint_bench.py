@@ -249,11 +249,12 @@ def ours_vs_aiperf(aiperf: str, url: str, model: str, export: Path, prompts: lis
 
 
 def sensitivity(
-    work: Path, export: Path, upstream: str, tpot_ms: float, runs: dict[int, int], quick: bool
+    work: Path, export: Path, upstream: str, tpot_ms: float, runs: dict[int, int], budget: dict
 ) -> dict:
-    """A/A (delay 0) and per-token delays of pct% of the upstream's TPOT, through two proxies to one server."""
+    """A/A (delay 0) and per-token delays of pct% of the upstream's TPOT, through two proxies to one server.
+    `budget`: each run's requests, max_tokens, max_rounds and max_extra_s."""
     model = str(export)
-    out: dict = {"upstream_tpot_ms": tpot_ms, "margin_pct": 5.0, "runs": {}}
+    out: dict = {"upstream_tpot_ms": tpot_ms, "margin_pct": 5.0, "budget": budget, "runs": {}}
     for pct, n in runs.items():
         results = []
         for i in range(n):
@@ -267,14 +268,15 @@ def sensitivity(
                         "candidate": {"url": cand.url, "model": model, "tokenizer": model},
                     },
                     "validation": {
-                        "requests": 16 if quick else 32,
+                        "requests": budget["requests"],
                         "warmup_requests": 2,
                         "concurrency": [1],
                         "prompt_tokens": 16,
-                        "max_tokens": 16 if quick else 32,
+                        "max_tokens": budget["max_tokens"],
+                        "max_rounds": budget["max_rounds"],
                         "replica_sweep": [],
                         "capacity": {"enabled": False},
-                        "max_extra_s": 10.0 if quick else 45.0,
+                        "max_extra_s": budget["max_extra_s"],
                         "timeout_s": 30.0,
                     },
                     "training": {"seed": 1000 + i},
@@ -319,10 +321,24 @@ def main(argv: list[str] | None = None) -> int:
         "--delay30", type=int, default=5, help="runs with a +30%% per-token delay on the candidate"
     )
     ap.add_argument("--aiperf", help="AIPerf's command (installed apart: it pins other versions)")
+    ap.add_argument("--sensitivity-only", action="store_true", help="only the A/A and delay runs")
+    ap.add_argument(
+        "--sens-requests", type=int, default=32, help="sensitivity: requests per run (first rounds)"
+    )
+    ap.add_argument("--sens-max-tokens", type=int, default=32, help="sensitivity: output tokens per request")
+    ap.add_argument("--sens-max-rounds", type=int, default=24, help="sensitivity: validation.max_rounds")
+    ap.add_argument("--sens-extra-s", type=float, default=45.0, help="sensitivity: validation.max_extra_s")
     ap.add_argument("--out", help="write the JSON summary here")
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.aa, args.delay10, args.delay30, args.aiperf = 8, 1, 0, 1, None
+        args.sens_requests, args.sens_max_tokens, args.sens_extra_s = 16, 16, 10.0
+    budget = {
+        "requests": args.sens_requests,
+        "max_tokens": args.sens_max_tokens,
+        "max_rounds": args.sens_max_rounds,
+        "max_extra_s": args.sens_extra_s,
+    }
     t0 = time.time()
     out: dict = {"machine": machine(), "quick": args.quick}
     print(json.dumps(out["machine"]), flush=True)
@@ -350,15 +366,20 @@ def main(argv: list[str] | None = None) -> int:
                 TransformersServe(export) as tf,
                 TransformersServe(export, continuous_batching=True) as tf_cb,
             ):
-                out["comparison"] = comparison(work, export, tf.url, tf_cb.url, args.quick, args.requests)
-                out["floor"] = floor_ttft(export, 16 if args.quick else 48)
-                if args.aiperf:
-                    prompts = _prompts(out["comparison"]["run_dir"])
-                    out["aiperf"] = ours_vs_aiperf(args.aiperf, tf_cb.url, str(export), export, prompts, 48)
-                tpot = out["comparison"]["endpoints"]["tf"]["tpot_p50_ms_c1"]
+                if args.sensitivity_only:
+                    tpot = upstream_tpot(tf.url, str(export), budget["max_tokens"])
+                else:
+                    out["comparison"] = comparison(work, export, tf.url, tf_cb.url, args.quick, args.requests)
+                    out["floor"] = floor_ttft(export, 16 if args.quick else 48)
+                    if args.aiperf:
+                        prompts = _prompts(out["comparison"]["run_dir"])
+                        out["aiperf"] = ours_vs_aiperf(
+                            args.aiperf, tf_cb.url, str(export), export, prompts, 48
+                        )
+                    tpot = out["comparison"]["endpoints"]["tf"]["tpot_p50_ms_c1"]
                 runs = {0: args.aa, 10: args.delay10, 30: args.delay30}
                 out["sensitivity"] = sensitivity(
-                    work, export, tf.url, tpot, {k: n for k, n in runs.items() if n}, args.quick
+                    work, export, tf.url, tpot, {k: n for k, n in runs.items() if n}, budget
                 )
     finally:
         if own_serve:
@@ -373,6 +394,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def upstream_tpot(url: str, model: str, max_tokens: int) -> float:
+    """TPOT p50 of the upstream at c1 (32 requests): the unit of the sensitivity runs' delays."""
+    clients = start_clients(1, f"endpoint-bench-tpot-{os.getpid()}")
+    base = url.removesuffix("/v1")
+    ep = Endpoint(
+        base_url=base,
+        prompts=["def main(argv):\n    return"],
+        max_tokens=max_tokens,
+        temperature=0.8,
+        top_k=None,
+        seed=0,
+        timeout_s=60.0,
+        routes={"x": Route(base, model)},
+    )
+    recs = run_level(clients, ep, LevelSpec(model="x", n=32, concurrency=1, warmup=4))
+    for c in clients:
+        ray.kill(c)
+    return p50(summarize_requests(request_frame(recs))["tpot_ms"])
+
+
 def _prompts(run_dir: str) -> list[str]:
     """The prompts the comparison sent (requests.csv does not keep them; the run's config re-derives them)."""
     from phase2_ray.dataprep import prepare_data
@@ -384,10 +425,18 @@ def _prompts(run_dir: str) -> list[str]:
 
 
 def targets(out: dict) -> list[dict]:
+    rows = []
+    if "comparison" in out:
+        rows += _comparison_targets(out)
+    rows += _sensitivity_targets(out)
+    return rows
+
+
+def _comparison_targets(out: dict) -> list[dict]:
     e, top = out["comparison"]["endpoints"], out["comparison"]["levels"][1]
     gap = e["baseline"]["ttft_p50_ms_c1"] - e["tf_cb"]["ttft_p50_ms_c1"]
     agg = e["baseline"][f"tok_s_c{top}"] / e["tf_cb"][f"tok_s_c{top}"]
-    rows = [
+    return [
         {
             "target": "TTFT p50 at c1: ours - transformers --cb <= 2 ms",
             "value": gap,
@@ -401,6 +450,10 @@ def targets(out: dict) -> list[dict]:
             "met": agg >= 2,
         },
     ]
+
+
+def _sensitivity_targets(out: dict) -> list[dict]:
+    rows = []
     sens = out["sensitivity"]["runs"]
     if 0 in sens:
         rate = sens[0]["any_better_or_worse"] / sens[0]["n"]
@@ -427,6 +480,23 @@ def targets(out: dict) -> list[dict]:
 
 
 def print_report(out: dict) -> None:
+    if "comparison" in out:
+        _print_comparison(out)
+    s = out["sensitivity"]
+    print(
+        f"\nsensitivity (margin {s['margin_pct']}%, upstream TPOT {_f(s['upstream_tpot_ms'], 3)} ms, {s['budget']}):"
+    )
+    for pct, r in s["runs"].items():
+        print(
+            f"- delay +{pct}%: {r['n']} runs; TPOT worse {r['tpot_worse']}; any ratio better/worse "
+            f"{r['any_better_or_worse']}"
+        )
+    print("\n| target | value | met |\n|---|---|---|")
+    for t in out["targets"]:
+        print(f"| {t['target']} | {t['value']:.3f} {t['unit']} | {'yes' if t['met'] else 'NO'} |")
+
+
+def _print_comparison(out: dict) -> None:
     c = out["comparison"]
     top = c["levels"][1]
     print(
@@ -466,15 +536,6 @@ def print_report(out: dict) -> None:
             )
         else:
             print(f"\nAIPerf failed: {a['error'][-300:]}")
-    s = out["sensitivity"]
-    print(f"\nsensitivity (margin {s['margin_pct']}%, upstream TPOT {_f(s['upstream_tpot_ms'], 3)} ms):")
-    for pct, r in s["runs"].items():
-        print(
-            f"- delay +{pct}%: {r['n']} runs; TPOT worse {r['tpot_worse']}; any ratio better/worse {r['any_better_or_worse']}"
-        )
-    print("\n| target | value | met |\n|---|---|---|")
-    for t in out["targets"]:
-        print(f"| {t['target']} | {t['value']:.3f} {t['unit']} | {'yes' if t['met'] else 'NO'} |")
 
 
 def _f(x: float | None, digits: int = 2) -> str:
