@@ -183,10 +183,11 @@ class ValidationStage:
         self._extend_headline()
         if expected is not None:
             out["replicas"] = replica_stats(expected)
-        if not v.replica_sweep or expected is None:  # else each replica count of the sweep gets its search
-            self._capacity_searches(expected or 1, out.get("replicas") or [], first=True)
-        if expected is not None:
-            self._replica_sweep()
+        if "baseline" not in self.failed:  # without the reference, no capacity or sweep could be compared
+            if not v.replica_sweep or expected is None:  # else each replica count of the sweep gets its search
+                self._capacity_searches(expected or 1, out.get("replicas") or [], first=True)
+            if expected is not None:
+                self._replica_sweep()
         self._token_checks()
         for c in self.clients:
             ray.kill(c)
