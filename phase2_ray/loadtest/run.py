@@ -184,7 +184,8 @@ class ValidationStage:
         if expected is not None:
             out["replicas"] = replica_stats(expected)
         if "baseline" not in self.failed:  # without the reference, no capacity or sweep could be compared
-            if not v.replica_sweep or expected is None:  # else each replica count of the sweep gets its search
+            # with a sweep, each replica count of it gets its search
+            if not v.replica_sweep or expected is None:
                 self._capacity_searches(expected or 1, out.get("replicas") or [], first=True)
             if expected is not None:
                 self._replica_sweep()
