@@ -47,7 +47,7 @@ def hf_server(exported):
 
 
 def _validate(
-    tmp_path, endpoints: dict, *, init_from=None, validation=None, targets=None
+    tmp_path, endpoints: dict, *, init_from=None, validation=None, targets=None, tracking=None
 ) -> tuple[int, dict, str]:
     cfg = {
         "run_name": "ep",
@@ -56,6 +56,7 @@ def _validate(
         "endpoints": endpoints,
         "validation": {**LEAN, **(validation or {})},
         "targets": targets or {},
+        "tracking": tracking or {},
     }
     if init_from:
         cfg["model"] = {"init_from": str(init_from)}
@@ -112,6 +113,15 @@ def test_the_same_endpoint_twice_is_never_called_different(ray_cluster, exported
     assert outcome in ("approved", "inconclusive") and rc == {"approved": 0, "inconclusive": 4}[outcome]
     assert all(i["success_rate"] == 1.0 for i in r["inference"].values())
     assert "Training" not in (tmp_path / "run" / "report.md").read_text().split("## Charts")[0]
+    # phase2 compare reads a validate run as it reads any: the same run against itself is no regression
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert (
+            cli.main(
+                ["compare", str(tmp_path / "run"), str(tmp_path / "run"), "--output", str(tmp_path / "c")]
+            )
+            == 0
+        )
+    assert "candidate (c1)" in out.getvalue() and "NO REGRESSION" in out.getvalue()
 
 
 def test_a_slowed_candidate_behind_a_key_is_called_worse_and_the_key_stays_secret(
@@ -119,6 +129,7 @@ def test_a_slowed_candidate_behind_a_key_is_called_worse_and_the_key_stays_secre
 ):
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("PHASE2_TEST_KEY", secret)
+    db = tmp_path / "mlflow.db"
     with DelayProxy(hf_server.url, delay_ms=8.0, api_key=secret) as proxy:
         rc, r, logs = _validate(
             tmp_path,
@@ -126,7 +137,9 @@ def test_a_slowed_candidate_behind_a_key_is_called_worse_and_the_key_stays_secre
                 "baseline": {"url": hf_server.url, "model": str(exported)},
                 "candidate": {"url": proxy.url, "model": str(exported), "api_key_env": "PHASE2_TEST_KEY"},
             },
+            tracking={"mlflow_uri": f"sqlite:///{db}"},
         )
+    assert r["tracking"]["status"] == "logged" and secret.encode() not in db.read_bytes()
     assert _gate(r, "tpot_p50_vs_baseline")["outcome"] == "worse"
     assert rc == 1 and r["decision"]["candidates"]["candidate"]["outcome"] == "rejected"
     assert r["inference"]["candidate"]["success_rate"] == 1.0
