@@ -133,7 +133,8 @@ class TransformersServe:
 class DelayProxy:
     """An OpenAI-compatible endpoint in front of `upstream` (a base URL ending in /v1) on a free port, in a thread.
 
-    `delay_ms`: slept before forwarding each SSE event of a streamed answer (a slower server, by a known amount).
+    `delay_ms`: added per SSE event of a streamed answer, cumulatively (event k is forwarded k delays after it
+    arrived): a server slower by a known amount per token.
     `api_key`: requests without `Authorization: Bearer <api_key>` get 401. `die_after`: the POST after that many
     has its connection cut, and the proxy stops listening (refused from then on): a server that died mid-run."""
 
@@ -196,27 +197,31 @@ class DelayProxy:
                 status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "")}
             )
             await out.prepare(request)
-            buf = b""
+            buf, k = b"", 0
             async for chunk in r.content.iter_any():
+                arrived = time.perf_counter()
                 buf += chunk
                 *events, buf = buf.split(b"\n\n")
                 for e in events:
-                    await self._delay()
+                    k += 1
+                    # event k leaves k delays after it arrived: a server slower by `delay` per token, not one whose
+                    # every token is late by one delay (that would shift the stream, not slow it)
+                    await self._wait_until(arrived + k * self.delay_s)
                     await out.write(e + b"\n\n")
             if buf:
                 await out.write(buf)
             await out.write_eof()
             return out
 
-    async def _delay(self) -> None:
-        """The per-event delay. asyncio's timers have a 1 ms grain (epoll), so a shorter one is a busy wait: the
-        delay a benchmark asks for (a share of a ~1 ms token time) is then the delay it gets."""
-        if self.delay_s >= 0.002:
-            await asyncio.sleep(self.delay_s)
-        elif self.delay_s > 0:
-            end = time.perf_counter() + self.delay_s
-            while time.perf_counter() < end:
-                pass
+    @staticmethod
+    async def _wait_until(due: float) -> None:
+        """asyncio's timers have a 1 ms grain (epoll): the last 2 ms are a busy wait, so a delay of a share of a
+        ~1 ms token time is the delay the stream gets."""
+        left = due - time.perf_counter()
+        if left > 0.002:
+            await asyncio.sleep(left - 0.002)
+        while time.perf_counter() < due:
+            pass
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
