@@ -248,12 +248,13 @@ def ours_vs_aiperf(aiperf: str, url: str, model: str, export: Path, prompts: lis
     }
 
 
-def sensitivity(
-    work: Path, export: Path, upstream: str, tpot_ms: float, runs: dict[int, int], budget: dict
-) -> dict:
-    """A/A (delay 0) and per-token delays of pct% of the upstream's TPOT, through two proxies to one server.
-    `budget`: each run's requests, max_tokens, max_rounds and max_extra_s."""
+def sensitivity(work: Path, export: Path, upstream: str, runs: dict[int, int], budget: dict) -> dict:
+    """A/A (delay 0) and per-token delays of pct% of the upstream's TPOT (as seen through a proxy, the path both
+    endpoints take), through two proxies to one server. `budget`: each run's requests, max_tokens, max_rounds and
+    max_extra_s."""
     model = str(export)
+    with DelayProxy(upstream) as plain:
+        tpot_ms = upstream_tpot(plain.url, model, budget["max_tokens"])
     out: dict = {"upstream_tpot_ms": tpot_ms, "margin_pct": 5.0, "budget": budget, "runs": {}}
     for pct, n in runs.items():
         results = []
@@ -366,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 TransformersServe(export) as tf,
                 TransformersServe(export, continuous_batching=True) as tf_cb,
             ):
-                if args.sensitivity_only:
-                    tpot = upstream_tpot(tf.url, str(export), budget["max_tokens"])
-                else:
+                if not args.sensitivity_only:
                     out["comparison"] = comparison(work, export, tf.url, tf_cb.url, args.quick, args.requests)
                     out["floor"] = floor_ttft(export, 16 if args.quick else 48)
                     if args.aiperf:
@@ -376,10 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                         out["aiperf"] = ours_vs_aiperf(
                             args.aiperf, tf_cb.url, str(export), export, prompts, 48
                         )
-                    tpot = out["comparison"]["endpoints"]["tf"]["tpot_p50_ms_c1"]
                 runs = {0: args.aa, 10: args.delay10, 30: args.delay30}
                 out["sensitivity"] = sensitivity(
-                    work, export, tf.url, tpot, {k: n for k, n in runs.items() if n}, budget
+                    work, export, tf.url, {k: n for k, n in runs.items() if n}, budget
                 )
     finally:
         if own_serve:
@@ -395,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def upstream_tpot(url: str, model: str, max_tokens: int) -> float:
-    """TPOT p50 of the upstream at c1 (32 requests): the unit of the sensitivity runs' delays."""
+    """TPOT p50 at `url` at c1 (32 requests): the unit of the sensitivity runs' delays."""
     clients = start_clients(1, f"endpoint-bench-tpot-{os.getpid()}")
     base = url.removesuffix("/v1")
     ep = Endpoint(
