@@ -233,7 +233,7 @@ def _inference_rows(
         for key, h in SERVING_HEADLINE.items()
         if h.unit == "ms"  # the latencies; the summary has no p50 of the decode rate to put beside them
     ]
-    return rows + [
+    rows.append(
         _row(
             "output tok/s",
             tag,
@@ -241,10 +241,20 @@ def _inference_rows(
             ib.get("output_tokens_per_s"),
             "higher",
             "info",
-        ),
-        _row("peak replica RSS (MB)", m, ia.get("peak_memory_mb"), ib.get("peak_memory_mb"), "lower", "info"),
-        _success_row(m, ia, ib),
-    ]
+        )
+    )
+    if ia.get("peak_memory_mb") is not None or ib.get("peak_memory_mb") is not None:  # none: served elsewhere
+        rows.append(
+            _row(
+                "peak replica RSS (MB)",
+                m,
+                ia.get("peak_memory_mb"),
+                ib.get("peak_memory_mb"),
+                "lower",
+                "info",
+            )
+        )
+    return rows + [_success_row(m, ia, ib)]
 
 
 def _capacity_rows(ra: dict, rb: dict) -> list[dict]:

@@ -114,7 +114,9 @@ def _target_bars(r: dict, row: tuple) -> list[str]:
             )
             continue
         head = (target / x if kind == "max" else x / target) if x else float("inf")
-        g = find_gate(r["decision"]["gates"], gate, v) or find_gate(r["decision"]["gates"], gate, "replica")
+        gates = r["decision"]["gates"]
+        # the replica's one memory gate (schema 1.2+), or a model's own one in older reports
+        g = find_gate(gates, gate, v) or find_gate(gates, gate, "replica") or find_gate(gates, key, v)
         side = {"pass": "within", "fail": "MISSES"}.get(gate_verdict(g) if g else "fail", "UNDECIDED")
         lines.append(
             f"  {v:<{w}} {bar(x, scale, 40):<40} {fmt(x, 2)} {unit} ({side}; "
