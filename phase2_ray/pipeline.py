@@ -197,18 +197,23 @@ def measure(run: RunState, servable: dict, uris: dict, own_cluster: bool) -> Non
 
     st = Stage("2c", None, start=time.time())
     run.stages.append(st)
-    stage = ValidationStage(run.cfg, servable, run.data, run.log, run.run_id, uris)
+    stage = None
     try:
+        stage = ValidationStage(run.cfg, servable, run.data, run.log, run.run_id, uris)
         run.validation = stage.run(own_cluster)
         st.status = "ok"
+    except KeyboardInterrupt:  # what was measured before the interrupt is reported
+        run.validation = stage.out if stage and stage.out.get("records") else {}
+        raise
     except Exception as e:  # the stage failed; keep what was measured and report it
         st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
-        run.validation = stage.out if stage.out.get("records") else {}
+        run.validation = stage.out if stage and stage.out.get("records") else {}
         run.failure = "validation stage failed"
-    st.end = time.time()
+    finally:
+        st.end = time.time()
     dead = (run.validation.get("endpoints") or {}).get("baseline", {}).get("failure")
     if dead:  # the reference stopped answering: nothing after it could be compared
-        st.detail = dead
+        st.status, st.detail = "failed", dead
         run.failure = run.failure or f"the baseline endpoint failed: {dead}"
 
 

@@ -42,9 +42,10 @@ def check_endpoints(cfg: Config, command: str) -> dict[str, dict]:
         raise ConfigError(str(e)) from None
 
 
-def check_before_start(cfg: Config, address: str | None) -> None:
+def check_before_start(cfg: Config, address: str | None, trains: bool = True) -> None:
     """What can be checked before Ray starts, raised as ConfigError (exit 2, nothing started): the storage URI,
-    and for an embedded Ray, which runs on this machine, its resources and the Serve port."""
+    and for an embedded Ray, which runs on this machine, its resources and the Serve port. `trains` False
+    (phase2 validate): no training actor's resources; no replica's either when nothing is served here."""
     if cfg.storage.uri:
         try:
             check_uri(cfg.storage.uri)
@@ -54,16 +55,18 @@ def check_before_start(cfg: Config, address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
         return  # a joined cluster's resources and ports are checked once connected, or by Serve itself
     cpus = cfg.ray.num_cpus or os.cpu_count() or 1
-    _require(
-        [
-            ("training.placement.cpus_per_actor", cfg.training.placement.cpus_per_actor),
-            ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
-        ],
-        cpus,
-        f"the {cpus} CPUs of the embedded Ray on this machine",
-    )
+    fields = [
+        ("training.placement.cpus_per_actor", cfg.training.placement.cpus_per_actor),
+        ("serve.cpus_per_replica", cfg.serve.cpus_per_replica),
+    ]
+    gpu_fields = _gpu_fields(cfg)
+    keep = {"serve.cpus_per_replica", "serve.gpus_per_replica"} if cfg.serves_own() else set()
+    if not trains:
+        fields = [f for f in fields if f[0] in keep]
+        gpu_fields = [f for f in gpu_fields if f[0] in keep]
+    _require(fields, cpus, f"the {cpus} CPUs of the embedded Ray on this machine")
     gpus = torch.cuda.device_count()
-    _require(_gpu_fields(cfg), gpus, f"the {gpus} GPUs of this machine")
+    _require(gpu_fields, gpus, f"the {gpus} GPUs of this machine")
     sc = cfg.serve
     if not cfg.serves_own():
         return  # phase2 validate on endpoints served elsewhere: no Serve here

@@ -123,17 +123,19 @@ def converters_env(cfg) -> dict:
 INT8_SUFFIX = "-int8"
 
 
-def serve_plan(cfg, checkpoints) -> dict[str, dict]:
+def serve_plan(cfg, checkpoints, aliases: dict[str, str] | None = None) -> dict[str, dict]:
     """Every model id stage 2c serves -> {"source": the checkpoint it loads, "converters": the serve hooks it goes
     through}: each trained variant through its own stack's serve hooks; each served copy (`serve_from`) through
-    its source's and then its own; `serve.int8`'s copy of `optimized` through the int8 converter."""
+    its source's and then its own; `serve.int8`'s copy of `optimized` through the int8 converter. `aliases`: model
+    ids that are a variant's checkpoint under another name (an endpoint's `self: VARIANT`), served as that variant."""
     from phase2_ray.core.specs import builtin_spec
 
     def own(v: str) -> list[dict]:
         vc = cfg.variants.get(v)
         return variant_stack(vc).serve_converters() if vc is not None and vc.serve_from is None else []
 
-    plan = {v: {"source": v, "converters": own(v)} for v in checkpoints}
+    aliases = aliases or {}
+    plan = {v: {"source": v, "converters": own(aliases.get(v, v))} for v in checkpoints}
     for name, vc in cfg.served_copies().items():
         if vc.serve_from in checkpoints:
             plan[name] = {

@@ -43,7 +43,7 @@ def run_validate(
         )
     # an int8 copy of `optimized` is phase2 run's; validate serves exactly the endpoints it is given
     cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"int8": False})})
-    preflight.check_before_start(cfg, address)
+    preflight.check_before_start(cfg, address, trains=False)
     probes = preflight.check_endpoints(cfg, "validate")
     data = prepare_data(cfg, prompt_tokenizer=_prompt_tokenizer(cfg))
     run = RunState(cfg, run_id, out_dir, log, data)

@@ -23,9 +23,10 @@ class EndpointConfig(Section):
 
     url: str | None = Field(
         None,
-        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$",
         description="Base URL as an OpenAI client takes it (http://host:port/v1); requests go to "
-        "URL/completions or URL/chat/completions.",
+        "URL/completions or URL/chat/completions. No user:password@ or ?query: credentials come from "
+        "api_key_env only (a URL is written to the report).",
     )
     model: str | None = Field(None, min_length=1, description="The model name the server serves (its id).")
     api: Literal["completions", "chat"] = Field(
@@ -106,9 +107,14 @@ def check_endpoints(endpoints: dict[str, EndpointConfig], variants: list[str], c
 
     phase2 validate: `baseline` and at least one candidate. phase2 run: the baseline is the trained one, so the
     endpoints are further candidates (their names must not be a variant's)."""
+    reserved = {v + "-int8" for v in variants} | {"baseline-aa"}  # copies 2c makes under these names
     for name, e in endpoints.items():
         if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
             raise ValueError(f"endpoints.{name}: names must match ^[a-z][a-z0-9_-]{{0,31}}$")
+        if name in reserved:
+            raise ValueError(
+                f"endpoints.{name}: the name of a copy 2c serves itself; give the endpoint another"
+            )
         if e.self_ is not None and e.self_ not in variants:
             raise ValueError(f"endpoints.{name}.self: {e.self_!r} is not a variant (variants: {variants})")
         if e.tokenizer is not None:

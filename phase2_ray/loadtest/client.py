@@ -59,6 +59,11 @@ async def stream_completion(
 
     `scheduled`: the request's scheduled arrival as a `time.perf_counter()` value (open loop). When given,
     TTFT and E2E count from it rather than from the send, so time spent waiting for a slot is not hidden."""
+    key = (headers or {}).get("Authorization", "").removeprefix("Bearer ")
+
+    def scrub(text: str) -> str:  # a server or gateway may echo the key it got in an error body
+        return text.replace(key, "***") if key else text
+
     record.start = time.time()
     sent = time.perf_counter()
     t0 = sent if scheduled is None else scheduled
@@ -75,7 +80,7 @@ async def stream_completion(
                 record.status = resp.status
                 if resp.status != 200:
                     body = (await resp.read()).decode("utf-8", "replace")[:300]
-                    record.error_type, record.error = f"http_{resp.status}", body
+                    record.error_type, record.error = f"http_{resp.status}", scrub(body)
                     return record
                 # Raw chunks, not lines: every token event parsed from one chunk arrived at the same time.
                 async for chunk in resp.content.iter_any():
@@ -89,7 +94,7 @@ async def stream_completion(
                             break
                         event = json.loads(data)
                         if "error" in event:
-                            record.error_type, record.error = "stream_error", str(event["error"])
+                            record.error_type, record.error = "stream_error", scrub(str(event["error"]))
                             return record
                         if event.get("usage"):
                             usage = True

@@ -52,6 +52,10 @@ class Route:
     api: str = "completions"
     api_key: str | None = field(default=None, repr=False)  # never in a log line
 
+    def scrub(self, text: str) -> str:
+        """`text` with the key masked: a server or gateway may echo the key it got in an error body."""
+        return text.replace(self.api_key, "***") if self.api_key else text
+
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:

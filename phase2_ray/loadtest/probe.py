@@ -58,7 +58,7 @@ def probe_endpoint(name: str, route: Route, timeout_s: float = 10.0, key_env: st
                         f"{where}: has no {path} (HTTP 404); api: {route.api} may be the wrong API"
                     )
                 if s.status_code != 200:
-                    text = s.read().decode("utf-8", "replace")[:200].replace("\n", " ")
+                    text = route.scrub(s.read().decode("utf-8", "replace")[:200].replace("\n", " "))
                     raise EndpointError(
                         f"{where}: a 2-token streamed request got HTTP {s.status_code}: {text}"
                     )
@@ -68,11 +68,16 @@ def probe_endpoint(name: str, route: Route, timeout_s: float = 10.0, key_env: st
                         f"{where}: does not stream (a stream: true request got content-type {ctype or 'none'!r}, "
                         "not text/event-stream)"
                     )
-                chunks, done, usage = _read_sse(s, where)
+                try:
+                    chunks, done, usage = _read_sse(s, where)
+                except EndpointError as e:
+                    raise EndpointError(route.scrub(str(e))) from None
     except httpx.TimeoutException as e:
         raise EndpointError(f"{where}: no answer within {timeout_s:g} s ({type(e).__name__})") from e
     except httpx.TransportError as e:
         raise EndpointError(f"{where}: unreachable ({type(e).__name__}: {e})") from e
+    except httpx.HTTPError as e:  # anything else httpx raises (decoding, redirects): this endpoint's failure
+        raise EndpointError(route.scrub(f"{where}: {type(e).__name__}: {e}")) from e
     if not chunks:
         raise EndpointError(f"{where}: its stream carried no token")
     return {"models": listed, "chunks": len(chunks), "done": done, "usage": usage}

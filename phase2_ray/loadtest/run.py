@@ -25,7 +25,7 @@ from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import Slo
 from phase2_ray.loadtest.endpoints import external as external_endpoints
 from phase2_ray.loadtest.endpoints import load_tokenizer, route_of, still_up, token_check
-from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Slot, interleaved_schedule, rounds_for
+from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Route, Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import inprocess_reference
 from phase2_ray.loadtest.search import capacity_search
 from phase2_ray.preflight import warn_if_exposed
@@ -70,10 +70,13 @@ class ValidationStage:
             self.checkpoints = checkpoints = {**checkpoints, AA_CONTROL: checkpoints["baseline"]}
             if uris and "baseline" in uris:
                 self.uris = uris = {**uris, AA_CONTROL: uris["baseline"]}
-        plan = serve_plan(cfg, checkpoints)
+        # `self: VARIANT` under another name serves through that variant's serve converters
+        aliases = {n: e.self_ for n, e in cfg.endpoints.items() if not e.external and e.self_ != n}
+        plan = serve_plan(cfg, checkpoints, aliases)
         self.int8_of = "optimized" if "optimized" + INT8_SUFFIX in plan else None
         self.models = model_specs(checkpoints, plan, uris)  # what this run serves
         self.external = external_endpoints(cfg)  # what is served elsewhere
+        self.own = {n: e for n, e in cfg.endpoints.items() if not e.external and n in self.models}
         self.model_ids = [*self.models, *self.external]  # every model 2c measures
         self.failed: dict[str, str] = {}  # endpoint -> why it was dropped (it stopped answering)
         # top_k is no OpenAI field (servers such as transformers serve refuse it): with endpoints served
@@ -110,7 +113,9 @@ class ValidationStage:
             "models": list(self.model_ids),
             "seed": cfg.training.seed,
             "endpoints": {
-                **{m: {"kind": "self", "api": v.api} for m in self.models},
+                **{
+                    m: {"kind": "self", "api": (self.own[m] if m in self.own else v).api} for m in self.models
+                },
                 **{n: e.describe() for n, e in self.external.items()},
             },
         }
@@ -288,7 +293,13 @@ class ValidationStage:
             timeout_s=v.timeout_s,
             api_key=self.cfg.serve.resolved_api_key(),
             api=v.api,
-            routes={n: route_of(e) for n, e in self.external.items()},
+            routes={
+                **{
+                    n: Route(self.base_url, n, e.api, self.cfg.serve.resolved_api_key())
+                    for n, e in self.own.items()
+                },
+                **{n: route_of(e) for n, e in self.external.items()},
+            },
             **self.sampling,
         )
 
@@ -299,17 +310,19 @@ class ValidationStage:
         self._check_alive(spec, recs)
         return recs
 
-    def _check_alive(self, spec: LevelSpec, recs: list[dict]) -> None:
+    def _check_alive(self, spec: LevelSpec, recs: list[dict], overloaded: bool = False) -> None:
         """An external endpoint whose requests broke off (refused, cut, timed out, 5xx) is probed again: one that no
-        longer answers is dropped, named, from here on (a slow one that still answers keeps its turns)."""
+        longer answers is dropped, named, from here on (a slow one that still answers keeps its turns).
+        `overloaded`: a capacity level, which overloads the server on purpose: only refused connections count."""
         m = spec.model
         if m not in self.external or m in self.failed:
             return
+        kinds = ("connection",) if overloaded else ("connection", "truncated", "timeout")
         broken = [
             r
             for r in recs
-            if r.get("error_type") in ("connection", "truncated", "timeout")
-            or str(r.get("error_type")).startswith("http_5")
+            if r.get("error_type") in kinds
+            or (not overloaded and str(r.get("error_type")).startswith("http_5"))
         ]
         if broken:
             why = still_up(m, self.external[m])
@@ -389,6 +402,8 @@ class ValidationStage:
             for rnd in range(looks[-1], looks[-1] + add):
                 rng.shuffle(models)  # a fresh order every round, as in the first rounds
                 for m in models:
+                    if m in self.failed or "baseline" in self.failed:
+                        continue  # dropped during this look
                     self._load(
                         LevelSpec(model=m, level=name, round=rnd, n=per, concurrency=conc, first_index=first)
                     )
@@ -486,7 +501,8 @@ class ValidationStage:
             level_prefix=f"capacity:r{replicas}:{model}:s{replicate}",
         )
         self.out["capacity_records"] += recs
-        self._check_alive(LevelSpec(model=model, level="capacity", round=replicate, n=0, concurrency=1), recs)
+        spec = LevelSpec(model=model, level="capacity", round=replicate, n=0, concurrency=1)
+        self._check_alive(spec, recs, overloaded=True)
         return {"replicate": replicate, **res}
 
 

@@ -264,7 +264,7 @@ def _comparative_table(r: dict) -> str:
     """Every between-variant ratio with its interval; figures measured once (no samples) are shown, never
     called. Training rows compare variants; serving rows compare each served model with the baseline model."""
     tr, inf = r["training"], r["inference"]
-    if "baseline" not in tr:
+    if "baseline" not in tr and "baseline" not in inf:
         return ""
     rows = []
     for v, c in r.get("comparison", {}).items():

@@ -182,8 +182,8 @@ def recommendation(r: dict) -> str:
         ]
         return (
             "## Recommendation\n\n**Proceed to Phase 3 — Production Deployment.** "
-            "Every deciding gate passed on its whole interval; the speedup is at or above its target:\n\n"
-            + "\n".join(shown)
+            "Every deciding gate passed on its whole interval"
+            + (f"; the speedup is at or above its target:\n\n{chr(10).join(shown)}" if shown else ".")
             + ("\n\nCandidates:" + roles if roles else "")
             + "\n"
         )
@@ -245,7 +245,16 @@ def checklist(r: dict) -> str:
     for v, c in comp.items():
         add(c["same_data_order"], f"{v} and baseline saw the same batches in the same order (schedule hash)")
         add(tr[v]["tokens"] == tr["baseline"]["tokens"], f"{v} and baseline trained on the same token budget")
+    elsewhere = {
+        m for m, e in ((r.get("serving") or {}).get("endpoints") or {}).items() if e.get("kind") == "external"
+    }
     for v, i in inf.items():
+        if v in elsewhere:  # served by another server: this run loaded nothing of it
+            add(
+                i["succeeded"] == i["requests"],
+                f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded",
+            )
+            continue
         add(
             bool(i.get("model_bytes")),
             f"{v}: loaded in the Serve replica, sha256 verified "
