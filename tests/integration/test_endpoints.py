@@ -213,3 +213,20 @@ def test_phase2_run_judges_an_external_candidate_beside_its_trained_variants(
         r["inference"]["theirs"]["success_rate"] == 1.0 and "peak_memory_mb" not in r["inference"]["theirs"]
     )
     assert rc == 1 and r["decision"]["outcome"] == "rejected"
+
+
+def test_a_baseline_that_dies_mid_run_fails_the_stage_and_keeps_what_it_measured(
+    ray_cluster, exported, hf_server, tmp_path
+):
+    with DelayProxy(hf_server.url, die_after=10) as proxy:
+        rc, r, _ = _validate(
+            tmp_path,
+            {
+                "baseline": {"url": proxy.url, "model": str(exported)},
+                "candidate": {"url": hf_server.url, "model": str(exported)},
+            },
+        )
+    st = next(s for s in r["stages"] if s["name"] == "2c")
+    assert rc == 3 and st["status"] == "failed" and "'baseline'" in st["detail"] and "mid-run" in st["detail"]
+    assert r["failure"].startswith("the baseline endpoint failed") and r["decision"]["outcome"] == "rejected"
+    assert r["inference"]["baseline"]["succeeded"] >= 5  # kept

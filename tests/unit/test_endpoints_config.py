@@ -104,3 +104,38 @@ def test_the_shipped_validate_config_loads_and_names_what_this_machine_lacks(tmp
     monkeypatch.setenv("CANDIDATE_API_KEY", "k")
     with pytest.raises(ValueError, match="endpoints.baseline.tokenizer: .*no tokenizer.json"):
         check_endpoints(cfg.endpoints, list(cfg.variants), "validate")
+
+
+def test_endpoint_names_and_urls_that_would_mislead_are_refused():
+    cfg = _cfg(**{"optimized-int8": {"url": URL, "model": "m"}})
+    with pytest.raises(ValueError, match="the name of a copy 2c serves itself"):
+        check_endpoints(cfg.endpoints, list(cfg.variants), "run")
+    for url in ("http://user:tok@127.0.0.1:9/v1", "http://127.0.0.1:9/v1?key=sk"):
+        with pytest.raises(ConfigError, match="endpoints.c.url"):
+            _cfg(c={"url": url, "model": "m"})
+
+
+def test_a_self_endpoint_under_another_name_serves_through_its_variants_serve_hooks():
+    from phase2_ray.stacks import serve_plan
+
+    cfg = load_config(None, ["variants.optimized.converters=[int8]", "serve.int8=false"])
+    plan = serve_plan(cfg, {"baseline": {}, "optimized": {}, "opt2": {}}, {"opt2": "optimized"})
+    assert (
+        [c["name"] for c in plan["opt2"]["converters"]]
+        == ["int8"]
+        == [c["name"] for c in plan["optimized"]["converters"]]
+    )
+    assert plan["baseline"]["converters"] == []
+
+
+def test_validate_asks_no_training_resources_of_this_machine():
+    from phase2_ray import preflight
+
+    big = ["training.placement.cpus_per_actor=64", "endpoints.baseline.url=http://127.0.0.1:9/v1"]
+    cfg = load_config(
+        None,
+        [*big, "endpoints.baseline.model=m", "endpoints.c.url=http://127.0.0.1:9/v1", "endpoints.c.model=m"],
+    )
+    preflight.check_before_start(cfg, None, trains=False)  # nothing trains, nothing is served here
+    with pytest.raises(ConfigError, match="training.placement.cpus_per_actor=64"):
+        preflight.check_before_start(cfg, None)

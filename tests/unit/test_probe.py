@@ -53,7 +53,8 @@ class Server:
             def do_POST(self) -> None:
                 outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 if "post_status" in outer.b:
-                    return self._send(outer.b["post_status"], b'{"error": {"message": "nope"}}')
+                    body = outer.b.get("body", {"error": {"message": "nope"}})
+                    return self._send(outer.b["post_status"], json.dumps(body).encode())
                 ctype = outer.b.get("ctype", "text/event-stream")
                 self._send(200, outer.b.get("stream", GOOD_STREAM), ctype)
 
@@ -134,3 +135,25 @@ def test_routes_send_a_model_id_to_its_own_server_under_its_own_name():
         recs = run_requests(ep, LevelSpec(model="cand", n=2, concurrency=1))
     assert [r["variant"] for r in recs] == ["cand", "cand"] and all(r["ok"] for r in recs), recs
     assert {b["model"] for b in s.bodies} == {"served-name"} and all("messages" in b for b in s.bodies)
+
+
+def test_a_key_the_server_echoes_is_masked_in_the_probe_and_in_request_records():
+    """Some gateways echo the key they got in an error body; it must not reach report.json or requests.csv."""
+    key = "sk-echoed-0123456789"
+    echo = {"error": {"message": f"key {key} is not valid here"}}
+    with served(post_status=500, body=echo) as s:
+        with pytest.raises(EndpointError) as e:
+            probe_endpoint("candidate", Route(s.url, "m", api_key=key), timeout_s=5)
+        ep = Endpoint(
+            base_url="http://127.0.0.1:9",
+            prompts=["p"],
+            max_tokens=2,
+            temperature=0.0,
+            top_k=None,
+            seed=0,
+            timeout_s=5,
+            routes={"cand": Route(s.url, "m", api_key=key)},
+        )
+        (rec,) = run_requests(ep, LevelSpec(model="cand", n=1, concurrency=1))
+    assert key not in str(e.value) and "***" in str(e.value)
+    assert rec["error_type"] == "http_500" and key not in rec["error"] and "***" in rec["error"]
