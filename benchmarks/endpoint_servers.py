@@ -197,9 +197,19 @@ class DelayProxy:
                 status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "")}
             )
             await out.prepare(request)
+            # A reader task stamps each chunk as it arrives, so waiting here never delays the stamps (a wait in
+            # this loop would postpone the next read, and a delay counted from a late read compounds).
+            chunks: asyncio.Queue = asyncio.Queue()
+
+            async def read() -> None:
+                async for chunk in r.content.iter_any():
+                    chunks.put_nowait((time.perf_counter(), chunk))
+                chunks.put_nowait(None)
+
+            reader = asyncio.ensure_future(read())
             buf, k = b"", 0
-            async for chunk in r.content.iter_any():
-                arrived = time.perf_counter()
+            while (item := await chunks.get()) is not None:
+                arrived, chunk = item
                 buf += chunk
                 *events, buf = buf.split(b"\n\n")
                 for e in events:
@@ -208,6 +218,7 @@ class DelayProxy:
                     # every token is late by one delay (that would shift the stream, not slow it)
                     await self._wait_until(arrived + k * self.delay_s)
                     await out.write(e + b"\n\n")
+            await reader
             if buf:
                 await out.write(buf)
             await out.write_eof()
@@ -215,13 +226,12 @@ class DelayProxy:
 
     @staticmethod
     async def _wait_until(due: float) -> None:
-        """asyncio's timers have a 1 ms grain (epoll): the last 2 ms are a busy wait, so a delay of a share of a
-        ~1 ms token time is the delay the stream gets."""
+        """Sleeps until `due`. asyncio's timer grain (1 ms, epoll) makes each wait up to ~1 ms late, but the due
+        times are absolute, so the lateness never adds up over a stream; nothing busy-waits (the reader task
+        must keep stamping arrivals)."""
         left = due - time.perf_counter()
-        if left > 0.002:
-            await asyncio.sleep(left - 0.002)
-        while time.perf_counter() < due:
-            pass
+        if left > 0:
+            await asyncio.sleep(left)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
