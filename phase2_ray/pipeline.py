@@ -100,16 +100,22 @@ def run_pipeline(
     except KeyboardInterrupt:
         _mark_interrupted(run)
     finally:
-        with signals_held("stopping Ray"):
-            try:
-                if ray.is_initialized():
-                    run.environment = environment(cfg)
-                    run.placement["nodes"] = cluster_nodes()
-            finally:
-                if started:
-                    ray.shutdown()
-        restore_sigterm(previous)
+        release_ray(run, started, previous)
     return _report(run, resumed=bool(resume_id))
+
+
+def release_ray(run: RunState, started: str | None, previous) -> None:
+    """On the way out: the environment and nodes recorded while Ray is up, then Ray stopped if this run started
+    it, with SIGINT/SIGTERM held meanwhile and the SIGTERM handler restored."""
+    with signals_held("stopping Ray"):
+        try:
+            if ray.is_initialized():
+                run.environment = environment(run.cfg)
+                run.placement["nodes"] = cluster_nodes()
+        finally:
+            if started:
+                ray.shutdown()
+    restore_sigterm(previous)
 
 
 TRAINING_FAILED = "training stage failed"

@@ -11,19 +11,16 @@ import secrets
 import time
 from pathlib import Path
 
-import ray
-
 from phase2_ray import preflight
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.dataprep import PreparedData, prepare_data
 from phase2_ray.loadtest.endpoints import load_tokenizer
-from phase2_ray.pipeline import RunState, _report, measure
-from phase2_ray.provenance import cluster_nodes, environment
+from phase2_ray.pipeline import RunState, _report, measure, release_ray
 from phase2_ray.report import redacted_config
 from phase2_ray.resume import write_run_files
 from phase2_ray.runlog import RunLog
-from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
+from phase2_ray.session import connect, raise_on_sigterm
 
 
 def run_validate(
@@ -77,15 +74,7 @@ def run_validate(
             if s.status == "running":
                 s.status, s.end, s.detail = "interrupted", run.interrupted, "interrupted"
     finally:
-        with signals_held("stopping Ray"):
-            try:
-                if ray.is_initialized():
-                    run.environment = environment(cfg)
-                    run.placement["nodes"] = cluster_nodes()
-            finally:
-                if started:
-                    ray.shutdown()
-        restore_sigterm(previous)
+        release_ray(run, started, previous)
     return _report(run, resumed=False)
 
 

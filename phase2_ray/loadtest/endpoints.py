@@ -49,6 +49,16 @@ def still_up(name: str, e: EndpointConfig) -> str | None:
     return None
 
 
+def broken_off(records: list[dict], overloaded: bool = False) -> bool:
+    """Whether some request broke off in a way a dead server explains: refused, cut, timed out or 5xx. A capacity
+    level (`overloaded`) overloads the server on purpose: only a refused connection counts there."""
+    kinds = ("connection",) if overloaded else ("connection", "truncated", "timeout")
+    return any(
+        r.get("error_type") in kinds or (not overloaded and str(r.get("error_type")).startswith("http_5"))
+        for r in records
+    )
+
+
 def load_tokenizer(path: str) -> Tokenizer:
     return Tokenizer.from_file(str(tokenizer_file(path)))
 

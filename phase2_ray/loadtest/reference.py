@@ -10,7 +10,9 @@ from dataclasses import asdict
 
 import ray
 import torch
+from tokenizers import Tokenizer
 
+from phase2_ray.core import data as corpus_data
 from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine
 from phase2_ray.core.generate import SamplingParams
@@ -91,3 +93,34 @@ async def _sequential(engine, model_id, token_prompts, sampling, n, warmup, max_
             rec.tokens_per_write, rec.write_gap_ms = per_yield, gaps
             records.append(asdict(rec))
     return records
+
+
+def run_reference(cfg, models: dict[str, dict], d, sampling: dict) -> dict:
+    """The reference for stage 2c's driver: `models` (model id -> spec) on `d`'s prompts and val windows, in one
+    task sized like a replica; returns each model's results."""
+    v, sc = cfg.validation, cfg.serve
+    tok = Tokenizer.from_str(d.tokenizer_json)
+    val = {
+        "tokens": d.val_tokens,
+        "offsets": corpus_data.val_offsets(
+            len(d.val_tokens), cfg.model.block_size, cfg.training.eval_windows
+        ),
+        "batch_size": cfg.training.batch_size,
+    }
+    task = inprocess_reference.options(
+        num_cpus=min(sc.cpus_per_replica, ray.cluster_resources().get("CPU", 1)), num_gpus=sc.gpus_per_replica
+    )
+    return ray.get(
+        task.remote(
+            models,
+            [tok.encode(p if isinstance(p, str) else p[0]).ids for p in d.requests],
+            val,
+            threads=sc.threads_per_replica,
+            max_batch=sc.max_batch_size,
+            sampling={**sampling, "seed": cfg.training.seed},
+            max_tokens=[p[1] for p in d.requests] if d.workload else None,
+            kv_cache_dtype=sc.kv_cache_dtype,
+            n=v.requests if v.inprocess_reference else 0,
+            warmup=v.warmup_requests if v.inprocess_reference else 0,
+        )
+    )

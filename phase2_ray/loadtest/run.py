@@ -19,14 +19,13 @@ from ray import serve
 from tokenizers import Tokenizer
 
 from phase2_ray.config import Config
-from phase2_ray.core import data as corpus_data
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import Slo
+from phase2_ray.loadtest.endpoints import broken_off, load_tokenizer, route_of, still_up, token_check
 from phase2_ray.loadtest.endpoints import external as external_endpoints
-from phase2_ray.loadtest.endpoints import load_tokenizer, route_of, still_up, token_check
 from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Route, Slot, interleaved_schedule, rounds_for
-from phase2_ray.loadtest.reference import inprocess_reference
+from phase2_ray.loadtest.reference import run_reference
 from phase2_ray.loadtest.search import capacity_search
 from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.report.gates import undecided_serving
@@ -209,51 +208,23 @@ class ValidationStage:
         return [m for m in models if m not in self.failed]
 
     def _token_checks(self) -> None:
-        """Each model's token accounting: usage present, and the re-tokenized count of every answer against it
-        (the endpoint's own tokenizer; a self-served model's checkpoint tokenizer)."""
-        by_model: dict[str, list[dict]] = {}
-        for r in self.out["records"]:
-            by_model.setdefault(r["variant"], []).append(r)
+        """Each model's token accounting (loadtest.endpoints.token_check) with its own tokenizer: the endpoint's, or
+        a self-served model's checkpoint tokenizer."""
+        toks = {
+            m: (e.tokenizer, load_tokenizer(e.tokenizer)) for m, e in self.external.items() if e.tokenizer
+        }
+        for m, spec in self.models.items():
+            if "checkpoint" in spec:
+                tok = Tokenizer.from_str(spec["checkpoint"]["tokenizer.json"].decode("utf-8"))
+                toks[m] = ("the served checkpoint's tokenizer.json", tok)
         for m in self.model_ids:
-            tok, source = None, None
-            if m in self.external and self.external[m].tokenizer:
-                source = self.external[m].tokenizer
-                tok = load_tokenizer(source)
-            elif m in self.models and "checkpoint" in self.models[m]:
-                source = "the served checkpoint's tokenizer.json"
-                tok = Tokenizer.from_str(self.models[m]["checkpoint"]["tokenizer.json"].decode("utf-8"))
-            self.out["endpoints"][m]["tokens"] = token_check(by_model.get(m, []), tok, source)
+            source, tok = toks.get(m, (None, None))
+            mine = [r for r in self.out["records"] if r["variant"] == m]
+            self.out["endpoints"][m]["tokens"] = token_check(mine, tok, source)
 
     def _reference(self) -> None:
-        cfg, v, sc, d = self.cfg, self.cfg.validation, self.cfg.serve, self.d
-        tok = Tokenizer.from_str(d.tokenizer_json)
-        cpus = ray.cluster_resources().get("CPU", 1)
         start = time.time()
-        val = {
-            "tokens": d.val_tokens,
-            "offsets": corpus_data.val_offsets(
-                len(d.val_tokens), cfg.model.block_size, cfg.training.eval_windows
-            ),
-            "batch_size": cfg.training.batch_size,
-        }
-        task = inprocess_reference.options(
-            num_cpus=min(sc.cpus_per_replica, cpus),
-            num_gpus=sc.gpus_per_replica,
-        )
-        self.out["reference"] = ray.get(
-            task.remote(
-                self.models,
-                [tok.encode(p if isinstance(p, str) else p[0]).ids for p in d.requests],
-                val,
-                threads=sc.threads_per_replica,
-                max_batch=sc.max_batch_size,
-                sampling={**self.sampling, "seed": cfg.training.seed},
-                max_tokens=[p[1] for p in d.requests] if d.workload else None,
-                kv_cache_dtype=sc.kv_cache_dtype,
-                n=v.requests if v.inprocess_reference else 0,
-                warmup=v.warmup_requests if v.inprocess_reference else 0,
-            )
-        )
+        self.out["reference"] = run_reference(self.cfg, self.models, self.d, self.sampling)
         self.out["reference_s"] = time.time() - start
         self.log.event(
             "serve.reference",
@@ -317,14 +288,7 @@ class ValidationStage:
         m = spec.model
         if m not in self.external or m in self.failed:
             return
-        kinds = ("connection",) if overloaded else ("connection", "truncated", "timeout")
-        broken = [
-            r
-            for r in recs
-            if r.get("error_type") in kinds
-            or (not overloaded and str(r.get("error_type")).startswith("http_5"))
-        ]
-        if broken:
+        if broken_off(recs, overloaded):
             why = still_up(m, self.external[m])
             if why:
                 self._drop(m, f"{why}: stopped answering mid-run ({spec.level}, round {spec.round})")

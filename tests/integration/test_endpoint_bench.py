@@ -31,3 +31,11 @@ def test_endpoint_bench_quick_compares_our_engine_with_transformers_serve(serve_
     assert all(isinstance(t["met"], bool) for t in res["targets"])
     assert "| phase2 (Ray Serve) |" in capsys.readouterr().out
     assert set(serve.status().applications) == apps_before  # its own apps only, deleted
+
+
+def test_endpoint_servers_self_check_quick(capsys):
+    """The helpers the endpoint tests and bench stand on: transformers serve up, the proxy slower by its delay."""
+    servers = benchmark("endpoint_servers")
+    assert servers.main(["--quick"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["direct"]["events"] == out["proxy +5 ms/event"]["events"] > 16  # tokens, usage (and no [DONE])
