@@ -83,8 +83,11 @@ def test_our_engine_against_transformers_serve_on_the_same_weights(serve_url, ex
         t = eps[m]["tokens"]
         assert t["with_usage"] == t["requests"] and t["output_tokens_from"] == "usage.completion_tokens"
         assert t["mismatch_rate"] is not None
-    # transformers' eager generate decodes several times slower per token than the engine: firmly worse
-    assert _gate(r, "tpot_p50_vs_baseline")["outcome"] == "worse"
+    # transformers' eager generate takes about twice as long per request as the engine: firmly worse. E2E, not
+    # TPOT: transformers serve groups tokens into a varying number of events, which moves TPOT (and TTFT) with it
+    for name in ("e2e_p50_vs_baseline", "output_tps_vs_baseline"):
+        g = _gate(r, name)
+        assert g["outcome"] == "worse", g
     assert r["decision"]["candidates"]["candidate"] == {
         **r["decision"]["candidates"]["candidate"],
         "role": "required",
@@ -139,7 +142,8 @@ def test_a_slowed_candidate_behind_a_key_is_called_worse_and_the_key_stays_secre
             tracking={"mlflow_uri": f"sqlite:///{db}"},
         )
     assert r["tracking"]["status"] == "logged" and secret.encode() not in db.read_bytes()
-    assert _gate(r, "tpot_p50_vs_baseline")["outcome"] == "worse"
+    g = _gate(r, "tpot_p50_vs_baseline")
+    assert g["outcome"] == "worse", g
     assert rc == 1 and r["decision"]["candidates"]["candidate"]["outcome"] == "rejected"
     assert r["inference"]["candidate"]["success_rate"] == 1.0
     assert r["serving"]["endpoints"]["candidate"]["api_key_env"] == "PHASE2_TEST_KEY"
@@ -208,7 +212,7 @@ def test_phase2_run_judges_an_external_candidate_beside_its_trained_variants(
     }
     theirs = r["decision"]["candidates"]["theirs"]
     assert theirs["role"] == "required" and theirs["outcome"] == "rejected"
-    assert _gate(r, "tpot_p50_vs_baseline", "theirs")["outcome"] == "worse"
+    assert _gate(r, "e2e_p50_vs_baseline", "theirs")["outcome"] == "worse"
     assert (
         r["inference"]["theirs"]["success_rate"] == 1.0 and "peak_memory_mb" not in r["inference"]["theirs"]
     )
