@@ -199,7 +199,14 @@ def test_phase2_run_judges_an_external_candidate_beside_its_trained_variants(
     """serve our baseline, and judge a deployment elsewhere against it in the same rounds"""
     from tests.conftest import LEAN_2C, ROOT
 
-    sets = [*LEAN_2C, f"endpoints.theirs.url={hf_server.url}", f"endpoints.theirs.model={exported}"]
+    # a 40% margin (LEAN_2C's 100% is for two copies of one tiny model): theirs takes ~2x as long per request (E2E,
+    # which transformers serve's varying grouping of tokens into events cannot move, unlike TPOT)
+    sets = [
+        *LEAN_2C,
+        "targets.serving_regression_pct_max=40",
+        f"endpoints.theirs.url={hf_server.url}",
+        f"endpoints.theirs.model={exported}",
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         rc = cli.main(
             ["run", "-c", str(ROOT / "configs/smoke.yaml"), "--output", str(tmp_path)]
