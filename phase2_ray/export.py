@@ -1,8 +1,9 @@
-"""`phase2 export`: a trained variant's checkpoint as a Hugging Face GPT-2 directory, which
-`transformers.AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)` load with no
-custom code. Written with safetensors and json only: neither the export nor a run imports transformers.
+"""`phase2 export`: a trained variant's checkpoint as a Hugging Face directory (GPT-2 for arch gpt2; Llama, or Qwen2
+when q/k/v have biases, for arch llama), which `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and
+`AutoTokenizer.from_pretrained(DIR)` load with no custom code. Written with safetensors and json only: neither the
+export nor a run imports transformers.
 
-How the model maps onto GPT-2: phase2_ray.core.gpt2_format.
+How the model maps: phase2_ray.core.gpt2_format and phase2_ray.core.llama_format.
 The tokenizer is our byte-level BPE's own tokenizer.json, with `<|endoftext|>` as bos/eos when it has one."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import save as st_save
 
+from phase2_ray.core import llama_format
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.checkpoint import read_checkpoint, read_dir
 from phase2_ray.core.gpt2_format import gpt2_config, to_gpt2
@@ -21,7 +23,7 @@ EOS = "<|endoftext|>"
 
 
 def export_hf(run_dir: str | Path, output: str | Path, variant: str = "optimized") -> Path:
-    """Writes RUN_DIR/checkpoints/<variant> as a Hugging Face GPT-2 directory at `output`; returns it.
+    """Writes RUN_DIR/checkpoints/<variant> as a Hugging Face directory at `output`; returns it.
     Raises FileNotFoundError (no such run or variant) or ValueError (a checkpoint that does not map)."""
     if variant.endswith("-int8"):
         raise ValueError(
@@ -41,7 +43,9 @@ def export_hf(run_dir: str | Path, output: str | Path, variant: str = "optimized
     eos_id = tok.token_to_id(EOS)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "model.safetensors", st_save(to_gpt2(state, model["n_layer"]), {"format": "pt"}))
+    llama = model.get("arch", "gpt2") == "llama"
+    tensors = llama_format.to_hf(state, model) if llama else to_gpt2(state, model["n_layer"])
+    write_atomic(out / "model.safetensors", st_save(tensors, {"format": "pt"}))
     write_atomic(out / "tokenizer.json", tok.to_str().encode("utf-8"))
     specials = {"bos_token": EOS, "eos_token": EOS, "unk_token": EOS} if eos_id is not None else {}
     tok_cfg = {
@@ -62,7 +66,10 @@ def export_hf(run_dir: str | Path, output: str | Path, variant: str = "optimized
         ("tokenizer_config.json", tok_cfg),
         ("generation_config.json", gen_cfg),
         ("phase2_export.json", provenance),
-        ("config.json", gpt2_config(model, eos_id)),  # last: a present config.json means a complete export
+        (
+            "config.json",
+            llama_format.hf_config(model, eos_id) if llama else gpt2_config(model, eos_id),
+        ),  # last: a present config.json means a complete export
     ):
         write_atomic(out / name, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
     return out

@@ -1,5 +1,5 @@
-"""`model.init_from`: both variants start from weights the user already has, a local Hugging Face GPT-2 directory
-or a phase2_ray checkpoint, instead of a seeded init.
+"""`model.init_from`: both variants start from weights the user already has, a local Hugging Face directory (GPT-2,
+Llama, Qwen2 or Mistral) or a phase2_ray checkpoint, instead of a seeded init.
 
 Two steps, both on the driver before Ray starts, so every mistake is a config error (exit 2) naming the field:
 `resolve_config` reads the checkpoint's shape (json headers, and a GPT-2's linear biases) into the config, refusing
@@ -23,8 +23,23 @@ HF_WEIGHTS, HF_INDEX, HF_CONFIG, TOKENIZER = (
     "config.json",
     "tokenizer.json",
 )
-SHAPE = ("n_layer", "n_head", "d_model", "bias")
+SHAPE = ("arch", "n_layer", "n_head", "d_model", "bias")
 """model.* keys that must equal the checkpoint's (block_size may be lower; dropout is free)."""
+LLAMA_SHAPE = (
+    *SHAPE,
+    "n_kv_head",
+    "ffn_hidden",
+    "norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "qkv_bias",
+    "tie_embeddings",
+)
+"""The same for a llama."""
+
+
+def shape_keys(arch: str) -> tuple[str, ...]:
+    return LLAMA_SHAPE if arch == "llama" else SHAPE
 
 
 @dataclass
@@ -33,10 +48,13 @@ class InitSource:
 
     path: Path
     kind: str
-    """"hf-gpt2" (a Hugging Face GPT-2 directory) or "phase2" (a phase2_ray checkpoint)."""
+    """"hf-gpt2", "hf-llama", "hf-qwen2", "hf-mistral" (a Hugging Face directory) or "phase2" (a phase2_ray
+    checkpoint)."""
     shape: dict
     weights: list[Path]
     tokenizer: Path
+    window: int | None = None
+    """A sliding-window checkpoint's window (llama_format.check_window holds it against the context)."""
 
 
 def _fail(path: str | Path, why: str) -> ConfigError:
@@ -79,17 +97,26 @@ def _phase2(path: str, d: Path) -> InitSource:
     keys = ("vocab_size", "block_size", "n_layer", "n_head", "d_model")
     if not all(k in model for k in keys):
         raise _fail(path, f"meta.json has no model shape ({', '.join(keys)})")
-    shape = {k: model[k] for k in keys} | {"bias": bool(model.get("bias", False))}
+    from phase2_ray.core.specs import GPTConfig
+
+    full = asdict(GPTConfig(**{k: v for k, v in model.items() if k != "dropout"}))  # older metas: defaults
+    shape = {k: full[k] for k in ("vocab_size", "block_size", *shape_keys(full["arch"]))}
     return InitSource(d, "phase2", shape, [d / HF_WEIGHTS], d / TOKENIZER)
 
 
 def _hf(path: str, d: Path) -> InitSource:
+    from phase2_ray.core import llama_format
     from phase2_ray.core.gpt2_format import shape_from_gpt2_config
 
+    c = _read_json(path, d / HF_CONFIG)
     try:
-        shape = shape_from_gpt2_config(_read_json(path, d / HF_CONFIG))
-    except (ValueError, TypeError) as e:  # TypeError: a value of the wrong type, e.g. "n_layer": null
-        raise _fail(path, f"config.json: {e}") from e
+        if c.get("model_type") == "gpt2":
+            shape = shape_from_gpt2_config(c)
+        else:
+            shape = llama_format.shape_from_config(c)
+    except (ValueError, TypeError, KeyError) as e:  # TypeError: a wrong type, e.g. "n_layer": null
+        why = f"has no {e}" if isinstance(e, KeyError) else str(e)
+        raise _fail(path, f"config.json: {why}") from e
     if (d / HF_WEIGHTS).is_file():
         weights = [d / HF_WEIGHTS]
     elif (d / HF_INDEX).is_file():
@@ -112,8 +139,10 @@ def _hf(path: str, d: Path) -> InitSource:
             f"has no {TOKENIZER} (a fast tokenizer's file; AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) "
             "writes one)",
         )
-    shape["bias"] = _any_nonzero_bias(weights)
-    return InitSource(d, "hf-gpt2", shape, weights, d / TOKENIZER)
+    if shape.get("arch", "gpt2") == "gpt2":
+        shape |= {"arch": "gpt2", "bias": _any_nonzero_bias(weights), "model_type": "gpt2"}
+    window = shape.pop("sliding_window", None)
+    return InitSource(d, f"hf-{shape.pop('model_type')}", shape, weights, d / TOKENIZER, window)
 
 
 def _any_nonzero_bias(weights: list[Path]) -> bool:
@@ -142,7 +171,7 @@ def drop_nulls(raw: dict) -> None:
     model, data = raw.get("model"), raw.get("data")
     if not isinstance(model, dict) or not model.get("init_from"):
         return
-    for key in (*SHAPE, "block_size"):
+    for key in (*LLAMA_SHAPE, "block_size"):
         if key in model and model[key] is None:
             del model[key]
     if isinstance(data, dict) and "vocab_size" in data and data["vocab_size"] is None:
@@ -159,14 +188,14 @@ def resolve_config(cfg: Config) -> Config:
         return cfg
     src = locate(m.init_from)
     given, wrong = m.model_fields_set, []
-    for key in SHAPE:
-        if key in given and getattr(m, key) != src.shape[key]:
-            wrong.append(
-                f"model.{key}: {getattr(m, key)!r} does not match model.init_from's {src.shape[key]!r}"
-            )
+    keys = shape_keys(src.shape["arch"])
+    mine = m.gpt_fields(0)
+    for key in keys:
+        if key in given and mine[key] != src.shape[key]:
+            wrong.append(f"model.{key}: {mine[key]!r} does not match model.init_from's {src.shape[key]!r}")
     if "block_size" in given and m.block_size > src.shape["block_size"]:
         wrong.append(
-            f"model.block_size: {m.block_size} exceeds model.init_from's {src.shape['block_size']} learned positions"
+            f"model.block_size: {m.block_size} exceeds model.init_from's {src.shape['block_size']} positions"
         )
     if "vocab_size" in cfg.data.model_fields_set and cfg.data.vocab_size != src.shape["vocab_size"]:
         wrong.append(
@@ -182,8 +211,18 @@ def resolve_config(cfg: Config) -> Config:
     # Only what was set: a default stays a default (the load generator tells a set top_k from the default one).
     raw = cfg.model_dump(mode="json", exclude_unset=True, by_alias=True)
     block = m.block_size if "block_size" in given else src.shape["block_size"]
+    if src.shape["arch"] == "llama" and "block_size" not in given:
+        from phase2_ray.core.llama_format import DEFAULT_CONTEXT
+
+        block = min(block, DEFAULT_CONTEXT)
+    try:
+        from phase2_ray.core.llama_format import check_window
+
+        check_window(src.window, block)
+    except ValueError as e:
+        raise _fail(m.init_from, str(e)) from None
     # The resolved path: a resumed run, started from another directory, finds the same checkpoint.
-    raw["model"].update({k: src.shape[k] for k in SHAPE}, block_size=block, init_from=str(src.path.resolve()))
+    raw["model"].update({k: src.shape[k] for k in keys}, block_size=block, init_from=str(src.path.resolve()))
     raw.setdefault("data", {})["vocab_size"] = src.shape["vocab_size"]
     try:
         return Config.model_validate(raw)
@@ -221,7 +260,8 @@ def load_init(cfg: Config) -> InitWeights | None:
 
     from phase2_ray.core import checkpoint as ckpt
     from phase2_ray.core.gpt2_format import from_gpt2
-    from phase2_ray.core.model import GPT, GPTConfig
+    from phase2_ray.core.llama_format import from_hf
+    from phase2_ray.core.model import GPTConfig, build_model
 
     m = cfg.model
     src = locate(m.init_from)
@@ -236,7 +276,10 @@ def load_init(cfg: Config) -> InitWeights | None:
             tensors: dict = {}
             for f in src.weights:
                 tensors.update(st_load_file(f))
-            state = from_gpt2(tensors, src.shape["n_layer"], src.shape["bias"])
+            if src.shape["arch"] == "llama":
+                state = from_hf(tensors, src.shape)
+            else:
+                state = from_gpt2(tensors, src.shape["n_layer"], src.shape["bias"])
             del tensors
             tok = Tokenizer.from_file(str(src.tokenizer))
     except ConfigError:
@@ -250,10 +293,13 @@ def load_init(cfg: Config) -> InitWeights | None:
             f"vocabulary mismatch: {src.tokenizer.name} has {n_tok} tokens but the model's embedding has "
             f"{vocab} rows (ids past {vocab - 1} would have no embedding)",
         )
-    state["wpe.weight"] = state["wpe.weight"][: m.block_size].contiguous()  # positions past block_size unused
+    if "wpe.weight" in state:
+        state["wpe.weight"] = state["wpe.weight"][
+            : m.block_size
+        ].contiguous()  # positions past block_size unused
     gpt = GPTConfig(**m.gpt_fields(vocab))
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in GPT(gpt).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in build_model(gpt).state_dict().items()}
     for k, shape in want.items():
         got = tuple(state[k].shape) if k in state else None
         if got != shape:

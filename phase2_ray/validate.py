@@ -91,9 +91,9 @@ def _prompt_tokenizer(cfg: Config):
 
 def _init_checkpoint(cfg: Config, d: PreparedData) -> dict[str, bytes]:
     """model.init_from's weights as a checkpoint the Serve engine loads (unchanged: nothing is trained)."""
-    from phase2_ray.core.model import GPT, GPTConfig
+    from phase2_ray.core.model import GPTConfig, build_model
 
-    model = GPT(GPTConfig(**cfg.model.gpt_fields(d.vocab_size)))
+    model = build_model(GPTConfig(**cfg.model.gpt_fields(d.vocab_size)))
     model.load_state_dict(d.init.state, strict=True)
     meta = {
         "run_id": None,

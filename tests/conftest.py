@@ -198,3 +198,63 @@ def smoke_init(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "smoke-init.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+LLAMA_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+"""The shape of `hf_llamas`' models (transformers' names): grouped-query attention, an MLP width off Llama's rule."""
+LLAMA_FAMILY = {
+    # untied, with Llama 3.1's rope scaling
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+    ),
+    # tied, q/k/v biases, saved in shards
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
+    # MistralConfig's default window of 4096 is longer than the context: it changes nothing, and is accepted
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"rope_theta": 1e6}),
+}
+
+
+@pytest.fixture(scope="session")
+def hf_llamas(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
+    """One small model of each Llama family that transformers built from its own config class and saved (nothing
+    downloaded), with `tiny_corpus`'s tokenizer. Matrices scaled up and norms' gains and biases random, so greedy
+    picks are not near-ties and a dropped bias or a swapped half would show."""
+    import torch
+    import transformers
+
+    _, tok, *_ = tiny_corpus
+    out = {}
+    for kind, (config_cls, model_cls, extra) in LLAMA_FAMILY.items():
+        torch.manual_seed(0)
+        config = getattr(transformers, config_cls)(vocab_size=tok.get_vocab_size(), **LLAMA_SHAPE, **extra)
+        model = getattr(transformers, model_cls)(config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0.0, 0.3)
+                elif name.endswith("norm.weight"):
+                    p.uniform_(0.5, 1.5)
+                else:
+                    p.mul_(4.0)
+        d = tmp_path_factory.mktemp(kind)
+        model.save_pretrained(d, max_shard_size="100KB" if kind == "qwen2" else "50GB")
+        (d / "tokenizer.json").write_text(tok.to_str())
+        out[kind] = d
+    return out

@@ -47,38 +47,113 @@ class DataConfig(Section):
         0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation loss."
     )
     vocab_size: int = Field(
-        2048, ge=300, le=65536, description="BPE vocabulary size (256 byte tokens + merges)."
+        2048,
+        ge=300,
+        le=262144,
+        description="BPE vocabulary size (256 byte tokens + merges); with model.init_from, the checkpoint's.",
     )
 
 
+class RopeScaling(Section):
+    rope_type: Literal["linear", "llama3"] = Field(
+        description="transformers' rope_scaling types reproduced here: linear (positions divided by factor) or "
+        "llama3 (Llama 3.1's frequency bands)."
+    )
+    factor: float = Field(gt=0, description="The scaling factor.")
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3 only.")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3 only.")
+    original_max_position_embeddings: int | None = Field(None, ge=1, description="llama3 only.")
+
+    @model_validator(mode="after")
+    def _llama3_complete(self) -> RopeScaling:
+        llama3 = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        if self.rope_type == "llama3":
+            missing = [k for k in llama3 if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"rope_scaling type llama3 needs {', '.join(missing)}")
+            if self.high_freq_factor <= self.low_freq_factor:
+                raise ValueError("rope_scaling: high_freq_factor must exceed low_freq_factor")
+        return self
+
+
+LLAMA_ONLY = ("n_kv_head", "ffn_hidden", "norm_eps", "rope_theta", "rope_scaling", "qkv_bias")
+
+
 class ModelConfig(Section):
-    block_size: int = Field(128, ge=8, le=8192, description="Context length in tokens.")
-    n_layer: int = Field(2, ge=1, le=64, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, le=64, description="Attention heads; must divide d_model.")
-    d_model: int = Field(48, ge=8, le=8192, description="Residual stream width.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    arch: Literal["gpt2", "llama"] = Field(
+        "gpt2",
+        description="gpt2: learned positions, LayerNorm, GELU MLP, tied head (nanoGPT). llama: rotary positions, "
+        "RMSNorm, SwiGLU MLP, grouped-query attention (Llama, Qwen2, Mistral). With init_from, the checkpoint's.",
+    )
+    block_size: int = Field(128, ge=8, le=32768, description="Context length in tokens.")
+    n_layer: int = Field(2, ge=1, le=128, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=128, description="Attention heads; must divide d_model.")
+    d_model: int = Field(48, ge=8, le=16384, description="Residual stream width.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (gpt2 only).")
     bias: bool = Field(
-        False, description="Biases on the attention and MLP projections (GPT-2 has them; off is faster)."
+        False,
+        description="gpt2: biases on the attention and MLP projections (GPT-2 has them; off is faster).",
+    )
+    n_kv_head: int | None = Field(
+        None, ge=1, le=128, description="llama: key/value heads (grouped-query attention); null: n_head."
+    )
+    ffn_hidden: int | None = Field(
+        None,
+        ge=8,
+        le=131072,
+        description="llama: the SwiGLU MLP's inner width; null: Llama's rule (2/3 of 4 d_model, rounded up to 32).",
+    )
+    norm_eps: float = Field(1e-5, gt=0, lt=1, description="llama: RMSNorm's epsilon.")
+    rope_theta: float = Field(10_000.0, gt=0, description="llama: the rotary base.")
+    rope_scaling: RopeScaling | None = Field(None, description="llama: rotary scaling; null: none.")
+    qkv_bias: bool = Field(False, description="llama: biases on q, k and v (Qwen2 has them).")
+    tie_embeddings: bool = Field(
+        True, description="The LM head is the token embedding (gpt2 always ties; llama either way)."
     )
     init_from: str | None = Field(
         None,
         min_length=1,
         description="Start both variants from these weights instead of a seeded init: a local Hugging Face "
-        "GPT-2 directory (config.json, model.safetensors, tokenizer.json) or a phase2_ray checkpoint "
-        "(RUN_DIR/checkpoints/VARIANT, or RUN_DIR for its optimized one). The tokenizer and the model's shape "
-        "come from it (null for a shape key or data.vocab_size means the checkpoint's); model.block_size may "
-        "be set lower (fewer learned positions are used).",
+        "directory of GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM or MistralForCausalLM (config.json, "
+        "model.safetensors or its shards, tokenizer.json) or a phase2_ray checkpoint (RUN_DIR/checkpoints/VARIANT, "
+        "or RUN_DIR for its optimized one). The tokenizer and the model's shape, arch included, come from it "
+        "(null for a shape key or data.vocab_size means the checkpoint's); model.block_size may be set lower "
+        "(fewer positions are used).",
     )
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> ModelConfig:
+    def _shape(self) -> ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.arch == "gpt2" and "arch" not in self.model_fields_set and self.init_from:
+            return self  # the arch is the checkpoint's: checked again once resolve_config has taken it
+        if self.arch == "gpt2":
+            given = [
+                k for k in LLAMA_ONLY if k in self.model_fields_set and getattr(self, k) not in (None, False)
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)} shape(s) arch llama only; this model is arch gpt2")
+            if not self.tie_embeddings:
+                raise ValueError("tie_embeddings=false: arch gpt2 always ties its LM head to the embedding")
+            return self
+        if self.bias:
+            raise ValueError("bias=true is gpt2's (every projection); for llama use qkv_bias")
+        if self.dropout:
+            raise ValueError(f"dropout={self.dropout}: arch llama here has no dropout (allowed: 0)")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError(
+                f"head_dim = d_model / n_head = {self.d_model // self.n_head} must be even (rotary positions)"
+            )
         return self
 
     def gpt_fields(self, vocab_size: int) -> dict:
         """core.specs.GPTConfig's fields: the shape and dropout, with the tokenizer's vocabulary size."""
-        return {**self.model_dump(exclude={"init_from"}), "vocab_size": vocab_size}
+        out = {**self.model_dump(exclude={"init_from", "rope_scaling"}), "vocab_size": vocab_size}
+        out["rope_scaling"] = self.rope_scaling.model_dump(exclude_none=True) if self.rope_scaling else None
+        return out
 
 
 class TargetsConfig(Section):

@@ -12,7 +12,7 @@ from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.core.model import GPT, GPTConfig
+from phase2_ray.core.model import GPT, GPTConfig, build_model
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -88,7 +88,7 @@ def read_checkpoint(files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], d
 def load_checkpoint(files: dict[str, bytes]) -> tuple[GPT, dict, Tokenizer]:
     """Verifies every checksum, then rebuilds a plain (uncompiled, fp32) GPT, its metadata and tokenizer."""
     state, meta, tok = read_checkpoint(files)
-    model = GPT(GPTConfig(**meta["model"]))
+    model = build_model(GPTConfig(**meta["model"]))
     model.load_state_dict(state, strict=True)
     return model.eval(), meta, tok
 

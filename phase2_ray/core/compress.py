@@ -167,8 +167,11 @@ class Int8Embedding(nn.Module):
 
 
 def _linear_shapes(cfg: GPTConfig) -> list[tuple[int, int]]:
-    d = cfg.d_model
-    per_block = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
+    d, hd, f = cfg.d_model, cfg.head_dim, cfg.hidden
+    if cfg.arch == "llama":
+        per_block = [((cfg.n_head + 2 * cfg.kv_heads) * hd, d), (d, cfg.n_head * hd), (2 * f, d), (d, f)]
+    else:
+        per_block = [(3 * d, d), (d, d), (f, d), (d, f)]
     return per_block * cfg.n_layer + [(cfg.vocab_size, d)]
 
 
@@ -200,7 +203,7 @@ def probe_kernels(cfg: GPTConfig, rounds: int = 5, calls: int = 20) -> dict[str,
         b = sum(c * weight_bytes(mods[k][shape]) for shape, c in counts.items())
         # The tied matrix is held once by int8pack (embedding and head share it); FBGEMM's head is a packed copy
         # beside the embedding's own int8 rows.
-        b += cfg.vocab_size * cfg.d_model if k == "fbgemm" else 0
+        b += cfg.vocab_size * cfg.d_model if k == "fbgemm" or not cfg.tie_embeddings else 0
         out[k] = {"step_matmul_us": statistics.median(times[k]), "bytes": b, "fp32_bytes": fp32_bytes}
     return out
 
@@ -262,6 +265,8 @@ class SemanticCompressor:
             ln.weight.data, ln.bias.data = state[prefix + ".weight"].to(dev), state[prefix + ".bias"].to(dev)
             return ln
 
+        if cfg.arch == "llama":
+            return self._llama(state, cfg, lin, dev)
         blocks = []
         for i in range(cfg.n_layer):
             p = f"blocks.{i}."
@@ -290,6 +295,42 @@ class SemanticCompressor:
             ln_f=norm("ln_f"),
             lm_head=Int8Linear(q, s, self.kernel),
         )
+        return out.eval().requires_grad_(False)
+
+    def _llama(self, state: dict[str, torch.Tensor], cfg: GPTConfig, lin, dev: torch.device) -> nn.Module:
+        """The llama's int8 copy: the same layers as the GPT's, RMSNorms kept fp32, an untied head quantized on
+        its own."""
+        from phase2_ray.core.llama import GQAttention, Llama, LlamaBlock, SwiGLU
+
+        def norm(name: str) -> nn.RMSNorm:
+            n = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps, device=dev)
+            n.weight.data = state[name + ".weight"].float().to(dev)
+            return n
+
+        blocks = []
+        for i in range(cfg.n_layer):
+            p = f"blocks.{i}."
+            attn = _bare(
+                GQAttention,
+                n_head=cfg.n_head,
+                kv_heads=cfg.kv_heads,
+                hd=cfg.head_dim,
+                qkv=lin(p + "attn.qkv"),
+                proj=lin(p + "attn.proj"),
+            )
+            mlp = _bare(SwiGLU, fc=lin(p + "mlp.fc"), proj=lin(p + "mlp.proj"))
+            blocks.append(_bare(LlamaBlock, ln1=norm(p + "ln1"), attn=attn, ln2=norm(p + "ln2"), mlp=mlp))
+        q, s = quantize_rows(state["wte.weight"].to(dev))
+        head = Int8Linear(q, s, self.kernel) if cfg.tie_embeddings else lin("lm_head")
+        out = _bare(
+            Llama,
+            cfg=cfg,
+            wte=Int8Embedding(q, s),
+            blocks=nn.ModuleList(blocks),
+            ln_f=norm("ln_f"),
+            lm_head=head,
+        )
+        out.init_rope()
         return out.eval().requires_grad_(False)
 
 

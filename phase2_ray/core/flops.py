@@ -11,21 +11,29 @@ if TYPE_CHECKING:
     import torch
 
 MFU_FORMULA = (
-    "flops/token = 6*N + 12*L*H*Q*T; N = params without position embeddings, Q = d_model/H, T = block_size"
+    "flops/token = 6*N + 12*L*H*Q*T; N = params that multiply (no position table, no embedding lookup; the LM "
+    "head counted), Q = head_dim, T = block_size"
 )
 
 
 def non_embedding_params(cfg: GPTConfig) -> int:
-    """Parameters that cost compute per token: all but the position table (the tied LM head does cost)."""
+    """Parameters that cost compute per token: all but the position table and the embedding lookup (the LM head,
+    tied or not, does cost). For a llama: grouped-query attention's narrower k/v projections and the SwiGLU MLP's
+    three matrices."""
     d, v, L = cfg.d_model, cfg.vocab_size, cfg.n_layer
+    if cfg.arch == "llama":
+        hd, f = cfg.head_dim, cfg.hidden
+        qkv = d * (cfg.n_head + 2 * cfg.kv_heads) * hd + (cfg.n_head + 2 * cfg.kv_heads) * hd * cfg.qkv_bias
+        per_block = 2 * d + qkv + cfg.n_head * hd * d + 3 * d * f  # two RMSNorms, attention, gate/up/down
+        return v * d + L * per_block + d
     per_block = 2 * 2 * d + 12 * d * d  # two LayerNorms (weight + bias), qkv + proj (4 d^2), MLP (8 d^2)
     return v * d + L * per_block + 2 * d
 
 
 def flops_per_token(cfg: GPTConfig) -> int:
     """Training FLOPs per token (forward + backward), as in PaLM appendix B and nanoGPT's estimate_mfu."""
-    q = cfg.d_model // cfg.n_head
-    return 6 * non_embedding_params(cfg) + 12 * cfg.n_layer * cfg.n_head * q * cfg.block_size
+    # attention's scores and weighted sum run per query head: GQA shares k/v heads, not this work
+    return 6 * non_embedding_params(cfg) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
 
 
 def measure_peak_flops(

@@ -4,7 +4,11 @@ in-process reference both drive `BatchDecoder`, so the serving overhead they are
 Why a lean decode step instead of the model's forward: for a model this small each decoded token is ~50 tiny
 ops, so dispatch is the cost. Writing keys/values into a preallocated cache (no `torch.cat` per step), 2-D rows
 and `torch.mm` on transposed weight views cut the time per token (benchmarks/RESULTS.md). The modules are
-called, not their weights read, so a compressed model (int8 `nn.Module`s with the same call signature) decodes through this too."""
+called, not their weights read, so a compressed model (int8 `nn.Module`s with the same call signature) decodes through this too.
+
+Both architectures share the module names (core/llama.py); what differs per step is small and explicit: learned
+positions (gpt2) or rotary ones applied to q and k (llama), LayerNorm or RMSNorm, GELU or SwiGLU, and a cache of
+n_kv_head heads that grouped-query attention reads for n_head query heads."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from phase2_ray.core.llama import apply_rope, swiglu
 from phase2_ray.core.model import GPT
 
 
@@ -75,15 +80,16 @@ class BatchDecoder:
         self.model = model.eval()
         self.block_size = cfg.block_size
         self.max_batch = max_batch
-        self.n_head = cfg.n_head
-        self.head_dim = cfg.d_model // cfg.n_head
+        self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.llama = cfg.arch == "llama"
+        self.gqa = self.kv_heads != self.n_head
         p = next(model.parameters())
         self.device = p.device
         self.dtype = p.dtype if p.is_floating_point() else torch.float32
         # The cache may be held narrower than the activations (bf16 halves it); attention then runs in its dtype.
         self.kv_dtype = kv_dtype or self.dtype
         # One tensor per layer holding keys (index 0) and values (1): a decode step writes both in one op.
-        shape = (2, max_batch, cfg.n_head, cfg.block_size, self.head_dim)
+        shape = (2, max_batch, self.kv_heads, cfg.block_size, self.head_dim)
         self.kv = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device) for _ in range(cfg.n_layer)]
         self.active: list[Sequence] = []
         self._plan = _DecodePlan(model)
@@ -176,22 +182,38 @@ class BatchDecoder:
         """Runs one prompt (causal) through the model's own modules, filling `slot`; last position's logits."""
         m, H, hd = self.model, self.n_head, self.head_dim
         T = idx.shape[1]
-        x = m.wte(idx) + m.wpe(torch.arange(T, device=self.device))
+        x = m.wte(idx)
+        if self.llama:
+            cos, sin = m.rope_cos[:T], m.rope_sin[:T]
+        else:
+            x = x + m.wpe(torch.arange(T, device=self.device))
+        act = swiglu if self.llama else _gelu
         for layer, blk in enumerate(m.blocks):
-            C = x.shape[-1]
-            qkv = blk.attn.qkv(blk.ln1(x)).view(1, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, 1, H, T, hd)
-            self.kv[layer][:, slot : slot + 1, :, :T] = qkv[1:]
-            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-            x = x + blk.attn.proj(y.transpose(1, 2).reshape(1, T, C))
-            x = x + blk.mlp.proj(F.gelu(blk.mlp.fc(blk.ln2(x)), approximate="tanh"))
+            h = blk.attn.qkv(blk.ln1(x))
+            if self.llama:
+                q, k, v = blk.attn.split(h)  # (1, H, T, hd), (1, KV, T, hd) x 2
+                q, k = apply_rope(q, cos, sin).to(x.dtype), apply_rope(k, cos, sin).to(x.dtype)
+                self.kv[layer][0, slot : slot + 1, :, :T] = k
+                self.kv[layer][1, slot : slot + 1, :, :T] = v
+            else:
+                qkv = h.view(1, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, 1, H, T, hd)
+                self.kv[layer][:, slot : slot + 1, :, :T] = qkv[1:]
+                q, k, v = qkv
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.gqa)
+            x = x + blk.attn.proj(y.transpose(1, 2).reshape(1, T, H * hd))
+            x = x + blk.mlp.proj(act(blk.mlp.fc(blk.ln2(x))))
         return m.lm_head(m.ln_f(x[0, -1:]))[0]
 
     def _decode(self, tokens: torch.Tensor, pos_list: list[int]) -> torch.Tensor:
         """One token for each of slots 0..B-1 at positions `pos_list`, as (B, C) rows; (B, vocab) logits."""
-        p, H, hd = self._plan, self.n_head, self.head_dim
+        p, H, KV, hd = self._plan, self.n_head, self.kv_heads, self.head_dim
         B, t_max = len(pos_list), max(pos_list) + 1
         pos = torch.tensor(pos_list, dtype=torch.long, device=self.device)
-        x = p.embed(tokens) + p.pos_embed(pos)
+        x = p.embed(tokens)
+        if self.llama:
+            cos, sin = p.rope_cos[pos].unsqueeze(1), p.rope_sin[pos].unsqueeze(1)  # (B, 1, hd): every head
+        else:
+            x = x + p.pos_embed(pos)
         same_pos = min(pos_list) == t_max - 1
         # Rows at different positions attend to their own filled prefix only.
         mask = None if same_pos else (self._arange[:t_max] <= pos[:, None]).view(B, 1, 1, t_max)
@@ -199,19 +221,32 @@ class BatchDecoder:
         narrow = self.kv_dtype != self.dtype
         for layer, (ln1, qkv_w, proj_w, ln2, fc_w, out_w) in enumerate(p.layers):
             kv = self.kv[layer]
-            qkv = p.linear(p.norm(x, ln1), qkv_w).view(B, 3, H, hd)
-            if same_pos:
-                kv[:, :B, :, t_max - 1] = qkv[:, 1:].transpose(0, 1)
+            h = p.linear(p.norm(x, ln1), qkv_w)
+            if self.llama:
+                q, k, v = h.split((H * hd, KV * hd, KV * hd), dim=-1)
+                q = apply_rope(q.view(B, H, hd), cos, sin).to(x.dtype)
+                k = apply_rope(k.view(B, KV, hd), cos, sin)
+                if same_pos:
+                    kv[0, :B, :, t_max - 1], kv[1, :B, :, t_max - 1] = k, v.view(B, KV, hd)
+                else:
+                    kv[0, rows, :, pos], kv[1, rows, :, pos] = k, v.view(B, KV, hd)
             else:
-                kv[:, rows, :, pos] = qkv[:, 1:]
-            q = qkv[:, 0].unsqueeze(2)
+                qkv = h.view(B, 3, H, hd)
+                q = qkv[:, 0]
+                if same_pos:  # keys and values in one write
+                    kv[:, :B, :, t_max - 1] = qkv[:, 1:].transpose(0, 1)
+                else:
+                    kv[:, rows, :, pos] = qkv[:, 1:]
+            q = q.unsqueeze(2)
             if narrow:
                 q = q.to(self.kv_dtype)
-            y = F.scaled_dot_product_attention(q, kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask)
+            y = F.scaled_dot_product_attention(
+                q, kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask, enable_gqa=self.gqa
+            )
             if narrow:
                 y = y.to(self.dtype)
             x = x + p.linear(y.reshape(B, H * hd), proj_w)
-            x = x + p.linear(F.gelu(p.linear(p.norm(x, ln2), fc_w), approximate="tanh"), out_w)
+            x = x + p.linear(p.act(p.linear(p.norm(x, ln2), fc_w)), out_w)
         return p.linear(p.norm(x, p.ln_f), p.head)
 
     @property
@@ -266,7 +301,10 @@ class _DecodePlan:
 
     def __init__(self, m: GPT) -> None:
         self.embed = _embedding(m.wte)
-        self.pos_embed = _embedding(m.wpe)
+        if m.cfg.arch == "llama":
+            self.rope_cos, self.rope_sin, self.act = m.rope_cos, m.rope_sin, swiglu
+        else:
+            self.pos_embed, self.act = _embedding(m.wpe), _gelu
         self.layers = [
             (
                 blk.ln1,
@@ -286,8 +324,14 @@ class _DecodePlan:
         return torch.mm(x, w) if isinstance(w, torch.Tensor) else w(x)
 
     @staticmethod
-    def norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
+    def norm(x: torch.Tensor, ln: torch.nn.Module) -> torch.Tensor:
+        if type(ln) is torch.nn.RMSNorm:
+            return F.rms_norm(x, ln.normalized_shape, ln.weight, ln.eps)
         return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _gelu(h: torch.Tensor) -> torch.Tensor:
+    return F.gelu(h, approximate="tanh")
 
 
 def _weight(mod: torch.nn.Module):

@@ -1,4 +1,5 @@
-"""A small GPT (nanoGPT shape): config and modules. KV-cache decoding lives in generate.py."""
+"""A small GPT (nanoGPT shape): config and modules, and `build_model`, which builds either architecture (the llama
+lives in llama.py). KV-cache decoding lives in generate.py."""
 
 from __future__ import annotations
 
@@ -100,3 +101,14 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+
+def build_model(cfg: GPTConfig) -> nn.Module:
+    """A freshly initialized model of `cfg.arch` (gpt2 or llama)."""
+    if cfg.arch == "gpt2":
+        return GPT(cfg)
+    if cfg.arch == "llama":
+        from phase2_ray.core.llama import Llama
+
+        return Llama(cfg)
+    raise ValueError(f"unknown model.arch {cfg.arch!r} (gpt2, llama)")

@@ -24,7 +24,40 @@ class GPTConfig:
     dropout: float = 0.0
     """Dropout in attention and MLP (0 keeps both variants' numerics comparable)."""
     bias: bool = False
-    """Biases on the attention and MLP projections (GPT-2 checkpoints have them; our own models do not)."""
+    """gpt2: biases on the attention and MLP projections (GPT-2 checkpoints have them; our own models do not)."""
+    arch: str = "gpt2"
+    """gpt2 (learned positions, LayerNorm, GELU MLP, tied head; core/model.py) or llama (rotary positions,
+    RMSNorm, SwiGLU MLP, grouped-query attention; core/llama.py). The fields below shape llama only."""
+    n_kv_head: int | None = None
+    """llama: key/value heads (grouped-query attention); None: as many as n_head."""
+    ffn_hidden: int | None = None
+    """llama: the SwiGLU MLP's inner width; None: Llama's rule (2/3 of 4 d_model, rounded up to 32)."""
+    norm_eps: float = 1e-5
+    """llama: RMSNorm's epsilon."""
+    rope_theta: float = 10_000.0
+    """llama: the rotary base."""
+    rope_scaling: dict | None = None
+    """llama: None, or {"rope_type": "linear", "factor"} or {"rope_type": "llama3", "factor", "low_freq_factor",
+    "high_freq_factor", "original_max_position_embeddings"} (transformers' meaning)."""
+    qkv_bias: bool = False
+    """llama: biases on q, k and v (Qwen2 has them); the output projection and the MLP never have one."""
+    tie_embeddings: bool = True
+    """The LM head is the token embedding (always for gpt2; a llama checkpoint says)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's inner width."""
+        if self.arch != "llama":
+            return 4 * self.d_model
+        return self.ffn_hidden or 32 * -(-int(2 * 4 * self.d_model / 3) // 32)
 
 
 BUILTIN_HOOKS: dict[str, list[str]] = {

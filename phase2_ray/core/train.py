@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from phase2_ray.core.converters import ConverterStack
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
-from phase2_ray.core.model import GPT, GPTConfig
+from phase2_ray.core.model import GPT, GPTConfig, build_model
 from phase2_ray.core.specs import OptimizationSettings
 
 STATE_TENSORS = "train_state.safetensors"
@@ -125,7 +125,7 @@ class Trainer:
         self.settings = settings
         self.tokens = train_tokens
         torch.manual_seed(settings.seed)
-        self.model = GPT(model_cfg)
+        self.model = build_model(model_cfg)
         if init_state is not None:  # model.init_from: given weights instead of the seeded init
             self.model.load_state_dict(init_state, strict=True)
         self.model.to(self.device)

@@ -123,10 +123,10 @@ def test_a_phase2_run_or_checkpoint_and_a_lower_block_size(smoke_init, tmp_path,
 
 def _bad_dirs(hf_gpt2, tmp_path):
     """(directory, extra --set, what the one-line error must name)."""
-    llama = tmp_path / "llama"
-    shutil.copytree(hf_gpt2, llama)
-    c = json.loads((llama / "config.json").read_text())
-    (llama / "config.json").write_text(json.dumps({**c, "model_type": "llama"}))
+    moe = tmp_path / "mixtral"
+    shutil.copytree(hf_gpt2, moe)
+    c = json.loads((moe / "config.json").read_text())
+    (moe / "config.json").write_text(json.dumps({**c, "model_type": "mixtral"}))
     small = tmp_path / "small-vocab"
     shutil.copytree(hf_gpt2, small)
     (small / "config.json").write_text(json.dumps({**c, "vocab_size": 300}))
@@ -150,7 +150,7 @@ def _bad_dirs(hf_gpt2, tmp_path):
         (truncated, [], "not a readable safetensors file"),
         (slow_tok, [], "model.init_from"),
         (run, [], "name one of ['baseline']"),
-        (llama, [], "model_type is 'llama'"),
+        (moe, [], "model_type is 'mixtral'"),
         (small, [], "vocabulary mismatch"),
         (pickle, [], "pickle"),
         (hf_gpt2, ["model.n_layer=3"], "model.n_layer: 3 does not match model.init_from's 2"),
