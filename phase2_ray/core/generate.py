@@ -93,6 +93,9 @@ class BatchDecoder:
         self.kv = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device) for _ in range(cfg.n_layer)]
         self.active: list[Sequence] = []
         self._plan = _DecodePlan(model)
+        # Prompts prefilled in one pass, at most this many tokens (a context, or 512 for a short one): its mask
+        # grows with the square, and activation_bytes() measures exactly this worst case.
+        self.pack_tokens = max(self.block_size - 1, 512)
 
     @property
     def cache_bytes(self) -> int:
@@ -100,8 +103,9 @@ class BatchDecoder:
         return sum(t.numel() * t.element_size() for t in self.kv)
 
     def activation_bytes(self) -> int:
-        """Peak bytes of the tensors a worst case creates beyond the weights and the cache, measured: a prefill of
-        a full-context prompt, then one decode step of every slot at the last position, sampled. Call it before
+        """Peak bytes of the tensors a worst case creates beyond the weights and the cache, measured: a packed
+        prefill of `pack_tokens` tokens of full-context prompts (the mask counted), then one decode step of every
+        slot at the last position, sampled. Call it before
         any request (it writes into the cache), and not in a process whose memory is being measured: the first
         Python dispatch mode imports ~70 MB of torch (the in-process reference measures it, not the replica)."""
         if self.active:
@@ -110,7 +114,8 @@ class BatchDecoder:
         n, last = self.max_batch, self.block_size - 1
         seqs = [Sequence(1, SamplingParams(1), torch.Generator(device=self.device)) for _ in range(n)]
         with torch.inference_mode(), LiveBytes(held) as live:
-            self._prefill(torch.zeros(1, last, dtype=torch.long, device=self.device), 0)
+            sizes = [min(last, self.pack_tokens - i) for i in range(0, self.pack_tokens, last)]
+            self._prefill_packed([[0] * t for t in sizes], [0] + [-1] * (len(sizes) - 1))
             logits = self._decode(torch.zeros(n, dtype=torch.long, device=self.device), [last] * n)
             sample_rows(logits, seqs)
             del logits
@@ -120,9 +125,14 @@ class BatchDecoder:
     def free_slots(self) -> int:
         return self.max_batch - len(self.active)
 
-    @torch.inference_mode()
     def add(self, prompt_ids: list[int], params: SamplingParams, tag: object = None) -> Sequence:
         """Prefills `prompt_ids` into a free slot and samples the first token (in `seq.tokens`)."""
+        (out,) = self.add_many([(prompt_ids, params, tag)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def _check(self, prompt_ids: list[int], params: SamplingParams) -> None:
         params.check()
         if not prompt_ids:
             raise ValueError("prompt must hold at least one token")
@@ -131,22 +141,52 @@ class BatchDecoder:
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) "
                 f"exceeds the model's context of {self.block_size} tokens"
             )
-        if not self.free_slots:
-            raise RuntimeError("no free cache slot: call step() until a sequence finishes")
-        gen = torch.Generator(device=self.device)
-        if params.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(params.seed)
-        seq = Sequence(len(prompt_ids), params, gen, slot=len(self.active), tag=tag)
-        logits = self._prefill(torch.tensor([prompt_ids], dtype=torch.long, device=self.device), seq.slot)
-        seq.pos = len(prompt_ids)
-        seq.tokens.append(sample(logits, params, gen))
-        if seq.done:  # a one-token request never occupies a slot past its prefill
-            seq.slot = -1
-        else:
-            self.active.append(seq)
-        return seq
+
+    @torch.inference_mode()
+    def add_many(
+        self, requests: list[tuple[list[int], SamplingParams, object]]
+    ) -> list[Sequence | Exception]:
+        """`add` for several requests at once: their prompts are prefilled packed together (one forward pass per
+        context's worth of tokens, each prompt attending to itself only), so a burst of arrivals costs a few
+        passes instead of one per request. Returns each request's Sequence, or the ValueError that refused it."""
+        out: list[Sequence | Exception] = []
+        seqs: list[tuple[Sequence, list[int]]] = []
+        for prompt_ids, params, tag in requests:
+            try:
+                self._check(prompt_ids, params)
+            except ValueError as e:
+                out.append(e)
+                continue
+            gen = torch.Generator(device=self.device)
+            if params.seed is None:
+                gen.seed()
+            else:
+                gen.manual_seed(params.seed)
+            seq = Sequence(len(prompt_ids), params, gen, tag=tag)
+            if (
+                params.max_tokens > 1
+            ):  # a one-token request never occupies a slot: its prefill writes no cache
+                if len(self.active) + sum(s.slot >= 0 for s, _ in seqs) >= self.max_batch:
+                    raise RuntimeError("no free cache slot: call step() until a sequence finishes")
+                seq.slot = len(self.active) + sum(s.slot >= 0 for s, _ in seqs)
+            seqs.append((seq, prompt_ids))
+            out.append(seq)
+        # Packs of at most pack_tokens tokens: never more than activation_bytes() measured.
+        packs: list[list[tuple[Sequence, list[int]]]] = []
+        for item in seqs:
+            if packs and sum(len(p) for _, p in packs[-1]) + len(item[1]) <= self.pack_tokens:
+                packs[-1].append(item)
+            else:
+                packs.append([item])
+        for pack in packs:
+            logits = self._prefill_packed([p for _, p in pack], [s.slot for s, _ in pack])
+            group = [s for s, _ in pack]
+            for seq, t in zip(group, sample_rows(logits, group), strict=True):
+                seq.pos = seq.prompt_len
+                seq.tokens.append(t)
+                if not seq.done:
+                    self.active.append(seq)
+        return out
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
@@ -179,30 +219,50 @@ class BatchDecoder:
         seq.slot = -1
 
     def _prefill(self, idx: torch.Tensor, slot: int) -> torch.Tensor:
-        """Runs one prompt (causal) through the model's own modules, filling `slot`; last position's logits."""
+        """One prompt (1, T) into `slot`; its last position's logits."""
+        return self._prefill_packed([idx[0].tolist()], [slot])[0]
+
+    def _prefill_packed(self, prompts: list[list[int]], slots: list[int]) -> torch.Tensor:
+        """Runs prompts packed into one sequence through the model's own modules, each attending causally to
+        itself only, and writes each one's keys and values into its slot (none for slot -1); (n, vocab) logits
+        of each prompt's last position."""
         m, H, hd = self.model, self.n_head, self.head_dim
-        T = idx.shape[1]
+        lens = [len(p) for p in prompts]
+        N, dev = sum(lens), self.device
+        idx = torch.tensor([[t for p in prompts for t in p]], dtype=torch.long, device=dev)
+        if len(prompts) == 1:
+            pos, mask = torch.arange(N, device=dev), None
+        else:
+            pos = torch.cat([torch.arange(t, device=dev) for t in lens])
+            seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+            mask = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
+        starts = [sum(lens[:i]) for i in range(len(lens))]
         x = m.wte(idx)
         if self.llama:
-            cos, sin = m.rope_cos[:T], m.rope_sin[:T]
+            cos, sin = m.rope_cos[pos], m.rope_sin[pos]
         else:
-            x = x + m.wpe(torch.arange(T, device=self.device))
+            x = x + m.wpe(pos)
         act = swiglu if self.llama else _gelu
         for layer, blk in enumerate(m.blocks):
             h = blk.attn.qkv(blk.ln1(x))
             if self.llama:
-                q, k, v = blk.attn.split(h)  # (1, H, T, hd), (1, KV, T, hd) x 2
+                q, k, v = blk.attn.split(h)  # (1, H, N, hd), (1, KV, N, hd) x 2
                 q, k = apply_rope(q, cos, sin).to(x.dtype), apply_rope(k, cos, sin).to(x.dtype)
-                self.kv[layer][0, slot : slot + 1, :, :T] = k
-                self.kv[layer][1, slot : slot + 1, :, :T] = v
+                kv_pair = torch.stack((k, v))  # (2, 1, KV, N, hd)
             else:
-                qkv = h.view(1, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, 1, H, T, hd)
-                self.kv[layer][:, slot : slot + 1, :, :T] = qkv[1:]
-                q, k, v = qkv
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.gqa)
-            x = x + blk.attn.proj(y.transpose(1, 2).reshape(1, T, H * hd))
+                kv_pair = h.view(1, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, 1, H, N, hd)
+                q, k, v = kv_pair
+                kv_pair = kv_pair[1:]
+            for slot, start, t in zip(slots, starts, lens, strict=True):
+                if slot >= 0:
+                    self.kv[layer][:, slot : slot + 1, :, :t] = kv_pair[..., start : start + t, :]
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.gqa
+            )
+            x = x + blk.attn.proj(y.transpose(1, 2).reshape(1, N, H * hd))
             x = x + blk.mlp.proj(act(blk.mlp.fc(blk.ln2(x))))
-        return m.lm_head(m.ln_f(x[0, -1:]))[0]
+        last = torch.tensor([st + t - 1 for st, t in zip(starts, lens, strict=True)], device=dev)
+        return m.lm_head(m.ln_f(x[0, last]))
 
     def _decode(self, tokens: torch.Tensor, pos_list: list[int]) -> torch.Tensor:
         """One token for each of slots 0..B-1 at positions `pos_list`, as (B, C) rows; (B, vocab) logits."""
@@ -210,11 +270,14 @@ class BatchDecoder:
         B, t_max = len(pos_list), max(pos_list) + 1
         pos = torch.tensor(pos_list, dtype=torch.long, device=self.device)
         x = p.embed(tokens)
-        if self.llama:
-            cos, sin = p.rope_cos[pos].unsqueeze(1), p.rope_sin[pos].unsqueeze(1)  # (B, 1, hd): every head
+        same_pos = min(pos_list) == t_max - 1
+        if self.llama:  # (B or 1, 1, hd): every head of a row at its position
+            if same_pos:
+                cos, sin = p.rope_cos[t_max - 1 : t_max, None], p.rope_sin[t_max - 1 : t_max, None]
+            else:
+                cos, sin = p.rope_cos.index_select(0, pos)[:, None], p.rope_sin.index_select(0, pos)[:, None]
         else:
             x = x + p.pos_embed(pos)
-        same_pos = min(pos_list) == t_max - 1
         # Rows at different positions attend to their own filled prefix only.
         mask = None if same_pos else (self._arange[:t_max] <= pos[:, None]).view(B, 1, 1, t_max)
         rows = torch.arange(B, device=self.device)
@@ -223,13 +286,13 @@ class BatchDecoder:
             kv = self.kv[layer]
             h = p.linear(p.norm(x, ln1), qkv_w)
             if self.llama:
-                q, k, v = h.split((H * hd, KV * hd, KV * hd), dim=-1)
-                q = apply_rope(q.view(B, H, hd), cos, sin).to(x.dtype)
-                k = apply_rope(k.view(B, KV, hd), cos, sin)
+                heads = h.view(B, H + 2 * KV, hd)
+                qk = apply_rope(heads[:, : H + KV], cos, sin).to(x.dtype)  # q and k rotated in one pass
+                q, k, v = qk[:, :H], qk[:, H:], heads[:, H + KV :]
                 if same_pos:
-                    kv[0, :B, :, t_max - 1], kv[1, :B, :, t_max - 1] = k, v.view(B, KV, hd)
+                    kv[0, :B, :, t_max - 1], kv[1, :B, :, t_max - 1] = k, v
                 else:
-                    kv[0, rows, :, pos], kv[1, rows, :, pos] = k, v.view(B, KV, hd)
+                    kv[0, rows, :, pos], kv[1, rows, :, pos] = k, v
             else:
                 qkv = h.view(B, 3, H, hd)
                 q = qkv[:, 0]
@@ -240,9 +303,11 @@ class BatchDecoder:
             q = q.unsqueeze(2)
             if narrow:
                 q = q.to(self.kv_dtype)
-            y = F.scaled_dot_product_attention(
-                q, kv[0, :B, :, :t_max], kv[1, :B, :, :t_max], attn_mask=mask, enable_gqa=self.gqa
-            )
+            keys, values = kv[0, :B, :, :t_max], kv[1, :B, :, :t_max]
+            if self.gqa:
+                y = _grouped_attention(q, keys, values, mask)
+            else:
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             if narrow:
                 y = y.to(self.dtype)
             x = x + p.linear(y.reshape(B, H * hd), proj_w)
@@ -330,6 +395,20 @@ class _DecodePlan:
         return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
+def _grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """One query position per row against a grouped-query cache: q (B, H, 1, hd), k and v (B, KV, T, hd). The
+    H / KV query heads that share a key/value head are one matmul's rows, so no head is repeated (SDPA's
+    enable_gqa on CPU repeats them, and is slower here: benchmarks/RESULTS.md)."""
+    B, H, _, hd = q.shape
+    KV = k.shape[1]
+    s = torch.matmul(q.view(B, KV, H // KV, hd), k.transpose(-1, -2)).mul_(hd**-0.5)  # (B, KV, G, T)
+    if mask is not None:  # (B, 1, 1, T): the row's filled prefix
+        s = s.masked_fill_(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(s, dim=-1), v).view(B, H, 1, hd)
+
+
 def _gelu(h: torch.Tensor) -> torch.Tensor:
     return F.gelu(h, approximate="tanh")
 
@@ -386,7 +465,7 @@ def sample_rows(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         if len(rows) == 1:
             out[rows[0]] = sample(logits[rows[0]], seqs[rows[0]].params, seqs[rows[0]].generator)
             continue
-        lg = logits[rows].float()
+        lg = (logits if len(rows) == len(seqs) else logits[rows]).float()  # one group: no gather
         if temp <= 0:
             picks = lg.argmax(dim=-1).tolist()
         else:
