@@ -214,3 +214,11 @@ class IncrementalDetokenizer:
             self.prefix, self.read = self.read, len(self.ids)
             return text[len(before) :]
         return ""
+
+    def flush(self) -> str:
+        """The text held back at the end of the output: bytes of an unfinished character, as the tokenizer's own
+        decode renders them (U+FFFD), so that the whole text equals `decode(all ids)`."""
+        before = self.tok.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
+        text = self.tok.decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return text[len(before) :]

@@ -56,7 +56,7 @@ class CompletionStream:
 
     def whole(self, tokens: list[int]) -> dict:
         """The non-streamed response."""
-        text = "".join(self.detok.push(t) for t in tokens)
+        text = "".join(self.detok.push(t) for t in tokens) + self.detok.flush()
         if self.chat:
             message = {"role": "assistant", "content": text}
             return {
@@ -74,7 +74,10 @@ class CompletionStream:
         for t in tokens:
             self.sent += 1
             finish = "length" if self.sent == self.max_tokens else None
-            parts.append(f"data: {json.dumps(self.chunk(self.detok.push(t), finish))}\n\n")
+            text = self.detok.push(t) + (
+                self.detok.flush() if finish else ""
+            )  # the last token: nothing held back
+            parts.append(f"data: {json.dumps(self.chunk(text, finish))}\n\n")
         return "".join(parts)
 
     async def events(

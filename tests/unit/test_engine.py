@@ -93,3 +93,14 @@ def test_incremental_detokenizer_holds_back_partial_characters(tiny_corpus):
     pieces = [d.push(t) for t in ids]
     assert "".join(pieces) == tok.decode(ids)
     assert not any("\ufffd" in p for p in pieces)
+
+
+def test_an_output_ending_inside_a_character_is_flushed_as_decode_renders_it(tiny_corpus):
+    """Held-back bytes are not lost at the end: the whole text equals the tokenizer's decode of every id."""
+    _, tok, *_ = tiny_corpus
+    cut = tok.encode("東京").ids[:-1]  # byte-level tokens: the last character's final byte left out
+    d = IncrementalDetokenizer(tok)
+    text = "".join(d.push(t) for t in cut)
+    assert "\ufffd" not in text
+    assert text + d.flush() == tok.decode(cut) and tok.decode(cut).endswith("\ufffd")
+    assert d.flush() == ""  # nothing twice
