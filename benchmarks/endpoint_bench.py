@@ -336,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sens-max-tokens", type=int, default=32, help="sensitivity: output tokens per request")
     ap.add_argument("--sens-max-rounds", type=int, default=24, help="sensitivity: validation.max_rounds")
     ap.add_argument("--sens-extra-s", type=float, default=45.0, help="sensitivity: validation.max_extra_s")
+    ap.add_argument(
+        "--arch", choices=("gpt2", "llama"), default="gpt2", help="the exported model's architecture"
+    )
+    ap.add_argument(
+        "--comparison-only",
+        action="store_true",
+        help="only the comparison and the TTFT floor (no sensitivity)",
+    )
     ap.add_argument("--out", help="write the JSON summary here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -364,11 +372,13 @@ def main(argv: list[str] | None = None) -> int:
             shape = (
                 dict(n_layer=1, n_head=2, d_model=32) if args.quick else dict(n_layer=2, n_head=4, d_model=48)
             )
+            if args.arch == "llama":  # configs/llama.yaml's shape: 2 key/value heads shared by 4 query heads
+                shape |= {"arch": "llama", "n_kv_head": shape["n_head"] // 2}
             export = export_model(work / "model", block_size=128, **shape)
             out["model"] = {
                 **shape,
                 "block_size": 128,
-                "export": "phase2 export of a seeded GPT trained 150 steps",
+                "export": f"phase2 export of a seeded {args.arch} trained 150 steps",
             }
             with (
                 TransformersServe(export) as tf,
@@ -383,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                             args.aiperf, tf_cb.url, str(export), export, prompts, 48
                         )
                 runs = {0: args.aa, 10: args.delay10, 30: args.delay30}
-                out["sensitivity"] = sensitivity(
-                    work, export, tf.url, {k: n for k, n in runs.items() if n}, budget
-                )
+                if not args.comparison_only:
+                    out["sensitivity"] = sensitivity(
+                        work, export, tf.url, {k: n for k, n in runs.items() if n}, budget
+                    )
     finally:
         if own_serve:
             serve.shutdown()
@@ -433,7 +444,8 @@ def targets(out: dict) -> list[dict]:
     rows = []
     if "comparison" in out:
         rows += _comparison_targets(out)
-    rows += _sensitivity_targets(out)
+    if "sensitivity" in out:
+        rows += _sensitivity_targets(out)
     return rows
 
 
@@ -485,17 +497,20 @@ def _sensitivity_targets(out: dict) -> list[dict]:
 
 
 def print_report(out: dict) -> None:
+    print(f"model: {out.get('model')}")
     if "comparison" in out:
         _print_comparison(out)
-    s = out["sensitivity"]
-    print(
-        f"\nsensitivity (margin {s['margin_pct']}%, upstream TPOT {_f(s['upstream_tpot_ms'], 3)} ms, {s['budget']}):"
-    )
-    for pct, r in s["runs"].items():
+    s = out.get("sensitivity")
+    if s:
         print(
-            f"- delay +{pct}%: {r['n']} runs; TPOT worse {r['tpot_worse']}; any ratio better/worse "
-            f"{r['any_better_or_worse']}"
+            f"\nsensitivity (margin {s['margin_pct']}%, upstream TPOT {_f(s['upstream_tpot_ms'], 3)} ms, "
+            f"{s['budget']}):"
         )
+        for pct, r in s["runs"].items():
+            print(
+                f"- delay +{pct}%: {r['n']} runs; TPOT worse {r['tpot_worse']}; any ratio better/worse "
+                f"{r['any_better_or_worse']}"
+            )
     print("\n| target | value | met |\n|---|---|---|")
     for t in out["targets"]:
         print(f"| {t['target']} | {t['value']:.3f} {t['unit']} | {'yes' if t['met'] else 'NO'} |")

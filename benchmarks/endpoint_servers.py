@@ -36,6 +36,8 @@ def export_model(
     d_model: int = 32,
     seed: int = 0,
     steps: int = 150,
+    arch: str = "gpt2",
+    n_kv_head: int | None = None,
 ) -> Path:
     """A seeded GPT with a tokenizer trained on a slice of the stdlib corpus, trained a little on it (an untrained
     one samples stray bytes that no server can turn into text), saved as a checkpoint and exported by phase2
@@ -44,7 +46,7 @@ def export_model(
 
     from phase2_ray.core import data
     from phase2_ray.core.checkpoint import checkpoint_files, save_dir
-    from phase2_ray.core.model import GPT, GPTConfig
+    from phase2_ray.core.model import GPTConfig, build_model
     from phase2_ray.export import export_hf
 
     corpus = data.load_corpus(data.stdlib_files(), 100_000, 0.1)
@@ -56,8 +58,11 @@ def export_model(
         n_layer=n_layer,
         n_head=n_head,
         d_model=d_model,
+        arch=arch,
     )
-    model = GPT(GPTConfig(**shape))
+    if arch == "llama":
+        shape["n_kv_head"] = n_kv_head
+    model = build_model(GPTConfig(**shape))
     ids = data.encode(tok, corpus.train_text).long()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(steps):

@@ -17,6 +17,15 @@ def mfu_cell(value: float | None) -> str:
     return fmt(value * 100 if value is not None else None, 1, "%")
 
 
+def _arch(r: dict) -> str:
+    """gpt2, or llama with its grouped-query heads (a report from before model.arch: gpt2)."""
+    m = (r.get("config") or {}).get("model") or {}
+    if m.get("arch", "gpt2") != "llama":
+        return "gpt2"
+    kv = m.get("n_kv_head") or m.get("n_head")
+    return f"llama ({m.get('n_head')} query / {kv} key-value heads)"
+
+
 def training_timeline(r: dict) -> str:
     tr = r["training"]
     if not tr and not any(s["name"].startswith(("2a", "2b", "train")) for s in r["stages"]):
@@ -39,7 +48,7 @@ def training_timeline(r: dict) -> str:
             f"(train, {pct(t['initial_loss'], t['final_loss'])}); val {fmt(t['initial_val_loss'], 4)} ──► {fmt(t['val_loss'], 4)}",
             f"├─ Throughput: {fmt(t['tokens_per_s'], 0, ' tok/s')} ({t['tokens_per_s_basis']}); "
             f"{fmt(t['stage_tokens_per_s'], 0, ' tok/s')} whole stage",
-            f"├─ Model: {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens",
+            f"├─ Model: {_arch(r)}, {t['params']:,} parameters, {t['steps']} steps, {t['tokens']:,} tokens",
             f"├─ Optimizations: {opt}",
             *(
                 [

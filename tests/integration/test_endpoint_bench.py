@@ -12,8 +12,9 @@ def test_endpoint_bench_quick_compares_our_engine_with_transformers_serve(serve_
     apps_before = set(serve.status().applications)
     bench = benchmark("endpoint_bench")
     out = tmp_path / "endpoint.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--arch", "llama", "--out", str(out)]) == 0  # gpt2: test_endpoints.py
     res = json.loads(out.read_text())
+    assert res["model"]["arch"] == "llama"
     eps = res["comparison"]["endpoints"]
     assert set(eps) == {"baseline", "tf", "tf_cb"}
     for m, row in eps.items():  # every endpoint measured whole at both levels

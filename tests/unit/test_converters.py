@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -217,9 +218,13 @@ def test_convert_must_train_the_models_own_parameters(tmp_path, tiny_corpus):
         Trainer(tiny(tok), loop(2), OptimizationSettings(converters=[resolve(f"{f}:Swap")]), train_ids)
 
 
-def test_activation_checkpointing_trains_identically_with_less_memory(tiny_corpus):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_activation_checkpointing_trains_identically_with_less_memory(tiny_corpus, arch):
+    """A user's converter on either architecture (the llama's blocks take rotary tables as well)."""
     _, tok, train_ids, val_ids = tiny_corpus
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=64, n_layer=3, n_head=2, d_model=32)
+    cfg = GPTConfig(
+        vocab_size=tok.get_vocab_size(), block_size=64, n_layer=3, n_head=2, d_model=32, arch=arch
+    )
     ac = OptimizationSettings(converters=[resolve(f"{EXAMPLES / 'act_checkpoint.py'}:ActCheckpoint")])
     a = train(cfg, loop(6), OptimizationSettings(), train_ids, val_ids)
     b = train(cfg, loop(6), ac, train_ids, val_ids)
@@ -278,12 +283,13 @@ def test_served_copies_take_serve_hooks_only(tmp_path):
         load_config(None, [f"variants.pruned={{serve_from: nobody, converters: ['{f}:MagnitudePrune']}}"])
 
 
-def test_int8_is_a_serve_converter(tiny_corpus):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_int8_is_a_serve_converter(tiny_corpus, arch):
     _, tok, *_ = tiny_corpus
     torch.manual_seed(0)
-    from phase2_ray.core.model import GPT
+    from phase2_ray.core.model import build_model
 
-    model = GPT(tiny(tok))
+    model = build_model(replace(tiny(tok), arch=arch, tie_embeddings=arch == "gpt2"))
     stack = ConverterStack([builtin_spec("int8")])
     q = stack.serve(model)
     x = torch.randint(0, tok.get_vocab_size(), (1, 8))
