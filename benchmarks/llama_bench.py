@@ -277,7 +277,9 @@ def bench_model(
     return {
         "model": {"transformers": shape, "params": ours.num_params()},
         "decode": decode(hf, ours, cfg, rounds, prompt, new, n_mixed),
-        "training": training(hf, ours, cfg, rounds, batch=train[0], seq=train[1], steps=3),
+        "training": training(
+            hf, ours, cfg, rounds, batch=train[0], seq=train[1], steps=3 if rounds < 3 else 8
+        ),
         "int8": int8(ours, cfg, rounds, prompt, new),
     }
 

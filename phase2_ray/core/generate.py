@@ -291,8 +291,8 @@ class BatchDecoder:
                 q, k, v = qk[:, :H], qk[:, H:], heads[:, H + KV :]
                 if same_pos:
                     kv[0, :B, :, t_max - 1], kv[1, :B, :, t_max - 1] = k, v
-                else:
-                    kv[0, rows, :, pos], kv[1, rows, :, pos] = k, v
+                else:  # one scattered write of both (each index_put costs more than the stack)
+                    kv[:, rows, :, pos] = torch.stack((k, v), dim=1)
             else:
                 qkv = h.view(B, 3, H, hd)
                 q = qkv[:, 0]
