@@ -246,3 +246,41 @@ def test_the_flops_count_is_the_models_own_parameters(tie):
     m = build_model(cfg)
     lookup = 0 if tie else m.wte.weight.numel()  # an untied embedding is a lookup, not a matmul
     assert non_embedding_params(cfg) == m.num_params() - lookup
+
+
+def test_the_speed_trial_and_auto_run_on_a_llama(tiny_corpus):
+    """The paired trial (an A/A computes identical losses) and `auto`'s probe (bf16 checked against fp32 loss)
+    on the llama, as on the GPT; its KV cache holds n_kv_head heads, not n_head."""
+    from phase2_ray.core.autotune import probe
+    from phase2_ray.core.speedtrial import TrialSettings, paired_trial
+    from phase2_ray.core.specs import OptimizationSettings
+    from phase2_ray.core.train import TrainSettings
+
+    _, tok, train_ids, _ = tiny_corpus
+    cfg = GPTConfig(
+        arch="llama",
+        vocab_size=tok.get_vocab_size(),
+        block_size=16,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=16,
+    )
+    ts = TrainSettings(steps=100, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=2)
+    a = paired_trial(
+        cfg,
+        ts,
+        OptimizationSettings(),
+        OptimizationSettings(),
+        train_ids,
+        TrialSettings(pairs=2, block_steps=1, warmup_steps=1),
+    )
+    assert a["losses_equal"] and all(p["a_s"] > 0 and p["b_s"] > 0 for p in a["pairs"])
+    cands = {
+        "eager-fp32": OptimizationSettings(),
+        "fused+bf16": OptimizationSettings.of(fused_adamw=True, bf16=True),
+    }
+    results = probe(cfg, ts, cands, train_ids, steps=3, rounds=2, block_steps=1)
+    assert {r.name for r in results} == set(cands) and all(r.mean_loss > 0 and r.block_s for r in results)
+    dec = BatchDecoder(build_model(cfg), max_batch=3)
+    assert dec.cache_bytes == cfg.n_layer * 2 * 3 * 2 * cfg.block_size * cfg.head_dim * 4  # 2 kv heads of 4
