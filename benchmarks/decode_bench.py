@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from phase2_ray.core.compress import (
     KERNELS,
     SemanticCompressor,

@@ -39,7 +39,7 @@ from cluster_bench import free_port  # noqa: E402
 from endpoint_servers import DelayProxy, TransformersServe, export_model  # noqa: E402
 from train_bench import machine  # noqa: E402
 
-from phase2_ray.config import load_config  # noqa: E402
+from phase2_ray.configure import load_config  # noqa: E402
 from phase2_ray.loadtest.actors import run_level, start_clients  # noqa: E402
 from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Route  # noqa: E402
 from phase2_ray.report.serving import request_frame  # noqa: E402

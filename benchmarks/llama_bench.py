@@ -252,7 +252,7 @@ def int8(ours, cfg: GPTConfig, rounds: int, prompt_len: int, new: int) -> dict:
 
 def default_shape() -> dict:
     """configs/llama.yaml's model in transformers' names (the vocabulary its tokenizer would have)."""
-    from phase2_ray.config import load_config
+    from phase2_ray.configure import load_config
 
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs/llama.yaml")
     m = GPTConfig(**cfg.model.gpt_fields(cfg.data.vocab_size))

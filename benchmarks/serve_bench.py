@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster_bench import free_port  # noqa: E402
 from train_bench import machine  # noqa: E402
 
-from phase2_ray.config import load_config  # noqa: E402
+from phase2_ray.configure import load_config  # noqa: E402
 from phase2_ray.core.checkpoint import checkpoint_files  # noqa: E402
 from phase2_ray.core.generate import BatchDecoder, SamplingParams  # noqa: E402
 from phase2_ray.core.model import GPT, GPTConfig  # noqa: E402

@@ -28,7 +28,7 @@ import psutil
 import ray
 import torch
 
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.train import train

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from phase2_ray.dataprep import prepare_data
 from phase2_ray.pipeline import RunState, gather, train_and_trial
 from phase2_ray.report import compare, write_run_dir

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
+from phase2_ray.configure import load_config
 
 EXIT_USAGE = 2
 

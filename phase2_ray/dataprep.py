@@ -10,9 +10,9 @@ import torch
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import data as corpus_data
-from phase2_ray.loadtest.workload import Workload, WorkloadError, build_workload
 from phase2_ray.pretrained import InitWeights, load_init
 from phase2_ray.records import Stage
+from phase2_ray.workload import Workload, WorkloadError, build_workload
 
 
 @dataclass

@@ -14,11 +14,12 @@ import ray
 
 from phase2_ray import preflight, resume
 from phase2_ray.config import Config, ConfigError
+from phase2_ray.config.redact import redacted_config
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.dataprep import PreparedData, prepare_data
 from phase2_ray.provenance import cluster_nodes, environment
 from phase2_ray.records import Stage, TrainResult
-from phase2_ray.report import MetricsOrchestrator, redacted_config, rewrite_report, write_run_dir
+from phase2_ray.report import MetricsOrchestrator, rewrite_report, write_run_dir
 from phase2_ray.runlog import RunLog
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
 from phase2_ray.storage import get_checkpoint

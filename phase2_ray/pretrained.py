@@ -165,19 +165,6 @@ def _any_nonzero_bias(weights: list[Path]) -> bool:
     return False
 
 
-def drop_nulls(raw: dict) -> None:
-    """With model.init_from, `null` for a shape key or data.vocab_size means "take the checkpoint's": the key is
-    removed before validation (from the command line, `--set model.n_layer=null` overrides a config file's)."""
-    model, data = raw.get("model"), raw.get("data")
-    if not isinstance(model, dict) or not model.get("init_from"):
-        return
-    for key in (*LLAMA_SHAPE, "block_size"):
-        if key in model and model[key] is None:
-            del model[key]
-    if isinstance(data, dict) and "vocab_size" in data and data["vocab_size"] is None:
-        del data["vocab_size"]
-
-
 def resolve_config(cfg: Config) -> Config:
     """`cfg` with the model's shape (and data.vocab_size) taken from model.init_from; unchanged without it.
 

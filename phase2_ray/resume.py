@@ -8,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from phase2_ray.config import Config, ConfigError, load_config
+from phase2_ray.config import Config, ConfigError
+from phase2_ray.configure import load_config
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.core.train import STATE_META, STATE_TENSORS
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from phase2_ray.config import Config, ConfigError
+from phase2_ray.config.redact import public_uri
 from phase2_ray.runlog import RunLog, error_text
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -54,12 +55,6 @@ def check_tracking(cfg: Config) -> None:
         raise ConfigError(f"tracking.mlflow_uri: not a valid URI ({e})") from None
     if parts.scheme in ("http", "https") and not parts.hostname:
         raise ConfigError(f"tracking.mlflow_uri: {parts.scheme}:// needs a host, e.g. http://127.0.0.1:5000")
-
-
-def public_uri(uri: str) -> str:
-    """The URI, or a text quoting one (an error's), without user:password: it lands in report.json, config.json
-    and logs. MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD give credentials that are never written down."""
-    return re.sub(r"(://)[^/@\s]*@", r"\1", uri)
 
 
 def log_run(cfg: Config, report: dict, out_dir: Path, exports: dict[str, Path], log: RunLog) -> dict | None:

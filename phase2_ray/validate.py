@@ -13,11 +13,11 @@ from pathlib import Path
 
 from phase2_ray import preflight
 from phase2_ray.config import Config, ConfigError
+from phase2_ray.config.redact import redacted_config
 from phase2_ray.core import checkpoint as ckpt
 from phase2_ray.dataprep import PreparedData, prepare_data
 from phase2_ray.loadtest.endpoints import load_tokenizer
 from phase2_ray.pipeline import RunState, _report, measure, release_ray
-from phase2_ray.report import redacted_config
 from phase2_ray.resume import write_run_files
 from phase2_ray.runlog import RunLog
 from phase2_ray.session import connect, raise_on_sigterm

@@ -71,8 +71,10 @@ def apply_override(raw: dict, expr: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Reads YAML at `path` (or the defaults when None), applies overrides, validates the whole tree."""
+def read_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads YAML at `path` (or the defaults when None), applies overrides, validates the whole tree. This is the
+    config layer alone: phase2_ray.configure.load_config also imports a user's converters and takes
+    model.init_from's shape from its checkpoint, which need the layers above."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -94,8 +96,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raw["variants"] = {k: v.model_dump() for k, v in _default_variants().items()}
     for expr in overrides:
         apply_override(raw, expr)
-    from phase2_ray.pretrained import drop_nulls, resolve_config  # it imports this package
-
     drop_nulls(raw)  # model.init_from: null = the checkpoint's value
     try:
         cfg = Config.model_validate(raw)
@@ -105,14 +105,38 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for e in cfg.endpoints.values():  # a tokenizer path is relative to the config file, as converters are
         if e.tokenizer is not None:
             e.tokenizer = str(base / Path(e.tokenizer).expanduser())  # an absolute path stays as it is
-    if any(v.converters for v in cfg.variants.values()):
-        # A user's converters are imported and checked now, in the driver: a bad one exits 2 before Ray starts.
-        from phase2_ray.stacks import absolute_uses, check_variants
+    return cfg
 
-        for v in cfg.variants.values():
-            absolute_uses(v, base)
-        check_variants(cfg.variants)
-    return resolve_config(cfg)  # model.init_from: the shape comes from the checkpoint
+
+SHAPE_KEYS = (
+    "arch",
+    "n_layer",
+    "n_head",
+    "d_model",
+    "bias",
+    "n_kv_head",
+    "ffn_hidden",
+    "norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "qkv_bias",
+    "tie_embeddings",
+    "block_size",
+)
+"""model.* keys a checkpoint gives (model.init_from): `null` for one means "the checkpoint's"."""
+
+
+def drop_nulls(raw: dict) -> None:
+    """With model.init_from, `null` for a shape key or data.vocab_size means "take the checkpoint's": the key is
+    removed before validation (from the command line, `--set model.n_layer=null` overrides a config file's)."""
+    model, data = raw.get("model"), raw.get("data")
+    if not isinstance(model, dict) or not model.get("init_from"):
+        return
+    for key in SHAPE_KEYS:
+        if key in model and model[key] is None:
+            del model[key]
+    if isinstance(data, dict) and "vocab_size" in data and data["vocab_size"] is None:
+        del data["vocab_size"]
 
 
 def format_errors(err: ValidationError) -> str:

@@ -17,7 +17,6 @@ import importlib
 
 _PUBLIC = {
     "MetricsOrchestrator": "orchestrator",
-    "redacted_config": "orchestrator",
     "write_run_dir": "artifacts",
     "render_run_dir": "artifacts",
     "rewrite_report": "artifacts",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phase2_ray.config import Config
+from phase2_ray.config.redact import redacted_config
 from phase2_ray.report.gates import decide
 from phase2_ray.report.serving import summarize_inference
 from phase2_ray.report.training import compare_variant, mfu_peak, summarize_run
@@ -130,15 +131,3 @@ class MetricsOrchestrator:
             "sweep_replicas": {str(s["replicas"]): [x["node_id"] for x in s["stats"]] for s in sweep},
             "load_clients": [c["node_id"] for c in self.validation.get("clients", [])],
         }
-
-
-def redacted_config(config: dict) -> dict:
-    """The config as recorded in report.json, without secrets (an API key must not land in artifacts)."""
-    if config.get("serve", {}).get("api_key"):
-        config["serve"]["api_key"] = "<redacted>"
-    uri = config.get("tracking", {}).get("mlflow_uri")
-    if uri:
-        from phase2_ray.tracking import public_uri
-
-        config["tracking"]["mlflow_uri"] = public_uri(uri)  # no user:password in artifacts
-    return config

@@ -102,7 +102,7 @@ def build_app(
 
 def app(args: dict) -> serve.Application:
     """Application builder for `serve run phase2_ray.serving.build:app config=... checkpoints=RUN_DIR`."""
-    from phase2_ray.config import load_config
+    from phase2_ray.configure import load_config
     from phase2_ray.stacks import serve_plan
 
     cfg = load_config(args.get("config"))

@@ -11,9 +11,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from phase2_ray import resume
 from phase2_ray.config import Config
+from phase2_ray.config.redact import redacted_config
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.records import Stage, TrainJob, TrainResult
-from phase2_ray.report.orchestrator import redacted_config
 from phase2_ray.runlog import RunLog, error_text
 from phase2_ray.stacks import auto_candidates, variant_stack
 from phase2_ray.storage import get_checkpoint, join

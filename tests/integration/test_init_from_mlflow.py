@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from phase2_ray import cli
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import evaluate, val_offsets
 from phase2_ray.dataprep import prepare_data

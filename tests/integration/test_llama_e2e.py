@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from phase2_ray import cli
-from phase2_ray.config import ServeConfig, load_config
+from phase2_ray.config import ServeConfig
+from phase2_ray.configure import load_config
 from phase2_ray.core.checkpoint import checkpoint_files, load_checkpoint, read_dir
 from phase2_ray.core.model import GPTConfig, build_model
 from phase2_ray.core.train import evaluate, val_offsets

@@ -396,7 +396,7 @@ def perf_run(ray_cluster, tmp_path_factory):
     """The smoke config with every training measurement option on: isolated re-runs, two seeds (an `auto`
     variant's report is checked on the verdict benchmark's default run and in the golden reports). Training, the speed trial (at its minimum: the smoke run checks its design) and the report, as
     the pipeline runs them, without serving (the smoke run serves): what these options change is 2a/2b and 2d."""
-    from phase2_ray.config import load_config
+    from phase2_ray.configure import load_config
     from phase2_ray.dataprep import prepare_data
     from phase2_ray.pipeline import RunState, gather, train_and_trial
     from phase2_ray.provenance import environment

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from tests.conftest import ROOT
 
 

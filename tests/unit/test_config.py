@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
+from phase2_ray.configure import load_config
 from tests.conftest import ROOT
 
 

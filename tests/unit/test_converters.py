@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from phase2_ray.config import ConfigError, VariantConfig, load_config
+from phase2_ray.config import ConfigError, VariantConfig
+from phase2_ray.configure import load_config
 from phase2_ray.core.converters import BUILTINS, ConverterFailed, ConverterStack
 from phase2_ray.core.memory import peak_training_memory
 from phase2_ray.core.model import GPTConfig

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from phase2_ray import cli
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
 from phase2_ray.config.endpoints import check_endpoints
+from phase2_ray.configure import load_config
 from phase2_ray.loadtest.endpoints import token_check
 
 URL = "http://127.0.0.1:9/v1"

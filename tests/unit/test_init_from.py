@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from phase2_ray.cli import main as phase2
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
+from phase2_ray.configure import load_config
 from phase2_ray.core.checkpoint import checkpoint_files, read_checkpoint, save_dir
 from phase2_ray.core.generate import stream_tokens
 from phase2_ray.core.model import GPT, GPTConfig

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from phase2_ray.cli import main as phase2
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
+from phase2_ray.configure import load_config
 from phase2_ray.core.checkpoint import checkpoint_files, save_dir
 from phase2_ray.core.compress import KERNELS, SemanticCompressor, fbgemm_available
 from phase2_ray.core.flops import non_embedding_params
@@ -252,8 +253,8 @@ def test_the_speed_trial_and_auto_run_on_a_llama(tiny_corpus):
     """The paired trial (an A/A computes identical losses) and `auto`'s probe (bf16 checked against fp32 loss)
     on the llama, as on the GPT; its KV cache holds n_kv_head heads, not n_head."""
     from phase2_ray.core.autotune import probe
-    from phase2_ray.core.speedtrial import TrialSettings, paired_trial
     from phase2_ray.core.specs import OptimizationSettings
+    from phase2_ray.core.speedtrial import TrialSettings, paired_trial
     from phase2_ray.core.train import TrainSettings
 
     _, tok, train_ids, _ = tiny_corpus

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from phase2_ray.config import VariantConfig, load_config
+from phase2_ray.config import VariantConfig
+from phase2_ray.configure import load_config
 from phase2_ray.core.autotune import REFERENCE, ProbeResult, probe, select_stack
 from phase2_ray.core.flops import flops_per_token, measure_peak_flops, non_embedding_params
 from phase2_ray.core.model import GPT, GPTConfig

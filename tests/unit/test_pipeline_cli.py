@@ -4,8 +4,8 @@ from phase2_ray import cli
 
 
 def test_api_key_never_reaches_the_report():
-    from phase2_ray.config import load_config
-    from phase2_ray.report import redacted_config
+    from phase2_ray.config.redact import redacted_config
+    from phase2_ray.configure import load_config
 
     cfg = load_config(None, ["serve.api_key=s3cret"])
     assert redacted_config(cfg.model_dump(mode="json"))["serve"]["api_key"] == "<redacted>"

@@ -6,7 +6,8 @@ import ast
 
 import pytest
 
-from phase2_ray.config import ConfigError, load_config
+from phase2_ray.config import ConfigError
+from phase2_ray.configure import load_config
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "phase2_ray"

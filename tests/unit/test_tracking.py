@@ -3,10 +3,11 @@ warning when the environment does; credentials never reach an artifact; --resume
 
 import pytest
 
-from phase2_ray.config import ConfigError, load_config
-from phase2_ray.report.orchestrator import redacted_config
+from phase2_ray.config import ConfigError
+from phase2_ray.config.redact import public_uri, redacted_config
+from phase2_ray.configure import load_config
 from phase2_ray.runlog import RunLog
-from phase2_ray.tracking import check_tracking, log_run, public_uri
+from phase2_ray.tracking import check_tracking, log_run
 
 REPORT = {"run_id": "r", "started_at": 0.0, "decision": {"approved": True, "gates": []}, "config": {}}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phase2_ray.config import load_config
+from phase2_ray.configure import load_config
 from phase2_ray.core.model import GPTConfig
 from phase2_ray.core.specs import OptimizationSettings, same_stack
 from phase2_ray.core.speedtrial import TrialSettings, paired_trial, trial_steps

@@ -1,10 +1,10 @@
-"""Workloads (phase2_ray/loadtest/workload.py): lengths drawn from distributions, prompts from JSONL or ShareGPT
+"""Workloads (phase2_ray/workload.py): lengths drawn from distributions, prompts from JSONL or ShareGPT
 files, seeded, always fitting the model's context. Bad files exiting 2 is tests/unit/test_bad_input.py."""
 
 import json
 
 from phase2_ray.config.serving import WorkloadConfig
-from phase2_ray.loadtest.workload import build_workload
+from phase2_ray.workload import build_workload
 
 BLOCK = 64
 
