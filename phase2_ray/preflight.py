@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import ray
@@ -107,8 +106,3 @@ def _require(fields: list[tuple[str, float]], have: float, what: str) -> None:
     for field, need in fields:
         if need > have:
             raise ConfigError(f"{field}={need:g} exceeds {what}")
-
-
-def warn_if_exposed(what: str, host: str) -> None:
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"phase2: WARNING: {what} binds {host}: reachable from other machines", file=sys.stderr)

@@ -89,3 +89,9 @@ def error_text(e: BaseException, limit: int = 600) -> str:
     """The exception's last lines without terminal colour codes (Ray wraps remote tracebacks in them)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(e).__name__}: {e}")
     return text[-limit:]
+
+
+def warn_if_exposed(what: str, host: str) -> None:
+    """One line on stderr when a server binds beyond loopback (the user opted in; they should know)."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"phase2: WARNING: {what} binds {host}: reachable from other machines", file=sys.stderr)

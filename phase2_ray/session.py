@@ -13,7 +13,7 @@ import threading
 import ray
 
 from phase2_ray.config import Config
-from phase2_ray.preflight import warn_if_exposed
+from phase2_ray.runlog import warn_if_exposed
 
 NAMESPACE = "phase2"
 

@@ -27,10 +27,9 @@ from phase2_ray.loadtest.endpoints import external as external_endpoints
 from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Route, Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import run_reference
 from phase2_ray.loadtest.search import capacity_search
-from phase2_ray.preflight import warn_if_exposed
 from phase2_ray.report.gates import undecided_serving
 from phase2_ray.report.serving import combine_searches, goodput_slo, request_frame, serving_vs_baseline
-from phase2_ray.runlog import RunLog
+from phase2_ray.runlog import RunLog, warn_if_exposed
 from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
 from phase2_ray.stacks import INT8_SUFFIX, serve_plan
 

@@ -11,7 +11,7 @@ from ray import serve
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.core import checkpoint as ckpt
-from phase2_ray.preflight import warn_if_exposed
+from phase2_ray.runlog import warn_if_exposed
 from phase2_ray.serving.build import APP_NAME, build_app, checkpoints_of, model_specs
 from phase2_ray.session import connect, raise_on_sigterm, restore_sigterm, signals_held
 from phase2_ray.stacks import serve_plan

@@ -71,7 +71,7 @@ def test_names_that_end_up_in_paths_cannot_escape(override):
 
 
 def test_exposed_bind_addresses_warn(capsys):
-    from phase2_ray.preflight import warn_if_exposed as _warn_if_exposed
+    from phase2_ray.runlog import warn_if_exposed as _warn_if_exposed
 
     _warn_if_exposed("the Serve HTTP proxy (serve.host)", "127.0.0.1")
     assert capsys.readouterr().err == ""
