@@ -60,6 +60,12 @@ class GPTConfig:
         return self.ffn_hidden or 32 * -(-int(2 * 4 * self.d_model / 3) // 32)
 
 
+def tokens_per_step(batch_size: int, block_size: int) -> int:
+    """Tokens one optimizer step trains on (every sequence fills the context): the one definition that the
+    training loop, its progress telemetry, the report's throughput, plots and MFU all use."""
+    return batch_size * block_size
+
+
 BUILTIN_HOOKS: dict[str, list[str]] = {
     "compile": ["convert"],
     "fused_adamw": ["optimizer"],

@@ -17,7 +17,7 @@ from safetensors.torch import save as st_save
 from phase2_ray.core.converters import ConverterStack
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
 from phase2_ray.core.model import GPT, GPTConfig, build_model
-from phase2_ray.core.specs import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings, tokens_per_step
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_META = "train_state.json"
@@ -275,7 +275,7 @@ def train(
     return TrainResult(
         params=tr.model.num_params(),
         steps=done,
-        tokens=done * settings.batch_size * model_cfg.block_size,
+        tokens=done * tokens_per_step(settings.batch_size, model_cfg.block_size),
         status=status,
         error=error,
         losses=tr.losses,

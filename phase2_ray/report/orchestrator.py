@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from phase2_ray.config import Config
 from phase2_ray.config.redact import redacted_config
+from phase2_ray.core.specs import tokens_per_step
 from phase2_ray.report.gates import decide
 from phase2_ray.report.serving import summarize_inference
 from phase2_ray.report.training import compare_variant, mfu_peak, summarize_run
@@ -88,7 +89,7 @@ class MetricsOrchestrator:
                 r,
                 self.extra_runs,
                 skip=tc.measurement.skip_steps,
-                tokens_per_step=tc.batch_size * self.cfg.model.block_size,
+                tokens_per_step=tokens_per_step(tc.batch_size, self.cfg.model.block_size),
                 peak=peak,
             )
             for v, r in self.training.items()

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from phase2_ray.core.atomic import write_atomic  # noqa: E402
+from phase2_ray.core.specs import tokens_per_step  # noqa: E402
 from phase2_ray.report.stats import median_ci  # noqa: E402
 
 DPI = 110
@@ -186,12 +187,14 @@ def write_plots(out: Path, report: dict, steps: pd.DataFrame, val: pd.DataFrame)
     plots = out / "plots"
     made: dict[str, Path] = {}
     skip = stored_skip_steps(report["config"])
-    tokens_per_step = report["config"]["training"]["batch_size"] * report["config"]["model"]["block_size"]
+    per_step = tokens_per_step(
+        report["config"]["training"]["batch_size"], report["config"]["model"]["block_size"]
+    )
     if len(steps):
         made["loss"] = loss_curves(steps, val, plots / "loss.png")
         if (steps["step"] > skip).any():
             made["step_times"] = step_time_distribution(steps, skip, plots / "step_times.png")
-            made["throughput"] = throughput_bars(steps, skip, tokens_per_step, plots / "throughput.png")
+            made["throughput"] = throughput_bars(steps, skip, per_step, plots / "throughput.png")
     if report.get("inference"):
         made["latency"] = latency_percentiles(report["inference"], plots / "latency.png")
         if (out / "requests.csv").exists():

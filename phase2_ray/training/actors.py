@@ -20,7 +20,7 @@ from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.memory import peak_training_memory
 from phase2_ray.core.model import GPTConfig
-from phase2_ray.core.specs import OptimizationSettings
+from phase2_ray.core.specs import OptimizationSettings, tokens_per_step
 from phase2_ray.core.train import STATE_META, STATE_TENSORS, TrainSettings, train
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import TrainJob, TrainResult
@@ -221,7 +221,7 @@ class TrainerActor:
             job.variant,
             label,
             settings.steps,
-            settings.batch_size * gpt_cfg.block_size,
+            tokens_per_step(settings.batch_size, gpt_cfg.block_size),
             spec.progress,
             interval_s=tc.progress_interval_s,
             log_every=tc.log_every,
