@@ -92,7 +92,7 @@ def train_variant(
     settings = OptimizationSettings.of(**{k: v for k, v in optim.items() if k in OPTIM_FIELDS})
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    res = train(model_cfg, ts, settings, d["train"], d["val"], device=device)
+    res, trained = train(model_cfg, ts, settings, d["train"], d["val"], device=device)
     skip = d["skip"]
     steady = res.step_times[skip:]
     tokens_per_step = ts.batch_size * model_cfg.block_size
@@ -110,7 +110,7 @@ def train_variant(
         "final_val_loss": res.val_curve[-1][1],
         "cuda_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         "_steady": steady,
-        "_model": res.model,
+        "_model": trained,
     }
     say(
         f"train {name}: {res.status}, {res.steps} steps in {res.train_s:.1f}s, steady {tps:,.0f} tok/s "

@@ -86,7 +86,7 @@ def plain_loop(cfg, d, skip: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.training.placement.cpus_per_actor)
     try:
-        res = train(
+        res, _ = train(
             GPTConfig(**cfg.model.gpt_fields(d.vocab_size)),
             loop_settings(cfg.training, cfg.training.seed),
             variant_stack(cfg.variants["baseline"]),

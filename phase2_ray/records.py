@@ -47,17 +47,14 @@ class TrainJob:
         return f"train:{self.variant}:seed{self.seed}" + (":isolated" if self.phase == "isolated" else "")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
-    """What a training actor returns to the driver (through the object store, so it outlives the actor)."""
+    """One training run, in one record: the training loop's part is filled by core.train.train, where and how it
+    ran by the training actor (dataclasses.replace) before it crosses Ray to the driver, through the object store,
+    so it outlives the actor. report.json's `training` section is summarized from it."""
 
-    variant: str
-    seed: int
-    start: float
-    end: float
-    placement: dict[str, Any]
+    # The training loop's (core.train.train)
     params: int
-    model: dict[str, Any]
     steps: int
     tokens: int
     status: str  # "ok" or "diverged"
@@ -67,25 +64,35 @@ class TrainResult:
     val_curve: list[tuple[int, float]]
     applied: list[dict[str, Any]]
     """Each converter that ran: name, args, hooks (core.converters.ConverterStack.applied)."""
-    settings: dict[str, Any]
-    """The optimization stack that ran (OptimizationSettings as a dict: converters with their sources, and the
-    calibration delay): `auto`'s choice, when it chose."""
-    auto: dict[str, Any] | None
-    start_barrier_wait_s: float
-    peak_flops: dict[str, float]
-    device: str
-    gpu: str | None
-    cuda_max_allocated_mb: float | None
     train_s: float
     data_order_sha256: str
-    resumed_from_step: int | None
-    checkpoint: dict[str, bytes] | None
-    """Checkpoint files, for the primary run of a variant when they travel through the object store."""
-    checkpoint_uri: str | None
-    phase: str = "concurrent"
-    restarts: int = 0
+    """Hash of the batch schedule: equal across variants means the same data in the same order."""
+    resumed_from_step: int | None = None
+    """The step this run continued from (a training state saved by an earlier attempt), or None."""
     val_windows: list[float] | None = None
     """The final model's loss on each val window, in a fixed order shared by every variant (pairs by window)."""
+    # The run's (training/actors.py)
+    variant: str = ""
+    seed: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    placement: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    """The model's shape (core.specs.GPTConfig's fields)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The optimization stack that ran (OptimizationSettings as a dict: converters with their sources, and the
+    calibration delay): `auto`'s choice, when it chose."""
+    auto: dict[str, Any] | None = None
+    start_barrier_wait_s: float = 0.0
+    peak_flops: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    gpu: str | None = None
+    cuda_max_allocated_mb: float | None = None
+    checkpoint: dict[str, bytes] | None = None
+    """Checkpoint files, for the primary run of a variant when they travel through the object store."""
+    checkpoint_uri: str | None = None
+    phase: str = "concurrent"
+    restarts: int = 0
     peak_memory: dict[str, Any] | None = None
     """{"bytes", "method"}: peak tensor memory of one steady training step (core.memory), primary runs only."""
 

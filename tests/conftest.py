@@ -7,8 +7,12 @@
 Every test gets its tier's marker from its folder, so `./dev test -m "not slow"` leaves the slow tier out; the
 tiers run in that order (unit first), whatever paths are given."""
 
+import os
+import random
 import socket
 import sys
+import zlib
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -258,3 +262,14 @@ def hf_llamas(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
         (d / "tokenizer.json").write_text(tok.to_str())
         out[kind] = d
     return out
+
+
+@pytest.fixture
+def kill_rng(request) -> random.Random:
+    """A seeded random for where a fault test kills: the seed is the test's id hashed with today's date (other
+    points on other days), or PHASE2_TEST_SEED when set, which reproduces a failure: the seed is printed, and
+    pytest shows it with a failing test's output."""
+    env = os.environ.get("PHASE2_TEST_SEED")
+    seed = int(env) if env else zlib.crc32(f"{request.node.nodeid}:{date.today()}".encode())
+    print(f"kill point seed {seed} (PHASE2_TEST_SEED={seed} reproduces it)")
+    return random.Random(seed)

@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from phase2_ray.core.converters import ConverterStack
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
 from phase2_ray.core.model import GPT, GPTConfig, build_model
 from phase2_ray.core.specs import OptimizationSettings, tokens_per_step
+from phase2_ray.records import TrainResult
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_META = "train_state.json"
@@ -38,28 +39,6 @@ class TrainSettings:
     seed: int = 1337
     divergence_factor: float = 0.0
     """Also stop when a step's loss exceeds this many times the first step's (0 = only non-finite losses)."""
-
-
-@dataclass
-class TrainResult:
-    params: int
-    steps: int
-    tokens: int
-    status: str  # "ok" or "diverged"
-    error: str | None
-    losses: list[float]
-    step_times: list[float]
-    val_curve: list[tuple[int, float]]
-    applied: list[dict]
-    """Each converter that ran: name, args, hooks (ConverterStack.applied)."""
-    train_s: float
-    data_order_sha256: str
-    """Hash of the batch schedule: equal across variants means the same data in the same order."""
-    model: torch.nn.Module = field(repr=False)
-    resumed_from: int | None = None
-    """The step this run continued from (a training state saved by an earlier attempt), or None."""
-    val_windows: list[float] | None = None
-    """The final model's loss on each val window (evaluate_windows), in the windows' fixed order."""
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -234,8 +213,9 @@ def train(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, dict[str, bytes]], None] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
-) -> TrainResult:
-    """Trains a fresh GPT (seeded init, seeded data order) with the given optimization stack.
+) -> tuple[TrainResult, torch.nn.Module]:
+    """Trains a fresh model (seeded init, seeded data order) with the given optimization stack; returns the
+    result's training-loop part (records.TrainResult: the actor adds where and how it ran) and the trained model.
 
     Every variant with the same seed and settings starts from the same weights and sees the same batches.
     Every `checkpoint_every` steps the whole training state goes to `on_checkpoint(step, files)`; `resume`
@@ -272,7 +252,7 @@ def train(
         if on_checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and not last:
             on_checkpoint(step + 1, tr.state_files(val_curve))
     done = tr.step
-    return TrainResult(
+    result = TrainResult(
         params=tr.model.num_params(),
         steps=done,
         tokens=done * tokens_per_step(settings.batch_size, model_cfg.block_size),
@@ -284,9 +264,9 @@ def train(
         applied=tr.stack.applied,
         train_s=time.perf_counter() - t_start,
         data_order_sha256=tr.data_order_sha256,
-        model=tr.model,
-        resumed_from=resumed_from,
+        resumed_from_step=resumed_from,
         val_windows=evaluate_windows(tr.model, val_tokens, voffsets, settings.batch_size)
         if status == "ok"
         else None,
     )
+    return result, tr.model

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import ray
@@ -245,7 +245,7 @@ class TrainerActor:
         save_state = _state_saver(spec, store, {"optim": optim, "auto": probe_info})
 
         try:
-            res = train(
+            res, trained = train(
                 gpt_cfg,
                 settings,
                 stack,
@@ -260,7 +260,7 @@ class TrainerActor:
             )
         finally:
             tele.close()
-        files, uri = self._checkpoint(spec, res, model_cfg)
+        files, uri = self._checkpoint(spec, res, trained, model_cfg)
         # Peak tensor memory of one steady step, on a fresh copy of the stack: the timed run is not tracked.
         memory = None
         if res.status == "ok" and job.primary:
@@ -268,38 +268,29 @@ class TrainerActor:
                 memory = peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
             except Exception as e:  # a figure lost, not the training result
                 memory = {"bytes": None, "method": None, "error": f"{type(e).__name__}: {e}"}
-        return TrainResult(
+        # the loop's record, completed with where and how it ran
+        return replace(
+            res,
             variant=job.variant,
             seed=job.seed,
             start=start,
             end=time.time(),
             placement=dict(self.placement),
-            params=res.params,
             model=model_cfg,
-            steps=res.steps,
-            tokens=res.tokens,
-            status=res.status,
-            error=res.error,
-            losses=res.losses,
-            step_times=res.step_times,
-            val_curve=res.val_curve,
-            applied=res.applied,
             settings=asdict(stack),
             auto=probe_info,
             peak_memory=memory,
             start_barrier_wait_s=waited,
             peak_flops=peaks,
-            train_s=res.train_s,
-            data_order_sha256=res.data_order_sha256,
-            resumed_from_step=res.resumed_from,
-            val_windows=res.val_windows,
             checkpoint=files,
             checkpoint_uri=uri,
             **_device_fields(device),
         )
 
     @staticmethod
-    def _checkpoint(spec: TrainSpec, res, model_cfg: dict) -> tuple[dict[str, bytes] | None, str | None]:
+    def _checkpoint(
+        spec: TrainSpec, res: TrainResult, trained, model_cfg: dict
+    ) -> tuple[dict[str, bytes] | None, str | None]:
         """(files through the object store, or their storage URI): only a variant's primary run keeps one."""
         if not spec.job.primary:
             return None, None  # a further seed or an isolated re-run: only its metrics matter
@@ -313,7 +304,7 @@ class TrainerActor:
         }
         if spec.chat_template:
             meta["chat_template"] = spec.chat_template
-        files = checkpoint_files(res.model, meta, spec.tokenizer_json)
+        files = checkpoint_files(trained, meta, spec.tokenizer_json)
         if spec.storage_uri:
             # Too large for the object store (the user says): the weights go to storage, only the URI travels.
             return None, put_checkpoint(files, join(spec.storage_uri, spec.job.variant))

@@ -3,7 +3,6 @@ from the driver-owned store, ending with exactly the losses of an uninterrupted 
 state restores bit-identically) is tests/unit/test_resume.py."""
 
 import os
-import random
 import signal
 import threading
 import time
@@ -15,7 +14,7 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.ray
-def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
+def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster, kill_rng):
     import ray
 
     from phase2_ray.dataprep import prepare_data
@@ -67,7 +66,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(res=train(run_id)))
     worker.start()
-    kill_after = random.Random().choice([20, 40, 60, 80])
+    kill_after = kill_rng.choice([20, 40, 60, 80])
     killed = None
     deadline = time.time() + 120
     while worker.is_alive() and time.time() < deadline:
@@ -76,7 +75,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster):
         except ValueError:  # the store does not exist yet
             st = None
         if st and st["step"] is not None and st["step"] >= kill_after:
-            time.sleep(random.Random().uniform(0, 0.05))  # somewhere between two saved states
+            time.sleep(kill_rng.uniform(0, 0.05))  # somewhere between two saved states
             killed = (st["pid"], st["step"])
             os.kill(st["pid"], signal.SIGKILL)
             break

@@ -227,8 +227,8 @@ def test_activation_checkpointing_trains_identically_with_less_memory(tiny_corpu
         vocab_size=tok.get_vocab_size(), block_size=64, n_layer=3, n_head=2, d_model=32, arch=arch
     )
     ac = OptimizationSettings(converters=[resolve(f"{EXAMPLES / 'act_checkpoint.py'}:ActCheckpoint")])
-    a = train(cfg, loop(6), OptimizationSettings(), train_ids, val_ids)
-    b = train(cfg, loop(6), ac, train_ids, val_ids)
+    a, _ = train(cfg, loop(6), OptimizationSettings(), train_ids, val_ids)
+    b, _ = train(cfg, loop(6), ac, train_ids, val_ids)
     assert a.losses == b.losses  # recomputation is exact
     ma = peak_training_memory(cfg, loop(), OptimizationSettings(), train_ids)
     mb = peak_training_memory(cfg, loop(), ac, train_ids)
@@ -304,8 +304,8 @@ def test_torch_compile_trains_for_real(tiny_corpus):
     # loss follows eager's.
     _, tok, train_ids, val_ids = tiny_corpus
     cfg = GPTConfig(vocab_size=tok.get_vocab_size(), block_size=16, n_layer=1, n_head=2, d_model=16)
-    eager = train(cfg, loop(6), OptimizationSettings(), train_ids, val_ids)
-    compiled = train(cfg, loop(6), OptimizationSettings.of(compile=True), train_ids, val_ids)
+    eager, _ = train(cfg, loop(6), OptimizationSettings(), train_ids, val_ids)
+    compiled, _ = train(cfg, loop(6), OptimizationSettings.of(compile=True), train_ids, val_ids)
     assert [c["name"] for c in compiled.applied] == ["compile"]
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
     assert compiled.step_times[0] > 5 * max(compiled.step_times[2:])  # the first step compiled

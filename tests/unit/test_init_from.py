@@ -92,9 +92,9 @@ def test_training_starts_from_the_given_weights(hf_gpt2, smoke_init, tiny_corpus
     s = loop_settings(cfg.training, cfg.training.seed)
     offsets = val_offsets(len(val_ids), gcfg.block_size, s.eval_windows)
     want = evaluate(loaded, val_ids, offsets, s.batch_size)
-    seeded = train(gcfg, s, OptimizationSettings(), train_ids, val_ids)
+    seeded, _ = train(gcfg, s, OptimizationSettings(), train_ids, val_ids)
     runs = [
-        train(gcfg, s, st, train_ids, val_ids, init_state=init.state)
+        train(gcfg, s, st, train_ids, val_ids, init_state=init.state)[0]
         for st in (OptimizationSettings(), OptimizationSettings.of(fused_adamw=True))
     ]
     assert runs[0].val_curve[0][1] == pytest.approx(want, rel=1e-6)

@@ -18,7 +18,7 @@ def model_cfg(tok) -> GPTConfig:
 
 def test_loss_falls_and_everything_is_logged(tiny_corpus):
     _, tok, train_ids, val_ids = tiny_corpus
-    r = train(model_cfg(tok), settings(), OptimizationSettings(), train_ids, val_ids)
+    r, _ = train(model_cfg(tok), settings(), OptimizationSettings(), train_ids, val_ids)
     assert r.status == "ok" and r.steps == 30 and len(r.losses) == len(r.step_times) == 30
     assert r.tokens == 30 * 4 * 32
     assert [s for s, _ in r.val_curve] == [0, 10, 20, 30]
@@ -28,8 +28,8 @@ def test_loss_falls_and_everything_is_logged(tiny_corpus):
 
 def test_variants_share_init_and_data_order(tiny_corpus):
     _, tok, train_ids, val_ids = tiny_corpus
-    a = train(model_cfg(tok), settings(), OptimizationSettings(), train_ids, val_ids)
-    b = train(model_cfg(tok), settings(), OptimizationSettings.of(fused_adamw=True), train_ids, val_ids)
+    a, _ = train(model_cfg(tok), settings(), OptimizationSettings(), train_ids, val_ids)
+    b, _ = train(model_cfg(tok), settings(), OptimizationSettings.of(fused_adamw=True), train_ids, val_ids)
     assert a.data_order_sha256 == b.data_order_sha256
     assert a.losses[0] == b.losses[0]  # same weights, same first batch
     assert abs(a.val_curve[-1][1] - b.val_curve[-1][1]) / a.val_curve[-1][1] < 0.01
@@ -38,7 +38,7 @@ def test_variants_share_init_and_data_order(tiny_corpus):
 
 def test_divergence_stops_at_the_first_non_finite_loss(tiny_corpus):
     _, tok, train_ids, val_ids = tiny_corpus
-    r = train(
+    r, _ = train(
         model_cfg(tok), settings(lr=1e6, min_lr=1e6, grad_clip=0), OptimizationSettings(), train_ids, val_ids
     )
     assert r.status == "diverged" and "step" in r.error
