@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from phase2_ray.config import ConfigError
-from phase2_ray.configure import load_config
 
 EXIT_USAGE = 2
 
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as e:
             print(f"phase2: {e}", file=sys.stderr)
             return EXIT_USAGE
-        print(f"exported {args.variant} of {args.run_dir} to {out} (Hugging Face GPT-2 layout)")
+        arch = json.loads((out / "config.json").read_text())["architectures"][0]
+        print(f"exported {args.variant} of {args.run_dir} to {out} (Hugging Face {arch})")
         return 0
     if args.command == "compare":
         return _compare(
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             cfg, resume_id = load_resume(resume_dir, overrides)
         else:
+            from phase2_ray.configure import load_config  # imports torch: not for `report` or `compare`
+
             cfg = load_config(args.config or "configs/phase2.yaml", overrides)
         # Ray and torch are imported only once the config is good.
         if args.command == "serve":
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             from phase2_ray.validate import run_validate
 
             code, md = run_validate(cfg, output=args.output, address=args.address, log_mode=mode)
-            print(md)
+            _print_report_path(md, code, mode)
             return code
         from phase2_ray.pipeline import run_pipeline
 
@@ -168,8 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("phase2: interrupted before training started; no report was written", file=sys.stderr)
         return 3
-    print(md)
+    _print_report_path(md, code, mode)
     return code
+
+
+def _print_report_path(md, code: int, mode: str) -> None:
+    """The last line: the report's path, or with --json-logs the same as one more JSON object, so that every
+    line of that stream parses."""
+    if mode == "json":
+        print(json.dumps({"event": "run.report", "message": str(md), "path": str(md), "exit_code": code}))
+    else:
+        print(md)
 
 
 def _report(run_dir: str) -> int:

@@ -128,9 +128,8 @@ class ModelConfig(Section):
         if self.arch == "gpt2" and "arch" not in self.model_fields_set and self.init_from:
             return self  # the arch is the checkpoint's: checked again once resolve_config has taken it
         if self.arch == "gpt2":
-            given = [
-                k for k in LLAMA_ONLY if k in self.model_fields_set and getattr(self, k) not in (None, False)
-            ]
+            # a saved run's config.json states every default: only a value a gpt2 cannot have is a conflict
+            given = [k for k in LLAMA_ONLY if getattr(self, k) != type(self).model_fields[k].default]
             if given:
                 raise ValueError(f"{', '.join(given)} shape(s) arch llama only; this model is arch gpt2")
             if not self.tie_embeddings:

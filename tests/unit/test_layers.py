@@ -99,10 +99,12 @@ def test_no_import_cycles_between_units():
 
 
 def test_the_report_and_config_layers_run_without_ray_or_torch():
-    """`phase2 report` and `phase2 compare` render from report.json alone; the config loads before Ray starts."""
+    """`phase2 report` and `phase2 compare` render from report.json alone (the command line imports torch only for
+    the commands that load a config); the config loads before Ray starts."""
     code = (
         "import sys\n"
-        "import phase2_ray.config, phase2_ray.config.redact, phase2_ray.report, phase2_ray.report.compare\n"
+        "import phase2_ray.cli, phase2_ray.config, phase2_ray.config.redact, phase2_ray.report\n"
+        "import phase2_ray.report.compare\n"
         "import phase2_ray.report.markdown, phase2_ray.report.html, phase2_ray.report.gates, phase2_ray.records\n"
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
     )

@@ -285,3 +285,13 @@ def test_the_speed_trial_and_auto_run_on_a_llama(tiny_corpus):
     assert {r.name for r in results} == set(cands) and all(r.mean_loss > 0 and r.block_s for r in results)
     dec = BatchDecoder(build_model(cfg), max_batch=3)
     assert dec.cache_bytes == cfg.n_layer * 2 * 3 * 2 * cfg.block_size * cfg.head_dim * 4  # 2 kv heads of 4
+
+
+def test_a_saved_config_reads_back_for_either_arch():
+    """A run directory's config.json states every default (what --resume reads back): it must validate again."""
+    from phase2_ray.config import Config
+
+    for sets in ([], ["model.arch=llama", "model.n_kv_head=2", "model.d_model=64"]):
+        cfg = load_config(None, sets)
+        again = Config.model_validate(cfg.model_dump(mode="json"))
+        assert again.model == cfg.model
