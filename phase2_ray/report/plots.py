@@ -89,12 +89,20 @@ def throughput_bars(steps: pd.DataFrame, skip: int, tokens_per_step: int, path: 
 
 def latency_percentiles(inference: dict, path: Path) -> Path:
     """TTFT and TPOT at p50/p90/p99 for every model and load level (log scale: levels differ by 10x)."""
+    return _save(latency_figure(inference), path)
+
+
+def latency_figure(inference: dict):
+    """latency_percentiles' figure. Constrained layout: the figure's title gets its own room above the subplots'
+    (with a few rows the figure is short, and a suptitle placed by hand ran into them)."""
     rows = [
         (m, lv, s)
         for m, i in inference.items()
         for lv, s in (i.get("levels") or {i.get("headline_level") or "run": i}).items()
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.8 + 0.32 * max(4, len(rows))), sharey=True)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(11, 0.8 + 0.32 * max(4, len(rows))), sharey=True, layout="constrained"
+    )
     y = np.arange(len(rows))
     for ax, metric, title in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
         for k, (q, alpha) in enumerate((("p50", 1.0), ("p90", 0.6), ("p99", 0.35))):
@@ -111,13 +119,13 @@ def latency_percentiles(inference: dict, path: Path) -> Path:
     axes[0].invert_yaxis()
     axes[1].legend(fontsize=8)
     fig.suptitle("Inference latency percentiles at the client (HTTP)")
-    return _save(fig, path)
+    return fig
 
 
 def latency_vs_load(cap: dict, path: Path) -> Path:
     """p50 / p99 TTFT and TPOT against the offered rate, one line per search (model, replica count), the SLO as a
     horizontal line and each capacity (with its interval) as a vertical one."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     for i, run in enumerate(cap["runs"]):
         color = f"C{i}"
         lv = sorted((x for x in run["levels"] if x["valid"]), key=lambda x: x["offered_rps"])
@@ -144,7 +152,7 @@ def latency_vs_load(cap: dict, path: Path) -> Path:
 def latency_cdfs(req: pd.DataFrame, path: Path) -> Path:
     """Empirical CDFs of TTFT and of inter-token latency per model, over every measured successful request."""
     ok = req[req["ok"].astype(bool) & ~req["warmup"].astype(bool)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     for i, (m, g) in enumerate(ok.groupby("variant", sort=False)):
         itl = [x for v in g["itl_ms"] for x in (json.loads(v) if isinstance(v, str) else v)]
         for ax, xs in ((axes[0], g["ttft_ms"].dropna().to_numpy()), (axes[1], np.asarray(itl, dtype=float))):
