@@ -315,7 +315,9 @@ class Config(Section):
     run_name: str = Field("phase2", pattern=r"^[A-Za-z0-9_-]{1,40}$", description="Prefix of the run id.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Embedded Ray settings.")
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and tokenizer.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="GPT shape.")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="Architecture (gpt2 or llama) and shape."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Stages 2a/2b.")
     speed_trial: SpeedTrialConfig = Field(
         default_factory=SpeedTrialConfig, description="How the training speedup is measured."

@@ -14,6 +14,14 @@ class AutoscalingConfig(Section):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 scales to zero when idle).")
     max_replicas: int = Field(2, ge=1, description="Most replicas.")
     target_ongoing_requests: float = Field(8.0, gt=0, description="Requests in flight per replica to aim at.")
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long the load must call for more replicas before one is added (Serve's)."
+    )
+    downscale_delay_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long the load must call for fewer replicas before one is removed (Serve's).",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> AutoscalingConfig:
@@ -269,7 +277,10 @@ class ValidationConfig(Section):
     )
     scaling_concurrency: int = Field(32, ge=1, description="Requests in flight during the replica sweep.")
     scaling_requests: int = Field(96, ge=1, description="Measured requests per replica count.")
-    capacity: CapacityConfig = Field(default_factory=CapacityConfig)
+    capacity: CapacityConfig = Field(
+        default_factory=CapacityConfig,
+        description="The capacity search: the highest request rate whose latency stays within the SLO.",
+    )
     workload: WorkloadConfig | None = Field(
         None, description="Request mix (default: every request prompt_tokens long, asking max_tokens)."
     )
