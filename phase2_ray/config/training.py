@@ -248,7 +248,7 @@ class ConverterUse(Section):
 class VariantConfig(Section):
     converters: list[str | ConverterUse] = Field(
         default_factory=list,
-        description="The optimization stack as converters, applied in order (README: 'Write your own "
+        description="The optimization stack as converters, applied in order (docs/models.md: 'Write your own "
         "optimization'): a built-in's name, 'package.module:Class', 'path/file.py:Class', or {use, args}. "
         "The switches below are shorthands for the built-ins (fused_adamw, bf16 and sdpa before these, compile "
         "after).",

@@ -183,7 +183,7 @@ def resolve(use: str, args: dict | None = None) -> dict:
     if not hooks:
         raise PluginError(
             f"converter {use!r}: {cls.__name__} implements none of the hooks {', '.join(HOOKS)} "
-            "(see the README's 'Write your own optimization')"
+            "(see docs/models.md, 'Write your own optimization')"
         )
     try:
         inspect.signature(cls).bind(**args)

@@ -1,5 +1,5 @@
 """The decision rule: how an interval becomes a gate verdict, gates a candidate's outcome, and candidates the
-run's outcome. Pure functions; gates.py builds the gates, the README ("How a decision is made") states the rule.
+run's outcome. Pure functions; gates.py builds the gates, docs/methodology.md ("How a decision is made") states the rule.
 
 A gate compares a measured figure with a threshold through its interval [low, high] (a figure measured once, such as
 a model's bytes, has low = high = value):
