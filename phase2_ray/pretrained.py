@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from phase2_ray.config import Config, ConfigError, format_errors
+from phase2_ray.config.loading import SHAPE_KEYS
 
 HF_WEIGHTS, HF_INDEX, HF_CONFIG, TOKENIZER = (
     "model.safetensors",
@@ -25,17 +26,8 @@ HF_WEIGHTS, HF_INDEX, HF_CONFIG, TOKENIZER = (
 )
 SHAPE = ("arch", "n_layer", "n_head", "d_model", "bias")
 """model.* keys that must equal the checkpoint's (block_size may be lower; dropout is free)."""
-LLAMA_SHAPE = (
-    *SHAPE,
-    "n_kv_head",
-    "ffn_hidden",
-    "norm_eps",
-    "rope_theta",
-    "rope_scaling",
-    "qkv_bias",
-    "tie_embeddings",
-)
-"""The same for a llama."""
+LLAMA_SHAPE = tuple(k for k in SHAPE_KEYS if k != "block_size")
+"""The same for a llama: every shape key a checkpoint gives (config.loading.SHAPE_KEYS) but the context."""
 
 
 def shape_keys(arch: str) -> tuple[str, ...]:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from phase2_ray.core.generate import BatchDecoder, SamplingParams
+from phase2_ray.core.generate import BatchDecoder
 from phase2_ray.core.model import GPT
+from phase2_ray.core.sampling import SamplingParams
 
 
 class Overloaded(RuntimeError):

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from phase2_ray.core.model import lm_loss
 from phase2_ray.core.specs import GPTConfig
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -173,7 +174,4 @@ class Llama(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        return logits, lm_loss(logits, targets)

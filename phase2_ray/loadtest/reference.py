@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from phase2_ray.core import data as corpus_data
 from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine
-from phase2_ray.core.generate import SamplingParams
+from phase2_ray.core.sampling import SamplingParams
 from phase2_ray.core.train import evaluate
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import RequestRecord

@@ -24,7 +24,7 @@ from ray import serve
 from phase2_ray.config import ServeConfig
 from phase2_ray.core.compress import load_for_serving, weight_bytes
 from phase2_ray.core.engine import AsyncBatchEngine, Overloaded
-from phase2_ray.core.generate import SamplingParams
+from phase2_ray.core.sampling import SamplingParams
 from phase2_ray.devices import assigned_device
 from phase2_ray.records import ReplicaStats
 from phase2_ray.serving.chat import TemplateError, render_chat

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from phase2_ray.core.generate import BatchDecoder, SamplingParams, sample, stream_tokens
+from phase2_ray.core.generate import BatchDecoder, stream_tokens
 from phase2_ray.core.model import GPT, GPTConfig
+from phase2_ray.core.sampling import SamplingParams, sample
 
 
 def tiny() -> GPT:
