@@ -96,3 +96,18 @@ def token_check(records: Iterable[dict], tok: Tokenizer | None, source: str | No
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
+
+
+def token_checks(model_ids, records: list[dict], external: dict, models: dict) -> dict[str, dict]:
+    """Each model's token accounting (`token_check`) with its own tokenizer: an external endpoint's, or a
+    self-served model's checkpoint tokenizer."""
+    toks = {m: (e.tokenizer, load_tokenizer(e.tokenizer)) for m, e in external.items() if e.tokenizer}
+    for m, spec in models.items():
+        if "checkpoint" in spec:
+            tok = Tokenizer.from_str(spec["checkpoint"]["tokenizer.json"].decode("utf-8"))
+            toks[m] = ("the served checkpoint's tokenizer.json", tok)
+    out = {}
+    for m in model_ids:
+        source, tok = toks.get(m, (None, None))
+        out[m] = token_check([r for r in records if r["variant"] == m], tok, source)
+    return out

@@ -16,28 +16,31 @@ from dataclasses import asdict, replace
 
 import ray
 from ray import serve
-from tokenizers import Tokenizer
 
 from phase2_ray.config import Config
 from phase2_ray.dataprep import PreparedData
 from phase2_ray.loadtest.actors import run_level, start_clients
 from phase2_ray.loadtest.capacity import Slo
-from phase2_ray.loadtest.endpoints import broken_off, load_tokenizer, route_of, still_up, token_check
+from phase2_ray.loadtest.endpoints import broken_off, route_of, still_up, token_checks
 from phase2_ray.loadtest.endpoints import external as external_endpoints
 from phase2_ray.loadtest.plan import Endpoint, LevelSpec, Route, Slot, interleaved_schedule, rounds_for
 from phase2_ray.loadtest.reference import run_reference
 from phase2_ray.loadtest.search import capacity_search
+from phase2_ray.report.capacity import combine_searches
 from phase2_ray.report.gates import undecided_serving
-from phase2_ray.report.serving import combine_searches, goodput_slo, request_frame, serving_vs_baseline
-from phase2_ray.runlog import RunLog, warn_if_exposed
-from phase2_ray.serving.build import APP_NAME, build_app, model_specs, replica_stats, running_serve
+from phase2_ray.report.serving import goodput_slo, request_frame, serving_vs_baseline
+from phase2_ray.runlog import RunLog
+from phase2_ray.serving.build import (
+    APP_NAME,
+    deploy_fitted,
+    join_or_start_serve,
+    model_specs,
+    replica_stats,
+)
 from phase2_ray.stacks import INT8_SUFFIX, serve_plan
 
 AA_CONTROL = "baseline-aa"
 """The model id of validation.aa_control: the baseline's checkpoint served a second time."""
-
-# Access logs of every request would drown the progress lines; warnings and errors still show.
-QUIET_SERVE = {"log_level": "WARNING", "enable_access_log": False}
 
 
 class ValidationStage:
@@ -130,20 +133,9 @@ class ValidationStage:
             # --quiet / --json-logs promise a parseable stream: Serve's driver-side INFO lines would break it.
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
         sc = self.cfg.serve
-        running = running_serve()
-        if running is None:
-            warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
-            serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=QUIET_SERVE)
-        else:
-            # Serve keeps the HTTP options it started with: requests go where its proxies listen.
-            host, port = running
-            if (host, port) != (sc.host, sc.port):
-                self.log.event(
-                    "serve.shared",
-                    f"2c: Serve already runs on this cluster at {host}:{port}: the application goes there "
-                    f"(serve.host/serve.port {sc.host}:{sc.port} apply only where this run starts Serve)",
-                )
-            self.base_url = f"http://{host}:{port}"
+        running = join_or_start_serve(sc, self.log)
+        if running is not None:  # Serve keeps the HTTP options it started with: requests go where it listens
+            self.base_url = "http://{}:{}".format(*running)
         try:
             t_deploy = time.time()
             self._deploy(None)
@@ -207,19 +199,9 @@ class ValidationStage:
         return [m for m in models if m not in self.failed]
 
     def _token_checks(self) -> None:
-        """Each model's token accounting (loadtest.endpoints.token_check) with its own tokenizer: the endpoint's, or
-        a self-served model's checkpoint tokenizer."""
-        toks = {
-            m: (e.tokenizer, load_tokenizer(e.tokenizer)) for m, e in self.external.items() if e.tokenizer
-        }
-        for m, spec in self.models.items():
-            if "checkpoint" in spec:
-                tok = Tokenizer.from_str(spec["checkpoint"]["tokenizer.json"].decode("utf-8"))
-                toks[m] = ("the served checkpoint's tokenizer.json", tok)
-        for m in self.model_ids:
-            source, tok = toks.get(m, (None, None))
-            mine = [r for r in self.out["records"] if r["variant"] == m]
-            self.out["endpoints"][m]["tokens"] = token_check(mine, tok, source)
+        checks = token_checks(self.model_ids, self.out["records"], self.external, self.models)
+        for m, t in checks.items():
+            self.out["endpoints"][m]["tokens"] = t
 
     def _reference(self) -> None:
         start = time.time()
@@ -239,18 +221,8 @@ class ValidationStage:
             # (a new deployment version), which costs a replica start-up and measures nothing more.
             return
         self.deployed = fixed
-        total = ray.cluster_resources()
-        # Every replica must fit at once: shrink their logical CPU (and GPU) share if the cluster is smaller.
-        app = build_app(
-            self.models,
-            sc,
-            cpus_per_replica=min(sc.cpus_per_replica, total.get("CPU", 1) / n),
-            gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
-            num_replicas=replicas,
-            # one version for the whole stage: the replica sweep adds replicas instead of replacing them all
-            version=self.version,
-        )
-        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
+        # one version for the whole stage: the replica sweep adds replicas instead of replacing them all
+        deploy_fitted(self.models, sc, n, replicas, self.version)
 
     @property
     def endpoint(self) -> Endpoint:

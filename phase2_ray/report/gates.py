@@ -9,8 +9,8 @@ memory budget), and the baseline's serving targets are shown without deciding (t
 
 from __future__ import annotations
 
+from phase2_ray.report.capacity import paired_capacity_ratio
 from phase2_ray.report.gate import Gate
-from phase2_ray.report.serving import paired_capacity_ratio
 from phase2_ray.report.verdict import (
     FAIL,
     INCONCLUSIVE,

@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import ray
 from ray import serve
 
 from phase2_ray.config import ServeConfig
 from phase2_ray.core.checkpoint import read_dir
 from phase2_ray.core.specs import builtin_spec
+from phase2_ray.runlog import RunLog, warn_if_exposed
 from phase2_ray.serving.app import APP_NAME, DEPLOYMENT, InferenceScalingEngine
 
 
@@ -70,6 +72,46 @@ def plain_specs(
         args = {} if kernel == "auto" else {"kernel": kernel}
         plan[int8_of + "-int8"] = {"source": int8_of, "converters": [builtin_spec("int8", args)]}
     return model_specs(checkpoints, plan)
+
+
+QUIET_SERVE = {"log_level": "WARNING", "enable_access_log": False}
+"""Serve's logging during a run: access logs of every request would drown the progress lines; warnings and
+errors still show."""
+
+
+def join_or_start_serve(sc: ServeConfig, log: RunLog) -> tuple[str, int] | None:
+    """Serve on the connected cluster: started with the config's HTTP options when none runs (None), else the
+    running instance's (host, port), which keeps the options it started with (said when they differ)."""
+    running = running_serve()
+    if running is None:
+        warn_if_exposed("the Serve HTTP proxy (serve.host)", sc.host)
+        serve.start(http_options={"host": sc.host, "port": sc.port}, logging_config=QUIET_SERVE)
+        return None
+    if running != (sc.host, sc.port):
+        log.event(
+            "serve.shared",
+            f"2c: Serve already runs on this cluster at {running[0]}:{running[1]}: the application goes there "
+            f"(serve.host/serve.port {sc.host}:{sc.port} apply only where this run starts Serve)",
+        )
+    return running
+
+
+def deploy_fitted(
+    models: dict[str, dict], sc: ServeConfig, n: int, num_replicas: int | None, version: str | None
+) -> None:
+    """Deploys `build_app` as the run's application (APP_NAME at /), each of the `n` replicas' logical CPU (and GPU)
+    share shrunk to fit the cluster: every replica must fit at once, on a cluster smaller than the config assumed
+    too."""
+    total = ray.cluster_resources()
+    app = build_app(
+        models,
+        sc,
+        cpus_per_replica=min(sc.cpus_per_replica, total.get("CPU", 1) / n),
+        gpus_per_replica=min(sc.gpus_per_replica, total.get("GPU", 0) / n),
+        num_replicas=num_replicas,
+        version=version,
+    )
+    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=QUIET_SERVE)
 
 
 def build_app(
