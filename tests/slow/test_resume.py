@@ -39,7 +39,7 @@ def test_killed_training_actor_restarts_and_ends_bit_identical(ray_cluster, kill
         torch.set_num_threads(1)
         try:
             gpt = GPTConfig(**cfg.model.gpt_fields(d.vocab_size))
-            res = core_train(
+            res, _ = core_train(
                 gpt,
                 loop_settings(cfg.training, cfg.training.seed),
                 OptimizationSettings(),
