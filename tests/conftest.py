@@ -273,3 +273,15 @@ def kill_rng(request) -> random.Random:
     seed = int(env) if env else zlib.crc32(f"{request.node.nodeid}:{date.today()}".encode())
     print(f"kill point seed {seed} (PHASE2_TEST_SEED={seed} reproduces it)")
     return random.Random(seed)
+
+
+def exit_2_line(config: Path, out: Path, sets: list[str], capsys) -> str:
+    """`phase2 run -c CONFIG --set ...` must exit 2 (a config error, before Ray starts) with one line on stderr:
+    returns that line."""
+    from phase2_ray.cli import main
+
+    args = ["run", "-c", str(config), "--output", str(out)] + [x for s in sets for x in ("--set", s)]
+    assert main(args) == 2, sets
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("phase2: "), err
+    return err

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from phase2_ray.core.model import lm_loss
+from phase2_ray.core.model import CausalLM, lm_loss
 from phase2_ray.core.specs import GPTConfig
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -125,7 +125,7 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class Llama(nn.Module):
+class Llama(CausalLM):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         check_shape(cfg)
@@ -151,24 +151,11 @@ class Llama(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-    def num_params(self) -> int:
-        """Trainable parameters, a tied head counted once."""
-        return sum(p.numel() for p in self.parameters())
-
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy (in fp32) when targets are given."""
-        T = idx.shape[1]
-        if T > self.cfg.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
+        T = self.check_length(idx)
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.wte(idx)
         for block in self.blocks:

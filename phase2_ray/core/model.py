@@ -57,7 +57,31 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class CausalLM(nn.Module):
+    """What both architectures share: GPT-2's init of linear and embedding weights, the parameter count, and the
+    context check every forward makes."""
+
+    cfg: GPTConfig
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)  # GPT-2's init (nn.Linear's own is uniform)
+
+    def num_params(self) -> int:
+        """Trainable parameters, a tied head counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def check_length(self, idx: torch.Tensor) -> int:
+        T = idx.shape[1]
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
+        return T
+
+
+class GPT(CausalLM):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -74,24 +98,11 @@ class GPT(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)  # GPT-2's init (nn.Linear's own is uniform)
-
-    def num_params(self) -> int:
-        """Trainable parameters, the tied head counted once."""
-        return sum(p.numel() for p in self.parameters())
-
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position, and the mean cross-entropy (in fp32) when targets are given."""
-        T = idx.shape[1]
-        if T > self.cfg.block_size:
-            raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
+        T = self.check_length(idx)
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:

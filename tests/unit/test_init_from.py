@@ -10,7 +10,6 @@ import shutil
 import pytest
 import torch
 
-from phase2_ray.cli import main as phase2
 from phase2_ray.config import ConfigError
 from phase2_ray.configure import load_config
 from phase2_ray.core.checkpoint import checkpoint_files, read_checkpoint, save_dir
@@ -18,7 +17,7 @@ from phase2_ray.core.generate import stream_tokens
 from phase2_ray.core.model import GPT, GPTConfig
 from phase2_ray.core.train import evaluate, train, val_offsets
 from phase2_ray.pretrained import load_init
-from tests.conftest import ROOT
+from tests.conftest import ROOT, exit_2_line
 
 
 def _loaded(cfg):
@@ -164,19 +163,8 @@ def test_bad_init_from_exits_2_with_one_line_before_ray(hf_gpt2, smoke_init, tmp
     import ray
 
     for path, sets, words in _bad_dirs(hf_gpt2, tmp_path):
-        args = [
-            "run",
-            "-c",
-            str(smoke_init),
-            "--output",
-            str(tmp_path / "out"),
-            "--set",
-            f"model.init_from={path}",
-        ]
-        assert phase2(args + [x for s in sets for x in ("--set", s)]) == 2, path
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and words in err, err
-        assert err.startswith("phase2: ") and "model.init_from" in err
+        err = exit_2_line(smoke_init, tmp_path / "out", [f"model.init_from={path}", *sets], capsys)
+        assert words in err and "model.init_from" in err, err
     assert not ray.is_initialized()
 
 

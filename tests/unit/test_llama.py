@@ -15,7 +15,6 @@ import shutil
 import pytest
 import torch
 
-from phase2_ray.cli import main as phase2
 from phase2_ray.config import ConfigError
 from phase2_ray.configure import load_config
 from phase2_ray.core.checkpoint import checkpoint_files, save_dir
@@ -24,7 +23,7 @@ from phase2_ray.core.flops import non_embedding_params
 from phase2_ray.core.generate import BatchDecoder, SamplingParams
 from phase2_ray.core.model import GPTConfig, build_model
 from phase2_ray.pretrained import load_init
-from tests.conftest import LLAMA_FAMILY, LLAMA_SHAPE
+from tests.conftest import LLAMA_FAMILY, LLAMA_SHAPE, exit_2_line
 
 FAMILIES = list(LLAMA_FAMILY)
 PROMPTS = ["def main(argv):\n    return argv[0]", "import os\nprint(", "class A:\n    def"]
@@ -193,18 +192,8 @@ def test_what_we_cannot_reproduce_exits_2_naming_the_field(hf_llamas, smoke_init
         (llama, ["model.block_size=128"], "model.block_size: 128 exceeds"),
     ]
     for path, sets, words in cases:
-        args = [
-            "run",
-            "-c",
-            str(smoke_init),
-            "--output",
-            str(tmp_path / "out"),
-            "--set",
-            f"model.init_from={path}",
-        ]
-        assert phase2(args + [x for s in sets for x in ("--set", s)]) == 2, path
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and words in err, (words, err)
+        err = exit_2_line(smoke_init, tmp_path / "out", [f"model.init_from={path}", *sets], capsys)
+        assert words in err, (words, err)
     assert not ray.is_initialized()
 
 
