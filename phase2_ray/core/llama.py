@@ -5,7 +5,7 @@ The modules carry the GPT's names (`wte`, `blocks.N.ln1`, `attn.qkv`, `attn.proj
 `lm_head`) so that training, the decode engine, int8 compression and the converters see one layout. As in gpt-fast,
 q/k/v are one projection (rows: n_head, then n_kv_head, then n_kv_head heads) and the MLP's gate and up are one
 (`mlp.fc`, rows: gate, then up): one matmul each instead of three and two. core/llama_format.py maps this onto
-transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` names both ways; tests/integration/test_llama.py holds it
+transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` names both ways; tests/unit/test_llama.py holds it
 to transformers' logits."""
 
 from __future__ import annotations
