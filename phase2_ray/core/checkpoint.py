@@ -12,7 +12,7 @@ from safetensors.torch import save as st_save
 from tokenizers import Tokenizer
 
 from phase2_ray.core.atomic import write_atomic
-from phase2_ray.core.model import GPT, GPTConfig, build_model
+from phase2_ray.core.model import CausalLM, GPTConfig, build_model
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -85,7 +85,7 @@ def read_checkpoint(files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], d
     return state, meta, Tokenizer.from_str(files[TOKENIZER].decode("utf-8"))
 
 
-def load_checkpoint(files: dict[str, bytes]) -> tuple[GPT, dict, Tokenizer]:
+def load_checkpoint(files: dict[str, bytes]) -> tuple[CausalLM, dict, Tokenizer]:
     """Verifies every checksum, then rebuilds a plain (uncompiled, fp32) GPT, its metadata and tokenizer."""
     state, meta, tok = read_checkpoint(files)
     model = build_model(GPTConfig(**meta["model"]))

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from phase2_ray.core.model import GPT, MLP, Block, CausalSelfAttention, GPTConfig
+from phase2_ray.core.model import GPT, MLP, Block, CausalLM, CausalSelfAttention, GPTConfig
 
 KERNELS = ("fbgemm", "int8pack")
 
@@ -245,10 +245,10 @@ class SemanticCompressor:
         self.kernel: str | None = None
         self.choice: dict = {}
 
-    def compress(self, model: GPT) -> GPT:
+    def compress(self, model: CausalLM) -> CausalLM:
         return self.compress_state(model.state_dict(), model.cfg)
 
-    def compress_state(self, state: dict[str, torch.Tensor], cfg: GPTConfig) -> GPT:
+    def compress_state(self, state: dict[str, torch.Tensor], cfg: GPTConfig) -> CausalLM:
         """The int8 model straight from a (fp32) state dict: no fp32 model is built, and each matrix is quantized
         from its tensor in `state` (the only fp32 copy, the caller's)."""
         if self.kernel is None:
@@ -347,7 +347,7 @@ def weight_bytes(model: nn.Module) -> int:
     return total + sum(getattr(m, "packed_bytes", 0) for m in model.modules())
 
 
-def load_for_serving(spec: dict, device: str = "cpu") -> tuple[GPT, dict, object]:
+def load_for_serving(spec: dict, device: str = "cpu") -> tuple[CausalLM, dict, object]:
     """A served model id's (model, meta, tokenizer) from its spec: the checkpoint's files on `device`, passed
     through `spec["converters"]`' serve hooks in order (a copy such as `optimized-int8` is its source's checkpoint
     with the int8 converter). The Serve replica and the in-process reference both load through here, so they serve

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from phase2_ray.core.generate import BatchDecoder
-from phase2_ray.core.model import GPT
+from phase2_ray.core.model import CausalLM
 from phase2_ray.core.sampling import SamplingParams
 
 
@@ -54,7 +54,7 @@ class AsyncBatchEngine:
 
     def __init__(
         self,
-        model: GPT,
+        model: CausalLM,
         max_batch: int,
         max_waiting: int,
         min_step_ms: float = 0.0,

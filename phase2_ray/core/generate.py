@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from phase2_ray.core.llama import apply_rope, swiglu
-from phase2_ray.core.model import GPT
+from phase2_ray.core.model import CausalLM
 from phase2_ray.core.sampling import SamplingParams, sample_rows
 
 
@@ -53,7 +53,7 @@ class BatchDecoder:
     so a request never waits for a whole batch to finish. Active sequences always occupy slots 0..n-1 (a finished
     one is replaced by the last), so a step reads contiguous cache slices and never gathers."""
 
-    def __init__(self, model: GPT, max_batch: int, kv_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: CausalLM, max_batch: int, kv_dtype: torch.dtype | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         cfg = model.cfg
@@ -344,7 +344,7 @@ class _DecodePlan:
     `torch.mm` (one op instead of linear's three); an int8 layer becomes its kernel call; any other module is
     kept and called."""
 
-    def __init__(self, m: GPT) -> None:
+    def __init__(self, m: CausalLM) -> None:
         self.embed = _embedding(m.wte)
         if m.cfg.arch == "llama":
             self.rope_cos, self.rope_sin, self.act = m.rope_cos, m.rope_sin, swiglu
@@ -411,7 +411,7 @@ def _embedding(mod: torch.nn.Module):
 
 
 def stream_tokens(
-    model: GPT,
+    model: CausalLM,
     prompt_ids: list[int],
     max_new_tokens: int,
     *,

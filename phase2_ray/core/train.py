@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from phase2_ray.core.converters import ConverterStack
 from phase2_ray.core.data import batch_schedule, get_batch, val_offsets
-from phase2_ray.core.model import GPT, GPTConfig, build_model
+from phase2_ray.core.model import CausalLM, GPTConfig, build_model
 from phase2_ray.core.specs import OptimizationSettings, tokens_per_step
 from phase2_ray.records import TrainResult
 
@@ -51,7 +51,7 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> float:
+def evaluate(model: CausalLM, tokens: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> float:
     """Mean next-token loss over fixed val windows, eager fp32, so every variant is judged by the same code."""
     was_training = model.training
     model.eval()
@@ -68,7 +68,9 @@ def evaluate(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size
 
 
 @torch.no_grad()
-def evaluate_windows(model: GPT, tokens: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> list[float]:
+def evaluate_windows(
+    model: CausalLM, tokens: torch.Tensor, offsets: torch.Tensor, batch_size: int
+) -> list[float]:
     """Each fixed val window's own mean next-token loss, eager fp32: the same windows for every variant, so two
     models' losses pair window by window (the convergence gate's interval is over these pairs)."""
     was_training = model.training
