@@ -82,6 +82,8 @@ class AsyncBatchEngine:
     def stats(self) -> dict:
         return {
             "decode_steps": self.steps,
+            "active": len(self.decoder.active),
+            "waiting": len(self._waiting),
             "mean_batch": self.batched_tokens / self.steps if self.steps else None,
             "max_batch_seen": self.max_batch_seen,
             "max_batch": self.decoder.max_batch,
