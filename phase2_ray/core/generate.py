@@ -12,6 +12,7 @@ n_kv_head heads that grouped-query attention reads for n_head query heads."""
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ class BatchDecoder:
         passes instead of one per request. Returns each request's Sequence, or the ValueError that refused it."""
         out: list[Sequence | Exception] = []
         seqs: list[tuple[Sequence, list[int]]] = []
+        next_slot = len(self.active)
         for prompt_ids, params, tag in requests:
             try:
                 self._check(prompt_ids, params)
@@ -143,12 +145,11 @@ class BatchDecoder:
             else:
                 gen.manual_seed(params.seed)
             seq = Sequence(len(prompt_ids), params, gen, tag=tag)
-            if (
-                params.max_tokens > 1
-            ):  # a one-token request never occupies a slot: its prefill writes no cache
-                if len(self.active) + sum(s.slot >= 0 for s, _ in seqs) >= self.max_batch:
+            # a one-token request never occupies a slot: its prefill writes no cache
+            if params.max_tokens > 1:
+                if next_slot >= self.max_batch:
                     raise RuntimeError("no free cache slot: call step() until a sequence finishes")
-                seq.slot = len(self.active) + sum(s.slot >= 0 for s, _ in seqs)
+                seq.slot, next_slot = next_slot, next_slot + 1
             seqs.append((seq, prompt_ids))
             out.append(seq)
         # Packs of at most pack_tokens tokens: never more than activation_bytes() measured.
@@ -216,7 +217,7 @@ class BatchDecoder:
             pos = torch.cat([torch.arange(t, device=dev) for t in lens])
             seg = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
             mask = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
-        starts = [sum(lens[:i]) for i in range(len(lens))]
+        starts = [0, *itertools.accumulate(lens)][:-1]
         x = m.wte(idx)
         if self.llama:
             cos, sin = m.rope_cos[pos], m.rope_sin[pos]

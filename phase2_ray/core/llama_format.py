@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from phase2_ray.core.specs import GPTConfig
+
 MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size")
 ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -138,8 +140,8 @@ def from_hf(tensors: dict[str, torch.Tensor], shape: dict) -> dict[str, torch.Te
 
 def to_hf(state: dict[str, torch.Tensor], model: dict) -> dict[str, torch.Tensor]:
     """Our llama's state dict under transformers' names (fp32, contiguous; a tied head is not stored)."""
-    h, kv = model["n_head"], model.get("n_kv_head") or model["n_head"]
-    hd = model["d_model"] // h
+    shape = GPTConfig(**model)
+    h, kv, hd = shape.n_head, shape.kv_heads, shape.head_dim
     out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["ln_f.weight"]}
     for i in range(model["n_layer"]):
         src, dst = f"blocks.{i}.", f"model.layers.{i}."
@@ -167,19 +169,18 @@ def hf_config(model: dict, eos_id: int | None) -> dict:
     rope = {"rope_type": "default", "rope_theta": model.get("rope_theta", 10_000.0)}
     if model.get("rope_scaling"):
         rope.update(model["rope_scaling"])
-    h = model["n_head"]
-    hidden = model.get("ffn_hidden") or 32 * -(-int(2 * 4 * model["d_model"] / 3) // 32)
+    shape = GPTConfig(**model)
     out = {
         "architectures": [MODEL_TYPES[kind]],
         "model_type": kind,
         "vocab_size": model["vocab_size"],
         "max_position_embeddings": model["block_size"],
         "hidden_size": model["d_model"],
-        "intermediate_size": hidden,
+        "intermediate_size": shape.hidden,
         "num_hidden_layers": model["n_layer"],
-        "num_attention_heads": h,
-        "num_key_value_heads": model.get("n_kv_head") or h,
-        "head_dim": model["d_model"] // h,
+        "num_attention_heads": shape.n_head,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": model.get("norm_eps", 1e-5),
         "rope_parameters": rope,
