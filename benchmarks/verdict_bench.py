@@ -135,9 +135,28 @@ def series(name: str, overrides: list[str], n: int, out_dir: Path, seed: int) ->
     return rows
 
 
-def compare_pairs(pairs: list[tuple[str, str]]) -> list[str]:
-    """`phase2 compare`'s outcome for each pair: regression / inconclusive / no regression."""
-    return [compare.compare_runs(a, b)["outcome"] for a, b in pairs]
+def compare_pairs(pairs: list[tuple[str, str]], log: list[dict] | None = None) -> list[str]:
+    """`phase2 compare`'s outcome for each pair: regression / inconclusive / no regression. The rows behind an
+    outcome other than "no regression" are appended to `log` (which metric fired, or could not rule one out)."""
+    outcomes = []
+    for a, b in pairs:
+        c = compare.compare_runs(a, b)
+        outcomes.append(c["outcome"])
+        flagged = [
+            {
+                k: r.get(k)
+                for k in ("metric", "variant", "change_pct", "ci_low", "ci_high", "verdict", "outcome")
+            }
+            for r in c["rows"]
+            if r["outcome"] in ("worse", "inconclusive")
+        ]
+        if log is not None and flagged:
+            log.append({"a": Path(a).name, "b": Path(b).name, "outcome": c["outcome"], "rows": flagged})
+            for r in flagged:
+                print(
+                    f"    compare {Path(a).name} -> {Path(b).name}: {r['metric']} {r['variant']}: {r['verdict']}"
+                )
+    return outcomes
 
 
 def smoke_run(out: Path, sets: list[str]) -> tuple[int, dict, float]:
@@ -281,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plugin-aa", type=int, default=0, help="A/A through a user's converter file")
     ap.add_argument("--plugin-known", type=int, default=0, help="the known effect through a user's converter")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument(
+        "--keep", help="write the run directories here and keep them (default: a temporary folder)"
+    )
     args = ap.parse_args(argv)
     # --quick: a tiny model and a minimal sequential trial (at most 4 replicates), so every path runs in seconds
     extra = [*QUICK, "speed_trial.max_replicates=4", "speed_trial.look_replicates=2"] if args.quick else []
@@ -318,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             _system_config={"idle_worker_killing_time_threshold_ms": 60_000},
         )
     out: dict = {"machine": machine()}
+    keep = Path(args.keep) if args.keep else None
     with tempfile.TemporaryDirectory(prefix="verdict-") as tmp:
-        runs = Path(tmp)
+        runs = keep or Path(tmp)
         seed = load_config(DEFAULT).training.seed
         aa = series("aa", AA + extra, n[0], runs, seed)
         known = series("known", KNOWN + extra, n[1], runs, seed)
@@ -334,12 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         same_pairs = [(aa[i]["dir"], aa[i + 1]["dir"]) for i in range(0, len(aa) - 1, 2)]
         same_pairs += [(default[i]["dir"], default[i + 1]["dir"]) for i in range(0, len(default) - 1, 2)]
         lost_pairs = [(known[i]["dir"], aa[i % len(aa)]["dir"]) for i in range(min(len(known), 3))]
-        same = compare_pairs(same_pairs)
+        flagged: list[dict] = []
+        same = compare_pairs(same_pairs, flagged)
         lost = compare_pairs(lost_pairs)
         if started:  # the capacity runs start an embedded Ray of their own
             ray.shutdown()
         cap = capacity_runs(n[4], runs, args.quick)
-        cap_pairs = compare_pairs([(cap[i]["dir"], cap[i + 1]["dir"]) for i in range(len(cap) - 1)])
+        cap_pairs = compare_pairs([(cap[i]["dir"], cap[i + 1]["dir"]) for i in range(len(cap) - 1)], flagged)
         saa = serving_aa_runs(n[5], runs, args.quick)
     found = [c["capacity_rps"] for c in cap if c["capacity_rps"]]
     median = float(np.median(found)) if found else None
@@ -365,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare_same_code": dict(Counter(same)),
         "compare_lost_effect": dict(Counter(lost)),
         "compare_capacity_pairs": dict(Counter(cap_pairs)),
+        "compare_flagged_rows": flagged,
         "wall_s": round(time.time() - t_start),
     }
     out.update(aa=aa, known=known, near=near, default=default, capacity=cap, serving_aa=saa, summary=summary)
