@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="redraw report.md, report.html and plots/ of a run from its files (no Ray)"
     )
     rep.add_argument("run_dir", metavar="RUN_DIR")
+    sch = sub.add_parser(
+        "schema", help="print report.json's JSON Schema (the contract a run's report.json is checked against)"
+    )
+    sch.add_argument("--output", metavar="FILE", help="write it to FILE instead")
     exp = sub.add_parser(
         "export",
         help="write a run's trained variant as a Hugging Face GPT-2 directory (no Ray, no transformers)",
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     if args.command == "report":
         return _report(args.run_dir)
+    if args.command == "schema":
+        return _schema(args.output)
     if args.command == "export":
         from phase2_ray.export import export_hf
 
@@ -191,8 +197,26 @@ def _report(run_dir: str) -> int:
         print(f"phase2: {run_dir}: no report.json (pass the directory of a finished run)", file=sys.stderr)
         return EXIT_USAGE
     from phase2_ray.report import render_run_dir
+    from phase2_ray.report.schema.migrate import ReportError
 
-    print(render_run_dir(run_dir))
+    try:
+        print(render_run_dir(run_dir))
+    except ReportError as e:
+        print(f"phase2: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _schema(output: str | None) -> int:
+    from phase2_ray.report.schema.reference import schema_text
+
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(schema_text())
+        print(output)
+    else:
+        print(schema_text(), end="")
     return 0
 
 
@@ -208,7 +232,13 @@ def _compare(run_a: str, run_b: str, output: str | None, **opts: float) -> int:
     if not 0 < opts.get("alpha", 0.05) < 1:
         print(f"phase2: --alpha {opts['alpha']}: must lie between 0 and 1", file=sys.stderr)
         return EXIT_USAGE
-    c = compare.compare_runs(run_a, run_b, **opts)
+    from phase2_ray.report.schema.migrate import ReportError
+
+    try:
+        c = compare.compare_runs(run_a, run_b, **opts)
+    except ReportError as e:
+        print(f"phase2: {e}", file=sys.stderr)
+        return EXIT_USAGE
     path = compare.write(c, output or Path(run_b) / "compare")
     print(compare.render(c))
     print(path)

@@ -61,6 +61,10 @@ def _tier(item: pytest.Item) -> str | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Every report.json the suite writes (in this process, in `phase2` subprocesses and benchmarks, which inherit
+    # the variable) is checked against report.json's models as it is written: a mismatch fails the write, and so the
+    # test, instead of the warning a user's run gets.
+    os.environ["PHASE2_STRICT_SCHEMA"] = "1"
     # The test process's own torch work is tiny models (the unit tier, the driver's side of a run) on a machine
     # whose cores the Ray actors also use: one intra-op thread, as each training actor has. Two threads spinning
     # against busy cores made a 16-wide model's step 20-50x slower (measured: 10 ms -> 200-600 ms under load).

@@ -1,9 +1,11 @@
 """docs/configuration.md, generated from the config models themselves: every key with its type, default and the
 `Field(description=...)` the validation errors also quote. `python -m phase2_ray.config.reference > FILE` writes it;
-tests/unit/test_docs.py fails when the file in the repository is not what this prints."""
+tests/unit/test_docs.py fails when the file in the repository is not what this prints. `render_tree` renders any
+tree of pydantic models the same way (docs/report-json.md, from report.json's models)."""
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any
@@ -32,9 +34,7 @@ def _sections(tp: Any) -> list[type[BaseModel]]:
 
 
 def _type_name(tp: Any) -> str:
-    text = str(tp).replace("typing.", "")
-    for module in ("schema", "serving", "training", "endpoints"):
-        text = text.replace(f"phase2_ray.config.{module}.", "")
+    text = re.sub(r"phase2_ray(\.\w+)+\.(?=[A-Z])", "", str(tp).replace("typing.", ""))
     return text.replace("<class '", "").replace("'>", "")
 
 
@@ -54,9 +54,14 @@ def _cell(text: str) -> str:
 
 
 def render() -> str:
-    out = [HEADER]
+    return render_tree(Config, HEADER)
+
+
+def render_tree(root: type[BaseModel], header: str) -> str:
+    """A section per model reachable from `root` (breadth first, each model once), a row per field."""
+    out = [header]
     seen: set[type[BaseModel]] = set()
-    queue: list[tuple[str, type[BaseModel]]] = [("", Config)]
+    queue: list[tuple[str, type[BaseModel]]] = [("", root)]
     while queue:
         prefix, model = queue.pop(0)
         if model in seen and prefix:
@@ -74,7 +79,7 @@ def render() -> str:
             )
             queue += [(f"{path}.", s) for s in subs]
         title = prefix.rstrip(".") or "(top level)"
-        doc = " ".join((model.__doc__ or "").split()) if model is not Config else ""
+        doc = " ".join((model.__doc__ or "").split()) if model is not root else ""
         out.append(f"\n## `{title}`\n\n")
         if doc:
             out.append(f"{doc}\n\n")

@@ -11,6 +11,7 @@ import pandas as pd
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.report.html import render_html
 from phase2_ray.report.markdown import render_markdown
+from phase2_ray.report.schema.migrate import check_before_write, read_report_dict
 from phase2_ray.report.serving import LIST_COLUMNS, request_frame
 from phase2_ray.report.training import step_frame
 
@@ -44,6 +45,7 @@ def write_run_dir(
         out / "inprocess_requests.csv", _requests_csv(request_frame(ref).drop(columns=INPROCESS_DROPPED))
     )
     write_atomic(out / "gates.csv", pd.DataFrame(report["decision"]["gates"]).to_csv(index=False))
+    check_before_write(report)
     path = write_atomic(out / "report.json", json.dumps(report, indent=2))
     return render_run_dir(out) if render else path
 
@@ -58,6 +60,7 @@ def rewrite_report(out: str | Path, report: dict) -> Path:
     """report.json, report.md and report.html again after a late addition (the tracking result), with the charts
     already drawn under plots/ (each chart's file is named for its key)."""
     out = Path(out)
+    check_before_write(report)
     write_atomic(out / "report.json", json.dumps(report, indent=2))
     return _write_pages(out, report, {p.stem: str(p.relative_to(out)) for p in (out / "plots").glob("*.png")})
 
@@ -71,11 +74,12 @@ def _write_pages(out: Path, report: dict, plots: dict[str, str]) -> Path:
 
 def render_run_dir(out: str | Path) -> Path:
     """Draws plots/*.png, report.md and a self-contained report.html from report.json and the CSVs alone (no
-    Ray): what `phase2 report RUN_DIR` runs. report.md is written last, so its presence means a whole report."""
+        Ray): what `phase2 report RUN_DIR` runs. A report.json of a version no migration reads, or one the schema refuses,
+    raises ReportError (one line). report.md is written last, so its presence means a whole report."""
     from phase2_ray.report.plots import write_plots  # matplotlib only when drawing
 
     out = Path(out)
-    report = json.loads((out / "report.json").read_text())
+    report = read_report_dict(out)  # migrated from the last release's version, checked against the schema
     steps = pd.read_csv(out / "steps.csv") if (out / "steps.csv").exists() else step_frame({})
     val_path = out / "val.csv"
     val = pd.read_csv(val_path) if val_path.exists() else pd.DataFrame(columns=VAL_COLUMNS)

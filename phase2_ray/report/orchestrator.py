@@ -10,27 +10,9 @@ from phase2_ray.config import Config
 from phase2_ray.config.redact import redacted_config
 from phase2_ray.core.specs import tokens_per_step
 from phase2_ray.report.gates import decide
+from phase2_ray.report.schema.report import SCHEMA_VERSION
 from phase2_ray.report.serving import summarize_inference
 from phase2_ray.report.training import compare_variant, mfu_peak, summarize_run
-
-SCHEMA_VERSION = "1.4"
-"""1.4: OpenAI-compatible endpoints as baseline or candidate (`phase2 validate`, config.endpoints):
-serving.endpoints.<model> = {kind: self | external, url, model, api, tokenizer, api_key_env (the variable's name,
-never the key), failure, tokens: {requests, with_usage, output_tokens_from, prompt_tokens_usage_mean, tokenizer,
-mismatched, mismatch_rate, mean_abs_diff}}; an `endpoint_available` gate for an endpoint that stopped answering; a
-phase2 validate report has no training, comparison or speed trial; request records carry `token_events` (output_tokens
-is usage.completion_tokens when the server sent usage). Reports of 1.3 render and compare unchanged.
-1.3: optimization stacks as converters: training.<v>.settings is {converters: [{name, use, args, hooks,
-changes_numerics, source}], delay_pct}, training.<v>.optimizations the list of converters that ran, training.<v>.stack
-one line; training.<v>.peak_memory and comparison.<v>.training_memory (with an optional training_memory_ratio gate);
-comparison.<v>.changes_numerics; serving.copies (served copies: serve_from and the int8 copy); a failed stage's
-traceback. Reports of 1.2 render and compare (their switches read as the built-in converters).
-1.2: decision.outcome (approved | rejected | inconclusive), decision.candidates, each gate's interval (low,
-high), rule, verdict and outcome; a sequential speed trial (replicates carry their `look`; speed_trial.max_replicates
-and confidence; speedup.sequential and mde_ratio); the replica's memory as one gate (replica_peak_memory_mb).
-1.1: the speedup comes from the paired speed trial (comparison.<v>.speed_trial); training tokens/s from the
-median step; serving.vs_baseline and serving.schedule; request records with warm-ups, rounds and write sizes.
-Reports of 1.0 still render (`phase2 report`): figures they lack show as n/a."""
 
 
 @dataclass(kw_only=True)
