@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from phase2_ray.config import Config, ConfigError
 from phase2_ray.config.redact import public_uri
+from phase2_ray.report.schema import Report
 from phase2_ray.runlog import RunLog, error_text
 
 ENV_URI = "MLFLOW_TRACKING_URI"
@@ -129,9 +130,11 @@ def _bounded_requests(timeout_s: float):
             os.environ.pop(k, None)
 
 
-def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, Path]) -> dict:
+def _log(uri: str, cfg: Config, raw: dict, out_dir: Path, exports: dict[str, Path]) -> dict:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
+    report = Report.model_validate(raw)  # typed: what is logged is what the schema says the report holds
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -141,23 +144,23 @@ def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, 
             "tracking.experiment to another name"
         )
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment, _artifacts(uri))
-    approved = bool(report["decision"]["approved"])
+    approved = report.decision.approved
     tags = {
-        "phase2.decision": report["decision"].get("outcome") or ("approved" if approved else "rejected"),
-        "phase2.run_id": report["run_id"],
+        "phase2.decision": report.decision.outcome,
+        "phase2.run_id": report.run_id,
         "phase2.run_dir": str(Path(out_dir).resolve()),
         "phase2.config_fingerprint": cfg.fingerprint(),
     }
-    if report.get("failure"):
-        tags["phase2.failure"] = str(report["failure"])[:5000]
-    if report.get("init_from"):
-        tags["phase2.init_from"] = report["init_from"]["path"]
-    run = client.create_run(exp_id, start_time=int(report["started_at"] * 1000), run_name=report["run_id"])
+    if report.failure:
+        tags["phase2.failure"] = report.failure[:5000]
+    if report.init_from:
+        tags["phase2.init_from"] = report.init_from.path
+    run = client.create_run(exp_id, start_time=int(report.started_at * 1000), run_name=report.run_id)
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
         params = [
-            Param(k[:250], v[:6000]) for k, v in {**flatten(report["config"]), **stack_params(report)}.items()
+            Param(k[:250], v[:6000]) for k, v in {**flatten(report.config), **stack_params(report)}.items()
         ]
         metrics = [Metric(k, v, now, 0) for k, v in headline_metrics(report).items()]
         metrics += [Metric(k, v, now, step) for k, step, v in curves(report)]
@@ -172,11 +175,11 @@ def _log(uri: str, cfg: Config, report: dict, out_dir: Path, exports: dict[str, 
                 client.log_artifact(run_id, str(f))
         if (out_dir / "plots").is_dir():
             client.log_artifacts(run_id, str(out_dir / "plots"), "plots")
-        models = _log_models(client, exp_id, run_id, report, exports) if approved else []
+        models = _log_models(client, exp_id, run_id, exports) if approved else []
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED" if not report.get("failure") else "FAILED")
+    client.set_terminated(run_id, status="FINISHED" if not report.failure else "FAILED")
     return {"run_id": run_id, "experiment_id": exp_id, "models": models}
 
 
@@ -190,7 +193,7 @@ def _artifacts(uri: str) -> str | None:
     return (Path(db).resolve().parent / "mlartifacts").as_uri()
 
 
-def _log_models(client, exp_id: str, run_id: str, report: dict, exports: dict[str, Path]) -> list[dict]:
+def _log_models(client, exp_id: str, run_id: str, exports: dict[str, Path]) -> list[dict]:
     """An approved run's candidates (every exported variant but the baseline) as MLflow models: the Hugging Face
     directory as the model's files, tagged with the run's decision (MLflow's "blessed")."""
     out = []
@@ -210,20 +213,17 @@ def _log_models(client, exp_id: str, run_id: str, report: dict, exports: dict[st
     return out
 
 
-def stack_params(report: dict) -> dict[str, str]:
+def stack_params(report: Report) -> dict[str, str]:
     """Each trained variant's optimization stack as it ran (`auto`'s choice included): one line, then each
     converter's name, args and source (a file's sha256, a package's version), so two runs' stacks compare."""
     out: dict[str, str] = {}
-    for v, t in (report.get("training") or {}).items():
-        settings = t.get("settings") or {}
-        out[f"stack.{v}"] = t.get("stack") or ""
-        for i, c in enumerate(settings.get("converters") or []):
-            src = c.get("source") or {}
-            out[f"stack.{v}.{i}.name"] = str(c.get("name"))
-            out[f"stack.{v}.{i}.args"] = json.dumps(c.get("args") or {}, sort_keys=True)
-            out[f"stack.{v}.{i}.source"] = str(
-                src.get("sha256") or f"{src.get('package')}=={src.get('version')}" if src else None
-            )
+    for v, t in report.training.items():
+        out[f"stack.{v}"] = t.stack or ""
+        for i, c in enumerate(t.settings.converters if t.settings else []):
+            src = c.source
+            out[f"stack.{v}.{i}.name"] = c.name
+            out[f"stack.{v}.{i}.args"] = json.dumps(c.args, sort_keys=True)
+            out[f"stack.{v}.{i}.source"] = str(src.sha256 or f"{src.package}=={src.version}" if src else None)
     return out
 
 
@@ -250,41 +250,41 @@ def _finite(x) -> float | None:
     return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
 
-def headline_metrics(report: dict) -> dict[str, float]:
+def headline_metrics(report: Report) -> dict[str, float]:
     """What a dashboard compares across runs: per variant training throughput and losses, the speedup and its
     interval, per served model the latency and throughput figures, and every gate's value, pass and margin."""
     m: dict[str, float | None] = {}
-    for v, t in (report.get("training") or {}).items():
+    for v, t in report.training.items():
         for k in ("tokens_per_s", "val_loss", "final_loss", "initial_val_loss", "params", "train_s"):
-            m[_name("train", v, k)] = _finite(t.get(k))
-        m[_name("train", v, "peak_memory_bytes")] = _finite((t.get("peak_memory") or {}).get("bytes"))
-    for v, c in (report.get("comparison") or {}).items():
-        sp = c.get("speedup") or {}
+            m[_name("train", v, k)] = _finite(getattr(t, k))
+        m[_name("train", v, "peak_memory_bytes")] = _finite(t.peak_memory.bytes if t.peak_memory else None)
+    for v, c in report.comparison.items():
         for k in ("ratio", "ci_low", "ci_high"):
-            m[_name("speedup", v, k)] = _finite(sp.get(k))
-        m[_name("val_loss_delta_pct", v)] = _finite(c.get("val_loss_delta_pct"))
-        m[_name("training_memory_ratio", v)] = _finite((c.get("training_memory") or {}).get("ratio"))
-    for model, i in (report.get("inference") or {}).items():
+            m[_name("speedup", v, k)] = _finite(getattr(c.speedup, k))
+        m[_name("val_loss_delta_pct", v)] = _finite(c.val_loss_delta_pct)
+        m[_name("training_memory_ratio", v)] = _finite(c.training_memory.ratio if c.training_memory else None)
+    for model, i in report.inference.items():
         for k in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            summary = getattr(i, k)
             for q in ("p50", "p99"):
-                m[_name("serve", model, f"{k}_{q}")] = _finite((i.get(k) or {}).get(q))
+                m[_name("serve", model, f"{k}_{q}")] = _finite(getattr(summary, q) if summary else None)
         for k in ("output_tokens_per_s", "success_rate", "peak_memory_mb", "model_memory_mb", "val_loss"):
-            m[_name("serve", model, k)] = _finite(i.get(k))
-    for g in report["decision"]["gates"]:
-        base = ("gate", g["name"], g["variant"])
-        m[_name(*base, "value")] = _finite(g.get("value"))
-        m[_name(*base, "passed")] = float(bool(g.get("passed")))
-        m[_name(*base, "margin")] = _finite(g.get("margin"))
-    m["approved"] = float(bool(report["decision"]["approved"]))
+            m[_name("serve", model, k)] = _finite(getattr(i, k))
+    for g in report.decision.gates:
+        base = ("gate", g.name, g.variant)
+        m[_name(*base, "value")] = _finite(g.value)
+        m[_name(*base, "passed")] = float(g.passed)
+        m[_name(*base, "margin")] = _finite(g.margin)
+    m["approved"] = float(report.decision.approved)
     return {k: v for k, v in m.items() if v is not None}
 
 
-def curves(report: dict):
+def curves(report: Report):
     """(metric, step, value): each variant's per-step training loss and its val-loss curve, as histories."""
-    for v, t in (report.get("training") or {}).items():
-        for step, loss in t.get("loss_curve") or []:
+    for v, t in report.training.items():
+        for step, loss in t.loss_curve:
             if _finite(loss) is not None:
                 yield _name("train_loss", v), int(step), float(loss)
-        for step, loss in t.get("val_curve") or []:
+        for step, loss in t.val_curve:
             if _finite(loss) is not None:
                 yield _name("val_loss", v), int(step), float(loss)

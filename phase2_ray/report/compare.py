@@ -26,6 +26,11 @@ from tabulate import tabulate
 
 from phase2_ray.config import stored_skip_steps
 from phase2_ray.core.atomic import write_atomic
+from phase2_ray.report.schema import Report
+from phase2_ray.report.schema.inference import ModelInference
+from phase2_ray.report.schema.migrate import read_report
+from phase2_ray.report.schema.serving import CapacityRun
+from phase2_ray.report.schema.training import Comparison, TrainingSummary
 from phase2_ray.report.serving import SERVING_HEADLINE
 from phase2_ray.report.stats import (
     block_bootstrap_ratio_ci,
@@ -34,15 +39,15 @@ from phase2_ray.report.stats import (
     t_two_sided_p,
     with_per_request,
 )
-from phase2_ray.report.verdict import decision_outcome, relation
+from phase2_ray.report.verdict import relation
 
 ALPHA = 0.05
 TIMING_NOISE_PCT = 50.0
 SPEEDUP_NOISE_PCT = 5.0
 
 
-def _load(run: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    report = json.loads((run / "report.json").read_text())
+def _load(run: Path) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
+    report = read_report(run)  # typed; a 1.3 report migrated; ReportError (one line) for anything else
     steps = pd.read_csv(run / "steps.csv") if (run / "steps.csv").exists() else pd.DataFrame()
     req = pd.read_csv(run / "requests.csv") if (run / "requests.csv").exists() else pd.DataFrame()
     return report, steps, req
@@ -74,17 +79,17 @@ def _timing_row(metric, who, a, b, better, samples_a, samples_b, noise_pct: floa
     return row
 
 
-def _log_ratios(c: dict) -> np.ndarray:
-    reps = ((c or {}).get("speed_trial") or {}).get("replicates") or []
-    return np.array([np.mean(np.log([p["a_s"] / p["b_s"] for p in r["pairs"]])) for r in reps if r["pairs"]])
+def _log_ratios(c: Comparison) -> np.ndarray:
+    reps = c.speed_trial.replicates if c.speed_trial else []
+    return np.array([np.mean(np.log([p.a_s / p.b_s for p in r.pairs])) for r in reps if r.pairs])
 
 
-def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = ALPHA) -> dict:
+def _speedup_row(v: str, ca: Comparison, cb: Comparison, noise_pct: float, alpha: float = ALPHA) -> dict:
     """B/A ratio of the paired speedups: Welch's t on the replicates' log ratios (each run's own unit)."""
     la, lb = _log_ratios(ca), _log_ratios(cb)
-    a = (ca.get("speedup") or {}).get("ratio")
-    b = (cb.get("speedup") or {}).get("ratio")
-    row = _row("training speedup (paired trial)", v, a, b, "higher", "paired speedup")
+    row = _row(
+        "training speedup (paired trial)", v, ca.speedup.ratio, cb.speedup.ratio, "higher", "paired speedup"
+    )
     if la.size < 2 or lb.size < 2:
         row["verdict"] = "too few replicates"
         return row
@@ -106,22 +111,22 @@ def _speedup_row(v: str, ca: dict, cb: dict, noise_pct: float, alpha: float = AL
     return row
 
 
-def _success_row(m: str, ia: dict, ib: dict) -> dict:
+def _success_row(m: str, ia: ModelInference, ib: ModelInference) -> dict:
     from scipy import stats
 
-    row = _row("success rate", m, ia.get("success_rate"), ib.get("success_rate"), "higher", "count")
-    na, nb = ia.get("requests") or 0, ib.get("requests") or 0
+    row = _row("success rate", m, ia.success_rate, ib.success_rate, "higher", "count")
+    na, nb = ia.requests, ib.requests
     if not na or not nb:
         row["verdict"] = "no requests"
         return row
-    oa, ob = ia.get("succeeded") or 0, ib.get("succeeded") or 0
+    oa, ob = ia.succeeded, ib.succeeded
     p = float(stats.fisher_exact([[oa, na - oa], [ob, nb - ob]])[1]) if (oa, ob) != (na, nb) else 1.0
     row.update(p_value=p, noise_pct=0.0)
     return row
 
 
-def _val_loss_row(v: str, ta: dict, tb: dict, tol_pct: float) -> dict:
-    row = _row("final val loss", v, ta.get("val_loss"), tb.get("val_loss"), "lower", "threshold")
+def _val_loss_row(v: str, ta: TrainingSummary, tb: TrainingSummary, tol_pct: float) -> dict:
+    row = _row("final val loss", v, ta.val_loss, tb.val_loss, "lower", "threshold")
     row["noise_pct"] = tol_pct
     ch = row["change_pct"]
     if ch is None:
@@ -146,20 +151,20 @@ def compare_runs(
     ra, sa, qa = _load(Path(run_a))
     rb, sb, qb = _load(Path(run_b))
     rows: list[dict] = []
-    for v in [x for x in ra.get("comparison", {}) if x in rb.get("comparison", {})]:
-        rows.append(_speedup_row(v, ra["comparison"][v], rb["comparison"][v], speedup_noise_pct, alpha))
-    for v in [x for x in ra.get("training", {}) if x in rb.get("training", {})]:
+    for v in [x for x in ra.comparison if x in rb.comparison]:
+        rows.append(_speedup_row(v, ra.comparison[v], rb.comparison[v], speedup_noise_pct, alpha))
+    for v in [x for x in ra.training if x in rb.training]:
         rows += _training_rows(v, (ra, sa), (rb, sb), timing_noise_pct)
-    for m in [x for x in ra.get("inference", {}) if x in rb.get("inference", {})]:
-        rows += _inference_rows(m, ra["inference"][m], rb["inference"][m], qa, qb, timing_noise_pct)
+    for m in [x for x in ra.inference if x in rb.inference]:
+        rows += _inference_rows(m, ra.inference[m], rb.inference[m], qa, qb, timing_noise_pct)
     _decide(rows, alpha)
     rows += _capacity_rows(ra, rb)  # judged on their intervals (no p-value: outside Holm's family)
     for r in rows:
         r["outcome"] = row_outcome(r)
     tested = [r for r in rows if r["p_value"] is not None]
     return {
-        "run_a": {"run_id": ra["run_id"], "path": str(run_a), "outcome": decision_outcome(ra["decision"])},
-        "run_b": {"run_id": rb["run_id"], "path": str(run_b), "outcome": decision_outcome(rb["decision"])},
+        "run_a": {"run_id": ra.run_id, "path": str(run_a), "outcome": ra.decision.outcome},
+        "run_b": {"run_id": rb.run_id, "path": str(run_b), "outcome": rb.decision.outcome},
         "basis": f"{len(tested)} tested figures, Holm-Bonferroni at family-wise alpha {alpha:g}; a change also "
         f"has to exceed its noise threshold (absolute timings {timing_noise_pct:g}%, speedup "
         f"{speedup_noise_pct:g}%)",
@@ -174,38 +179,44 @@ def compare_runs(
 
 
 def _training_rows(
-    v: str, a: tuple[dict, pd.DataFrame], b: tuple[dict, pd.DataFrame], noise_pct: float
+    v: str, a: tuple[Report, pd.DataFrame], b: tuple[Report, pd.DataFrame], noise_pct: float
 ) -> list[dict]:
     """Variant `v` in runs A and B: median step time (tested on the steady steps), tokens/s, val loss."""
     (ra, sa), (rb, sb) = a, b
-    ta, tb = ra["training"][v], rb["training"][v]
+    ta, tb = ra.training[v], rb.training[v]
 
-    def steady_ms(report: dict, steps: pd.DataFrame):
-        skip = stored_skip_steps(report["config"])
+    def steady_ms(report: Report, steps: pd.DataFrame):
+        skip = stored_skip_steps(report.config)
         return steps[(steps["variant"] == v) & (steps["step"] > skip)]["step_s"] * 1000 if len(steps) else []
 
     return [
         _timing_row(
             "median step time (ms)",
             v,
-            (ta.get("step_ms") or {}).get("p50"),
-            (tb.get("step_ms") or {}).get("p50"),
+            ta.step_ms.p50 if ta.step_ms else None,
+            tb.step_ms.p50 if tb.step_ms else None,
             "lower",
             steady_ms(ra, sa),
             steady_ms(rb, sb),
             noise_pct,
         ),
-        _row("steady tokens/s", v, ta.get("tokens_per_s"), tb.get("tokens_per_s"), "higher", "info"),
-        _val_loss_row(v, ta, tb, ra["config"]["targets"].get("val_loss_delta_pct_max", 1.0)),
+        _row("steady tokens/s", v, ta.tokens_per_s, tb.tokens_per_s, "higher", "info"),
+        _val_loss_row(
+            v, ta, tb, ra.config["targets"].get("val_loss_delta_pct_max", 1.0)
+        ),  # config: open JSON
     ]
 
 
 def _inference_rows(
-    m: str, ia: dict, ib: dict, qa: pd.DataFrame, qb: pd.DataFrame, noise_pct: float
+    m: str, ia: ModelInference, ib: ModelInference, qa: pd.DataFrame, qb: pd.DataFrame, noise_pct: float
 ) -> list[dict]:
     """Model `m` in runs A and B at A's headline level: latencies (tested on the requests), output tok/s,
     peak RSS, success rate."""
-    level = ia.get("headline_level")
+    level = ia.headline_level
+
+    def p50(x: ModelInference, key: str) -> float | None:
+        summary = getattr(x, key)
+        return summary.p50 if summary else None
 
     def reqs(q: pd.DataFrame) -> pd.DataFrame:
         if not len(q):
@@ -223,8 +234,8 @@ def _inference_rows(
         _timing_row(
             f"{h.name} ({h.unit})",
             tag,
-            (ia.get(key) or {}).get("p50"),
-            (ib.get(key) or {}).get("p50"),
+            p50(ia, key),
+            p50(ib, key),
             h.better,
             xa.get(key, []),
             xb.get(key, []),
@@ -237,19 +248,19 @@ def _inference_rows(
         _row(
             "output tok/s",
             tag,
-            ia.get("output_tokens_per_s"),
-            ib.get("output_tokens_per_s"),
+            ia.output_tokens_per_s,
+            ib.output_tokens_per_s,
             "higher",
             "info",
         )
     )
-    if ia.get("peak_memory_mb") is not None or ib.get("peak_memory_mb") is not None:  # none: served elsewhere
+    if ia.peak_memory_mb is not None or ib.peak_memory_mb is not None:  # none: served elsewhere
         rows.append(
             _row(
                 "peak replica RSS (MB)",
                 m,
-                ia.get("peak_memory_mb"),
-                ib.get("peak_memory_mb"),
+                ia.peak_memory_mb,
+                ib.peak_memory_mb,
                 "lower",
                 "info",
             )
@@ -257,16 +268,18 @@ def _inference_rows(
     return rows + [_success_row(m, ia, ib)]
 
 
-def _capacity_rows(ra: dict, rb: dict) -> list[dict]:
+def _capacity_rows(ra: Report, rb: Report) -> list[dict]:
     """Capacity under the SLO per model and replica count in both runs. A regression is a drop whose intervals
     do not overlap (B's high end under A's low end) and beyond the searches' resolution (`rel_tol`)."""
 
-    def runs(r: dict) -> dict:
-        cap = (r.get("serving") or {}).get("capacity") or {}
-        return {(x["model"], x["replicas"]): x for x in cap.get("runs", [])}
+    def runs(r: Report) -> dict[tuple[str, int], CapacityRun]:
+        cap = r.serving.capacity
+        return {(x.model, x.replicas): x for x in cap.runs} if cap else {}
 
-    def tol(r: dict) -> float:
-        return ((r["config"].get("validation") or {}).get("capacity") or {}).get("rel_tol", 0.15) * 100
+    def tol(
+        r: Report,
+    ) -> float:  # the stored config is open JSON (its layout is the config's, not the report's)
+        return ((r.config.get("validation") or {}).get("capacity") or {}).get("rel_tol", 0.15) * 100
 
     ca, cb = runs(ra), runs(rb)
     out = []
@@ -275,26 +288,19 @@ def _capacity_rows(ra: dict, rb: dict) -> list[dict]:
         row = _row(
             f"capacity under SLO (req/s, {key[1]} replica(s))",
             key[0],
-            a["capacity_rps"],
-            b["capacity_rps"],
+            a.capacity_rps,
+            b.capacity_rps,
             "higher",
             "interval",
         )
         row["noise_pct"] = noise = max(tol(ra), tol(rb))
         ch = row["change_pct"]
-        iv = f"A [{_f(a['ci_low'])}, {_f(a['ci_high'])}], B [{_f(b['ci_low'])}, {_f(b['ci_high'])}]"
+        iv = f"A [{_f(a.ci_low)}, {_f(a.ci_high)}], B [{_f(b.ci_low)}, {_f(b.ci_high)}]"
         if ch is None:
             row["verdict"] = "not measured"
-        elif (
-            b["ci_high"] is not None
-            and a["ci_low"] is not None
-            and b["ci_high"] < a["ci_low"]
-            and -ch > noise
-        ):
+        elif b.ci_high is not None and a.ci_low is not None and b.ci_high < a.ci_low and -ch > noise:
             row["verdict"] = f"REGRESSION: {iv}"
-        elif (
-            b["ci_low"] is not None and a["ci_high"] is not None and b["ci_low"] > a["ci_high"] and ch > noise
-        ):
+        elif b.ci_low is not None and a.ci_high is not None and b.ci_low > a.ci_high and ch > noise:
             row["verdict"] = f"improvement: {iv}"
         else:
             row["verdict"] = f"no clear change: {iv}"

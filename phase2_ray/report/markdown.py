@@ -25,6 +25,7 @@ from phase2_ray.report.markdown_training import (
     speedup_breakdown,
     training_timeline,
 )
+from phase2_ray.report.schema import Report
 from phase2_ray.report.serving import RATIO_HEADLINES, SERVING_HEADLINE
 from phase2_ray.report.stats import ratio
 from phase2_ray.report.verdict import decision_outcome, gate_verdict
@@ -41,6 +42,7 @@ CHART_TITLES = {
 
 
 def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
+    rep = Report.model_validate(r)  # the typed report: the decision's sections read attributes
     parts = [
         _header(r),
         _at_a_glance(r),
@@ -52,12 +54,12 @@ def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
         inference_vs_targets(r),
         serving_section(r),
         endpoints_section(r),
-        gates_table(r),
-        dashboard(r),
+        gates_table(rep),
+        dashboard(rep),
         _comparative_table(r),
-        run_timeline(r),
-        checklist(r),
-        recommendation(r),
+        run_timeline(rep),
+        checklist(rep),
+        recommendation(rep, r),
     ]
     return "\n".join(p for p in parts if p) + "\n"
 

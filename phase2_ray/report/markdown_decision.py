@@ -9,39 +9,34 @@ from tabulate import tabulate
 
 from phase2_ray.report.ascii import WIDTH, fmt
 from phase2_ray.report.markdown_training import speed_explanation
-from phase2_ray.report.verdict import (
-    APPROVED,
-    FAIL,
-    INCONCLUSIVE,
-    PASS,
-    REJECTED,
-    RULE_TEXT,
-    decision_outcome,
-    gate_verdict,
-)
+from phase2_ray.report.schema import Report
+from phase2_ray.report.schema.decision import Gate
+from phase2_ray.report.verdict import APPROVED, FAIL, INCONCLUSIVE, PASS, REJECTED, RULE_TEXT
+
+# These sections read the typed report (report/schema): attributes, not string keys.
 
 
-def gates_table(r: dict) -> str:
-    dec = r["decision"]
+def gates_table(rep: Report) -> str:
+    dec = rep.decision
     rows = [
         [
-            g["name"],
-            g["variant"],
-            fmt(g["value"], 3) if g["value"] is not None else "not measured",
+            g.name,
+            g.variant,
+            fmt(g.value, 3) if g.value is not None else "not measured",
             _interval(g),
-            g["op"],
-            f"{g['threshold']:g}",
-            fmt(g["margin"], 3) if g["margin"] is not None else "—",
-            g["unit"],
-            g.get("rule", "bound"),
-            gate_verdict(g).upper() + ("" if g.get("deciding", True) else " (shown)"),
-            g.get("outcome") or "—",
+            g.op,
+            f"{g.threshold:g}",
+            fmt(g.margin, 3) if g.margin is not None else "—",
+            g.unit,
+            g.rule,
+            g.verdict.upper() + ("" if g.deciding else " (shown)"),
+            g.outcome or "—",
         ]
-        for g in dec["gates"]
+        for g in dec.gates
     ]
     return (
         "## Approval Gates\n\n"
-        + (dec.get("rule", "") + "\n\n" if dec.get("rule") else "")
+        + (dec.rule + "\n\n" if dec.rule else "")
         + "Interval = the figure's interval (a figure measured once is its own). Margin = how far the value sits "
         "on the passing side of the threshold (negative: missed by). Rules: "
         + "; ".join(RULE_TEXT.values())
@@ -65,28 +60,21 @@ def gates_table(r: dict) -> str:
             tablefmt="github",
         )
         + "\n"
-        + candidates_table(r)
+        + candidates_table(rep)
     )
 
 
-def _interval(g: dict) -> str:
-    lo, hi = g.get("low"), g.get("high")
-    return "—" if lo is None or hi is None else f"[{fmt(lo, 3)}, {fmt(hi, 3)}]"
+def _interval(g: Gate) -> str:
+    return "—" if g.low is None or g.high is None else f"[{fmt(g.low, 3)}, {fmt(g.high, 3)}]"
 
 
-def candidates_table(r: dict) -> str:
+def candidates_table(rep: Report) -> str:
     """Each candidate's own outcome, and whether it decides the run."""
-    cands = r["decision"].get("candidates") or {}
+    cands = rep.decision.candidates
     if not cands:
         return ""
     rows = [
-        [
-            m,
-            c["role"],
-            c["outcome"].upper(),
-            ", ".join(c["failed"]) or "—",
-            ", ".join(c["inconclusive"]) or "—",
-        ]
+        [m, c.role, c.outcome.upper(), ", ".join(c.failed) or "—", ", ".join(c.inconclusive) or "—"]
         for m, c in cands.items()
     ]
     return (
@@ -100,7 +88,7 @@ def candidates_table(r: dict) -> str:
     )
 
 
-def dashboard(r: dict) -> str:
+def dashboard(rep: Report) -> str:
     titles = {
         "data": "Data + tokenizer",
         "2a": "Baseline training",
@@ -110,16 +98,14 @@ def dashboard(r: dict) -> str:
         "2d": "Final reporting",
     }
     lines = ["┌" + "─" * 62 + "┐", f"│ {'PHASE 2 COMPLETION STATUS':<60} │", "├" + "─" * 62 + "┤"]
-    for s in r["stages"]:
-        title = titles.get(s["name"], f"Training {s.get('variant')}")
-        dur = (s["end"] or time.time()) - s["start"]
-        label = f"Stage {s['name']:<5} {title:<26} {s['status'].upper():<8} {dur:6.1f} s"
+    for s in rep.stages:
+        title = titles.get(s.name, f"Training {s.variant}")
+        dur = (s.end or time.time()) - s.start
+        label = f"Stage {s.name:<5} {title:<26} {s.status.upper():<8} {dur:6.1f} s"
         lines.append(f"│ {label:<60} │")
-    verdict = decision_outcome(r["decision"]).upper()
+    verdict = rep.decision.outcome.upper()
     open_ = [
-        (gate_verdict(g), f"{g['name']}/{g['variant']}")
-        for g in r["decision"]["gates"]
-        if gate_verdict(g) != PASS and g.get("deciding", True)
+        (g.verdict, f"{g.name}/{g.variant}") for g in rep.decision.gates if g.verdict != PASS and g.deciding
     ]
     lines += ["├" + "─" * 62 + "┤", f"│ {'OVERALL RESULT: ' + verdict:<60} │"]
     for v, f in open_[:6]:
@@ -166,19 +152,18 @@ GATE_ADVICE = {
 }
 
 
-def recommendation(r: dict) -> str:
+def recommendation(rep: Report, r: dict) -> str:
     """The closing verdict: approved with what was shown; rejected with each failed gate, by how much, and what
-    would have to change; inconclusive with each undecided gate and what more evidence would take."""
-    dec = r["decision"]
-    gates, outcome = dec["gates"], decision_outcome(dec)
-    cands = dec.get("candidates") or {}
-    roles = "".join(f"\n- {m} ({c['role']}): **{c['outcome'].upper()}**" for m, c in cands.items())
+    would have to change; inconclusive with each undecided gate and what more evidence would take. (`r`: the same
+    report as a dict, for the speed explanation's renderer, which reads it that way.)"""
+    dec = rep.decision
+    gates, outcome = dec.gates, dec.outcome
+    roles = "".join(f"\n- {m} ({c.role}): **{c.outcome.upper()}**" for m, c in dec.candidates.items())
     if outcome == APPROVED:
         shown = [
-            f"- {g['name']} ({g['variant']}): {fmt(g['value'], 3)} {_interval(g)} {g['op']} {g['threshold']:g} "
-            f"{g['unit']}".rstrip()
+            f"- {g.name} ({g.variant}): {fmt(g.value, 3)} {_interval(g)} {g.op} {g.threshold:g} {g.unit}".rstrip()
             for g in gates
-            if g["name"].startswith("training_speedup")
+            if g.name.startswith("training_speedup")
         ]
         return (
             "## Recommendation\n\n**Proceed to Phase 3 — Production Deployment.** "
@@ -191,83 +176,77 @@ def recommendation(r: dict) -> str:
         REJECTED: "**Do not proceed to Phase 3 yet.**",
         INCONCLUSIVE: "**Inconclusive: the evidence could not decide.** Neither approve nor reject on this run.",
     }[outcome]
-    out = ["## Recommendation\n", head + (f" The run {r['failure']}." if r.get("failure") else "")]
+    out = ["## Recommendation\n", head + (f" The run {rep.failure}." if rep.failure else "")]
     if roles:
         out.append("\nCandidates:" + roles)
-    for v in r.get("comparison", {}):
+    for v in rep.comparison:
         out.append(f"\nSpeed ({v}): {speed_explanation(r, v)}")
-    failed = [g for g in gates if gate_verdict(g) == FAIL and g.get("deciding", True)]
-    undecided = [g for g in gates if gate_verdict(g) == INCONCLUSIVE and g.get("deciding", True)]
+    failed = [g for g in gates if g.verdict == FAIL and g.deciding]
+    undecided = [g for g in gates if g.verdict == INCONCLUSIVE and g.deciding]
     if failed:
         out.append("\nFailed gates, by how much they missed, and what would have to change:\n")
         out += [_gate_line(g) for g in failed]
     if undecided:
         out.append("\nUndecided gates (the interval straddles the threshold; more evidence could decide):\n")
         out += [
-            f"- **{g['name']}** ({g['variant']}): {fmt(g['value'], 3)} {_interval(g)} {g['unit']} vs "
-            f"{g['op']} {g['threshold']:g}".rstrip()
-            + (f" ({g['detail']})" if g.get("detail") else "")
+            f"- **{g.name}** ({g.variant}): {fmt(g.value, 3)} {_interval(g)} {g.unit} vs "
+            f"{g.op} {g.threshold:g}".rstrip()
+            + (f" ({g.detail})" if g.detail else "")
             + "."
             for g in undecided
         ]
     return "\n".join(out) + "\n"
 
 
-def _gate_line(g: dict) -> str:
+def _gate_line(g: Gate) -> str:
     miss = (
         "not measured"
-        if g["value"] is None
-        else f"{fmt(g['value'], 3)} {g['unit']} {_interval(g)} vs {g['op']} {g['threshold']:g}".replace(
-            " —", ""
-        )
-        + (f", missed by {fmt(-g['margin'], 3)}" if g["margin"] is not None and g["margin"] < 0 else "")
-        + (f" ({g['veto']})" if g.get("veto") else "")
+        if g.value is None
+        else f"{fmt(g.value, 3)} {g.unit} {_interval(g)} vs {g.op} {g.threshold:g}".replace(" —", "")
+        + (f", missed by {fmt(-g.margin, 3)}" if g.margin is not None and g.margin < 0 else "")
+        + (f" ({g.veto})" if g.veto else "")
     )
-    advice = GATE_ADVICE.get(g["name"], "").format(threshold=g["threshold"])
-    return f"- **{g['name']}** ({g['variant']}): {miss}." + (f" To pass: {advice}." if advice else "")
+    advice = GATE_ADVICE.get(g.name, "").format(threshold=g.threshold)
+    return f"- **{g.name}** ({g.variant}): {miss}." + (f" To pass: {advice}." if advice else "")
 
 
-def checklist(r: dict) -> str:
-    tr, inf, comp = r["training"], r["inference"], r.get("comparison", {})
+def checklist(rep: Report) -> str:
+    tr, inf, comp = rep.training, rep.inference, rep.comparison
     checks = []
 
     def add(ok: bool, text: str) -> None:
         checks.append(f"[{'x' if ok else ' '}] {text}")
 
     for v, t in tr.items():
-        add(t["status"] == "ok", f"{v}: trained {t['steps']} steps with finite loss")
+        add(t.status == "ok", f"{v}: trained {t.steps} steps with finite loss")
         add(
-            t["val_loss"] is not None
-            and t["initial_val_loss"] is not None
-            and t["val_loss"] < t["initial_val_loss"],
-            f"{v}: val loss fell ({fmt(t['initial_val_loss'], 4)} → {fmt(t['val_loss'], 4)})",
+            t.val_loss is not None and t.initial_val_loss is not None and t.val_loss < t.initial_val_loss,
+            f"{v}: val loss fell ({fmt(t.initial_val_loss, 4)} → {fmt(t.val_loss, 4)})",
         )
     for v, c in comp.items():
-        add(c["same_data_order"], f"{v} and baseline saw the same batches in the same order (schedule hash)")
-        add(tr[v]["tokens"] == tr["baseline"]["tokens"], f"{v} and baseline trained on the same token budget")
-    elsewhere = {
-        m for m, e in ((r.get("serving") or {}).get("endpoints") or {}).items() if e.get("kind") == "external"
-    }
+        add(
+            bool(c.same_data_order),
+            f"{v} and baseline saw the same batches in the same order (schedule hash)",
+        )
+        add(tr[v].tokens == tr["baseline"].tokens, f"{v} and baseline trained on the same token budget")
+    elsewhere = {m for m, e in rep.serving.endpoints.items() if e.kind == "external"}
     for v, i in inf.items():
         if v in elsewhere:  # served by another server: this run loaded nothing of it
-            add(
-                i["succeeded"] == i["requests"],
-                f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded",
-            )
+            add(i.succeeded == i.requests, f"{v}: {i.succeeded}/{i.requests} streamed requests succeeded")
             continue
         add(
-            bool(i.get("model_bytes")),
+            i.model_bytes is not None,
             f"{v}: loaded in the Serve replica, sha256 verified "
-            f"({fmt((i.get('model_bytes') or {}).get('weights'), 0)} weight bytes)",
+            f"({fmt(i.model_bytes.weights if i.model_bytes else None, 0)} weight bytes)",
         )
         add(
-            i["succeeded"] == i["requests"],
-            f"{v}: {i['succeeded']}/{i['requests']} streamed requests succeeded over HTTP",
+            i.succeeded == i.requests,
+            f"{v}: {i.succeeded}/{i.requests} streamed requests succeeded over HTTP",
         )
     for v in tr:
         if v not in inf:
             add(False, f"{v}: inference validation ran")
-    add(decision_outcome(r["decision"]) == APPROVED, "every deciding gate passed on its whole interval")
+    add(rep.decision.outcome == APPROVED, "every deciding gate passed on its whole interval")
     return (
         "## Validation Checklist\n\nChecks this run performed, with their outcome:\n\n```\n"
         + "\n".join(checks)
@@ -275,31 +254,29 @@ def checklist(r: dict) -> str:
     )
 
 
-def run_timeline(r: dict, width: int = 60) -> str:
-    stages = [s for s in r["stages"] if s.get("start")]
+def run_timeline(rep: Report, width: int = 60) -> str:
+    stages = [s for s in rep.stages if s.start]
     if not stages:
         return ""
-    t0 = r["started_at"]
-    t1 = max((s["end"] or s["start"]) for s in stages)
+    t0 = rep.started_at
+    t1 = max((s.end or s.start) for s in stages)
     span = max(t1 - t0, 1e-6)
-    labels = [s["name"] + (f" {s['variant']}" if s.get("variant") else "") for s in stages]
+    labels = [s.name + (f" {s.variant}" if s.variant else "") for s in stages]
     # The label column grows with the longest name (an isolated re-run's is ~40 characters) and the bars
     # shrink to match: label, two times and the bar fit the block's 100 columns.
     lw = max(16, *map(len, labels))
     width = max(10, min(width, WIDTH - lw - 19))
     lines = [f"{'stage':<{lw}} {'start':>7} {'end':>7}  0 s{' ' * (width - 8)}{span:.0f} s"]
     for s, label in zip(stages, labels, strict=True):
-        a = round((s["start"] - t0) / span * width)
-        b = max(a + 1, round(((s["end"] or s["start"]) - t0) / span * width))
-        lines.append(
-            f"{label:<{lw}} {s['start'] - t0:6.1f}s {(s['end'] or s['start']) - t0:6.1f}s  "
-            f"{' ' * a}{'▓' * (b - a)}"
-        )
+        end = s.end or s.start
+        a = round((s.start - t0) / span * width)
+        b = max(a + 1, round((end - t0) / span * width))
+        lines.append(f"{label:<{lw}} {s.start - t0:6.1f}s {end - t0:6.1f}s  {' ' * a}{'▓' * (b - a)}")
     # The overlap that matters is the concurrent pair's (isolated re-runs are meant not to overlap).
-    tr = [s for s in stages if s["name"] in ("2a", "2b")]
+    tr = [s for s in stages if s.name in ("2a", "2b")]
     note = ""
     if len(tr) >= 2:
-        ov = min(x["end"] for x in tr) - max(x["start"] for x in tr)
+        ov = min(x.end or x.start for x in tr) - max(x.start for x in tr)
         note = (
             f"\nTraining actors overlapped for {max(ov, 0):.1f} s (they ran concurrently)."
             if ov > 0

@@ -17,6 +17,7 @@ from phase2_ray.report.compare import _decide, _speedup_row
 from phase2_ray.report.gates import Gate, evaluate_gates
 from phase2_ray.report.markdown import render_markdown
 from phase2_ray.report.orchestrator import MetricsOrchestrator
+from phase2_ray.report.schema.training import Comparison
 from phase2_ray.report.stats import holm, paired_speedup, round_paired_ratio_ci
 
 TARGETS = load_config(None).targets.model_dump()
@@ -36,6 +37,23 @@ def _replicates(
             ]
         )
     return out
+
+
+def _trial_record(i: int, pairs: list[dict]) -> dict:
+    """One synthetic replicate as the speed trial records it (report.json's schema holds every field)."""
+    return {
+        "replicate": i,
+        "seed": i,
+        "pid": 1,
+        "node_id": "n",
+        "build_order": "ab" if i % 2 == 0 else "ba",
+        "warmup_s": {"a": 0.0, "b": 0.0},
+        "steps_per_stack": 1,
+        "losses_equal": True,
+        "cores": None,
+        "look": 1,
+        "pairs": [{"index": j, "order": "AB" if j % 2 == 0 else "BA", **p} for j, p in enumerate(pairs)],
+    }
 
 
 def test_paired_speedup_interval_is_calibrated_under_replicate_effects():
@@ -151,7 +169,8 @@ def _raw_run(variant: str, peak: float, step_s: float, settings: dict) -> dict:
         "seed": 1,
         "start": 0.0,
         "end": 10.0,
-        "placement": {"node_id": "n", "torch_threads": 1},
+        "placement": {"node_id": "n", "hostname": "h", "pid": 1, "torch_threads": 1},
+        "phase": "concurrent",
         "params": 1000,
         "model": {
             "vocab_size": 300,
@@ -168,7 +187,9 @@ def _raw_run(variant: str, peak: float, step_s: float, settings: dict) -> dict:
         "losses": [3.0 - i / 100 for i in range(steps)],
         "step_times": [step_s * (1 + 0.01 * (i % 3)) for i in range(steps)],
         "val_curve": [(0, 3.0), (steps, 2.5)],
-        "applied": settings,
+        "applied": [
+            {"name": c["name"], "args": c["args"], "hooks": c["hooks"]} for c in settings["converters"]
+        ],
         "settings": settings,
         "auto": None,
         "peak_flops": {"float32": peak},
@@ -177,12 +198,19 @@ def _raw_run(variant: str, peak: float, step_s: float, settings: dict) -> dict:
     }
 
 
-EAGER = {
-    "compile": False,
-    "compile_mode": "default",
-    "fused_adamw": False,
-    "bf16": False,
-    "sdpa_backend": "default",
+EAGER = {"converters": [], "delay_pct": 0.0}
+FUSED = {
+    "converters": [
+        {
+            "name": "fused_adamw",
+            "use": "fused_adamw",
+            "args": {},
+            "hooks": ["optimizer"],
+            "changes_numerics": True,
+            "source": {"kind": "builtin", "package": "phase2_ray"},
+        }
+    ],
+    "delay_pct": 0.0,
 }
 
 
@@ -216,7 +244,7 @@ def _report(opt_settings: dict, trials: dict | None = None) -> dict:
 
 
 def test_the_mfu_denominator_is_shared_so_mfu_ratio_equals_throughput_ratio():
-    r = _report({**EAGER, "fused_adamw": True})
+    r = _report(FUSED)
     b, o = r["training"]["baseline"], r["training"]["optimized"]
     assert b["mfu"]["peak_flops"] == o["mfu"]["peak_flops"] == 3e10 and b["mfu"]["peak_from"] == "optimized"
     assert o["mfu"]["value"] / b["mfu"]["value"] == pytest.approx(o["tokens_per_s"] / b["tokens_per_s"])
@@ -229,10 +257,10 @@ def test_the_mfu_denominator_is_shared_so_mfu_ratio_equals_throughput_ratio():
 def test_report_speedup_comes_from_the_trial_and_a_noop_is_rejected_with_its_reason():
     trials = {
         "optimized": [
-            {"pairs": rep, "seed": i} for i, rep in enumerate(_replicates(np.random.default_rng(3), 1.3))
+            _trial_record(i, rep) for i, rep in enumerate(_replicates(np.random.default_rng(3), 1.3))
         ]
     }
-    fast = _report({**EAGER, "fused_adamw": True}, trials)
+    fast = _report(FUSED, trials)
     c = fast["comparison"]["optimized"]
     assert c["speedup"]["ratio"] == pytest.approx(1.3, rel=0.05) and not c["noop"]
     assert len(c["speed_trial"]["replicates"]) == 4
@@ -246,7 +274,7 @@ def test_report_speedup_comes_from_the_trial_and_a_noop_is_rejected_with_its_rea
     assert "## Key Metrics at a Glance" in md and "## Recommendation" in md
     assert "Do not proceed to Phase 3" in md and "No speedup to claim" in md
     assert "training_speedup" in md.split("## Recommendation")[1]
-    untried = _report({**EAGER, "fused_adamw": True})  # no trial: not measured, not approved
+    untried = _report(FUSED)  # no trial: not measured, not approved
     g = next(g for g in untried["decision"]["gates"] if g["name"] == "training_speedup")
     assert g["value"] is None and not g["passed"]
 
@@ -299,9 +327,10 @@ def test_holm_controls_the_family():
     assert holm([]) == []
 
 
-def _cmp_side(effect: float, seed: int) -> dict:
+def _cmp_side(effect: float, seed: int) -> Comparison:
     reps = _replicates(np.random.default_rng(seed), effect)
-    return {"speedup": paired_speedup(reps), "speed_trial": {"replicates": [{"pairs": r} for r in reps]}}
+    trial = {"replicates": [_trial_record(i, r) for i, r in enumerate(reps)]}
+    return Comparison.model_validate({"speedup": paired_speedup(reps), "speed_trial": trial})
 
 
 def test_compare_flags_a_lost_speedup_but_not_noise():
