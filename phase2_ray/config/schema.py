@@ -13,6 +13,7 @@ from phase2_ray.config.base import Section
 from phase2_ray.config.endpoints import EndpointConfig
 from phase2_ray.config.serving import ServeConfig, ValidationConfig
 from phase2_ray.config.training import SpeedTrialConfig, TrainingConfig, VariantConfig
+from phase2_ray.core.specs import GPTConfig
 
 VARIANT_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 
@@ -79,37 +80,28 @@ class RopeScaling(Section):
 LLAMA_ONLY = ("n_kv_head", "ffn_hidden", "norm_eps", "rope_theta", "rope_scaling", "qkv_bias")
 
 
+def _shape(name: str, **bounds: Any) -> Any:
+    """A model.* key from core.specs.GPTConfig, the one source of the model's shape (its default and meaning);
+    the config adds the bounds a user's value must keep."""
+    f = GPTConfig.__dataclass_fields__[name]
+    return Field(f.default, description=f.metadata["doc"], **bounds)
+
+
 class ModelConfig(Section):
-    arch: Literal["gpt2", "llama"] = Field(
-        "gpt2",
-        description="gpt2: learned positions, LayerNorm, GELU MLP, tied head (nanoGPT). llama: rotary positions, "
-        "RMSNorm, SwiGLU MLP, grouped-query attention (Llama, Qwen2, Mistral). With init_from, the checkpoint's.",
-    )
-    block_size: int = Field(128, ge=8, le=32768, description="Context length in tokens.")
-    n_layer: int = Field(2, ge=1, le=128, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, le=128, description="Attention heads; must divide d_model.")
-    d_model: int = Field(48, ge=8, le=16384, description="Residual stream width.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (gpt2 only).")
-    bias: bool = Field(
-        False,
-        description="gpt2: biases on the attention and MLP projections (GPT-2 has them; off is faster).",
-    )
-    n_kv_head: int | None = Field(
-        None, ge=1, le=128, description="llama: key/value heads (grouped-query attention); null: n_head."
-    )
-    ffn_hidden: int | None = Field(
-        None,
-        ge=8,
-        le=131072,
-        description="llama: the SwiGLU MLP's inner width; null: Llama's rule (2/3 of 4 d_model, rounded up to 32).",
-    )
-    norm_eps: float = Field(1e-5, gt=0, lt=1, description="llama: RMSNorm's epsilon.")
-    rope_theta: float = Field(10_000.0, gt=0, description="llama: the rotary base.")
-    rope_scaling: RopeScaling | None = Field(None, description="llama: rotary scaling; null: none.")
-    qkv_bias: bool = Field(False, description="llama: biases on q, k and v (Qwen2 has them).")
-    tie_embeddings: bool = Field(
-        True, description="The LM head is the token embedding (gpt2 always ties; llama either way)."
-    )
+    arch: Literal["gpt2", "llama"] = _shape("arch")
+    block_size: int = _shape("block_size", ge=8, le=32768)
+    n_layer: int = _shape("n_layer", ge=1, le=128)
+    n_head: int = _shape("n_head", ge=1, le=128)
+    d_model: int = _shape("d_model", ge=8, le=16384)
+    dropout: float = _shape("dropout", ge=0.0, lt=1.0)
+    bias: bool = _shape("bias")
+    n_kv_head: int | None = _shape("n_kv_head", ge=1, le=128)
+    ffn_hidden: int | None = _shape("ffn_hidden", ge=8, le=131072)
+    norm_eps: float = _shape("norm_eps", gt=0, lt=1)
+    rope_theta: float = _shape("rope_theta", gt=0)
+    rope_scaling: RopeScaling | None = _shape("rope_scaling")
+    qkv_bias: bool = _shape("qkv_bias")
+    tie_embeddings: bool = _shape("tie_embeddings")
     init_from: str | None = Field(
         None,
         min_length=1,

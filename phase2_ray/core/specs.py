@@ -9,40 +9,58 @@ import json
 from dataclasses import dataclass, field
 
 
+def _shape(default, doc: str):
+    """A shape field with its meaning attached (config/schema.py's model.* key reads both)."""
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(kw_only=True)
 class GPTConfig:
+    """The model's shape: the one source of its fields, defaults and meanings. The config's `model.*` keys are built
+    from these fields (config/schema.py adds their bounds), so the two cannot drift apart."""
+
     vocab_size: int
-    """Tokenizer vocabulary size; the embedding and tied LM head have this many rows."""
-    block_size: int = 128
-    """Longest sequence (prompt + generated tokens) the model sees; sizes the position table."""
-    n_layer: int = 2
-    """Transformer blocks."""
-    n_head: int = 4
-    """Attention heads per block; must divide d_model."""
-    d_model: int = 48
-    """Residual stream width."""
-    dropout: float = 0.0
-    """Dropout in attention and MLP (0 keeps both variants' numerics comparable)."""
-    bias: bool = False
-    """gpt2: biases on the attention and MLP projections (GPT-2 checkpoints have them; our own models do not)."""
-    arch: str = "gpt2"
-    """gpt2 (learned positions, LayerNorm, GELU MLP, tied head; core/model.py) or llama (rotary positions,
-    RMSNorm, SwiGLU MLP, grouped-query attention; core/llama.py). The fields below shape llama only."""
-    n_kv_head: int | None = None
-    """llama: key/value heads (grouped-query attention); None: as many as n_head."""
-    ffn_hidden: int | None = None
-    """llama: the SwiGLU MLP's inner width; None: Llama's rule (2/3 of 4 d_model, rounded up to 32)."""
-    norm_eps: float = 1e-5
-    """llama: RMSNorm's epsilon."""
-    rope_theta: float = 10_000.0
-    """llama: the rotary base."""
-    rope_scaling: dict | None = None
-    """llama: None, or {"rope_type": "linear", "factor"} or {"rope_type": "llama3", "factor", "low_freq_factor",
-    "high_freq_factor", "original_max_position_embeddings"} (transformers' meaning)."""
-    qkv_bias: bool = False
-    """llama: biases on q, k and v (Qwen2 has them); the output projection and the MLP never have one."""
-    tie_embeddings: bool = True
-    """The LM head is the token embedding (always for gpt2; a llama checkpoint says)."""
+    """Tokenizer vocabulary size; the embedding and tied LM head have this many rows (the config's
+    data.vocab_size, or the checkpoint's)."""
+    block_size: int = _shape(
+        128, "Context length in tokens: the longest sequence (prompt + generated tokens) the model sees."
+    )
+    n_layer: int = _shape(2, "Transformer blocks.")
+    n_head: int = _shape(4, "Attention heads; must divide d_model.")
+    d_model: int = _shape(48, "Residual stream width.")
+    dropout: float = _shape(
+        0.0,
+        "Dropout probability in attention and MLP (gpt2 only; 0 keeps both variants' numerics comparable).",
+    )
+    bias: bool = _shape(
+        False,
+        "gpt2: biases on the attention and MLP projections (GPT-2 checkpoints have them; off is faster).",
+    )
+    arch: str = _shape(
+        "gpt2",
+        "gpt2: learned positions, LayerNorm, GELU MLP, tied head (nanoGPT; core/model.py). llama: rotary "
+        "positions, RMSNorm, SwiGLU MLP, grouped-query attention (Llama, Qwen2, Mistral; core/llama.py). With "
+        "init_from, the checkpoint's.",
+    )
+    n_kv_head: int | None = _shape(None, "llama: key/value heads (grouped-query attention); null: n_head.")
+    ffn_hidden: int | None = _shape(
+        None, "llama: the SwiGLU MLP's inner width; null: Llama's rule (2/3 of 4 d_model, rounded up to 32)."
+    )
+    norm_eps: float = _shape(1e-5, "llama: RMSNorm's epsilon.")
+    rope_theta: float = _shape(10_000.0, "llama: the rotary base.")
+    rope_scaling: dict | None = _shape(
+        None,
+        "llama: rotary scaling; null: none. {rope_type: linear, factor} or {rope_type: llama3, factor, "
+        "low_freq_factor, high_freq_factor, original_max_position_embeddings} (transformers' meaning).",
+    )
+    qkv_bias: bool = _shape(
+        False,
+        "llama: biases on q, k and v (Qwen2 has them); the output projection and the MLP never have one.",
+    )
+    tie_embeddings: bool = _shape(
+        True,
+        "The LM head is the token embedding (gpt2 always ties; a llama either way, as its checkpoint says).",
+    )
 
     @property
     def head_dim(self) -> int:

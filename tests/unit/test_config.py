@@ -153,3 +153,19 @@ def test_a_stored_config_of_either_layout_gives_its_skip_steps():
     new = load_config(None, ["training.measurement.skip_steps=7"]).model_dump(mode="json")
     assert stored_skip_steps(new) == 7
     assert stored_skip_steps({"training": {"skip_steps": 9}}) == 9
+
+
+def test_the_model_shape_has_one_source():
+    """Every field of core.specs.GPTConfig (but the vocabulary, data.vocab_size) is a model.* key with its default
+    and meaning, and model.* adds no shape key of its own: a field added to the shape is a config key at once."""
+    from dataclasses import fields
+
+    from phase2_ray.config.schema import ModelConfig
+    from phase2_ray.core.specs import GPTConfig
+
+    shape = {f.name: f for f in fields(GPTConfig) if f.name != "vocab_size"}
+    assert set(ModelConfig.model_fields) - {"init_from"} == set(shape)
+    for name, f in shape.items():
+        assert ModelConfig.model_fields[name].default == f.default
+        assert ModelConfig.model_fields[name].description == f.metadata["doc"]
+    assert GPTConfig(**ModelConfig().gpt_fields(300)) == GPTConfig(vocab_size=300)
