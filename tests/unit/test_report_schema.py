@@ -87,7 +87,9 @@ def test_a_report_of_the_last_release_is_migrated_rendered_and_compared(tmp_path
     assert cli.main(["report", str(run)]) == 0
     md = (run / "report.md").read_text()
     assert raw["run_id"] in md and "Key Metrics at a Glance" in md
-    assert json.loads((run / "report.json").read_text())["schema_version"] == "1.3"  # the file is left as it was
+    assert (
+        json.loads((run / "report.json").read_text())["schema_version"] == "1.3"
+    )  # the file is left as it was
     new = _copy_run(GOLDEN[0], tmp_path / "new")
     code = cli.main(["compare", str(run), str(new), "--output", str(tmp_path / "cmp")])
     assert code in (0, 1, 4)  # the outcome is the two runs' business; that it reads both is the point here
