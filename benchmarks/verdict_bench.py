@@ -251,6 +251,18 @@ def serving_aa_runs(n: int, out_dir: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def between_run_cv_pct(cap: list[dict]) -> float | None:
+    """The run-to-run component of capacity's variance (as a CV, %), from runs of one config: the variance of
+    the runs' mean log estimates less what the searches' own spread explains (method of moments, nested random
+    effects). What validation.capacity.between_run_cv_pct should be on this machine."""
+    runs = [np.log(c["estimates"]) for c in cap if c["estimates"] and all(c["estimates"])]
+    if len(runs) < 3 or any(len(x) < 2 for x in runs):
+        return None
+    means = np.array([x.mean() for x in runs])
+    within = float(np.mean([x.var(ddof=1) / len(x) for x in runs]))
+    return float(np.expm1(np.sqrt(max(0.0, means.var(ddof=1) - within))) * 100)
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
@@ -367,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         saa = serving_aa_runs(n[5], runs, args.quick)
     found = [c["capacity_rps"] for c in cap if c["capacity_rps"]]
     median = float(np.median(found)) if found else None
+    between = between_run_cv_pct(cap)
     covers = sum(
         1 for c in cap if median is not None and None not in c["ci"] and c["ci"][0] <= median <= c["ci"][1]
     )
@@ -378,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         "plugin_aa": series_summary(plugin_aa),
         "plugin_known": series_summary(plugin_known),
         "default_auto_choices": dict(Counter(r["auto_chose"] for r in default)),
-        "capacity": {"runs": len(cap), "median_rps": median, "intervals_containing_median": covers},
+        "capacity": {
+            "runs": len(cap),
+            "median_rps": median,
+            "intervals_containing_median": covers,
+            "between_run_cv_pct_estimate": between,
+        },
         "serving_aa": {
             "runs": len(saa),
             "runs_with_a_false_call": sum(1 for r in saa if r["false_calls"]),
@@ -418,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  default: auto chose {s['default_auto_choices']}")
     print(
         f"  capacity: {covers}/{len(cap)} intervals contain the series median ({_num(median)} req/s); "
-        f"compare of consecutive runs {s['compare_capacity_pairs']}"
+        f"compare of consecutive runs {s['compare_capacity_pairs']}; run-to-run component "
+        f"{_num(between)}% (validation.capacity.between_run_cv_pct)"
     )
     sa = s["serving_aa"]
     print(

@@ -211,10 +211,9 @@ def _schema(output: str | None) -> int:
     from phase2_ray.report.schema.reference import schema_text
 
     if output:
-        from pathlib import Path
+        from phase2_ray.core.atomic import write_atomic
 
-        Path(output).write_text(schema_text())
-        print(output)
+        print(write_atomic(output, schema_text()))
     else:
         print(schema_text(), end="")
     return 0

@@ -208,6 +208,17 @@ class CapacityConfig(Section):
         description="Searches per model and replica count, each with its own seed, the models taking turns: the "
         "capacity's interval is over them (what varies between runs), not one search's levels alone.",
     )
+    between_run_cv_pct: float = Field(
+        12.0,
+        ge=0,
+        le=100,
+        description="The run-to-run spread of capacity (coefficient of variation, %) that searches within one run "
+        "cannot see: they share the run's processes, placement and moment, so they can agree closely while the "
+        "next run finds another capacity. It is added to the interval as a known variance component (nested "
+        "random effects: runs over searches). Measure it on your machine with `benchmarks/verdict_bench.py "
+        "--only capacity` (it prints the estimate); 0 leaves the interval to the searches alone. Paired "
+        "comparisons within a run (capacity_vs_baseline) do not use it: the run's shift cancels in them.",
+    )
     max_inflight: int = Field(
         64,
         ge=1,

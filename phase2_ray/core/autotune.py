@@ -121,16 +121,21 @@ def round_ratio(a: list[float], b: list[float], confidence: float = 0.95) -> tup
     return math.exp(centre), math.exp(centre - t * se), math.exp(centre + t * se)
 
 
-def select_stack(results: list[ProbeResult], tolerance_pct: float, min_gain_pct: float = 0.0) -> ProbeResult:
+def select_stack(
+    results: list[ProbeResult], tolerance_pct: float, min_gain_pct: float = 0.0, confidence: float = 0.95
+) -> ProbeResult:
     """The stack `auto` keeps. Each candidate is accepted if its mean probe loss is within `tolerance_pct` of
     the reference's (the first result), and called faster only when its round-paired speedup interval lies
-    wholly above 1 + `min_gain_pct`/100. No accepted candidate faster: the reference. Otherwise the fastest,
-    unless a simpler faster one cannot be told apart from it (their own paired interval contains 1): then the
-    simplest of those. A 4-step median decides nothing here: a coin toss between stacks within noise of
-    each other would then decide the verdict."""
+    wholly above 1 + `min_gain_pct`/100. The intervals are family-wise (Bonferroni over the candidates): with
+    k candidates each is taken at 1 - (1 - confidence)/k, so the chance that any stack within noise of the
+    reference is called faster stays at 1 - confidence, however many are probed. No accepted candidate faster:
+    the reference. Otherwise the fastest, unless a simpler faster one cannot be told apart from it (their own
+    paired interval contains 1): then the simplest of those. A 4-step median decides nothing here: a coin toss
+    between stacks within noise of each other would then decide the verdict."""
     if not results:
         raise ValueError("no probe results to choose from")
     ref = results[0]
+    each = 1 - (1 - confidence) / max(1, len(results) - 1)
     for r in results:
         finite = r.mean_loss == r.mean_loss and abs(r.mean_loss) != float("inf")
         r.loss_delta_pct = (
@@ -138,7 +143,7 @@ def select_stack(results: list[ProbeResult], tolerance_pct: float, min_gain_pct:
         )
         r.accepted = r is ref or (finite and r.loss_delta_pct <= tolerance_pct)
         if r is not ref and ref.block_s and r.block_s:
-            r.speedup, r.ci_low, r.ci_high = round_ratio(ref.block_s, r.block_s)
+            r.speedup, r.ci_low, r.ci_high = round_ratio(ref.block_s, r.block_s, each)
             r.faster = r.accepted and r.ci_low > 1 + min_gain_pct / 100.0
     faster = [r for r in results if r.faster]
     if not faster:

@@ -408,7 +408,8 @@ class ValidationStage:
             for m in self._live(models):
                 searches[m].append(self._capacity(replicas, m, start, i))
         for m in [m for m in models if searches[m]]:
-            run = {"replicas": replicas, "model": m, **combine_searches(searches[m])}
+            cv = self.cfg.validation.capacity.between_run_cv_pct
+            run = {"replicas": replicas, "model": m, **combine_searches(searches[m], between_run_cv_pct=cv)}
             run["replica_ids"] = [r.get("replica_id") for r in stats]
             run["replica_nodes"] = [r.get("node_id") for r in stats]
             run["client_nodes"] = [c["node_id"] for c in self.out["clients"]]

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from phase2_ray.report.stats import ratio, t_half_width
+from phase2_ray.report.stats import ratio, t_half_width, t_quantile
 
 
 def summarize_capacity(cap: dict) -> dict:
@@ -52,13 +52,18 @@ def summarize_capacity(cap: dict) -> dict:
     }
 
 
-def combine_searches(searches: list[dict], confidence: float = 0.95) -> dict:
+def combine_searches(searches: list[dict], confidence: float = 0.95, between_run_cv_pct: float = 0.0) -> dict:
     """One capacity from `searches` replicated at one replica count (each a whole search with its own seed, run
-    at its own moment): the geometric mean of their estimates, with a Student-t interval over the replicates'
-    log estimates. One search's interval holds only its levels' sampling noise; runs of one config minutes apart
-    differed by more than that (disjoint intervals), and this interval takes what varies between searches.
-    Every search is kept (`searches`), and their levels together (`levels`, each tagged with its replicate)."""
+    at its own moment): the geometric mean of their estimates, with an interval on the log scale. One search's
+    interval holds only its levels' sampling noise; searches of one run share its processes and moment and can
+    agree closely while the next run finds another capacity (measured: disjoint intervals from same-code runs).
+    So the interval has two variance components, as nested random effects (runs over searches): the searches'
+    own spread (s^2 / n, estimated here) and the run-to-run one, `between_run_cv_pct` (measured beforehand on the
+    machine; it cannot be seen from inside one run). Degrees of freedom: Welch-Satterthwaite, the run component
+    counted as known. Every search is kept (`searches`), and their levels together (`levels`, each tagged with
+    its replicate)."""
     found = [s["capacity_rps"] for s in searches if s.get("capacity_rps")]
+    run_var = math.log1p(between_run_cv_pct / 100) ** 2
     out = {
         "capacity_rps": None,
         "ci_low": None,
@@ -66,25 +71,34 @@ def combine_searches(searches: list[dict], confidence: float = 0.95) -> dict:
         "confidence": confidence,
         "replicates": len(searches),
         "replicate_estimates": [s.get("capacity_rps") for s in searches],
+        "between_run_cv_pct": between_run_cv_pct,
         "censored": any(s.get("censored") for s in searches),
         "goodput_min": searches[0].get("goodput_min") if searches else None,
         "stop_reason": "; ".join(dict.fromkeys(s.get("stop_reason") or "" for s in searches)),
         "search_s": sum(s.get("search_s") or 0.0 for s in searches),
         "levels": [{**lv, "replicate": i} for i, s in enumerate(searches) for lv in s.get("levels", [])],
         "searches": searches,
-        "method": "geometric mean of the replicated searches' estimates; Student-t interval over their log "
-        "estimates (between-search variance); each search: "
+        "method": "geometric mean of the replicated searches' estimates; interval on their log estimates with "
+        f"the searches' spread and a run-to-run component of {between_run_cv_pct:g}% "
+        "(validation.capacity.between_run_cv_pct); each search: "
         + (searches[0].get("method", "") if searches else ""),
     }
     if len(found) < len(searches) or not found:
         return out  # a search that found no capacity: no estimate over the replicates
     logs = np.log(found)
-    out["capacity_rps"] = float(np.exp(logs.mean()))
-    if len(found) == 1:  # one search: its own interval, which holds its levels' noise alone
-        out["ci_low"], out["ci_high"] = searches[0].get("ci_low"), searches[0].get("ci_high")
+    centre = float(logs.mean())
+    out["capacity_rps"] = float(np.exp(centre))
+    if len(found) == 1:  # one search: its own interval (its levels' noise), widened by the run component
+        lo, hi = searches[0].get("ci_low"), searches[0].get("ci_high")
+        z = t_quantile(0.5 + confidence / 2, math.inf) * math.sqrt(run_var)
+        out["ci_low"] = lo * math.exp(-z) if lo else None
+        out["ci_high"] = hi * math.exp(z) if hi else None
         return out
-    half = t_half_width(logs, confidence)
-    out["ci_low"], out["ci_high"] = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+    search_var = float(logs.var(ddof=1)) / len(found)
+    total = search_var + run_var
+    df = total**2 / (search_var**2 / (len(found) - 1)) if search_var > 0 else math.inf
+    half = t_quantile(0.5 + confidence / 2, df) * math.sqrt(total)
+    out["ci_low"], out["ci_high"] = float(np.exp(centre - half)), float(np.exp(centre + half))
     return out
 
 

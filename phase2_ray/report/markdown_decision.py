@@ -152,10 +152,9 @@ GATE_ADVICE = {
 }
 
 
-def recommendation(rep: Report, r: dict) -> str:
+def recommendation(rep: Report) -> str:
     """The closing verdict: approved with what was shown; rejected with each failed gate, by how much, and what
-    would have to change; inconclusive with each undecided gate and what more evidence would take. (`r`: the same
-    report as a dict, for the speed explanation's renderer, which reads it that way.)"""
+    would have to change; inconclusive with each undecided gate and what more evidence would take."""
     dec = rep.decision
     gates, outcome = dec.gates, dec.outcome
     roles = "".join(f"\n- {m} ({c.role}): **{c.outcome.upper()}**" for m, c in dec.candidates.items())
@@ -180,7 +179,7 @@ def recommendation(rep: Report, r: dict) -> str:
     if roles:
         out.append("\nCandidates:" + roles)
     for v in rep.comparison:
-        out.append(f"\nSpeed ({v}): {speed_explanation(r, v)}")
+        out.append(f"\nSpeed ({v}): {speed_explanation(rep, v)}")
     failed = [g for g in gates if g.verdict == FAIL and g.deciding]
     undecided = [g for g in gates if g.verdict == INCONCLUSIVE and g.deciding]
     if failed:

@@ -179,6 +179,7 @@ class TrainerActor:
             "block_steps": ac.block_steps,
             "tolerance_pct": ac.tolerance_pct,
             "min_gain_pct": ac.min_gain_pct,
+            "candidate_confidence": 1 - 0.05 / max(1, len(results) - 1),  # select_stack's family-wise level
             "candidates": [r.to_dict() for r in results],
         }
         why = (

@@ -141,3 +141,25 @@ def test_exact_arrivals_offer_the_rate_they_name():
     )  # never below the named rate (n - 1 gaps in n / rate)
     spread = [max(map(rate, xs)) / min(map(rate, xs)) for xs in (exact, free)]
     assert spread[0] < spread[1]
+
+
+def test_replicated_capacity_interval_holds_the_run_to_run_component():
+    """Searches of one run that agree closely say nothing of the next run: the interval keeps at least the
+    configured run-to-run spread; without it (0) it is the searches' t interval alone; a wide spread of the
+    searches still widens it."""
+    import math
+
+    from phase2_ray.report.capacity import combine_searches
+
+    def searches(*rps: float) -> list[dict]:
+        return [{"capacity_rps": x, "levels": [], "method": "m"} for x in rps]
+
+    tight = combine_searches(searches(100.0, 101.0, 99.5), between_run_cv_pct=12.0)
+    assert tight["ci_low"] < 100 / 1.12**1.9 * 1.01 and tight["ci_high"] > 100 * 1.12**1.9 / 1.01
+    alone = combine_searches(searches(100.0, 101.0, 99.5), between_run_cv_pct=0.0)
+    assert alone["ci_high"] / alone["ci_low"] < 1.05  # three close searches: a narrow t interval
+    wide = combine_searches(searches(60.0, 100.0, 160.0), between_run_cv_pct=12.0)
+    assert wide["ci_high"] / wide["ci_low"] > tight["ci_high"] / tight["ci_low"]
+    centre = math.exp((math.log(100) + math.log(101) + math.log(99.5)) / 3)
+    assert tight["capacity_rps"] == pytest.approx(centre) and alone["capacity_rps"] == pytest.approx(centre)
+    assert "run-to-run component of 12%" in tight["method"] and tight["between_run_cv_pct"] == 12.0

@@ -186,7 +186,11 @@ class CapacityRun(Section):
     ci_high: float | None = None
     confidence: float | None = None
     replicates: int | None = None
-    replicate_estimates: list[float] = Field([], description="each search's estimate")
+    replicate_estimates: list[float | None] = Field([], description="each search's estimate")
+    between_run_cv_pct: float | None = Field(
+        None,
+        description="the run-to-run component added to the interval (validation.capacity.between_run_cv_pct)",
+    )
     censored: bool = Field(False, description="the search hit its limits before bracketing the capacity")
     goodput_min: float | None = None
     stop_reason: str = ""
@@ -211,7 +215,9 @@ class Capacity(Section):
     cluster: CapacityCluster | None = None
     runs: list[CapacityRun] = []
     scaling: dict[str, list[ScalingPoint]] = {}
-    bound: str = ""
+    bound: str | None = Field(
+        None, description="what limited capacity, when the searches could tell (None: no bound found)"
+    )
 
 
 class Compression(Section):

@@ -84,6 +84,9 @@ class AutoProbe(Section):
     block_steps: int
     tolerance_pct: float
     min_gain_pct: float
+    candidate_confidence: float | None = Field(
+        None, description="each candidate's interval level: 95% family-wise over the candidates (Bonferroni)"
+    )
     candidates: list[AutoCandidate]
 
 
