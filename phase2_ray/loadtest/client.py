@@ -69,7 +69,7 @@ async def stream_completion(
     t0 = sent if scheduled is None else scheduled
     record.queue_ms = (sent - t0) * 1000.0
     record.scheduled = record.start - (sent - t0)
-    first = last = done_at = None
+    last = done_at = None
     finished = closed_at = None  # when a chunk carried a finish_reason; when the body ended without [DONE]
     usage = False  # whether the stream carried a usage object (then it must account for every token)
     texts: list[str] = []
@@ -96,54 +96,18 @@ async def stream_completion(
                         if "error" in event:
                             record.error_type, record.error = "stream_error", scrub(str(event["error"]))
                             return record
-                        if event.get("usage"):
-                            usage = True
-                            record.prompt_tokens = event["usage"].get("prompt_tokens")
-                            record.completion_tokens = event["usage"].get("completion_tokens")
-                        if not event.get("choices"):  # the closing usage-only chunk carries no token
-                            continue
-                        choice = event["choices"][0]
-                        if choice.get("finish_reason"):
-                            finished = now
-                        if "text" in choice:  # completions: every event is one token (its text may be empty)
-                            if choice.get("finish_reason") and not choice["text"]:
-                                continue  # a closing event that carries only the finish_reason (transformers)
-                            texts.append(choice["text"] or "")
-                        else:
-                            # chat: a delta with content is a token; a role-only opening delta, or a closing
-                            # one that only carries the finish_reason, is not (OpenAI's and vLLM's streams have both)
-                            delta = choice.get("delta") or {}
-                            if "content" not in delta or ("role" in delta and not delta["content"]):
-                                continue
-                            texts.append(delta["content"] or "")
-                        k += 1
-                    if k == 0:
-                        continue
-                    record.output_tokens += k
-                    record.tokens_per_write.append(k)
-                    if first is None:
-                        first = now
-                        record.ttft_ms = (now - t0) * 1000.0
-                    else:
-                        gap = (now - last) * 1000.0
-                        record.write_gap_ms.append(gap)
-                        record.itl_ms.extend(spread_gap(gap, k))
-                    last = now
+                        tokens, had_usage, closes = _event_tokens(event, record)
+                        usage |= had_usage
+                        finished = now if closes else finished
+                        texts += tokens
+                        k += len(tokens)
+                    if k:
+                        _count_write(record, k, now, t0, last)
+                        last = now
                 if done_at is None:
                     closed_at = time.perf_counter()  # the server ended the body without [DONE]
-    except TimeoutError as e:  # asyncio.timeout's, and aiohttp's own timeouts (subclasses)
-        if done_at is None:  # a stall after [DONE] costs nothing: the answer was whole
-            record.error_type, record.error = "timeout", f"{type(e).__name__} after {timeout_s}s"
-    except aiohttp.ClientError as e:
-        if done_at is None and record.status == 200:  # the body broke off mid-stream (bad chunked read)
-            record.error_type = "truncated"
-            record.error = (
-                f"stream cut without [DONE] after {record.output_tokens} tokens: {type(e).__name__}: {e}"
-            )
-        elif done_at is None:
-            record.error_type, record.error = "connection", f"{type(e).__name__}: {e}"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        record.error_type, record.error = "bad_response", f"{type(e).__name__}: {e}"
+    except STREAM_ERRORS as e:
+        _failed(record, e, whole=done_at is not None, timeout_s=timeout_s)
     finally:
         record.end = time.time()
         record.text = "".join(texts)
@@ -151,6 +115,72 @@ async def stream_completion(
         # whole: [DONE], or (a server that sends none) a finish_reason before the body ended
         _judge(record, done_at if done_at is not None else (closed_at if finished else None), t0, usage)
     return record
+
+
+STREAM_ERRORS = (
+    TimeoutError,
+    aiohttp.ClientError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+)
+"""What a stream can raise: timeouts (asyncio's and aiohttp's), a broken connection, a malformed event."""
+
+
+def _count_write(record: RequestRecord, k: int, now: float, t0: float, last: float | None) -> None:
+    """`k` tokens that arrived together at `now`: the first write sets TTFT; a later one's gap since the previous
+    write is spread over its tokens for ITL (the write gap itself is kept too)."""
+    record.output_tokens += k
+    record.tokens_per_write.append(k)
+    if last is None:
+        record.ttft_ms = (now - t0) * 1000.0
+    else:
+        gap = (now - last) * 1000.0
+        record.write_gap_ms.append(gap)
+        record.itl_ms.extend(spread_gap(gap, k))
+
+
+def _failed(record: RequestRecord, e: Exception, *, whole: bool, timeout_s: float) -> None:
+    """Why a stream that raised `e` failed (`whole`: [DONE] had already arrived, so a stall or a broken
+    connection after it costs nothing)."""
+    if isinstance(e, TimeoutError):  # asyncio.timeout's, and aiohttp's own timeouts (subclasses)
+        if not whole:
+            record.error_type, record.error = "timeout", f"{type(e).__name__} after {timeout_s}s"
+    elif isinstance(e, aiohttp.ClientError):
+        if not whole and record.status == 200:  # the body broke off mid-stream (bad chunked read)
+            record.error_type = "truncated"
+            record.error = (
+                f"stream cut without [DONE] after {record.output_tokens} tokens: {type(e).__name__}: {e}"
+            )
+        elif not whole:
+            record.error_type, record.error = "connection", f"{type(e).__name__}: {e}"
+    else:  # a malformed event (not JSON, missing fields)
+        record.error_type, record.error = "bad_response", f"{type(e).__name__}: {e}"
+
+
+def _event_tokens(event: dict, record: RequestRecord) -> tuple[list[str], bool, bool]:
+    """One SSE event of a completions or chat stream: the tokens it carries (their texts), whether it carried a
+    usage object (copied into `record`), and whether it closes the answer (a finish_reason)."""
+    usage = bool(event.get("usage"))
+    if usage:
+        record.prompt_tokens = event["usage"].get("prompt_tokens")
+        record.completion_tokens = event["usage"].get("completion_tokens")
+    if not event.get("choices"):  # the closing usage-only chunk carries no token
+        return [], usage, False
+    choice = event["choices"][0]
+    closes = bool(choice.get("finish_reason"))
+    if "text" in choice:  # completions: every event is one token (its text may be empty)
+        if closes and not choice["text"]:
+            return [], usage, closes  # a closing event that carries only the finish_reason (transformers)
+        return [choice["text"] or ""], usage, closes
+    # chat: a delta with content is a token; a role-only opening delta, or a closing one that only carries the
+    # finish_reason, is not (OpenAI's and vLLM's streams have both)
+    delta = choice.get("delta") or {}
+    if "content" not in delta or ("role" in delta and not delta["content"]):
+        return [], usage, closes
+    return [delta["content"] or ""], usage, closes
 
 
 def _judge(record: RequestRecord, done_at: float | None, t0: float, usage: bool = True) -> None:
@@ -210,28 +240,27 @@ def poisson_schedule(start: float, n: int, rate: float, seed: int, exact: bool =
     return times
 
 
+def _payload(model: str, prompt: str | tuple, i: int, seed: int, chat: bool, payload_args: dict) -> dict:
+    """Request i's body: the prompt (a workload's (prompt, max_tokens) pairs set max_tokens), a per-request seed."""
+    text, limit = (prompt, None) if isinstance(prompt, str) else prompt
+    body = {"model": model, "seed": seed + i, "stream": True, **payload_args}
+    # the server's own token count, in a closing chunk (OpenAI servers send it only when asked)
+    body["stream_options"] = {"include_usage": True}
+    if chat:  # the prompt as one user message; the server applies the model's chat template
+        body["messages"] = [{"role": "user", "content": text}]
+    else:
+        body["prompt"] = text
+    if limit is not None:
+        body["max_tokens"] = limit
+    return body
+
+
 async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
     route, prompts, seed = endpoint.route(spec.model), endpoint.prompts, endpoint.seed
-    model = route.model  # the name its server knows it by; records keep the model id (spec.model)
-    concurrency, n, first_index, request_rate = spec.concurrency, spec.n, spec.first_index, spec.request_rate
-    timeout_s, payload_args = endpoint.timeout_s, endpoint.payload_args
+    concurrency = spec.concurrency
     chat = route.api == "chat"
     url = route.base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     headers = {"Authorization": f"Bearer {route.api_key}"} if route.api_key else None
-
-    def payload(i: int) -> dict:
-        p = prompts[i % len(prompts)]
-        text, limit = (p, None) if isinstance(p, str) else p  # a workload's (prompt, max_tokens)
-        body = {"model": model, "seed": seed + i, "stream": True, **payload_args}
-        # the server's own token count, in a closing chunk (OpenAI servers send it only when asked)
-        body["stream_options"] = {"include_usage": True}
-        if chat:  # the prompt as one user message; the server applies the model's chat template
-            body["messages"] = [{"role": "user", "content": text}]
-        else:
-            body["prompt"] = text
-        if limit is not None:
-            body["max_tokens"] = limit
-        return body
 
     # aiohttp, not httpx: 2.6x less of the generator's CPU per streamed request, same bytes and parser
     # (benchmarks/client_bench.py); the timeout is asyncio's, per request, in stream_completion.
@@ -240,9 +269,11 @@ async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def one(i: int, scheduled: float | None = None) -> RequestRecord:
+            # route.model: the name its server knows it by; records keep the model id (spec.model)
+            body = _payload(route.model, prompts[i % len(prompts)], i, seed, chat, endpoint.payload_args)
             record = RequestRecord(spec.model, i, level=spec.level, round=spec.round, warmup=i < 0)
             return await stream_completion(
-                client, url, payload(i), record, timeout_s, headers, scheduled=scheduled
+                client, url, body, record, endpoint.timeout_s, headers, scheduled=scheduled
             )
 
         async def closed_loop(indices: list[int]) -> list[RequestRecord]:
@@ -257,54 +288,52 @@ async def _run(endpoint: Endpoint, spec: LevelSpec) -> list[dict]:
             return out
 
         warm = await closed_loop([-1 - i for i in range(spec.warmup)]) if spec.warmup else []
-        indices = list(range(first_index, first_index + n))
-        if request_rate is None:
+        indices = list(range(spec.first_index, spec.first_index + spec.n))
+        if spec.request_rate is None:
             records = await closed_loop(indices)
         else:
-            gate = asyncio.Semaphore(concurrency)
-
-            async def timed(i: int, at: float, lag_ms: float) -> RequestRecord:
-                async with gate:  # a request waiting here keeps its clock running from `at`
-                    r = await one(i, at)
-                r.send_lag_ms = lag_ms
-                return r
-
-            tasks, unsent = [], []
-            # Absolute targets, not relative sleeps: a late wake-up never pushes the later arrivals back.
-            schedule = list(
-                zip(
-                    # Each client and round draws its own arrivals (seeded by its first index): the same seed
-                    # everywhere would send k clients' requests in bursts of k and repeat one pattern every round.
-                    indices,
-                    poisson_schedule(
-                        time.perf_counter(), n, request_rate, seed * 1_000_003 + first_index, spec.exact_rate
-                    ),
-                    strict=True,
-                )
-            )
-            for k, (i, at) in enumerate(schedule):
-                await asyncio.sleep(max(0.0, at - time.perf_counter()))
-                if spec.stop_when_full and gate.locked():
-                    unsent = schedule[k:]
-                    break
-                # how late this process woke up for the arrival: the generator's own lag, not the server's
-                lag_ms = max(0.0, (time.perf_counter() - at) * 1000.0)
-                tasks.append(asyncio.create_task(timed(i, at, lag_ms)))
-            records = list(await asyncio.gather(*tasks))
-            wall0 = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
-            for i, at in unsent:
-                r = RequestRecord(
-                    spec.model,
-                    i,
-                    level=spec.level,
-                    round=spec.round,
-                    error_type="not_sent",
-                    scheduled=wall0 + at,
-                    start=wall0 + at,
-                )
-                r.error = f"not sent: {concurrency} requests were in flight (over-saturated)"
-                r.end = r.start
-                records.append(r)
+            records = await _open_loop(one, spec, indices, seed)
     warm.sort(key=lambda r: r.index)
     records.sort(key=lambda r: r.index)
     return [asdict(r) for r in warm + records]
+
+
+async def _open_loop(one, spec: LevelSpec, indices: list[int], seed: int) -> list[RequestRecord]:
+    """Poisson arrivals at spec.request_rate, at most spec.concurrency in flight: each request's clock runs from
+    its scheduled arrival (no coordinated omission); with spec.stop_when_full, arrivals that find every slot
+    taken end the level and are recorded as not sent."""
+    concurrency = spec.concurrency
+    gate = asyncio.Semaphore(concurrency)
+
+    async def timed(i: int, at: float, lag_ms: float) -> RequestRecord:
+        async with gate:  # a request waiting here keeps its clock running from `at`
+            r = await one(i, at)
+        r.send_lag_ms = lag_ms
+        return r
+
+    tasks, unsent = [], []
+    # Absolute targets, not relative sleeps: a late wake-up never pushes the later arrivals back.
+    # Each client and round draws its own arrivals (seeded by its first index): the same seed everywhere would
+    # send k clients' requests in bursts of k and repeat one pattern every round.
+    arrivals = poisson_schedule(
+        time.perf_counter(), spec.n, spec.request_rate, seed * 1_000_003 + spec.first_index, spec.exact_rate
+    )
+    schedule = list(zip(indices, arrivals, strict=True))
+    for k, (i, at) in enumerate(schedule):
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        if spec.stop_when_full and gate.locked():
+            unsent = schedule[k:]
+            break
+        # how late this process woke up for the arrival: the generator's own lag, not the server's
+        lag_ms = max(0.0, (time.perf_counter() - at) * 1000.0)
+        tasks.append(asyncio.create_task(timed(i, at, lag_ms)))
+    records = list(await asyncio.gather(*tasks))
+    wall0 = time.time() - time.perf_counter()  # perf_counter -> epoch seconds
+    for i, at in unsent:
+        r = RequestRecord(
+            spec.model, i, level=spec.level, round=spec.round, error_type="not_sent", scheduled=wall0 + at
+        )
+        r.error = f"not sent: {concurrency} requests were in flight (over-saturated)"
+        r.start = r.end = wall0 + at
+        records.append(r)
+    return records

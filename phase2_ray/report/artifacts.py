@@ -11,7 +11,7 @@ import pandas as pd
 from phase2_ray.core.atomic import write_atomic
 from phase2_ray.report.html import render_html
 from phase2_ray.report.markdown import render_markdown
-from phase2_ray.report.schema.migrate import check_before_write, read_report_dict
+from phase2_ray.report.schema.migrate import check_before_write, read_report
 from phase2_ray.report.serving import LIST_COLUMNS, request_frame
 from phase2_ray.report.training import step_frame
 
@@ -79,8 +79,9 @@ def render_run_dir(out: str | Path) -> Path:
     from phase2_ray.report.plots import write_plots  # matplotlib only when drawing
 
     out = Path(out)
-    report = read_report_dict(out)  # migrated from the last release's version, checked against the schema
+    typed = read_report(out)  # migrated from the last release's version, checked against the schema
+    report = typed.model_dump(mode="json", by_alias=True, exclude_unset=True)
     steps = pd.read_csv(out / "steps.csv") if (out / "steps.csv").exists() else step_frame({})
     val_path = out / "val.csv"
     val = pd.read_csv(val_path) if val_path.exists() else pd.DataFrame(columns=VAL_COLUMNS)
-    return _write_pages(out, report, write_plots(out, report, steps, val))
+    return _write_pages(out, report, write_plots(out, typed, steps, val))

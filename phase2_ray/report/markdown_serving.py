@@ -1,13 +1,17 @@
 """report.md's inference sections: the headline figures against their targets (pass/fail from the decision's
-gates), latency percentiles, load levels, Serve + HTTP overhead, scaling, memory and compression."""
+gates), latency percentiles, load levels, Serve + HTTP overhead, scaling, memory and compression. They read the
+typed report."""
 
 from __future__ import annotations
 
 from tabulate import tabulate
 
 from phase2_ray.report.ascii import bar, fit, fmt
-from phase2_ray.report.gates import find_gate
-from phase2_ray.report.verdict import gate_verdict
+from phase2_ray.report.schema import Report
+from phase2_ray.report.schema.common import Percentiles
+from phase2_ray.report.schema.decision import Gate
+from phase2_ray.report.schema.inference import ModelInference
+from phase2_ray.report.schema.serving import Capacity, CapacityLevel, Compression, Overhead
 
 TARGET_ROWS = (
     # title, gate, inference key, percentile, unit, targets key, bound
@@ -57,30 +61,20 @@ OVERHEAD_HEADERS = [
 MEMORY_HEADERS = ["model", "replica peak RSS MB", "RSS now MB", "USS MB", "weight bytes", "KV-cache bytes"]
 
 
-def inference_vs_targets(r: dict) -> str:
-    inf = r["inference"]
+def inference_vs_targets(rep: Report) -> str:
+    inf = rep.inference
     if not inf:
         return "## Inference Performance vs Targets\n\nStage 2c did not run: nothing measured.\n"
     lines = []
     for row in TARGET_ROWS:
-        lines += _target_bars(r, row)
+        lines += _target_bars(rep, row)
     lat = []
     for v, i in inf.items():
         for m in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
-            d = i.get(m) or {}
-            lat.append(
-                [
-                    v,
-                    m,
-                    fmt(d.get("p50")),
-                    fmt(d.get("p90")),
-                    fmt(d.get("p99")),
-                    fmt(d.get("mean")),
-                    d.get("n", 0),
-                ]
-            )
+            d = getattr(i, m) or Percentiles()
+            lat.append([v, m, fmt(d.p50), fmt(d.p90), fmt(d.p99), fmt(d.mean), d.n])
     succ = "\n".join(
-        f"  {v}: {i['succeeded']}/{i['requests']} ({i['success_rate'] * 100:.1f}%)" for v, i in inf.items()
+        f"  {v}: {i.succeeded}/{i.requests} ({(i.success_rate or 0) * 100:.1f}%)" for v, i in inf.items()
     )
     return (
         "## Inference Performance vs Targets\n\n```\n"
@@ -92,20 +86,28 @@ def inference_vs_targets(r: dict) -> str:
     )
 
 
-def _target_bars(r: dict, row: tuple) -> list[str]:
+def _figure(i: ModelInference, key: str, sub: str | None) -> float | None:
+    """A model's figure `key` (a number, or with `sub` a percentile of a distribution)."""
+    x = getattr(i, key)
+    return (getattr(x, sub) if x else None) if sub else x
+
+
+def _gate(rep: Report, name: str, variant: str) -> Gate | None:
+    return next((g for g in rep.decision.gates if g.name == name and g.variant == variant), None)
+
+
+def _target_bars(rep: Report, row: tuple) -> list[str]:
     """One figure of every model as a bar beside its target's, each marked by its gate's verdict."""
     title, gate, key, sub, unit, target_key, kind = row
-    inf, target = r["inference"], r["config"]["targets"][target_key]
+    inf, target = rep.inference, rep.config["targets"][target_key]  # the stored config: open JSON
     w = max(12, *(len(v) + 1 for v in inf))
-    vals = {v: (i.get(key) or {}).get(sub) if sub else i.get(key) for v, i in inf.items()}
+    vals = {v: _figure(i, key, sub) for v, i in inf.items()}
     scale = max([target] + [x for x in vals.values() if x is not None])
     lines = [
         f"{title} (target: {'≤' if kind == 'max' else '≥'} {target:g} {unit})",
         f"  {'target':<{w}} {bar(target, scale, 40, '█'):<40} {target:g} {unit}",
     ]
-    elsewhere = {
-        m for m, e in ((r.get("serving") or {}).get("endpoints") or {}).items() if e.get("kind") == "external"
-    }
+    elsewhere = {m for m, e in rep.serving.endpoints.items() if e.kind == "external"}
     for v, x in vals.items():
         if x is None:
             lines.append(
@@ -114,10 +116,8 @@ def _target_bars(r: dict, row: tuple) -> list[str]:
             )
             continue
         head = (target / x if kind == "max" else x / target) if x else float("inf")
-        gates = r["decision"]["gates"]
-        # the replica's one memory gate (schema 1.2+), or a model's own one in older reports
-        g = find_gate(gates, gate, v) or find_gate(gates, gate, "replica") or find_gate(gates, key, v)
-        side = {"pass": "within", "fail": "MISSES"}.get(gate_verdict(g) if g else "fail", "UNDECIDED")
+        g = _gate(rep, gate, v) or _gate(rep, gate, "replica")  # the replica's one memory gate
+        side = {"pass": "within", "fail": "MISSES"}.get(g.verdict if g else "fail", "UNDECIDED")
         lines.append(
             f"  {v:<{w}} {bar(x, scale, 40):<40} {fmt(x, 2)} {unit} ({side}; "
             f"{'target/value' if kind == 'max' else 'value/target'} {head:.2f})"
@@ -125,8 +125,8 @@ def _target_bars(r: dict, row: tuple) -> list[str]:
     return lines + [""]
 
 
-def serving_section(r: dict) -> str:
-    inf, sv = r["inference"], r.get("serving") or {}
+def serving_section(rep: Report) -> str:
+    inf, sv = rep.inference, rep.serving
     if not inf:
         return ""
     out = [
@@ -136,85 +136,76 @@ def serving_section(r: dict) -> str:
         "meeting both SLOs (TTFT ≤ the TTFT target, TPOT ≤ 1000 / the tok/s target), as vLLM's benchmark counts.\n",
         tabulate(_level_rows(inf), headers=LEVEL_HEADERS, tablefmt="github"),
     ]
-    wl = sv.get("workload")
+    wl = sv.workload
     if wl:
         out.append(
-            f"\nWorkload: {wl['source']}; {wl['requests']} distinct requests (request i sends number i mod "
-            f"{wl['requests']}), max_tokens {wl['max_tokens']['min']}-{wl['max_tokens']['max']}"
-            + (
-                f"; {wl['truncated_prompts']} prompt(s) cut to fit the context"
-                if wl["truncated_prompts"]
-                else ""
-            )
+            f"\nWorkload: {wl.source}; {wl.requests} distinct requests (request i sends number i mod "
+            f"{wl.requests}), max_tokens {wl.max_tokens['min']:g}-{wl.max_tokens['max']:g}"
+            + (f"; {wl.truncated_prompts} prompt(s) cut to fit the context" if wl.truncated_prompts else "")
             + "."
         )
-    cs = sv.get("concurrency_scaling") or {}
-    if cs:
+    if sv.concurrency_scaling:
         out.append("\nAggregate throughput from the first to the last level (batching at work):\n")
         out += [
-            f"- {m}: {fmt(c['output_tokens_per_s_to'], 0)} tok/s at {c['to']} / {fmt(c['output_tokens_per_s_from'], 0)}"
-            f" at {c['from']} = **{fmt(c['ratio'])}x**"
-            for m, c in cs.items()
+            f"- {m}: {fmt(c.output_tokens_per_s_to, 0)} tok/s at {c.to} / {fmt(c.output_tokens_per_s_from, 0)}"
+            f" at {c.from_} = **{fmt(c.ratio)}x**"
+            for m, c in sv.concurrency_scaling.items()
         ]
-    out += _overhead(sv.get("overhead") or {})
-    rsc = sv.get("replica_scaling")
+    out += _overhead(sv.overhead)
+    rsc = sv.replica_scaling
     if rsc:
-        out.append(f"\nReplica scaling ({rsc['model']}, {rsc['concurrency']} requests in flight):\n")
+        out.append(f"\nReplica scaling ({rsc.model}, {rsc.concurrency} requests in flight):\n")
         out += [
-            f"- {x['replicas']} replica(s): {fmt(x['output_tokens_per_s'], 0)} tok/s, {fmt(x['requests_per_s'], 1)} "
-            f"req/s, {x['requests'] and round(x['success_rate'] * x['requests'])}/{x['requests']} ok, peak RSS "
-            f"{', '.join(fmt(p, 0) for p in x['peak_rss_mb'])} MB"
-            for x in rsc["runs"]
+            f"- {x.replicas} replica(s): {fmt(x.output_tokens_per_s, 0)} tok/s, {fmt(x.requests_per_s, 1)} "
+            f"req/s, {x.requests and round((x.success_rate or 0) * x.requests)}/{x.requests} ok, peak RSS "
+            f"{', '.join(fmt(p, 0) for p in x.peak_rss_mb)} MB"
+            for x in rsc.runs
         ]
-        out.append(f"- ratio: **{fmt(rsc['ratio'])}x** ({rsc['ratio_basis']})")
-    out += _capacity(sv.get("capacity"))
+        out.append(f"- ratio: **{fmt(rsc.ratio)}x** ({rsc.ratio_basis})")
+    out += _capacity(sv.capacity)
     out.append("\nMemory (one replica holds every model; MB = 2^20 bytes):\n")
     out.append(tabulate(_memory_rows(inf), headers=MEMORY_HEADERS, tablefmt="github"))
-    comp = sv.get("compression")
-    if comp:
-        out.append(_compression(comp))
+    if sv.compression:
+        out.append(_compression(sv.compression))
     return "\n".join(out) + "\n"
 
 
-def _level_rows(inf: dict) -> list[list]:
-    rows = []
-    for m, i in inf.items():
-        for lv, s in i.get("levels", {}).items():
+def _level_rows(inf: dict[str, ModelInference]) -> list[list]:
+    def q(x: Percentiles | None, which: str = "p50") -> float | None:
+        return getattr(x, which) if x else None
 
-            def g(k: str, q: str = "p50", s=s):
-                return (s.get(k) or {}).get(q)
-
-            rows.append(
-                [
-                    m,
-                    lv,
-                    fmt(g("ttft_ms")),
-                    fmt(g("ttft_ms", "p99")),
-                    fmt(g("tpot_ms")),
-                    fmt(g("itl_ms", "p99")),
-                    fmt(g("e2e_ms")),
-                    fmt(s.get("output_tokens_per_s"), 0),
-                    fmt(s.get("requests_per_s"), 1),
-                    fmt((s.get("goodput") or {}).get("fraction", 0) * 100, 1),
-                    f"{s['succeeded']}/{s['requests']}",
-                ]
-            )
-    return rows
+    return [
+        [
+            m,
+            lv,
+            fmt(q(s.ttft_ms)),
+            fmt(q(s.ttft_ms, "p99")),
+            fmt(q(s.tpot_ms)),
+            fmt(q(s.itl_ms, "p99")),
+            fmt(q(s.e2e_ms)),
+            fmt(s.output_tokens_per_s, 0),
+            fmt(s.requests_per_s, 1),
+            fmt(((s.goodput.fraction if s.goodput else None) or 0) * 100, 1),
+            f"{s.succeeded}/{s.requests}",
+        ]
+        for m, i in inf.items()
+        for lv, s in i.levels.items()
+    ]
 
 
-def _overhead(ov: dict) -> list[str]:
-    if not any(o["ttft_p50_ms_inprocess"] is not None for o in ov.values()):
+def _overhead(ov: dict[str, Overhead]) -> list[str]:
+    if not any(o.ttft_p50_ms_inprocess is not None for o in ov.values()):
         return []
     rows = [
         [
             m,
-            o["level"],
-            fmt(o["ttft_p50_ms_inprocess"]),
-            fmt(o["ttft_p50_ms_http"]),
-            fmt(o["ttft_p50_overhead_ms"]),
-            fmt(o["tpot_p50_ms_inprocess"], 3),
-            fmt(o["tpot_p50_ms_http"], 3),
-            fmt(o["tpot_p50_overhead_ms"], 3),
+            o.level,
+            fmt(o.ttft_p50_ms_inprocess),
+            fmt(o.ttft_p50_ms_http),
+            fmt(o.ttft_p50_overhead_ms),
+            fmt(o.tpot_p50_ms_inprocess, 3),
+            fmt(o.tpot_p50_ms_http, 3),
+            fmt(o.tpot_p50_overhead_ms, 3),
         ]
         for m, o in ov.items()
     ]
@@ -225,28 +216,28 @@ def _overhead(ov: dict) -> list[str]:
     ]
 
 
-def _memory_rows(inf: dict) -> list[list]:
+def _memory_rows(inf: dict[str, ModelInference]) -> list[list]:
     return [
         [
             m,
-            fmt(i.get("peak_memory_mb"), 1),
-            fmt(i.get("rss_mb"), 1),
-            fmt(i.get("uss_mb"), 1),
-            fmt((i.get("model_bytes") or {}).get("weights"), 0),
-            fmt((i.get("model_bytes") or {}).get("kv_cache"), 0),
+            fmt(i.peak_memory_mb, 1),
+            fmt(i.rss_mb, 1),
+            fmt(i.uss_mb, 1),
+            fmt(i.model_bytes.weights if i.model_bytes else None, 0),
+            fmt(i.model_bytes.kv_cache if i.model_bytes else None, 0),
         ]
         for m, i in inf.items()
     ]
 
 
-def _compression(comp: dict) -> str:
-    sp = comp["inprocess_request_tokens_per_s_p50"]
+def _compression(comp: Compression) -> str:
+    sp = comp.inprocess_request_tokens_per_s_p50
     return (
-        f"\nCompression ({comp['method']}, kernel {comp.get('kernel') or 'n/a'}): val loss {fmt(comp['val_loss_source'], 4)} → "
-        f"{fmt(comp['val_loss_int8'], 4)} ({comp['val_loss_delta_pct']:+.3f}%, gate ≤ {comp['threshold_pct']:g}%); "
-        f"weights {fmt(comp['weight_bytes_source'], 0)} → {fmt(comp['weight_bytes_int8'], 0)} bytes "
-        f"({fmt(comp['weight_bytes_ratio'], 3)}x); in-process decode p50 {fmt(sp[comp['source']], 0)} → "
-        f"{fmt(sp[comp['model']], 0)} tok/s per request."
+        f"\nCompression ({comp.method}, kernel {comp.kernel or 'n/a'}): val loss {fmt(comp.val_loss_source, 4)} → "
+        f"{fmt(comp.val_loss_int8, 4)} ({comp.val_loss_delta_pct:+.3f}%, gate ≤ {comp.threshold_pct:g}%); "
+        f"weights {fmt(comp.weight_bytes_source, 0)} → {fmt(comp.weight_bytes_int8, 0)} bytes "
+        f"({fmt(comp.weight_bytes_ratio, 3)}x); in-process decode p50 {fmt(sp.get(comp.source), 0)} → "
+        f"{fmt(sp.get(comp.model), 0)} tok/s per request."
     )
 
 
@@ -273,96 +264,103 @@ LEVEL_CAP_HEADERS = [
 ]
 
 
-def _capacity(cap: dict | None) -> list[str]:
+def _capacity(cap: Capacity | None) -> list[str]:
     """How much traffic it can take: the highest offered Poisson rate at which enough requests met the SLO."""
-    if not cap or not cap.get("runs"):
+    if not cap or not cap.runs:
         return []
-    slo = cap["slo"]
-    eff = {(m, x["replicas"]): x["efficiency"] for m, xs in (cap.get("scaling") or {}).items() for x in xs}
+    eff = {(m, x.replicas): x.efficiency for m, xs in cap.scaling.items() for x in xs}
     rows = [
         [
-            r["model"],
-            r["replicas"],
-            ("≥ " if r.get("censored") else "") + fmt(r["capacity_rps"], 1),
-            f"[{fmt(r['ci_low'], 1)}, {fmt(r['ci_high'], 1)}]",
-            fmt(eff.get((r["model"], r["replicas"]))),
-            len(r["levels"]),
-            fmt(r["search_s"], 0),
-            r["stop_reason"] or "",
+            r.model,
+            r.replicas,
+            ("≥ " if r.censored else "") + fmt(r.capacity_rps, 1),
+            f"[{fmt(r.ci_low, 1)}, {fmt(r.ci_high, 1)}]",
+            fmt(eff.get((r.model, r.replicas))),
+            len(r.levels),
+            fmt(r.search_s, 0),
+            r.stop_reason or "",
         ]
-        for r in cap["runs"]
+        for r in cap.runs
     ]
+    cv = next((r.between_run_cv_pct for r in cap.runs if r.between_run_cv_pct), None)
     out = [
         "\nCapacity under the SLO: open-loop Poisson arrivals at rising offered rates, bisected to the highest rate "
-        f"at which ≥ {cap['goodput_min'] * 100:g}% of requests have TTFT ≤ {fmt(slo['ttft_ms'], 0)} ms (from their "
-        f"scheduled arrival) and TPOT ≤ {fmt(slo['tpot_ms'], 0)} ms. Efficiency = capacity at N replicas / "
+        f"at which ≥ {cap.goodput_min * 100:g}% of requests have TTFT ≤ {fmt(cap.slo.ttft_ms, 0)} ms (from their "
+        f"scheduled arrival) and TPOT ≤ {fmt(cap.slo.tpot_ms, 0)} ms. Efficiency = capacity at N replicas / "
         "(N × capacity at the first count). Each capacity is the geometric mean of replicated searches (own seed "
-        "each, the models taking turns), its interval Student's t over their estimates: what varies between "
-        "searches, not one search's levels alone. A single search's interval runs from its highest level whose "
-        "goodput passes beyond its own interval (batch means) to the lowest that fails beyond it.\n",
+        "each, the models taking turns), its interval over their estimates: what varies between searches, not one "
+        "search's levels alone"
+        + (
+            f", plus the run-to-run spread that searches inside one run cannot see ({cv:g}%, "
+            "validation.capacity.between_run_cv_pct)"
+            if cv
+            else ""
+        )
+        + ". A single search's interval runs from its highest level whose goodput passes beyond its own interval "
+        "(batch means) to the lowest that fails beyond it.\n",
         tabulate(rows, headers=CAPACITY_HEADERS, tablefmt="github"),
     ]
-    if cap.get("bound"):
-        out.append(f"\nWhat bounds the scaling here: {cap['bound']}.")
-    for r in cap["runs"]:
-        est = ", ".join(fmt(x, 1) for x in r.get("replicate_estimates") or [])
+    if cap.bound:
+        out.append(f"\nWhat bounds the scaling here: {cap.bound}.")
+    for r in cap.runs:
+        est = ", ".join(fmt(x, 1) for x in r.replicate_estimates)
         out.append(
-            f"\nLevels of {r['model']} with {r['replicas']} replica(s), in the order tried"
+            f"\nLevels of {r.model} with {r.replicas} replica(s), in the order tried"
             + (f" (searches' estimates: {est} req/s)" if est else "")
             + ":\n"
         )
         out.append(
-            tabulate([_cap_level_row(lv) for lv in r["levels"]], headers=LEVEL_CAP_HEADERS, tablefmt="github")
+            tabulate([_cap_level_row(lv) for lv in r.levels], headers=LEVEL_CAP_HEADERS, tablefmt="github")
         )
     return out
 
 
-def _cap_level_row(lv: dict) -> list:
-    lat = lv.get("latency") or {}
+def _cap_level_row(lv: CapacityLevel) -> list:
+    lat = lv.latency
     note = []
-    if lv.get("confirm"):
+    if lv.confirm:
         note.append("confirmation")
-    if lv.get("saturated"):
+    if lv.saturated:
         note.append("queue grew")
-    if lv.get("stopped_early"):
+    if lv.stopped_early:
         note.append("stopped: in-flight cap")
-    if not lv.get("valid"):
+    if not lv.valid:
         note.append("invalid: generator behind")
     return [
-        fmt(lv["offered_rps"], 1),
-        fmt(lv.get("scheduled_rps"), 1),
-        fmt(lv["achieved_rps"], 1),
-        fmt(lv["goodput_frac"] * 100, 0),
-        fmt(lat.get("ttft_p50_ms"), 1),
-        fmt(lat.get("ttft_p99_ms"), 1),
-        fmt(lat.get("tpot_p99_ms"), 1),
-        fmt(lv.get("client_cpu_ms_per_request"), 2),
+        fmt(lv.offered_rps, 1),
+        fmt(lv.scheduled_rps, 1),
+        fmt(lv.achieved_rps, 1),
+        fmt((lv.goodput_frac or 0) * 100, 0),
+        fmt(lat.ttft_p50_ms if lat else None, 1),
+        fmt(lat.ttft_p99_ms if lat else None, 1),
+        fmt(lat.tpot_p99_ms if lat else None, 1),
+        fmt(lv.client_cpu_ms_per_request, 2),
         ", ".join(note),
     ]
 
 
-def endpoints_section(r: dict) -> str:
+def endpoints_section(rep: Report) -> str:
     """Each model's endpoint (this run's Serve deployment or a server elsewhere), whether it failed, and how its
     output tokens were counted and checked."""
-    eps = (r.get("serving") or {}).get("endpoints") or {}
-    if not any(e.get("kind") == "external" for e in eps.values()):
+    eps = rep.serving.endpoints
+    if not any(e.kind == "external" for e in eps.values()):
         return ""
     rows = []
     for m, e in eps.items():
-        t = e.get("tokens") or {}
-        rate = t.get("mismatch_rate")
+        t = e.tokens
+        rate = t.mismatch_rate if t else None
         rows.append(
             [
                 m,
-                "this run (Ray Serve)" if e["kind"] == "self" else e["url"],
-                e.get("model") or m,
-                e["api"],
-                t.get("output_tokens_from", "n/a"),
+                "this run (Ray Serve)" if e.kind == "self" else e.url,
+                e.model or m,
+                e.api,
+                t.output_tokens_from if t else "n/a",
                 "no tokenizer"
                 if rate is None
-                else f"{rate * 100:.1f}% (mean abs diff {t['mean_abs_diff']:.2f})",
-                fmt(t.get("prompt_tokens_usage_mean"), 1),
-                f"FAILED: {e['failure']}" if e.get("failure") else "ok",
+                else f"{rate * 100:.1f}% (mean abs diff {t.mean_abs_diff:.2f})",
+                fmt(t.prompt_tokens_usage_mean if t else None, 1),
+                f"FAILED: {e.failure}" if e.failure else "ok",
             ]
         )
     headers = [

@@ -18,6 +18,9 @@ import pandas as pd  # noqa: E402
 
 from phase2_ray.core.atomic import write_atomic  # noqa: E402
 from phase2_ray.core.specs import tokens_per_step  # noqa: E402
+from phase2_ray.report.schema import Report  # noqa: E402
+from phase2_ray.report.schema.inference import LevelSummary, ModelInference  # noqa: E402
+from phase2_ray.report.schema.serving import Capacity  # noqa: E402
 from phase2_ray.report.stats import median_ci  # noqa: E402
 
 DPI = 110
@@ -87,18 +90,18 @@ def throughput_bars(steps: pd.DataFrame, skip: int, tokens_per_step: int, path: 
     return _save(fig, path)
 
 
-def latency_percentiles(inference: dict, path: Path) -> Path:
+def latency_percentiles(inference: dict[str, ModelInference], path: Path) -> Path:
     """TTFT and TPOT at p50/p90/p99 for every model and load level (log scale: levels differ by 10x)."""
     return _save(latency_figure(inference), path)
 
 
-def latency_figure(inference: dict):
+def latency_figure(inference: dict[str, ModelInference]):
     """latency_percentiles' figure. Constrained layout: the figure's title gets its own room above the subplots'
     (with a few rows the figure is short, and a suptitle placed by hand ran into them)."""
-    rows = [
+    rows: list[tuple[str, str, LevelSummary]] = [
         (m, lv, s)
         for m, i in inference.items()
-        for lv, s in (i.get("levels") or {i.get("headline_level") or "run": i}).items()
+        for lv, s in (i.levels or {i.headline_level or "run": i}).items()
     ]
     fig, axes = plt.subplots(
         1, 2, figsize=(11, 0.8 + 0.32 * max(4, len(rows))), sharey=True, layout="constrained"
@@ -106,7 +109,7 @@ def latency_figure(inference: dict):
     y = np.arange(len(rows))
     for ax, metric, title in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
         for k, (q, alpha) in enumerate((("p50", 1.0), ("p90", 0.6), ("p99", 0.35))):
-            vals = [((s.get(metric) or {}).get(q) or np.nan) for _, _, s in rows]
+            vals = [(getattr(getattr(s, metric), q, None) or np.nan) for _, _, s in rows]
             ax.barh(
                 y + (k - 1) * 0.27, vals, height=0.26, alpha=alpha, color="C0" if k == 0 else "C1", label=q
             )
@@ -122,24 +125,27 @@ def latency_figure(inference: dict):
     return fig
 
 
-def latency_vs_load(cap: dict, path: Path) -> Path:
+def latency_vs_load(cap: Capacity, path: Path) -> Path:
     """p50 / p99 TTFT and TPOT against the offered rate, one line per search (model, replica count), the SLO as a
     horizontal line and each capacity (with its interval) as a vertical one."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for i, run in enumerate(cap["runs"]):
+    for i, run in enumerate(cap.runs):
         color = f"C{i}"
-        lv = sorted((x for x in run["levels"] if x["valid"]), key=lambda x: x["offered_rps"])
-        rates = [x["offered_rps"] for x in lv]
+        lv = sorted((x for x in run.levels if x.valid), key=lambda x: x.offered_rps)
+        rates = [x.offered_rps for x in lv]
         for ax, key in ((axes[0], "ttft"), (axes[1], "tpot")):
             for q, style in (("p50", "-o"), ("p99", ":^")):
-                ys = [x["latency"].get(f"{key}_{q}_ms") or np.nan for x in lv]
-                ax.plot(rates, ys, style, color=color, ms=4, label=f"{run['model']} ×{run['replicas']} {q}")
-            if run.get("capacity_rps"):
-                ax.axvline(run["capacity_rps"], color=color, lw=1, ls="--")
-                if run.get("ci_low") is not None and run.get("ci_high") is not None:
-                    ax.axvspan(run["ci_low"], run["ci_high"], color=color, alpha=0.08)
+                ys = [
+                    (getattr(x.latency, f"{key}_{q}_ms", None) if x.latency else None) or np.nan for x in lv
+                ]
+                ax.plot(rates, ys, style, color=color, ms=4, label=f"{run.model} ×{run.replicas} {q}")
+            if run.capacity_rps:
+                ax.axvline(run.capacity_rps, color=color, lw=1, ls="--")
+                if run.ci_low is not None and run.ci_high is not None:
+                    ax.axvspan(run.ci_low, run.ci_high, color=color, alpha=0.08)
     for ax, key, title in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
-        ax.axhline(cap["slo"][key], color="black", lw=1, label=f"SLO {cap['slo'][key]:g} ms")
+        slo = getattr(cap.slo, key)
+        ax.axhline(slo, color="black", lw=1, label=f"SLO {slo:g} ms")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set(xlabel="offered rate (requests/s, Poisson)", title=title)
@@ -169,49 +175,44 @@ def latency_cdfs(req: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def gantt(report: dict, path: Path) -> Path:
+def gantt(report: Report, path: Path) -> Path:
     """Every stage and actor on one time axis: overlapping bars are work that ran at the same time."""
-    stages = [s for s in report["stages"] if s.get("start") and s.get("end")]
-    t0 = report["started_at"]
+    stages = [s for s in report.stages if s.start and s.end]
+    t0 = report.started_at
     fig, ax = plt.subplots(figsize=(10, 0.8 + 0.38 * max(3, len(stages))))
     colors = {"ok": "C2", "failed": "C3", "running": "C7"}
     for i, s in enumerate(stages):
-        ax.barh(
-            i, s["end"] - s["start"], left=s["start"] - t0, color=colors.get(s["status"], "C0"), alpha=0.85
-        )
-        ax.text(s["end"] - t0, i, f" {s['end'] - s['start']:.1f} s", va="center", fontsize=8)
-    ax.set_yticks(
-        range(len(stages)),
-        [f"{s['name']}" + (f" ({s['variant']})" if s.get("variant") else "") for s in stages],
-    )
+        end = s.end or s.start
+        ax.barh(i, end - s.start, left=s.start - t0, color=colors.get(s.status, "C0"), alpha=0.85)
+        ax.text(end - t0, i, f" {end - s.start:.1f} s", va="center", fontsize=8)
+    ax.set_yticks(range(len(stages)), [s.name + (f" ({s.variant})" if s.variant else "") for s in stages])
     ax.invert_yaxis()
     ax.set(xlabel="seconds since the run started", title="Run timeline (green ok, red failed)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-def write_plots(out: Path, report: dict, steps: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
+def write_plots(out: Path, report: Report, steps: pd.DataFrame, val: pd.DataFrame) -> dict[str, str]:
     """Every chart the data allows, under out/plots/; returns {chart: path relative to out}."""
     plots = out / "plots"
     made: dict[str, Path] = {}
-    skip = stored_skip_steps(report["config"])
-    per_step = tokens_per_step(
-        report["config"]["training"]["batch_size"], report["config"]["model"]["block_size"]
-    )
+    cfg = report.config  # the stored config: open JSON (its layout is the config's, not the report's)
+    skip = stored_skip_steps(cfg)
+    per_step = tokens_per_step(cfg["training"]["batch_size"], cfg["model"]["block_size"])
     if len(steps):
         made["loss"] = loss_curves(steps, val, plots / "loss.png")
         if (steps["step"] > skip).any():
             made["step_times"] = step_time_distribution(steps, skip, plots / "step_times.png")
             made["throughput"] = throughput_bars(steps, skip, per_step, plots / "throughput.png")
-    if report.get("inference"):
-        made["latency"] = latency_percentiles(report["inference"], plots / "latency.png")
+    if report.inference:
+        made["latency"] = latency_percentiles(report.inference, plots / "latency.png")
         if (out / "requests.csv").exists():
             req = pd.read_csv(out / "requests.csv")
             if len(req):
                 made["latency_cdf"] = latency_cdfs(req, plots / "latency_cdf.png")
-    cap = (report.get("serving") or {}).get("capacity")
-    if cap and cap.get("runs"):
+    cap = report.serving.capacity
+    if cap and cap.runs:
         made["capacity"] = latency_vs_load(cap, plots / "capacity.png")
-    if report.get("stages"):
+    if report.stages:
         made["timeline"] = gantt(report, plots / "timeline.png")
     return {k: str(p.relative_to(out)) for k, p in made.items()}

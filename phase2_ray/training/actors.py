@@ -217,22 +217,7 @@ class TrainerActor:
         model_cfg = spec.model.gpt_fields(spec.vocab_size)
         gpt_cfg = GPTConfig(**model_cfg)
         settings = loop_settings(tc, job.seed)
-        tele = TrainTelemetry(
-            spec.run_id,
-            job.variant,
-            label,
-            settings.steps,
-            tokens_per_step(settings.batch_size, gpt_cfg.block_size),
-            spec.progress,
-            interval_s=tc.progress_interval_s,
-            log_every=tc.log_every,
-        )
-
-        def on_step(step: int, loss: float, dt: float) -> None:
-            if rotation is not None:
-                rotation.tick(time.time())
-            tele.step(step, loss, dt)
-
+        tele, on_step = _telemetry(spec, label, settings, gpt_cfg.block_size, rotation)
         device = assigned_device()
         optim, probe_info, resume = self._choose_stack(
             spec, gpt_cfg, settings, train_tokens, rotation, saved, label, init_state
@@ -262,13 +247,9 @@ class TrainerActor:
         finally:
             tele.close()
         files, uri = self._checkpoint(spec, res, trained, model_cfg)
-        # Peak tensor memory of one steady step, on a fresh copy of the stack: the timed run is not tracked.
         memory = None
         if res.status == "ok" and job.primary:
-            try:
-                memory = peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
-            except Exception as e:  # a figure lost, not the training result
-                memory = {"bytes": None, "method": None, "error": f"{type(e).__name__}: {e}"}
+            memory = _memory_of_a_step(gpt_cfg, settings, stack, train_tokens, device, init_state)
         # the loop's record, completed with where and how it ran
         return replace(
             res,
@@ -310,6 +291,38 @@ class TrainerActor:
             # Too large for the object store (the user says): the weights go to storage, only the URI travels.
             return None, put_checkpoint(files, join(spec.storage_uri, spec.job.variant))
         return files, None
+
+
+def _telemetry(spec: TrainSpec, label: str, settings, block_size: int, rotation):
+    """The actor's progress (bar, log lines, Ray metrics) and the loop's per-step callback, which also keeps the
+    core rotation going."""
+    tc = spec.training
+    tele = TrainTelemetry(
+        spec.run_id,
+        spec.job.variant,
+        label,
+        settings.steps,
+        tokens_per_step(settings.batch_size, block_size),
+        spec.progress,
+        interval_s=tc.progress_interval_s,
+        log_every=tc.log_every,
+    )
+
+    def on_step(step: int, loss: float, dt: float) -> None:
+        if rotation is not None:
+            rotation.tick(time.time())
+        tele.step(step, loss, dt)
+
+    return tele, on_step
+
+
+def _memory_of_a_step(gpt_cfg, settings, stack, train_tokens, device, init_state) -> dict:
+    """Peak tensor memory of one steady step, on a fresh copy of the stack (the timed run is not tracked); a probe
+    that raises loses the figure, not the training result."""
+    try:
+        return peak_training_memory(gpt_cfg, settings, stack, train_tokens, device, init_state)
+    except Exception as e:
+        return {"bytes": None, "method": None, "error": f"{type(e).__name__}: {e}"}
 
 
 def _peak_flops(stack: OptimizationSettings, device: str) -> dict[str, float]:

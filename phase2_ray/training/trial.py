@@ -94,6 +94,35 @@ def undecided(
     return judge(sp["ci_low"], sp["ci_high"], ">=", speedup_min) == INCONCLUSIVE, sp
 
 
+def _still_undecided(
+    cfg: Config,
+    base_settings: dict,
+    active: dict[str, dict],
+    out: dict[str, list[dict]],
+    look: int,
+    log: RunLog,
+) -> dict[str, dict]:
+    """After a look: the variants whose interval still straddles targets.speedup_min within the replicate budget
+    (each look logged). A no-op is rejected whatever it measures: no more evidence can change that."""
+    sp, left = cfg.speed_trial, {}
+    for v, settings in active.items():
+        if same_stack(base_settings, settings):
+            continue
+        more, s = undecided(out[v], sp.max_replicates, sp.confidence, cfg.targets.speedup_min)
+        log.event(
+            "trial.look",
+            f"speed trial look {look}: {v} {s['ratio']:.3f}x [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
+            f"after {len(out[v])} replicates"
+            + (" (straddles the target: more replicates)" if more else " (decided)"),
+            variant=v,
+            look=look,
+            replicates=len(out[v]),
+        )
+        if more:
+            left[v] = settings
+    return left
+
+
 def run_speed_trial(
     cfg: Config, training: dict[str, TrainResult], d: PreparedData, log: RunLog, st: Stage
 ) -> dict[str, list[dict]]:
@@ -159,24 +188,7 @@ def run_speed_trial(
                 for v, reps in part.items():
                     out[v] += [{**r, "look": look} for r in reps]
             done, look, last = done + n, look + 1, (time.time() - started, n)
-            for v in list(active):
-                if same_stack(base.settings, active[v]):
-                    active.pop(
-                        v
-                    )  # a no-op is rejected whatever it measures: no more evidence can change that
-                    continue
-                more, s = undecided(out[v], sp.max_replicates, sp.confidence, cfg.targets.speedup_min)
-                log.event(
-                    "trial.look",
-                    f"speed trial look {look}: {v} {s['ratio']:.3f}x [{s['ci_low']:.3f}, {s['ci_high']:.3f}] "
-                    f"after {len(out[v])} replicates"
-                    + (" (straddles the target: more replicates)" if more else " (decided)"),
-                    variant=v,
-                    look=look,
-                    replicates=len(out[v]),
-                )
-                if not more:
-                    active.pop(v)
+            active = _still_undecided(cfg, base.settings, active, out, look, log)
         st.status = "ok"
     except ray.exceptions.RayError as e:
         st.status, st.detail = "failed", error_text(e)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from phase2_ray.report.plots import latency_figure
+from phase2_ray.report.schema import Report
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 
@@ -15,7 +16,7 @@ GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 def test_the_latency_title_does_not_overlap_the_subplot_titles(name):
     import matplotlib.pyplot as plt
 
-    inference = json.loads((GOLDEN / name / "report.json").read_text())["inference"]
+    inference = Report.model_validate(json.loads((GOLDEN / name / "report.json").read_text())).inference
     fig = latency_figure(inference)
     try:
         fig.canvas.draw()  # lays it out (constrained layout runs at draw time)

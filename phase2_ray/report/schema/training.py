@@ -57,6 +57,7 @@ class Settings(Section):
 class PeakMemory(Section):
     bytes: int | None = None
     method: str | None = None
+    error: str | None = Field(None, description="why the figure is missing: the memory probe raised this")
 
 
 class AutoCandidate(Section):
