@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from phase2_ray.report.schema.serving import CapacityRun
 from phase2_ray.report.stats import ratio, t_half_width, t_quantile
 
 
@@ -102,13 +103,16 @@ def combine_searches(searches: list[dict], confidence: float = 0.95, between_run
     return out
 
 
-def paired_capacity_ratio(a: dict, b: dict, confidence: float = 0.95) -> tuple[float, float, float] | None:
+def paired_capacity_ratio(
+    a: CapacityRun, b: CapacityRun, confidence: float = 0.95
+) -> tuple[float, float, float] | None:
     """a / b of two replicated capacities whose searches took turns (replicate i of each moments apart): the
-    geometric mean of the per-replicate ratios and a Student-t interval over them; None without 2 pairs."""
+    geometric mean of the per-replicate ratios and a Student-t interval over them; None without 2 pairs. The
+    run-to-run component cancels in these pairs, so it is left out."""
     pairs = [
-        math.log(x["capacity_rps"] / y["capacity_rps"])
-        for x, y in zip(a.get("searches") or [], b.get("searches") or [], strict=False)
-        if x.get("capacity_rps") and y.get("capacity_rps")
+        math.log(x.capacity_rps / y.capacity_rps)
+        for x, y in zip(a.searches, b.searches, strict=False)
+        if x.capacity_rps and y.capacity_rps
     ]
     if len(pairs) < 2:
         return None

@@ -59,7 +59,7 @@ class MetricsOrchestrator:
             "placement": self.placement_summary(training, serving),
             "failure": self.failure,
         }
-        report["decision"] = decide(report, self.cfg.targets.model_dump())
+        report["decision"] = decide(report, self.cfg.targets)
         return report
 
     def training_summary(self) -> dict[str, dict]:

@@ -37,6 +37,8 @@ def report(
     base_tps=1000.0, opt_tps=1300.0, base_val=4.00, opt_val=4.02, ttft=50.0, ok=1.0, ci_low=1.2, ci_high=1.5
 ):
     inf = {
+        "requests": 100,
+        "succeeded": round(ok * 100),
         "ttft_ms": {"p50": ttft},
         "output_tokens_per_s": 300.0,
         "peak_memory_mb": 300.0,

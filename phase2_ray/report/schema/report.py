@@ -142,3 +142,20 @@ class Report(Section):
         None, description="Hugging Face exports written at the end of the run (export.hf)"
     )
     tracking: Tracking | None = Field(None, description="MLflow: where the run was logged, or why not")
+
+
+class Evidence(Report):
+    """report.json while it is being built, before its decision: what the gates read, typed. Every section may
+    still be empty (a gate over what is missing fails as not measured)."""
+
+    schema_version: str = SCHEMA_VERSION
+    run_id: str = ""
+    started_at: float = 0.0
+    environment: dict[str, Any] = {}
+    config: Json = {}
+    stages: list[Stage] = []
+    training: dict[str, TrainingSummary] = {}
+    inference: dict[str, ModelInference] = {}
+    serving: Serving = Serving()
+    comparison: dict[str, Comparison] = {}
+    decision: Decision | None = None

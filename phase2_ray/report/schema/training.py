@@ -271,6 +271,9 @@ class Comparison(Section):
     changes_numerics: bool = Field(
         True, description="False: the stack is declared bit-exact and its losses were identical"
     )
+    changes_numerics_note: str | None = Field(
+        None, description="set when the stack declares changes_numerics = False but its losses differ"
+    )
     val_loss_delta_pct: float | None = Field(
         None, description="(variant / baseline - 1) x 100 of the final val loss"
     )
