@@ -39,7 +39,6 @@ from pathlib import Path
 import psutil
 
 from phase2_ray.provenance import cpu_model
-from phase2_ray.report.verdict import decision_outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -93,7 +92,7 @@ def summary(out: Path, command_s: float, rc: int) -> dict:
         "stages_s": stages,
         "stage_status": {s["name"]: s["status"] for s in r["stages"]},
         "failure": r.get("failure"),
-        "decision": decision_outcome(r["decision"]).upper(),
+        "decision": r["decision"]["outcome"].upper(),
         "nodes": len(p.get("nodes", [])),
         "training_nodes": {v: names.get(n, n[:8]) for v, n in p.get("training", {}).items()},
         "replica_nodes": sorted({names.get(n, n[:8]) for n in p.get("replicas", [])}),

@@ -108,13 +108,3 @@ def run_outcome(run_gates: list[str], candidates: dict[str, tuple[Role, Outcome]
     required = [o for role, o in candidates.values() if role == "required"]
     as_verdicts = [{APPROVED: PASS, REJECTED: FAIL}.get(o, INCONCLUSIVE) for o in required]
     return combine(run_gates + as_verdicts)
-
-
-def gate_verdict(g: dict) -> str:
-    """A report.json gate's verdict; gates of schema 1.1 had only `passed`."""
-    return g.get("verdict") or (PASS if g.get("passed") else FAIL)
-
-
-def decision_outcome(decision: dict) -> str:
-    """report.json's decision outcome; schema 1.1 had only `approved`."""
-    return decision.get("outcome") or (APPROVED if decision.get("approved") else REJECTED)
