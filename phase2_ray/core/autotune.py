@@ -121,6 +121,12 @@ def round_ratio(a: list[float], b: list[float], confidence: float = 0.95) -> tup
     return math.exp(centre), math.exp(centre - t * se), math.exp(centre + t * se)
 
 
+def candidate_level(candidates: int, confidence: float = 0.95) -> float:
+    """Each candidate's interval level when `candidates` are judged against the reference together (Bonferroni):
+    the chance that any of them is called faster by noise stays at 1 - confidence."""
+    return 1 - (1 - confidence) / max(1, candidates)
+
+
 def select_stack(
     results: list[ProbeResult], tolerance_pct: float, min_gain_pct: float = 0.0, confidence: float = 0.95
 ) -> ProbeResult:
@@ -135,7 +141,7 @@ def select_stack(
     if not results:
         raise ValueError("no probe results to choose from")
     ref = results[0]
-    each = 1 - (1 - confidence) / max(1, len(results) - 1)
+    each = candidate_level(len(results) - 1, confidence)
     for r in results:
         finite = r.mean_loss == r.mean_loss and abs(r.mean_loss) != float("inf")
         r.loss_delta_pct = (

@@ -44,10 +44,8 @@ CHART_TITLES = {
 }
 
 
-def render_markdown(r: dict, plots: dict[str, str] | None = None) -> str:
-    """report.md. `r` is report.json's content; the sections here and in markdown_decision read it typed (`rep`:
-    attributes, not string keys), the training and serving sections still take the dict."""
-    rep = Report.model_validate(r)
+def render_markdown(rep: Report, plots: dict[str, str] | None = None) -> str:
+    """report.md from the typed report (every section reads attributes, not string keys)."""
     parts = [
         _header(rep),
         _at_a_glance(rep),

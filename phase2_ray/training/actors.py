@@ -15,7 +15,7 @@ import ray
 import torch
 
 from phase2_ray.config import ModelConfig, TrainingConfig, VariantConfig
-from phase2_ray.core.autotune import probe, select_stack
+from phase2_ray.core.autotune import candidate_level, probe, select_stack
 from phase2_ray.core.checkpoint import checkpoint_files
 from phase2_ray.core.flops import measure_peak_flops
 from phase2_ray.core.memory import peak_training_memory
@@ -179,7 +179,7 @@ class TrainerActor:
             "block_steps": ac.block_steps,
             "tolerance_pct": ac.tolerance_pct,
             "min_gain_pct": ac.min_gain_pct,
-            "candidate_confidence": 1 - 0.05 / max(1, len(results) - 1),  # select_stack's family-wise level
+            "candidate_confidence": candidate_level(len(results) - 1),  # the level select_stack judged at
             "candidates": [r.to_dict() for r in results],
         }
         why = (

@@ -67,12 +67,25 @@ def test_the_schema_refuses_what_it_does_not_describe():
 
 def test_a_report_off_the_schema_fails_its_write_in_strict_mode_and_warns_otherwise(monkeypatch, capsys):
     raw = json.loads((GOLDEN[0] / "report.json").read_text())
-    check_before_write(raw)  # the real one passes
+    assert check_before_write(raw).run_id == raw["run_id"]  # the real one passes, typed
     raw["serving"]["surprise"] = {"x": 1}
     with pytest.raises(ReportError, match=r"serving\.surprise"):
         check_before_write(raw)
     monkeypatch.delenv("PHASE2_STRICT_SCHEMA")
-    check_before_write(raw)  # a user's run keeps its report: a warning, not a lost run
+    assert check_before_write(raw) is None  # a user's run keeps its report: a warning, not a lost run
+    assert "departs from schema" in capsys.readouterr().err
+
+
+def test_a_users_report_off_the_schema_is_kept_and_its_page_says_why(monkeypatch, tmp_path, capsys):
+    from phase2_ray.report import rewrite_report
+
+    monkeypatch.delenv("PHASE2_STRICT_SCHEMA")
+    raw = json.loads((GOLDEN[0] / "report.json").read_text())
+    raw["serving"]["surprise"] = {"x": 1}
+    md = rewrite_report(tmp_path, raw).read_text()
+    assert json.loads((tmp_path / "report.json").read_text()) == raw  # every figure kept
+    assert f"**Decision: {raw['decision']['outcome'].upper()}**" in md and "`serving.surprise" in md
+    assert (tmp_path / "report.html").stat().st_size > 0
     assert "departs from schema" in capsys.readouterr().err
 
 

@@ -17,6 +17,7 @@ from phase2_ray.report.compare import _decide, _speedup_row
 from phase2_ray.report.gates import Gate, evaluate_gates
 from phase2_ray.report.markdown import render_markdown
 from phase2_ray.report.orchestrator import MetricsOrchestrator
+from phase2_ray.report.schema import Report
 from phase2_ray.report.schema.training import Comparison
 from phase2_ray.report.stats import holm, paired_speedup, round_paired_ratio_ci
 
@@ -270,7 +271,7 @@ def test_report_speedup_comes_from_the_trial_and_a_noop_is_rejected_with_its_rea
     gates = {g["name"]: g for g in noop["decision"]["gates"]}
     assert noop["comparison"]["optimized"]["noop"]
     assert not gates["training_speedup"]["passed"] and "eager fp32" in gates["training_speedup"]["detail"]
-    md = render_markdown({**noop, "wall_s": 1.0, "stages": []})
+    md = render_markdown(Report.model_validate({**noop, "wall_s": 1.0, "stages": []}))
     assert "## Key Metrics at a Glance" in md and "## Recommendation" in md
     assert "Do not proceed to Phase 3" in md and "No speedup to claim" in md
     assert "training_speedup" in md.split("## Recommendation")[1]

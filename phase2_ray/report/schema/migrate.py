@@ -47,12 +47,16 @@ def migrate(raw: dict) -> dict:
     return raw
 
 
+def _lines(e: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()]
+
+
 def problems(report: dict) -> list[str]:
     """Where `report` departs from the schema, one line each (empty: it matches)."""
     try:
         Report.model_validate(report)
     except ValidationError as e:
-        return [f"{'.'.join(str(p) for p in x['loc'])}: {x['msg']}" for x in e.errors()]
+        return _lines(e)
     return []
 
 
@@ -86,15 +90,18 @@ def read_report_dict(path: str | Path) -> dict:
     return read_report(path).model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def check_before_write(report: dict) -> None:
-    """Called as report.json is written: a report that departs from the schema is written all the same (a run's
-    results are never lost to a contract mismatch) with a warning, or fails the write under PHASE2_STRICT_SCHEMA."""
-    found = problems(report)
-    if not found:
-        return
+def check_before_write(report: dict) -> Report | None:
+    """Called as report.json is written: the typed report, or None for one that departs from the schema, which is
+    written all the same (a run's results are never lost to a contract mismatch) with a warning; under
+    PHASE2_STRICT_SCHEMA it fails the write instead."""
+    try:
+        return Report.model_validate(report)
+    except ValidationError as e:
+        found = _lines(e)
     msg = f"report.json departs from schema {SCHEMA_VERSION} in {len(found)} place(s): " + "; ".join(
         found[:5]
     )
     if os.environ.get(STRICT_ENV):
         raise ReportError(msg)
     print(f"phase2: warning: {msg}", file=sys.stderr)
+    return None
